@@ -1,0 +1,649 @@
+"""OSTree object encodings and checksums. Pure: bytes in, bytes out, no file system access.
+
+Byte order: OSTree stores uid/gid/mode, commit timestamps, the archive size field and a few summary values
+big-endian inside otherwise little-endian GVariants. The functions here take and return plain Python ints
+and do the byteswap themselves; callers never see swapped values.
+
+Extended attributes are passed as ``(name, value)`` pairs of bytes with the name *without* its trailing NUL
+(this layer adds/strips it). Encoders keep the order given; use ``canonical_xattrs`` to get the order
+``ostree commit DIR`` uses (sorted by name, empty values dropped).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import stat
+import struct
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import gvariant
+from .errors import GVariantError, InvalidName, InvalidObject
+from .gvariant import Variant
+
+Xattrs = tuple[tuple[bytes, bytes], ...]
+
+#: Largest file header accepted by readers (OSTree itself caps metadata at 10 MiB).
+MAX_HEADER_SIZE = 10 * 1024 * 1024
+#: Default deflate level of archive repos (``archive.zlib-level``).
+DEFAULT_ZLIB_LEVEL = 6
+
+FILE_HEADER_TYPE = "(uuuusa(ayay))"
+FILEZ_HEADER_TYPE = "(tuuuusa(ayay))"
+DIRTREE_TYPE = "(a(say)a(sayay))"
+DIRMETA_TYPE = "(uuua(ayay))"
+COMMIT_TYPE = "(a{sv}aya(say)sstayay)"
+COMMITMETA_TYPE = "a{sv}"
+OSTREEMETA_TYPE = "(uuua(ayay))"
+SUMMARY_TYPE = "(a(s(taya{sv}))a{sv})"
+DELTA_SUPERBLOCK_TYPE = "(a{sv}tayay" + COMMIT_TYPE + "aya(uayttay)a(yaytt))"
+
+# Same framing as the header types but the symlink target read as bytes: OSTree accepts non-UTF-8 targets.
+_FILE_HEADER_RAW = "(uuuuaya(ayay))"
+_FILEZ_HEADER_RAW = "(tuuuuaya(ayay))"
+
+
+class ObjectType(enum.IntEnum):
+    """OSTree object types (the numbers are OSTree's ``OstreeObjectType``)."""
+
+    FILE = 1
+    DIR_TREE = 2
+    DIR_META = 3
+    COMMIT = 4
+    TOMBSTONE_COMMIT = 5
+    COMMIT_META = 6
+
+    @property
+    def suffix(self) -> str:
+        """File-name suffix in bare repositories (archive content objects use ``filez``)."""
+        return _SUFFIX[self]
+
+    @property
+    def is_meta(self) -> bool:
+        return self is not ObjectType.FILE
+
+
+_SUFFIX = {
+    ObjectType.FILE: "file", ObjectType.DIR_TREE: "dirtree", ObjectType.DIR_META: "dirmeta",
+    ObjectType.COMMIT: "commit", ObjectType.TOMBSTONE_COMMIT: "tombstone-commit",
+    ObjectType.COMMIT_META: "commitmeta",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Checksums and byte order
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def is_valid_checksum(csum: object) -> bool:
+    """True for a 64-character lowercase hex string."""
+    return isinstance(csum, str) and len(csum) == 64 and _HEX.issuperset(csum)
+
+
+def checksum_to_bytes(csum: str | bytes) -> bytes:
+    """64 lowercase hex chars (or 32 raw bytes, returned as is) -> 32 raw bytes."""
+    if isinstance(csum, (bytes, bytearray)) and len(csum) == 32:
+        return bytes(csum)
+    if not is_valid_checksum(csum):
+        raise InvalidObject(f"invalid checksum {csum!r:.80}")
+    return bytes.fromhex(csum)
+
+
+def checksum_from_bytes(raw: bytes) -> str:
+    """32 raw bytes -> 64 lowercase hex chars."""
+    if len(raw) != 32:
+        raise InvalidObject(f"checksum has {len(raw)} bytes, expected 32")
+    return bytes(raw).hex()
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def bswap32(x: int) -> int:
+    """Swap a 32-bit value between host (LE) and the big-endian form OSTree stores."""
+    return int.from_bytes(x.to_bytes(4, "big"), "little")
+
+
+def bswap64(x: int) -> int:
+    return int.from_bytes(x.to_bytes(8, "big"), "little")
+
+
+# ---------------------------------------------------------------------------------------------
+# Extended attributes
+
+def _to_bytes(x: bytes | str) -> bytes:
+    if isinstance(x, str):
+        return x.encode("utf-8", "surrogateescape")
+    return bytes(x)
+
+
+def normalize_xattrs(xattrs: Iterable[tuple[bytes | str, bytes | str]]) -> Xattrs:
+    """Validate ``(name, value)`` pairs and return them as a tuple of bytes pairs, order kept."""
+    out = []
+    for name, value in xattrs:
+        n = _to_bytes(name)
+        if not n or b"\0" in n:
+            raise InvalidObject(f"invalid xattr name {n!r}")
+        out.append((n, _to_bytes(value)))
+    return tuple(out)
+
+
+def canonical_xattrs(xattrs: Iterable[tuple[bytes | str, bytes | str]]) -> Xattrs:
+    """The order ``ostree commit DIR`` uses: sorted by name (byte order), empty values dropped."""
+    return tuple(sorted((x for x in normalize_xattrs(xattrs) if x[1]), key=lambda x: x[0]))
+
+
+def _xattrs_to_gv(xattrs: Xattrs) -> list[tuple[bytes, bytes]]:
+    return [(n + b"\0", v) for n, v in xattrs]
+
+
+def _xattrs_from_gv(items: list[tuple[bytes, bytes]]) -> Xattrs:
+    out = []
+    for n, v in items:
+        if len(n) < 2 or n[-1] != 0 or b"\0" in n[:-1]:
+            raise InvalidObject(f"invalid xattr name {n!r:.80} (must be non-empty and NUL-terminated)")
+        out.append((n[:-1], v))
+    return tuple(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Content (file) objects
+
+@dataclass(frozen=True)
+class FileMeta:
+    """Metadata of a content object: regular file (``S_IFREG``) or symlink (``S_IFLNK``)."""
+
+    uid: int
+    gid: int
+    mode: int
+    symlink_target: bytes = b""
+    xattrs: Xattrs = ()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.symlink_target, str):
+            object.__setattr__(self, "symlink_target", self.symlink_target.encode("utf-8", "surrogateescape"))
+        object.__setattr__(self, "xattrs", normalize_xattrs(self.xattrs))
+        fmt = stat.S_IFMT(self.mode)
+        if fmt not in (stat.S_IFREG, stat.S_IFLNK) or self.mode & ~(stat.S_IFMT(self.mode) | 0o7777):
+            raise InvalidObject(f"content mode {self.mode:#o} is not a regular file or symlink mode")
+        if fmt == stat.S_IFLNK:
+            if not self.symlink_target or b"\0" in self.symlink_target:
+                raise InvalidObject(f"invalid symlink target {self.symlink_target!r:.80}")
+        elif self.symlink_target:
+            raise InvalidObject("a regular file cannot have a symlink target")
+        for x in (self.uid, self.gid):
+            if not 0 <= x <= 0xFFFFFFFF:
+                raise InvalidObject(f"uid/gid {x} out of range")
+
+    @property
+    def is_symlink(self) -> bool:
+        return stat.S_ISLNK(self.mode)
+
+
+def encode_file_header(meta: FileMeta) -> bytes:
+    """The ``(uuuusa(ayay))`` header GVariant (BE uid/gid/mode, rdev 0, target, xattrs)."""
+    return gvariant.encode(_FILE_HEADER_RAW, (
+        bswap32(meta.uid), bswap32(meta.gid), bswap32(meta.mode), 0,
+        meta.symlink_target + b"\0", _xattrs_to_gv(meta.xattrs)))
+
+
+def _prefix(header: bytes) -> bytes:
+    return struct.pack(">II", len(header), 0) + header
+
+
+def file_stream_prefix(meta: FileMeta) -> bytes:
+    """The start of the hashed stream: BE32 header length, 4 zero bytes, header. The payload follows."""
+    return _prefix(encode_file_header(meta))
+
+
+def _meta_from_header(uid: int, gid: int, mode: int, rdev: int, target: bytes,
+                      xattrs: list[tuple[bytes, bytes]]) -> FileMeta:
+    if rdev != 0:
+        raise InvalidObject(f"file header has non-zero rdev {rdev}")
+    if not target or target[-1] != 0 or b"\0" in target[:-1]:
+        raise InvalidObject("file header symlink target is not a NUL-terminated string")
+    return FileMeta(bswap32(uid), bswap32(gid), bswap32(mode), target[:-1], _xattrs_from_gv(xattrs))
+
+
+def decode_file_header(data: bytes) -> FileMeta:
+    """Parse a ``(uuuusa(ayay))`` file header (without the 8-byte prefix)."""
+    return _meta_from_header(*gvariant.decode(_FILE_HEADER_RAW, data))
+
+
+class ContentHasher:
+    """Streaming checksum of a content object: feed the payload with ``update``."""
+
+    __slots__ = ("_h",)
+
+    def __init__(self, meta: FileMeta) -> None:
+        self._h = hashlib.sha256(file_stream_prefix(meta))
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        self._h.update(data)
+
+    def digest(self) -> bytes:
+        return self._h.digest()
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
+
+def content_checksum(uid: int, gid: int, mode: int, symlink_target: bytes | str = b"",
+                     xattrs: Iterable[tuple[bytes | str, bytes | str]] = (),
+                     chunks: Iterable[bytes] = ()) -> str:
+    """Checksum of a file or symlink. ``xattrs`` are hashed in the order given (see canonical_xattrs)."""
+    h = ContentHasher(FileMeta(uid, gid, mode, symlink_target, tuple(xattrs)))
+    for c in chunks:
+        h.update(c)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Archive (.filez) content objects
+
+def encode_filez_header(meta: FileMeta, size: int) -> bytes:
+    """Prefix of a ``.filez`` file: BE32 length, 4 zero bytes, ``(tuuuusa(ayay))`` with BE64 size.
+
+    The size is the uncompressed payload length; OSTree writes 0 for symlinks.
+    """
+    if meta.is_symlink:
+        size = 0
+    header = gvariant.encode(_FILEZ_HEADER_RAW, (
+        bswap64(size), bswap32(meta.uid), bswap32(meta.gid), bswap32(meta.mode), 0,
+        meta.symlink_target + b"\0", _xattrs_to_gv(meta.xattrs)))
+    return _prefix(header)
+
+
+class FilezCompressor:
+    """Raw deflate (no zlib header) as archive repos store payloads; ``flush`` once at the end."""
+
+    __slots__ = ("_z",)
+
+    def __init__(self, level: int = DEFAULT_ZLIB_LEVEL) -> None:
+        self._z = zlib.compressobj(level, zlib.DEFLATED, -15)
+
+    def compress(self, data: bytes | bytearray | memoryview) -> bytes:
+        return self._z.compress(data)
+
+    def flush(self) -> bytes:
+        return self._z.flush()
+
+
+def encode_filez(meta: FileMeta, chunks: Iterable[bytes], size: int,
+                 level: int = DEFAULT_ZLIB_LEVEL) -> Iterator[bytes]:
+    """Yield the bytes of a ``.filez`` object for a payload of known ``size`` (checked)."""
+    yield encode_filez_header(meta, size)
+    if meta.is_symlink:
+        for c in chunks:
+            if c:
+                raise InvalidObject("a symlink has no payload")
+        return
+    z = FilezCompressor(level)
+    total = 0
+    for c in chunks:
+        total += len(c)
+        out = z.compress(c)
+        if out:
+            yield out
+    if total != size:
+        raise InvalidObject(f"payload has {total} bytes, header says {size}")
+    yield z.flush()
+
+
+class FilezReader:
+    """Reads a ``.filez`` stream from a ``read(n)`` callable.
+
+    The header is parsed on construction (``meta``, ``size``); ``chunks()`` yields the decompressed
+    payload and never produces more than ``size`` bytes (deflate-bomb safe). Raises InvalidObject.
+    """
+
+    def __init__(self, read: Callable[[int], bytes], chunk_size: int = 1 << 20) -> None:
+        self._read = read
+        self._chunk_size = chunk_size
+        prefix = self._read_exact(8, "header prefix")
+        hlen, zero = struct.unpack(">II", prefix)
+        if zero != 0:
+            raise InvalidObject("filez header padding is not zero")
+        if hlen > MAX_HEADER_SIZE:
+            raise InvalidObject(f"filez header length {hlen} too large")
+        raw = self._read_exact(hlen, "header")
+        try:
+            size, *rest = gvariant.decode(_FILEZ_HEADER_RAW, raw)
+        except GVariantError as e:
+            raise InvalidObject(f"bad filez header: {e}") from None
+        self.meta: FileMeta = _meta_from_header(*rest)
+        self.size: int = bswap64(size)
+        if self.meta.is_symlink and self.size != 0:
+            raise InvalidObject(f"symlink filez header has size {self.size}")
+        self._started = False
+
+    def _read_exact(self, n: int, what: str) -> bytes:
+        buf = bytearray()
+        while len(buf) < n:
+            b = self._read(n - len(buf))
+            if not b:
+                raise InvalidObject(f"filez truncated in {what}")
+            buf += b
+        return bytes(buf)
+
+    def chunks(self) -> Iterator[bytes]:
+        if self._started:
+            raise RuntimeError("FilezReader.chunks() can be iterated only once")
+        self._started = True
+        if self.meta.is_symlink:
+            if self._read(1):
+                raise InvalidObject("symlink filez has trailing payload")
+            return
+        d = zlib.decompressobj(-15)
+        remaining = self.size
+        cs = self._chunk_size
+        while not d.eof:
+            data = d.unconsumed_tail or self._read(cs)
+            if not data:
+                raise InvalidObject("filez payload truncated (deflate stream not finished)")
+            try:
+                out = d.decompress(data, max(1, min(remaining + 1, cs)))
+            except zlib.error as e:
+                raise InvalidObject(f"filez payload is not valid deflate: {e}") from None
+            if len(out) > remaining:
+                raise InvalidObject(f"filez payload is larger than its declared size {self.size}")
+            remaining -= len(out)
+            if out:
+                yield out
+        if d.unused_data or self._read(1):
+            raise InvalidObject("filez has trailing bytes after the deflate stream")
+        if remaining:
+            raise InvalidObject(f"filez payload is {self.size - remaining} bytes, declared {self.size}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Names
+
+def validate_filename(name: str | bytes) -> str:
+    """Check a dirtree entry name as OSTree does and return it as str."""
+    if isinstance(name, (bytes, bytearray)):
+        try:
+            name = bytes(name).decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidName(f"invalid UTF-8 in file name {name!r:.80}") from None
+    elif not isinstance(name, str):
+        raise InvalidName(f"file name must be str or bytes, not {type(name).__name__}")
+    if not name or name in (".", "..") or "/" in name or "\0" in name:
+        raise InvalidName(f"invalid file name {name!r:.80}")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidName(f"invalid UTF-8 in file name {name!r:.80}") from None
+    return name
+
+
+# ---------------------------------------------------------------------------------------------
+# dirtree / dirmeta
+
+@dataclass(frozen=True)
+class DirTree:
+    """Directory listing: files/symlinks ``(name, content checksum)`` and subdirectories
+    ``(name, dirtree checksum, dirmeta checksum)``, each sorted by UTF-8 byte order."""
+
+    files: tuple[tuple[str, str], ...] = ()
+    dirs: tuple[tuple[str, str, str], ...] = ()
+
+
+EMPTY_DIRTREE = b"\0"
+EMPTY_DIRTREE_CHECKSUM = "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d"
+
+
+def encode_dirtree(files: Iterable[tuple[str | bytes, str | bytes]],
+                   dirs: Iterable[tuple[str | bytes, str | bytes, str | bytes]] = ()) -> bytes:
+    """Serialize a dirtree. Entries may come in any order; they are sorted. Duplicate names raise."""
+    f = sorted(((validate_filename(n).encode("utf-8"), checksum_to_bytes(c)) for n, c in files),
+               key=lambda e: e[0])
+    d = sorted(((validate_filename(n).encode("utf-8"), checksum_to_bytes(t), checksum_to_bytes(m))
+                for n, t, m in dirs), key=lambda e: e[0])
+    names = [e[0] for e in f] + [e[0] for e in d]
+    if len(set(names)) != len(names):
+        raise InvalidName("duplicate name in dirtree")
+    # Names are passed as UTF-8 bytes: the 's' encoder takes bytes as they are.
+    return gvariant.encode(DIRTREE_TYPE, (f, d))
+
+
+def decode_dirtree(data: bytes) -> DirTree:
+    """Parse and validate a dirtree (names, order, checksum sizes)."""
+    f_raw, d_raw = gvariant.decode(DIRTREE_TYPE, data)
+    files = []
+    prev = None
+    for name, csum in f_raw:
+        validate_filename(name)
+        key = name.encode("utf-8")
+        if prev is not None and key <= prev:
+            raise InvalidObject(f"dirtree file names not sorted/unique at {name!r:.80}")
+        prev = key
+        files.append((name, checksum_from_bytes(csum)))
+    dirs = []
+    prev = None
+    file_names = {n for n, _ in files}
+    for name, tree, meta in d_raw:
+        validate_filename(name)
+        key = name.encode("utf-8")
+        if prev is not None and key <= prev:
+            raise InvalidObject(f"dirtree directory names not sorted/unique at {name!r:.80}")
+        if name in file_names:
+            raise InvalidObject(f"dirtree name {name!r:.80} is both a file and a directory")
+        prev = key
+        dirs.append((name, checksum_from_bytes(tree), checksum_from_bytes(meta)))
+    return DirTree(tuple(files), tuple(dirs))
+
+
+@dataclass(frozen=True)
+class DirMeta:
+    """Directory metadata: owner, full ``st_mode`` (with S_IFDIR) and xattrs."""
+
+    uid: int
+    gid: int
+    mode: int
+    xattrs: Xattrs = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "xattrs", normalize_xattrs(self.xattrs))
+        if not stat.S_ISDIR(self.mode) or self.mode & ~(stat.S_IFDIR | 0o7777):
+            raise InvalidObject(f"dirmeta mode {self.mode:#o} is not a directory mode")
+
+
+def encode_dirmeta(meta: DirMeta) -> bytes:
+    return gvariant.encode(DIRMETA_TYPE, (bswap32(meta.uid), bswap32(meta.gid), bswap32(meta.mode),
+                                          _xattrs_to_gv(meta.xattrs)))
+
+
+def decode_dirmeta(data: bytes) -> DirMeta:
+    uid, gid, mode, xattrs = gvariant.decode(DIRMETA_TYPE, data)
+    return DirMeta(bswap32(uid), bswap32(gid), bswap32(mode), _xattrs_from_gv(xattrs))
+
+
+# ---------------------------------------------------------------------------------------------
+# bare-user metadata xattr
+
+OSTREEMETA_XATTR = b"user.ostreemeta"
+
+
+def encode_ostreemeta(meta: FileMeta) -> bytes:
+    """Value of the ``user.ostreemeta`` xattr of a bare-user object: ``(uuua(ayay))``, BE fields."""
+    return gvariant.encode(OSTREEMETA_TYPE, (bswap32(meta.uid), bswap32(meta.gid), bswap32(meta.mode),
+                                             _xattrs_to_gv(meta.xattrs)))
+
+
+def decode_ostreemeta(data: bytes) -> tuple[int, int, int, Xattrs]:
+    """Parse a ``user.ostreemeta`` value into (uid, gid, mode, xattrs)."""
+    uid, gid, mode, xattrs = gvariant.decode(OSTREEMETA_TYPE, data)
+    return bswap32(uid), bswap32(gid), bswap32(mode), _xattrs_from_gv(xattrs)
+
+
+# ---------------------------------------------------------------------------------------------
+# commit / commitmeta
+
+Metadata = list[tuple[str, Variant]]
+
+
+def commit_content_checksum(root_tree: str, root_meta: str) -> str:
+    """The "ContentChecksum" ``ostree show`` prints: SHA-256(root dirtree raw ‖ root dirmeta raw)."""
+    return hashlib.sha256(checksum_to_bytes(root_tree) + checksum_to_bytes(root_meta)).hexdigest()
+
+
+@dataclass
+class Commit:
+    """A commit object. ``metadata`` is an ordered list of (key, Variant); ``parent`` hex or None."""
+
+    root_tree: str
+    root_meta: str
+    metadata: Metadata = field(default_factory=list)
+    parent: str | None = None
+    related: list[tuple[str, str]] = field(default_factory=list)
+    subject: str = ""
+    body: str = ""
+    timestamp: int = 0
+
+    @property
+    def content_checksum(self) -> str:
+        return commit_content_checksum(self.root_tree, self.root_meta)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """Value (not the Variant) of the first metadata entry ``key``."""
+        v = gvariant.asv_get(self.metadata, key)
+        return default if v is None else v.value
+
+
+def encode_commit(c: Commit) -> bytes:
+    for k, _ in c.metadata:
+        if not k:
+            raise InvalidObject("commit metadata key is empty")
+    return gvariant.encode(COMMIT_TYPE, (
+        [(k, Variant(*v)) for k, v in c.metadata],
+        checksum_to_bytes(c.parent) if c.parent else b"",
+        [(name, checksum_to_bytes(csum)) for name, csum in c.related],
+        c.subject, c.body, bswap64(c.timestamp),
+        checksum_to_bytes(c.root_tree), checksum_to_bytes(c.root_meta)))
+
+
+def decode_commit(data: bytes) -> Commit:
+    md, parent, related, subject, body, ts, tree, meta = gvariant.decode(COMMIT_TYPE, data)
+    for k, _ in md:
+        if not k:
+            raise InvalidObject("commit metadata key is empty")
+    if parent and len(parent) != 32:
+        raise InvalidObject(f"commit parent has {len(parent)} bytes")
+    return Commit(
+        root_tree=checksum_from_bytes(tree), root_meta=checksum_from_bytes(meta), metadata=md,
+        parent=checksum_from_bytes(parent) if parent else None,
+        related=[(n, checksum_from_bytes(c)) for n, c in related],
+        subject=subject, body=body, timestamp=bswap64(ts))
+
+
+def encode_commitmeta(metadata: Iterable[tuple[str, Variant]]) -> bytes:
+    """Detached commit metadata (``.commitmeta``), an ``a{sv}``."""
+    return gvariant.encode_asv(metadata)
+
+
+def decode_commitmeta(data: bytes) -> Metadata:
+    return gvariant.decode_asv(data)
+
+
+# ---------------------------------------------------------------------------------------------
+# summary
+
+@dataclass
+class SummaryRef:
+    name: str
+    commit_size: int
+    checksum: str
+    metadata: Metadata = field(default_factory=list)
+
+
+@dataclass
+class Summary:
+    refs: list[SummaryRef] = field(default_factory=list)
+    metadata: Metadata = field(default_factory=list)
+
+
+def encode_summary(s: Summary) -> bytes:
+    """Serialize a summary; refs are sorted by name as OSTree requires. Metadata values are taken as is
+    (BE fields such as ``ostree.commit.timestamp`` must already be swapped; see repo.py)."""
+    refs = sorted(s.refs, key=lambda r: r.name.encode("utf-8"))
+    return gvariant.encode(SUMMARY_TYPE, (
+        [(r.name, (r.commit_size, checksum_to_bytes(r.checksum), [(k, Variant(*v)) for k, v in r.metadata]))
+         for r in refs],
+        [(k, Variant(*v)) for k, v in s.metadata]))
+
+
+def decode_summary(data: bytes) -> Summary:
+    refs, md = gvariant.decode(SUMMARY_TYPE, data)
+    return Summary([SummaryRef(name, size, checksum_from_bytes(c), m) for name, (size, c, m) in refs], md)
+
+
+# ---------------------------------------------------------------------------------------------
+# static delta superblock (read side only)
+
+@dataclass
+class DeltaPartHeader:
+    version: int
+    checksum: str
+    compressed_size: int
+    uncompressed_size: int
+    objects: list[tuple[ObjectType, str]]
+
+
+@dataclass
+class DeltaSuperblock:
+    metadata: Metadata
+    timestamp: int
+    from_checksum: str | None
+    to_checksum: str
+    commit: Commit
+    parts: list[DeltaPartHeader]
+    fallback: list[tuple[ObjectType, str, int, int]]
+
+
+def _objtype(n: int) -> ObjectType:
+    try:
+        return ObjectType(n)
+    except ValueError:
+        raise InvalidObject(f"unknown object type {n}") from None
+
+
+def decode_delta_superblock(data: bytes) -> DeltaSuperblock:
+    md, ts, frm, to, commit, _deps, parts, fallback = gvariant.decode(DELTA_SUPERBLOCK_TYPE, data)
+    headers = []
+    for version, csum, csize, usize, objs in parts:
+        if len(objs) % 33:
+            raise InvalidObject("delta part object list length is not a multiple of 33")
+        headers.append(DeltaPartHeader(version, checksum_from_bytes(csum), csize, usize,
+                                       [(_objtype(objs[i]), objs[i + 1:i + 33].hex())
+                                        for i in range(0, len(objs), 33)]))
+    return DeltaSuperblock(
+        metadata=md, timestamp=bswap64(ts), from_checksum=checksum_from_bytes(frm) if frm else None,
+        to_checksum=checksum_from_bytes(to), commit=decode_commit(gvariant.encode(COMMIT_TYPE, commit)),
+        parts=headers,
+        fallback=[(_objtype(t), checksum_from_bytes(c), s, u) for t, c, s, u in fallback])
+
+
+def delta_name_encode(csum: str) -> str:
+    """OSTree's "modified base64" of a checksum used in delta paths (no '=', '/' -> '_')."""
+    import base64
+    return base64.b64encode(checksum_to_bytes(csum)).decode("ascii").rstrip("=").replace("/", "_")
+
+
+def delta_name_decode(name: str) -> str:
+    import base64
+    try:
+        raw = base64.b64decode(name.replace("_", "/") + "=", validate=True)
+    except ValueError:
+        raise InvalidObject(f"invalid delta name component {name!r:.80}") from None
+    return checksum_from_bytes(raw)
+
+
+def sorted_names(names: Sequence[str]) -> list[str]:
+    """Sort names the way OSTree does (strcmp on UTF-8 bytes)."""
+    return sorted(names, key=lambda n: n.encode("utf-8"))
