@@ -1,0 +1,175 @@
+"""The `gitree` command line: parses arguments, calls porcelain, turns errors into one stderr line."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+import click
+
+from . import porcelain
+from .errors import GitreeError
+from .progress import human_bytes
+from .store import Repo
+
+
+class Ctx:
+    def __init__(self, repo_path: str, debug: bool, quiet: bool):
+        self.repo_path = repo_path
+        self.debug = debug
+        self.quiet = quiet
+
+    def repo(self) -> Repo:
+        return Repo(self.repo_path)
+
+
+pass_ctx = click.make_pass_decorator(Ctx)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-C", "--repo", "repo_path", envvar="GITREE_REPO", default=".", show_default="$GITREE_REPO or .",
+              help="The gitree repository (a bare git repository).")
+@click.option("--debug", is_flag=True, help="Show a traceback on errors.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress display.")
+@click.pass_context
+def cli(ctx, repo_path, debug, quiet):
+    """gitree: operating-system root filesystems in git, with OSTree compatibility."""
+    ctx.obj = Ctx(repo_path, debug, quiet)
+
+
+@cli.command()
+@pass_ctx
+def init(c: Ctx):
+    """Create a new repository at -C PATH."""
+    porcelain.init(c.repo_path)
+    click.echo(f"initialized gitree repository in {os.path.abspath(c.repo_path)}")
+
+
+@cli.command("import-rootfs")
+@click.argument("source")
+@click.option("-b", "--branch", required=True, help="Branch to commit on (its tip becomes the parent).")
+@click.option("-m", "--message", help="Commit message.")
+@click.option("--timestamp", type=int, help="Commit time, UNIX seconds (default: now).")
+@click.option("--keep-mtime", is_flag=True, help="Store modification times (not kept by default).")
+@click.option("--cross-filesystems", is_flag=True, help="Descend into other mounted filesystems.")
+@pass_ctx
+def import_rootfs(c: Ctx, source, branch, message, timestamp, keep_mtime, cross_filesystems):
+    """Import SOURCE (a directory, a tar file of any compression, or - for a tar on stdin)."""
+    res = porcelain.import_rootfs(c.repo(), source, branch, message, timestamp, keep_mtime, c.quiet,
+                                  one_file_system=not cross_filesystems)
+    s = res.stats
+    click.echo(f"imported {s.entries} entries, {s.files} files, {human_bytes(s.bytes)} in {s.seconds:.1f} s; "
+               f"{s.new_objects} new objects ({human_bytes(s.pack_bytes)})", err=True)
+    click.echo(res.commit.hex())
+
+
+@cli.command()
+@click.argument("rev")
+@click.argument("dest", required=False)
+@click.option("--tar", "tar_out", metavar="FILE", help="Write a POSIX pax tar to FILE (- for stdout).")
+@pass_ctx
+def checkout(c: Ctx, rev, dest, tar_out):
+    """Write REV's tree to DEST (a new or empty directory), or as a tar with --tar."""
+    if (dest is None) == (tar_out is None):
+        raise GitreeError("give either DEST or --tar FILE")
+    repo = c.repo()
+    if tar_out is not None:
+        files, nbytes = porcelain.checkout_tar(repo, rev, tar_out, c.quiet)
+        click.echo(f"wrote {files} files, {human_bytes(nbytes)}", err=True)
+        return
+    report = porcelain.checkout_dir(repo, rev, dest, c.quiet)
+    for line in report.lines():
+        click.echo(f"gitree: warning: {line} (not running as root?)", err=True)
+
+
+@cli.command()
+@click.argument("rev")
+@click.argument("path", required=False, default="")
+@click.option("-l", "long_", is_flag=True, help="Long listing: mode, owner, size, link target, xattrs.")
+@click.option("-R", "recursive", is_flag=True, help="Recurse into directories.")
+@pass_ctx
+def ls(c: Ctx, rev, path, long_, recursive):
+    """List PATH (default: the root) in REV."""
+    for line in porcelain.ls(c.repo(), rev, path, long_, recursive):
+        click.echo(line)
+
+
+@cli.command()
+@click.argument("rev", default="HEAD")
+@click.option("-n", "limit", type=int, help="Show at most N commits.")
+@pass_ctx
+def log(c: Ctx, rev, limit):
+    """Show the history of REV (default HEAD)."""
+    for line in porcelain.log(c.repo(), rev, limit):
+        click.echo(line)
+
+
+@cli.command()
+@click.argument("rev")
+@pass_ctx
+def show(c: Ctx, rev):
+    """Show a commit and a summary of its tree."""
+    for line in porcelain.show(c.repo(), rev):
+        click.echo(line)
+
+
+@cli.command()
+@click.argument("rev1")
+@click.argument("rev2")
+@pass_ctx
+def diff(c: Ctx, rev1, rev2):
+    """Per-path changes from REV1 to REV2, content and metadata."""
+    for line in porcelain.diff(c.repo(), rev1, rev2):
+        click.echo(line)
+
+
+@cli.command()
+@click.argument("revs", nargs=-1)
+@pass_ctx
+def fsck(c: Ctx, revs):
+    """Verify side tables against trees and that every object exists (default: every branch)."""
+    problems = porcelain.fsck(c.repo(), list(revs))
+    for rev, path, msg in problems:
+        click.echo(f"{rev}: {'/' + path.decode('utf-8', 'backslashreplace')}: {msg}")
+    if problems:
+        raise GitreeError(f"fsck found {len(problems)} problem(s)")
+    click.echo("fsck: ok", err=True)
+
+
+def main(argv=None) -> int:
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        cli.main(args=argv, prog_name="gitree", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("gitree: interrupted", err=True)
+        return 130
+    except click.ClickException as e:
+        click.echo(f"gitree: error: {e.format_message()}", err=True)
+        return e.exit_code
+    except GitreeError as e:
+        if debug:
+            traceback.print_exc()
+        click.echo(f"gitree: error: {e}", err=True)
+        return e.exit_code
+    except KeyboardInterrupt:
+        click.echo("gitree: interrupted", err=True)
+        return 130
+    except BrokenPipeError:
+        return 141
+    except OSError as e:
+        if debug:
+            traceback.print_exc()
+        where = f" {e.filename!r}" if e.filename else ""
+        click.echo(f"gitree: error: {e.strerror or e}{where}", err=True)
+        return 1
+    except Exception as e:  # an internal fault: still one line unless --debug
+        if debug:
+            traceback.print_exc()
+        click.echo(f"gitree: internal error: {type(e).__name__}: {e} (rerun with --debug)", err=True)
+        return 70
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,336 @@
+"""One function per user command. The CLI only parses arguments and calls these."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import stat
+import sys
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+from . import sidetable
+from .entry import Entry, Kind
+from .errors import BadInput, GitreeError, NotFound
+from .gittree import MODE_DIR
+from .names import display
+from .progress import make_progress
+from .sinks import CheckoutReport, DirectoryWriter, write_tar
+from .sources import DirectoryReport, TarInput, directory_entries, tar_entries
+from .store import Importer, ImportStats, Repo
+
+Warn = Callable[[str], None]
+
+
+def _stderr_warn(msg: str) -> None:
+    print(f"gitree: warning: {msg}", file=sys.stderr)
+
+
+def init(path: str) -> Repo:
+    return Repo.init(path)
+
+
+@dataclass
+class ImportResult:
+    commit: bytes
+    stats: ImportStats
+    warnings: list[str] = field(default_factory=list)
+
+
+def import_rootfs(repo: Repo, source: str, branch: str, message: str | None = None,
+                  timestamp: int | None = None, keep_mtime: bool = False, quiet: bool = True,
+                  one_file_system: bool = True, level: int | None = None, warn: Warn = _stderr_warn
+                  ) -> ImportResult:
+    """Import a directory, a tar file (any compression) or '-' (a tar on stdin) as a commit on `branch`."""
+    repo.branch_ref(branch)  # validate the name before any work
+    if level is None:
+        level = _compression_level(repo)
+    total = None
+    if source != "-":
+        if not os.path.lexists(source):
+            raise BadInput(f"no such file or directory: {source}")
+        if not os.path.isdir(source):
+            total = os.path.getsize(source)
+    progress = make_progress("import", quiet, None if total is None else None)
+    imp = Importer(repo, keep_mtime=keep_mtime, level=level, progress=progress, warn=warn)
+    warnings: list[str] = []
+    tar_in = None
+    try:
+        if source == "-" or not os.path.isdir(source):
+            tar_in = TarInput(sys.stdin.buffer if source == "-" else source)
+            items = tar_entries(tar_in)
+        else:
+            report = DirectoryReport()
+            items = directory_entries(source, report, one_file_system)
+        for entry, data, rereadable in items:
+            try:
+                imp.add(entry, data, rereadable)
+            except OSError as e:
+                raise BadInput(f"{display(entry.path)}: {e.strerror or e}") from None
+        if tar_in is not None:
+            tar_in.close()
+            tar_in = None
+        else:
+            warnings.extend(report.lines())
+        if not imp.root_seen and tar_in is None and source != "-" and os.path.isdir(source):
+            pass
+        for w in warnings:
+            warn(w)
+        msg = message if message is not None else f"Import {os.path.basename(source.rstrip('/')) or source}"
+        cid = imp.commit(branch, msg, timestamp,
+                         lock_wait=lambda: print("gitree: waiting for another writer to finish...",
+                                                 file=sys.stderr))
+    except BaseException:
+        imp.abort()
+        if tar_in is not None:
+            tar_in.close(ok=False)
+        raise
+    return ImportResult(cid, imp.stats, warnings)
+
+
+def _compression_level(repo: Repo) -> int:
+    for key in ("gitree.compression", "pack.compression", "core.compression"):
+        try:
+            v = int(repo.git.config[key])
+        except (KeyError, ValueError):
+            continue
+        return 6 if v == -1 else max(0, min(9, v))
+    return 6
+
+
+# ---------------------------------------------------------------------------------------------
+# checkout
+
+def _chunks_for(repo: Repo):
+    return lambda e: repo.blob_chunks(e.oid, None, display(e.path))
+
+
+def checkout_dir(repo: Repo, rev: str, dest: str, quiet: bool = True, subpath: bytes = b"") -> CheckoutReport:
+    commit = repo.resolve(rev)
+    progress = make_progress("checkout", quiet)
+    w = DirectoryWriter(dest, _chunks_for(repo), keep_mtime=True, tick=progress.update if progress else None)
+    report = w.run(repo.walk(commit, subpath))
+    if progress:
+        progress.done()
+    return report
+
+
+def checkout_tar(repo: Repo, rev: str, out: str, quiet: bool = True) -> tuple[int, int]:
+    commit = repo.resolve(rev)
+    progress = make_progress("checkout", quiet)
+    tick = progress.update if progress else None
+    sizes = lambda e: repo.blob_size(e.oid, display(e.path))  # noqa: E731
+    if out == "-":
+        stream = sys.stdout.buffer
+        res = write_tar(repo.walk(commit), stream.write, _chunks_for(repo), sizes, True, tick)
+        stream.flush()
+    else:
+        tmp = out + ".gitree-tmp"
+        try:
+            with open(tmp, "wb") as f:
+                res = write_tar(repo.walk(commit), f.write, _chunks_for(repo), sizes, True, tick)
+            os.replace(tmp, out)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+    if progress:
+        progress.done()
+    return res
+
+
+# ---------------------------------------------------------------------------------------------
+# inspection
+
+def mode_string(kind: Kind, mode: int) -> str:
+    return stat.filemode(kind.ifmt | mode)
+
+
+def ls(repo: Repo, rev: str, path: str = "", long: bool = False, recursive: bool = False) -> Iterator[str]:
+    commit = repo.resolve(rev)
+    want = os.fsencode(path.strip("/"))
+    entries = repo.walk(commit) if want == b"" or recursive else _entries_for_ls(repo, commit, want)
+    for e in entries:
+        if want and recursive and not (e.path == want or e.path.startswith(want + b"/")):
+            continue
+        if not recursive and e.path == want and e.kind is Kind.DIR:
+            continue
+        if not recursive and want == b"" and (e.path == b"" or b"/" in e.path):
+            continue
+        name = display(e.path) if recursive or e.path == want else os.fsdecode(e.name)
+        if e.path == b"" and recursive:
+            name = "/"
+        if not long:
+            yield name
+            continue
+        size = repo.blob_size(e.oid) if e.kind is Kind.FILE else 0
+        extra = ""
+        if e.kind is Kind.SYMLINK:
+            extra = " -> " + (e.target or b"").decode("utf-8", "backslashreplace")
+        if e.hardlink is not None:
+            extra += " => " + display(e.hardlink)
+        if e.rdev is not None:
+            size_s = f"{e.rdev[0]}, {e.rdev[1]}"
+        else:
+            size_s = str(size)
+        x = f" [{','.join(n.decode('utf-8', 'backslashreplace') for n, _ in e.xattrs)}]" if e.xattrs else ""
+        yield f"{mode_string(e.kind, e.mode)} {e.uid:>5} {e.gid:>5} {size_s:>10} {name}{extra}{x}"
+
+
+def _entries_for_ls(repo: Repo, commit, want: bytes) -> Iterator[Entry]:
+    parent = want.rpartition(b"/")[0] if b"/" in want else b""
+    found = False
+    for e in repo.walk(commit, parent):
+        if e.path == want:
+            found = True
+            if e.kind is not Kind.DIR:
+                yield e
+                return
+            continue
+        if found and e.path.rpartition(b"/")[0] == want:
+            yield e
+        elif found and not e.path.startswith(want + b"/"):
+            return
+    if not found:
+        raise NotFound(f"no such path {display(want)} in {commit.id}")
+
+
+def log(repo: Repo, rev: str = "HEAD", limit: int | None = None) -> Iterator[str]:
+    commit = repo.resolve(rev)
+    n = 0
+    while commit is not None:
+        when = datetime.datetime.fromtimestamp(commit.commit_time, datetime.timezone.utc)
+        yield f"commit {commit.id}"
+        yield f"Date:   {when:%Y-%m-%d %H:%M:%S} UTC ({commit.commit_time})"
+        yield ""
+        for line in commit.message.rstrip("\n").splitlines() or [""]:
+            yield "    " + line
+        yield ""
+        n += 1
+        if limit is not None and n >= limit:
+            return
+        commit = commit.parents[0] if commit.parents else None
+
+
+def show(repo: Repo, rev: str) -> Iterator[str]:
+    commit = repo.resolve(rev)
+    yield from log(repo, str(commit.id), limit=1)
+    counts: dict[Kind, int] = {}
+    nbytes = hard = xattrs = 0
+    for e in repo.walk(commit):
+        counts[e.kind] = counts.get(e.kind, 0) + 1
+        if e.hardlink is not None:
+            hard += 1
+        elif e.kind is Kind.FILE:
+            nbytes += repo.blob_size(e.oid)
+        xattrs += bool(e.xattrs)
+    yield "entries: " + ", ".join(f"{counts[k]} {k.name.lower()}" for k in Kind if k in counts)
+    yield f"content: {nbytes} bytes in regular files; {hard} hard links; {xattrs} entries with xattrs"
+    content, meta = repo.commit_trees(commit)
+    yield f"rootfs tree {content.hex()}  meta tree {meta.hex()}"
+
+
+# ---------------------------------------------------------------------------------------------
+# diff
+
+def _row_changes(a: sidetable.Row, b: sidetable.Row) -> list[str]:
+    out = []
+    if a.kind is not b.kind:
+        return [f"type {a.kind.name.lower()} -> {b.kind.name.lower()}"]
+    if a.mode != b.mode:
+        out.append(f"mode {a.mode:04o} -> {b.mode:04o}")
+    if (a.uid, a.gid) != (b.uid, b.gid):
+        out.append(f"owner {a.uid}:{a.gid} -> {b.uid}:{b.gid}")
+    if a.rdev != b.rdev:
+        out.append(f"device {a.rdev} -> {b.rdev}")
+    if a.hardlink != b.hardlink:
+        out.append("hard link " + (display(a.hardlink) if a.hardlink else "none") + " -> "
+                   + (display(b.hardlink) if b.hardlink else "none"))
+    if a.mtime_ns != b.mtime_ns:
+        out.append("mtime")
+    xa, xb = dict(a.xattrs), dict(b.xattrs)
+    for n in sorted(set(xa) | set(xb)):
+        if xa.get(n) != xb.get(n):
+            what = "added" if n not in xa else "removed" if n not in xb else "changed"
+            out.append(f"xattr {n.decode('utf-8', 'backslashreplace')} {what}")
+    return out
+
+
+def diff(repo: Repo, rev1: str, rev2: str) -> Iterator[str]:
+    """Per-path changes: A added, D deleted, M modified (content and/or metadata, named)."""
+    c1, c2 = repo.resolve(rev1), repo.resolve(rev2)
+    yield from _diff_dir(repo, b"", repo.commit_trees(c1), repo.commit_trees(c2))
+
+
+def _diff_dir(repo: Repo, path: bytes, a: tuple[bytes, bytes], b: tuple[bytes, bytes]) -> Iterator[str]:
+    if a == b:
+        return
+    na, nb = repo.read_dir(path, *a), repo.read_dir(path, *b)
+    if na.self_row != nb.self_row:
+        ch = _row_changes(na.self_row, nb.self_row)
+        if ch:
+            yield f"M {display(path)}  " + "; ".join(ch)
+    ra = {r.name: r for r in na.rows}
+    rb = {r.name: r for r in nb.rows}
+    for name in sorted(set(ra) | set(rb)):
+        p = path + b"/" + name if path else name
+        x, y = ra.get(name), rb.get(name)
+        if y is None:
+            yield f"D {display(p)}" + ("/" if x.kind is Kind.DIR else "")
+            continue
+        if x is None:
+            yield f"A {display(p)}" + ("/" if y.kind is Kind.DIR else "")
+            if y.kind is Kind.DIR:
+                for e in _subtree(repo, p, nb, name):
+                    yield f"A {display(e.path)}" + ("/" if e.kind is Kind.DIR else "")
+            continue
+        if x.kind is Kind.DIR and y.kind is Kind.DIR:
+            yield from _diff_dir(repo, p, (na.content[name][1], na.meta[name]), (nb.content[name][1], nb.meta[name]))
+            continue
+        ch = _row_changes(x, y)
+        ca, cb = na.content.get(name), nb.content.get(name)
+        if x.kind is y.kind and ca != cb:
+            ch.insert(0, "target" if x.kind is Kind.SYMLINK else "content")
+        if ch:
+            yield f"M {display(p)}  " + "; ".join(ch)
+        if x.kind is Kind.DIR and y.kind is not Kind.DIR:
+            for e in _subtree(repo, p, na, name):
+                yield f"D {display(e.path)}"
+
+
+def _subtree(repo: Repo, path: bytes, node, name: bytes) -> Iterator[Entry]:
+    from .store import _Walker
+    it = _Walker(repo, None).walk_dir(path, node.content[name][1], node.meta[name])
+    next(it, None)  # the directory itself is already reported
+    yield from it
+
+
+# ---------------------------------------------------------------------------------------------
+# fsck
+
+def fsck(repo: Repo, revs: list[str] | None = None) -> list[tuple[str, bytes, str]]:
+    """Check that side tables agree with their trees and every object exists. Returns problems."""
+    if not revs:
+        revs = [r for r in repo.git.references if r.startswith("refs/heads/")]
+        if not revs:
+            raise NotFound("no branches to check")
+    problems: list[tuple[str, bytes, str]] = []
+    checked: set[bytes] = set()
+    for rev in revs:
+        commit = repo.resolve(rev)
+        if commit.id.raw in checked:
+            continue
+        checked.add(commit.id.raw)
+        found: list = []
+        try:
+            for e in repo.walk(commit, problems=found):
+                if e.oid is not None and e.hardlink is None and e.kind is Kind.FILE and not repo.exists(e.oid):
+                    found.append((e.path, f"missing blob {e.oid.hex()}"))
+        except GitreeError as err:
+            found.append((b"", str(err)))
+        problems.extend((rev, p, m) for p, m in found)
+    return problems
+
+
+__all__ = ["init", "import_rootfs", "checkout_dir", "checkout_tar", "ls", "log", "show", "diff", "fsck",
+           "MODE_DIR"]

@@ -1,0 +1,136 @@
+"""Per-directory side tables: a pure codec (bytes in, rows out). Specified in docs/format.md.
+
+A table lists the directory itself (row name ".") and every entry in it, sorted by raw name bytes:
+
+    gitree-dirtable 1
+    . d 755 0 0
+    <name> <kind> <mode> <uid> <gid>[ r=MAJ,MIN][ h=LEADER][ t=SEC[.NSEC]][ x=NAME=VALUE]...
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .entry import Kind, Xattrs
+from .errors import CorruptObject
+from .names import esc, unesc
+
+MAGIC = b"gitree-dirtable 1\n"
+SELF = b"."
+
+_KINDS = {k.value.encode(): k for k in Kind}
+
+
+@dataclass(slots=True, frozen=True)
+class Row:
+    name: bytes
+    kind: Kind
+    mode: int
+    uid: int
+    gid: int
+    rdev: tuple[int, int] | None = None
+    hardlink: bytes | None = None
+    mtime_ns: int | None = None
+    xattrs: Xattrs = ()
+
+
+def _fmt_mtime(ns: int) -> bytes:
+    sec, nsec = divmod(ns, 1_000_000_000)
+    return b"%d" % sec if nsec == 0 else b"%d.%09d" % (sec, nsec)
+
+
+def _parse_mtime(tok: bytes) -> int:
+    sec, dot, nsec = tok.partition(b".")
+    if dot and len(nsec) != 9:
+        raise ValueError("mtime fraction must have 9 digits")
+    return int(sec) * 1_000_000_000 + (int(nsec) if dot else 0)
+
+
+def encode_row(row: Row) -> bytes:
+    parts = [esc(row.name) if row.name != SELF else SELF, row.kind.value.encode(),
+             b"%o" % row.mode, b"%d" % row.uid, b"%d" % row.gid]
+    if row.rdev is not None:
+        parts.append(b"r=%d,%d" % row.rdev)
+    if row.hardlink is not None:
+        parts.append(b"h=" + esc(row.hardlink))
+    if row.mtime_ns is not None:
+        parts.append(b"t=" + _fmt_mtime(row.mtime_ns))
+    for name, value in row.xattrs:
+        parts.append(b"x=" + esc(name) + b"=" + esc(value))
+    return b" ".join(parts) + b"\n"
+
+
+def encode_table(self_row: Row, rows: list[Row]) -> bytes:
+    """Canonical bytes of one directory's table; `rows` are sorted here."""
+    out = [MAGIC, encode_row(self_row)]
+    out.extend(encode_row(r) for r in sorted(rows, key=lambda r: r.name))
+    return b"".join(out)
+
+
+def decode_table(data: bytes, where: str = "") -> tuple[Row, list[Row]]:
+    """Parse and validate a table; raise CorruptObject naming `where` on any fault."""
+    if not data.startswith(MAGIC):
+        first = data.split(b"\n", 1)[0][:40]
+        raise CorruptObject(f"side table {where}: unknown header {first!r}")
+    lines = data[len(MAGIC):].split(b"\n")
+    if lines[-1] != b"":
+        raise CorruptObject(f"side table {where}: missing final newline")
+    rows = []
+    prev = None
+    for lineno, line in enumerate(lines[:-1], 2):
+        try:
+            row = _decode_row(line)
+            if encode_row(row) != line + b"\n":
+                raise ValueError("row is not in canonical form")
+        except (ValueError, KeyError, IndexError) as e:
+            raise CorruptObject(f"side table {where} line {lineno}: {e}") from None
+        if lineno == 2:
+            if row.name != SELF or row.kind is not Kind.DIR:
+                raise CorruptObject(f"side table {where}: first row must describe the directory itself")
+            continue
+        if row.name == SELF or (prev is not None and row.name <= prev):
+            raise CorruptObject(f"side table {where} line {lineno}: rows not sorted or repeated")
+        prev = row.name
+        rows.append(row)
+    if not lines[:-1]:
+        raise CorruptObject(f"side table {where}: no row for the directory itself")
+    return _decode_row(lines[0]), rows
+
+
+def _decode_row(line: bytes) -> Row:
+    toks = line.split(b" ")
+    if len(toks) < 5:
+        raise ValueError("short row")
+    name = SELF if toks[0] == SELF else unesc(toks[0])
+    if not name or b"/" in name or name == b"..":
+        raise ValueError(f"bad name {toks[0]!r}")
+    kind = _KINDS[toks[1]]
+    mode = int(toks[2], 8)
+    if not 0 <= mode <= 0o7777:
+        raise ValueError("mode out of range")
+    uid, gid = int(toks[3]), int(toks[4])
+    if uid < 0 or gid < 0:
+        raise ValueError("negative id")
+    rdev = hardlink = mtime = None
+    xattrs = []
+    for tok in toks[5:]:
+        key, _, val = tok.partition(b"=")
+        if key == b"r":
+            maj, _, mnr = val.partition(b",")
+            rdev = (int(maj), int(mnr))
+        elif key == b"h":
+            hardlink = unesc(val)
+        elif key == b"t":
+            mtime = _parse_mtime(val)
+        elif key == b"x":
+            xn, sep, xv = val.partition(b"=")
+            if not sep:
+                raise ValueError("xattr without '='")
+            xattrs.append((unesc(xn), unesc(xv)))
+        else:
+            raise ValueError(f"unknown field {key!r}")
+    if xattrs != sorted(xattrs) or len({n for n, _ in xattrs}) != len(xattrs):
+        raise ValueError("xattrs not sorted or repeated")
+    if (rdev is not None) != (kind in (Kind.CHAR, Kind.BLOCK)):
+        raise ValueError("device number present without a device, or missing")
+    return Row(name, kind, mode, uid, gid, rdev, hardlink, mtime, tuple(xattrs))

@@ -1,0 +1,216 @@
+"""Sinks: writers that turn a stream of entries (from Repo.walk) into a tar archive or a directory."""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import Callable, Iterable, Iterator
+
+from .entry import Entry, Kind
+from .errors import GitreeError, UnsafePath
+from .names import display
+from .tarformat import TarWriter
+
+ChunksFor = Callable[[Entry], Iterator[bytes]]
+
+
+def _tar_name(e: Entry) -> bytes:
+    if not e.path:
+        return b"./"
+    return b"./" + e.path + (b"/" if e.kind is Kind.DIR else b"")
+
+
+def write_tar(entries: Iterable[Entry], write, chunks_for: ChunksFor, sizes: Callable[[Entry], int],
+              keep_mtime: bool = False, tick=None) -> tuple[int, int]:
+    """Write every entry as a pax tar member; returns (files, bytes)."""
+    w = TarWriter(write)
+    files = nbytes = 0
+    for e in entries:
+        mtime = (e.mtime_ns or 0) if keep_mtime else 0
+        if e.hardlink is not None:
+            w.add(_tar_name(e), e.kind.ifmt, e.mode, e.uid, e.gid, linkname=b"./" + e.hardlink, hardlink=True,
+                  mtime_ns=mtime, xattrs=e.xattrs)
+            continue
+        if e.kind is Kind.FILE:
+            size = sizes(e)
+            w.add(_tar_name(e), e.kind.ifmt, e.mode, e.uid, e.gid, size=size, mtime_ns=mtime, xattrs=e.xattrs)
+            got = 0
+            for chunk in chunks_for(e):
+                got += len(chunk)
+                w.add_data(chunk)
+            if got != size:
+                raise GitreeError(f"{display(e.path)}: blob gave {got} bytes, expected {size}")
+            w.pad(size)
+            files += 1
+            nbytes += size
+            if tick:
+                tick(files, nbytes, e.path)
+        else:
+            w.add(_tar_name(e), e.kind.ifmt, e.mode, e.uid, e.gid, linkname=e.target or b"",
+                  rdev=e.rdev or (0, 0), mtime_ns=mtime, xattrs=e.xattrs)
+    w.close()
+    return files, nbytes
+
+
+class CheckoutReport:
+    """Metadata a non-root checkout could not restore, counted per kind."""
+
+    def __init__(self):
+        self.failed: dict[str, list[bytes]] = {}
+
+    def add(self, what: str, path: bytes) -> None:
+        self.failed.setdefault(what, []).append(path)
+
+    def lines(self) -> list[str]:
+        return [f"could not restore {what} for {len(paths)} item(s), e.g. "
+                + ", ".join(display(p) for p in paths[:3]) for what, paths in sorted(self.failed.items())]
+
+
+_NOFOLLOW_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _proc_path(dirfd: int, name: bytes) -> bytes:
+    return b"/proc/self/fd/%d/" % dirfd + name
+
+
+class DirectoryWriter:
+    """Writes entries under DEST. Never follows a symlink inside DEST, never writes outside it.
+
+    Every object is created relative to an open descriptor of its parent with O_NOFOLLOW/O_EXCL, so a
+    symlink already in DEST (or created by the tree itself) is never traversed.
+    """
+
+    def __init__(self, dest: str, chunks_for: ChunksFor, keep_mtime: bool = False, tick=None):
+        self.dest = os.fsencode(dest)
+        self.chunks_for = chunks_for
+        self.keep_mtime = keep_mtime
+        self.tick = tick
+        self.report = CheckoutReport()
+        self.is_root = os.geteuid() == 0
+        self.files = self.nbytes = 0
+        self.stack: list[tuple[bytes, int, Entry]] = []  # (path, fd, entry) of open directories
+        self.inodes: dict[bytes, tuple[bytes, bytes]] = {}  # leader path -> (parent path, name)
+
+    def run(self, entries: Iterable[Entry]) -> CheckoutReport:
+        if os.path.lexists(self.dest):
+            if not os.path.isdir(self.dest) or os.path.islink(self.dest):
+                raise GitreeError(f"{os.fsdecode(self.dest)} exists and is not a directory")
+            if os.listdir(self.dest):
+                raise GitreeError(f"{os.fsdecode(self.dest)} is not empty")
+        else:
+            os.mkdir(self.dest, 0o700)
+        try:
+            for e in entries:
+                self._add(e)
+            while self.stack:
+                self._close_dir()
+        finally:
+            for _, fd, _ in self.stack:
+                os.close(fd)
+        return self.report
+
+    def _parent_fd(self, path: bytes) -> int:
+        parent = path.rpartition(b"/")[0] if b"/" in path else b""
+        while self.stack and self.stack[-1][0] != parent:
+            self._close_dir()
+        if not self.stack:
+            raise UnsafePath(f"{display(path)}: parent directory not open (entries out of order)")
+        return self.stack[-1][1]
+
+    def _add(self, e: Entry) -> None:
+        if e.path == b"":
+            fd = os.open(self.dest, _NOFOLLOW_DIR)
+            self.stack.append((b"", fd, e))
+            return
+        pfd = self._parent_fd(e.path)
+        name = e.name
+        if e.hardlink is not None:
+            ppath, lname = self.inodes[e.hardlink]
+            src_fd = self._open_dir(ppath)
+            try:
+                os.link(lname, name, src_dir_fd=src_fd, dst_dir_fd=pfd, follow_symlinks=False)
+            finally:
+                os.close(src_fd)
+            return
+        if e.kind is Kind.DIR:
+            os.mkdir(name, 0o700, dir_fd=pfd)
+            fd = os.open(name, _NOFOLLOW_DIR, dir_fd=pfd)
+            self.stack.append((e.path, fd, e))
+            return
+        parent = e.path.rpartition(b"/")[0] if b"/" in e.path else b""
+        self.inodes[e.path] = (parent, name)
+        if e.kind is Kind.FILE:
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                         dir_fd=pfd)
+            try:
+                for chunk in self.chunks_for(e):
+                    view = memoryview(chunk)
+                    while view:
+                        n = os.write(fd, view)
+                        view = view[n:]
+                        self.nbytes += n
+                self.files += 1
+                self._meta_fd(fd, e)
+            finally:
+                os.close(fd)
+            if self.tick:
+                self.tick(self.files, self.nbytes, e.path)
+            return
+        if e.kind is Kind.SYMLINK:
+            os.symlink(e.target, name, dir_fd=pfd)
+        else:
+            try:
+                os.mknod(name, e.st_mode, os.makedev(*e.rdev) if e.rdev else 0, dir_fd=pfd)
+            except PermissionError:
+                self.report.add(f"{e.kind.name.lower()} node", e.path)
+                return
+        self._meta_path(pfd, name, e)
+
+    def _open_dir(self, path: bytes) -> int:
+        fd = os.open(self.dest, _NOFOLLOW_DIR)
+        for comp in (path.split(b"/") if path else []):
+            nfd = os.open(comp, _NOFOLLOW_DIR, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        return fd
+
+    def _close_dir(self) -> None:
+        path, fd, e = self.stack.pop()
+        try:
+            self._meta_fd(fd, e)
+        finally:
+            os.close(fd)
+
+    def _meta_fd(self, fd: int, e: Entry) -> None:
+        self._chown(lambda: os.fchown(fd, e.uid, e.gid), e)
+        os.fchmod(fd, e.mode)
+        for n, v in e.xattrs:
+            self._setxattr(lambda: os.setxattr(fd, n, v), n, e)
+        if self.keep_mtime and e.mtime_ns is not None:
+            os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
+
+    def _meta_path(self, pfd: int, name: bytes, e: Entry) -> None:
+        self._chown(lambda: os.chown(name, e.uid, e.gid, dir_fd=pfd, follow_symlinks=False), e)
+        if e.kind is not Kind.SYMLINK:
+            os.chmod(name, e.mode, dir_fd=pfd)
+        pp = _proc_path(pfd, name)
+        for n, v in e.xattrs:
+            self._setxattr(lambda: os.setxattr(pp, n, v, follow_symlinks=False), n, e)
+        if self.keep_mtime and e.mtime_ns is not None:
+            os.utime(name, ns=(e.mtime_ns, e.mtime_ns), dir_fd=pfd, follow_symlinks=False)
+
+    def _chown(self, fn, e: Entry) -> None:
+        try:
+            fn()
+        except PermissionError:
+            self.report.add("ownership", e.path)
+
+    def _setxattr(self, fn, name: bytes, e: Entry) -> None:
+        try:
+            fn()
+        except OSError as err:
+            if err.errno in (errno.EPERM, errno.EACCES, errno.EOPNOTSUPP, errno.ENOTSUP):
+                self.report.add(f"xattr {name.decode('utf-8', 'backslashreplace')}", e.path)
+            else:
+                raise
+

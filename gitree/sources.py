@@ -1,0 +1,276 @@
+"""Sources: readers that turn a tar archive or a directory into a stream of entries.
+
+Each yields (Entry, data, rereadable): `data` is None or a callable giving a regular file's bytes in
+chunks; for a tar stream it must be consumed before the next entry is taken.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import threading
+from typing import BinaryIO, Callable, Iterator
+
+from .entry import Entry, Kind, sorted_xattrs
+from .errors import BadInput, UnsafePath
+from .names import display, normalize_member_path
+from .tarformat import LNKTYPE, TarReader
+
+Item = tuple[Entry, Callable | None, bool]
+
+_MAGICS = [
+    (b"\x1f\x8b", "gzip", ["gzip", "-dc"]),
+    (b"\xfd7zXZ\x00", "xz", ["xz", "-dc", "-T2"]),
+    (b"\x28\xb5\x2f\xfd", "zstd", ["zstd", "-dc", "-q"]),
+    (b"BZh", "bzip2", ["bzip2", "-dc"]),
+]
+
+
+class TarInput:
+    """A tar archive from a file or stdin, decompressed by an external process when compressed.
+
+    The format is recognised from its first bytes, not the file name.
+    """
+
+    def __init__(self, source: str | BinaryIO):
+        self.proc = None
+        self._pump = None
+        self._pump_error: BaseException | None = None
+        self.name = source if isinstance(source, str) else "<stdin>"
+        if isinstance(source, str):
+            try:
+                self.raw = open(source, "rb")
+            except OSError as e:
+                raise BadInput(f"cannot open {source}: {e.strerror}") from None
+        else:
+            self.raw = source
+        head = self._peek(6)
+        for magic, fmt, cmd in _MAGICS:
+            if head.startswith(magic):
+                if shutil.which(cmd[0]) is None:
+                    raise BadInput(f"{self.name} is {fmt}-compressed but '{cmd[0]}' is not installed")
+                self._start(cmd, head)
+                return
+        self._prefix = head
+        self.read = self._read_plain
+
+    def _peek(self, n: int) -> bytes:
+        buf = b""
+        while len(buf) < n:
+            more = self.raw.read(n - len(buf))
+            if not more:
+                break
+            buf += more
+        return buf
+
+    def _read_plain(self, n: int) -> bytes:
+        if self._prefix:
+            out, self._prefix = self._prefix[:n], self._prefix[n:]
+            if len(out) < n:
+                out += self.raw.read(n - len(out))
+            return out
+        return self.raw.read(n)
+
+    def _start(self, cmd: list[str], head: bytes) -> None:
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+        def pump():
+            try:
+                self.proc.stdin.write(head)
+                while True:
+                    buf = self.raw.read(1 << 20)
+                    if not buf:
+                        break
+                    self.proc.stdin.write(buf)
+            except BrokenPipeError:
+                pass
+            except BaseException as e:  # reported by close()
+                self._pump_error = e
+            finally:
+                try:
+                    self.proc.stdin.close()
+                except BrokenPipeError:
+                    pass
+
+        self._pump = threading.Thread(target=pump, daemon=True)
+        self._pump.start()
+        self.read = self.proc.stdout.read
+
+    def close(self, ok: bool = True) -> None:
+        if self.proc is not None:
+            if not ok:
+                self.proc.kill()
+            self.proc.stdout.close()
+            rc = self.proc.wait()
+            err = self.proc.stderr.read().decode(errors="replace").strip()
+            self.proc.stderr.close()
+            if self._pump is not None:
+                self._pump.join()
+            if ok and rc != 0:
+                raise BadInput(f"{self.name}: decompression failed: {err.splitlines()[-1] if err else rc}")
+        if self.raw is not sys.stdin.buffer:
+            self.raw.close()
+
+
+def tar_entries(inp: TarInput) -> Iterator[Item]:
+    reader = TarReader(inp.read)
+    for m in reader:
+        path = normalize_member_path(m.path)
+        kind = Kind.from_mode(m.ifmt | m.mode)
+        e = Entry(path, kind, m.mode, m.uid, m.gid, sorted_xattrs(m.xattrs), mtime_ns=m.mtime_ns, size=m.size)
+        if m.typeflag == LNKTYPE:
+            e.hardlink = normalize_member_path(m.linkname)
+            e.size = 0
+            yield e, None, False
+            continue
+        if kind is Kind.SYMLINK:
+            e.target = m.linkname
+        elif kind in (Kind.CHAR, Kind.BLOCK):
+            e.rdev = (m.devmajor, m.devminor)
+        if kind is Kind.FILE:
+            yield e, reader.iter_data, False
+        else:
+            yield e, None, False
+
+
+# ---------------------------------------------------------------------------------------------
+
+class DirectoryReport:
+    """What a directory walk could not capture (unreadable files, xattrs, other filesystems)."""
+
+    def __init__(self):
+        self.unreadable: list[tuple[bytes, str]] = []
+        self.mountpoints: list[bytes] = []
+
+    def lines(self) -> list[str]:
+        out = []
+        if self.unreadable:
+            first = ", ".join(f"{display(p)} ({why})" for p, why in self.unreadable[:5])
+            out.append(f"could not read {len(self.unreadable)} item(s), not captured: {first}"
+                       + (" ..." if len(self.unreadable) > 5 else ""))
+        if self.mountpoints:
+            out.append(f"did not cross into {len(self.mountpoints)} other filesystem(s), stored as empty "
+                       f"directories: " + ", ".join(display(p) for p in self.mountpoints[:5]))
+        return out
+
+
+def _read_xattrs(path: bytes, report: DirectoryReport, rel: bytes) -> tuple:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError as e:
+        if e.errno in (95, 61):  # EOPNOTSUPP, ENODATA
+            return ()
+        report.unreadable.append((rel, f"xattrs: {e.strerror}"))
+        return ()
+    out = []
+    for n in names:
+        try:
+            v = os.getxattr(path, n, follow_symlinks=False)
+        except OSError as e:
+            if e.errno == 61:
+                continue
+            report.unreadable.append((rel, f"xattr {n}: {e.strerror}"))
+            continue
+        out.append((os.fsencode(n), v))
+    return sorted_xattrs(out)
+
+
+def _file_reader(path: bytes, size: int):
+    def chunks():
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            left = size
+            while left > 0:
+                buf = os.read(fd, min(left, 1 << 20))
+                if not buf:
+                    break
+                left -= len(buf)
+                yield buf
+        finally:
+            os.close(fd)
+    return chunks
+
+
+def directory_entries(root: str | bytes, report: DirectoryReport, one_file_system: bool = True) -> Iterator[Item]:
+    """Walk a directory tree without following symlinks; entries in canonical order."""
+    root_b = os.fsencode(root)
+    try:
+        st = os.lstat(root_b)
+    except OSError as e:
+        raise BadInput(f"cannot read {os.fsdecode(root_b)}: {e.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise BadInput(f"{os.fsdecode(root_b)} is not a directory or a tar archive")
+    seen_inodes: dict[tuple[int, int], bytes] = {}
+    yield from _walk(root_b, b"", st, report, seen_inodes, st.st_dev if one_file_system else None)
+
+
+def _entry_from_stat(rel: bytes, st: os.stat_result, xattrs) -> Entry:
+    kind = Kind.from_mode(st.st_mode)
+    e = Entry(rel, kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, xattrs, mtime_ns=st.st_mtime_ns)
+    if kind in (Kind.CHAR, Kind.BLOCK):
+        e.rdev = (os.major(st.st_rdev), os.minor(st.st_rdev))
+    if kind is Kind.FILE:
+        e.size = st.st_size
+    return e
+
+
+def _walk(abs_: bytes, rel: bytes, st, report, seen, dev) -> Iterator[Item]:
+    yield _entry_from_stat(rel, st, _read_xattrs(abs_, report, rel)), None, False
+    if dev is not None and st.st_dev != dev:
+        report.mountpoints.append(rel)
+        return
+    try:
+        names = sorted(os.listdir(abs_))
+    except OSError as e:
+        report.unreadable.append((rel, f"directory listing: {e.strerror}"))
+        return
+    for name in names:
+        cabs = abs_ + b"/" + name
+        crel = rel + b"/" + name if rel else name
+        try:
+            cst = os.lstat(cabs)
+        except OSError as e:
+            report.unreadable.append((crel, e.strerror))
+            continue
+        if stat.S_ISDIR(cst.st_mode):
+            yield from _walk(cabs, crel, cst, report, seen, dev)
+            continue
+        if cst.st_nlink > 1:
+            key = (cst.st_dev, cst.st_ino)
+            first = seen.get(key)
+            if first is not None:
+                e = _entry_from_stat(crel, cst, ())
+                e.hardlink = first
+                e.size = 0
+                yield e, None, False
+                continue
+        e = _entry_from_stat(crel, cst, _read_xattrs(cabs, report, crel))
+        if e.kind is Kind.SYMLINK:
+            try:
+                e.target = os.readlink(cabs)
+            except OSError as err:
+                report.unreadable.append((crel, err.strerror))
+                continue
+        elif e.kind is Kind.FILE:
+            if not os.access(cabs, os.R_OK) and os.geteuid() != 0:
+                report.unreadable.append((crel, "permission denied"))
+                continue
+            data = _file_reader(cabs, e.size)
+            if cst.st_nlink > 1:
+                seen[(cst.st_dev, cst.st_ino)] = crel
+            yield e, data, True
+            continue
+        if cst.st_nlink > 1:
+            seen[(cst.st_dev, cst.st_ino)] = crel
+        yield e, None, False
+
+
+def check_source_path(src: str) -> None:
+    if not os.path.exists(src):
+        raise BadInput(f"no such file or directory: {src}")
+
+
+__all__ = ["TarInput", "tar_entries", "directory_entries", "DirectoryReport", "UnsafePath"]

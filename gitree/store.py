@@ -1,0 +1,647 @@
+"""The store: rootfs trees in a bare git repository, with per-directory side tables.
+
+Commit layout (docs/format.md):
+    format          blob "gitree 1\\n"
+    rootfs/         the content tree: files, symlinks, directories (names escaped where git refuses them)
+    meta/           one node per directory of rootfs/: `.gitree` (that directory's side table) and the
+                    nodes of its subdirectories under the same (escaped) names
+    ostree/         optional: what an OSTree import needs to reproduce the original commit bytes
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import contextlib
+import errno
+import fcntl
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator
+
+import pygit2
+
+from . import sidetable
+from .entry import Entry, Kind, split_path
+from .errors import BadInput, CorruptObject, GitreeError, NotFound, RepoLocked, UnsafePath
+from .gittree import MODE_DIR, MODE_EXEC, MODE_FILE, MODE_LINK, decode_tree, encode_tree
+from .names import check_name, display, fs_name, git_name
+from .packwriter import OBJ_BLOB, OBJ_COMMIT, OBJ_TREE, PackWriter, hash_and_compress, object_id
+
+FORMAT_BLOB = b"gitree 1\n"
+TABLE_NAME = b".gitree"
+TOP_ROOTFS, TOP_META, TOP_FORMAT, TOP_OSTREE = b"rootfs", b"meta", b"format", b"ostree"
+
+SMALL_FILE = 8 << 20          # files up to this size are hashed and compressed in worker threads
+INFLIGHT_BYTES = 64 << 20     # bound on file bytes held in memory waiting for workers
+STREAM_BLOB = 32 << 20        # blobs larger than this are read through `git cat-file` streaming
+WORKERS = max(2, min(4, os.cpu_count() or 2))
+
+
+# ---------------------------------------------------------------------------------------------
+# In-memory tree built during an import
+
+class Inode:
+    """A non-directory object; shared by every path that is a hard link to it."""
+
+    __slots__ = ("kind", "mode", "uid", "gid", "xattrs", "rdev", "mtime_ns", "oid", "size")
+
+    def __init__(self, e: Entry):
+        self.kind, self.mode, self.uid, self.gid = e.kind, e.mode, e.uid, e.gid
+        self.xattrs, self.rdev, self.mtime_ns = e.xattrs, e.rdev, e.mtime_ns
+        self.oid: bytes | None = None
+        self.size = e.size
+
+
+class Dir:
+    __slots__ = ("kind", "mode", "uid", "gid", "xattrs", "mtime_ns", "children", "explicit")
+
+    def __init__(self, e: Entry | None = None):
+        self.kind = Kind.DIR
+        self.children: dict[bytes, Inode | Dir] = {}
+        self.explicit = e is not None
+        self.set_meta(e)
+
+    def set_meta(self, e: Entry | None) -> None:
+        if e is None:
+            self.mode, self.uid, self.gid, self.xattrs, self.mtime_ns = 0o755, 0, 0, (), None
+        else:
+            self.mode, self.uid, self.gid, self.xattrs, self.mtime_ns = e.mode, e.uid, e.gid, e.xattrs, e.mtime_ns
+            self.explicit = True
+
+
+def _row(name: bytes, node, keep_mtime: bool, hardlink: bytes | None = None) -> sidetable.Row:
+    return sidetable.Row(name, node.kind, node.mode, node.uid, node.gid,
+                         getattr(node, "rdev", None), hardlink,
+                         node.mtime_ns if keep_mtime else None, node.xattrs)
+
+
+@dataclass
+class ImportStats:
+    files: int = 0
+    bytes: int = 0
+    entries: int = 0
+    new_objects: int = 0
+    pack_bytes: int = 0
+    seconds: float = 0.0
+
+
+class Progress:
+    """Interface for progress reporting; the CLI passes a terminal bar, tests pass nothing."""
+
+    def update(self, files: int, nbytes: int, path: bytes = b"") -> None:  # pragma: no cover - interface
+        pass
+
+    def done(self) -> None:  # pragma: no cover - interface
+        pass
+
+
+class Repo:
+    """A gitree repository: a bare git repository plus gitree's conventions."""
+
+    def __init__(self, path: str):
+        try:
+            self.git = pygit2.Repository(path)
+        except (pygit2.GitError, KeyError):
+            raise NotFound(f"not a gitree repository: {path} (run 'gitree init')") from None
+        self.path = self.git.path.rstrip("/")
+        self.objects_dir = os.path.join(self.path, "objects")
+        self._local = threading.local()
+
+    # -- creation, locking, refs -------------------------------------------------------------
+
+    @staticmethod
+    def init(path: str) -> "Repo":
+        if os.path.exists(os.path.join(path, "objects")) and os.path.exists(os.path.join(path, "HEAD")):
+            raise GitreeError(f"a repository already exists at {path}")
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise GitreeError(f"{path} exists and is not a directory")
+        pygit2.init_repository(path, bare=True, initial_head="main")
+        repo = Repo(path)
+        cfg = repo.git.config
+        cfg["gitree.format"] = "1"
+        # Blobs of a rootfs are mostly binaries; deltas across versions are what make packs small.
+        cfg["pack.window"] = "50"
+        cfg["pack.depth"] = "50"
+        return repo
+
+    @contextlib.contextmanager
+    def lock(self, wait: bool = True, on_wait: Callable[[], None] | None = None):
+        """Exclusive writer lock on the repository (flock on gitree.lock)."""
+        fd = os.open(os.path.join(self.path, "gitree.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not wait:
+                    raise RepoLocked(f"repository {self.path} is locked by another gitree writer") from None
+                if on_wait:
+                    on_wait()
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def branch_ref(self, branch: str) -> str:
+        name = branch if branch.startswith("refs/") else "refs/heads/" + branch
+        if not pygit2.reference_is_valid_name(name):
+            raise GitreeError(f"invalid branch name: {branch}")
+        return name
+
+    def branch_tip(self, branch: str) -> bytes | None:
+        try:
+            ref = self.git.references[self.branch_ref(branch)]
+        except KeyError:
+            return None
+        return ref.resolve().target.raw
+
+    def set_branch(self, branch: str, new: bytes, old: bytes | None, message: str) -> None:
+        """Move a branch from `old` to `new` atomically; fail if it moved meanwhile."""
+        name = self.branch_ref(branch)
+        cur = self.branch_tip(branch)
+        if cur != old:
+            raise RepoLocked(f"branch {branch} moved during the operation; nothing was changed")
+        oid = pygit2.Oid(raw=new)
+        if old is None:
+            self.git.create_reference_direct(name, oid, False, message=message)
+        else:
+            self.git.references[name].set_target(oid, message)
+        if self.git.head_is_unborn and self.git.references.get("HEAD") is not None:
+            head = self.git.references["HEAD"]
+            if head.type == pygit2.enums.ReferenceType.SYMBOLIC and head.target == "refs/heads/main" \
+                    and name != "refs/heads/main":
+                self.git.set_head(name)
+
+    def resolve(self, rev: str) -> pygit2.Commit:
+        try:
+            obj = self.git.revparse_single(rev)
+            commit = obj.peel(pygit2.Commit)
+        except (KeyError, ValueError, pygit2.GitError, pygit2.InvalidSpecError):
+            raise NotFound(f"unknown revision: {rev}") from None
+        return commit
+
+    # -- object access -------------------------------------------------------------------
+
+    def _thread_git(self) -> pygit2.Repository:
+        g = getattr(self._local, "git", None)
+        if g is None:
+            g = self._local.git = pygit2.Repository(self.path)
+        return g
+
+    def exists(self, oid: bytes) -> bool:
+        return self._thread_git().odb.exists(pygit2.Oid(raw=oid))
+
+    def read(self, oid: bytes, expect: int | None = None, where: str = "") -> bytes:
+        try:
+            otype, data = self.git.odb.read(pygit2.Oid(raw=oid))
+        except KeyError:
+            raise CorruptObject(f"missing object {oid.hex()} ({where})") from None
+        if expect is not None and int(otype) != expect:
+            raise CorruptObject(f"object {oid.hex()} ({where}) has the wrong type")
+        return data
+
+    def blob_size(self, oid: bytes, where: str = "") -> int:
+        try:
+            otype, size = self.git.odb.read_header(pygit2.Oid(raw=oid))
+        except KeyError:
+            raise CorruptObject(f"missing object {oid.hex()} ({where})") from None
+        if int(otype) != OBJ_BLOB:
+            raise CorruptObject(f"object {oid.hex()} ({where}) is not a blob")
+        return size
+
+    def blob_chunks(self, oid: bytes, size: int | None = None, where: str = "") -> Iterator[bytes]:
+        """A blob's bytes; large blobs are streamed by git itself, never held whole in memory."""
+        if size is None:
+            size = self.blob_size(oid, where)
+        if size <= STREAM_BLOB:
+            yield self.read(oid, OBJ_BLOB, where)
+            return
+        proc = subprocess.Popen(["git", "--git-dir", self.path, "cat-file", "blob", oid.hex()],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        got = 0
+        try:
+            while True:
+                buf = proc.stdout.read(1 << 20)
+                if not buf:
+                    break
+                got += len(buf)
+                yield buf
+        finally:
+            proc.stdout.close()
+            err = proc.stderr.read()
+            proc.stderr.close()
+            rc = proc.wait()
+        if rc != 0 or got != size:
+            raise CorruptObject(f"cannot read blob {oid.hex()} ({where}): {err.decode(errors='replace').strip()}")
+
+    # -- reading a commit ------------------------------------------------------------------
+
+    def commit_trees(self, commit: pygit2.Commit) -> tuple[bytes, bytes]:
+        """(content root tree id, meta root tree id) of a gitree commit."""
+        top = dict((name, (mode, oid)) for mode, name, oid in
+                   decode_tree(self.read(commit.tree_id.raw, OBJ_TREE, "top tree"), "top"))
+        if TOP_ROOTFS not in top or TOP_META not in top:
+            raise NotFound(f"commit {commit.id} is not a gitree commit (no rootfs/ and meta/ trees)")
+        return top[TOP_ROOTFS][1], top[TOP_META][1]
+
+    def top_entries(self, commit: pygit2.Commit) -> dict[bytes, tuple[bytes, bytes]]:
+        return {name: (mode, oid) for mode, name, oid in
+                decode_tree(self.read(commit.tree_id.raw, OBJ_TREE, "top tree"), "top")}
+
+    def read_dir(self, path: bytes, content_oid: bytes, meta_oid: bytes) -> "DirNode":
+        return read_dir(self, path, content_oid, meta_oid)
+
+    def walk(self, commit: pygit2.Commit, subpath: bytes = b"",
+             problems: list | None = None) -> Iterator[Entry]:
+        """Every entry of a commit in canonical order (depth first, names sorted by bytes).
+
+        With `problems` given, inconsistencies are appended as (path, message) and the walk goes on;
+        otherwise the first raises CorruptObject.
+        """
+        content, meta = self.commit_trees(commit)
+        prefix = b""
+        for comp in split_path(subpath):
+            c = {fs_name(n): (m, o) for m, n, o in decode_tree(self.read(content, OBJ_TREE), display(prefix))}
+            mt = {fs_name(n): (m, o) for m, n, o in decode_tree(self.read(meta, OBJ_TREE), display(prefix))}
+            if comp not in c or c[comp][0] != MODE_DIR or comp not in mt:
+                raise NotFound(f"no directory {display(subpath)} in {commit.id}")
+            content, meta = c[comp][1], mt[comp][1]
+            prefix = prefix + b"/" + comp if prefix else comp
+        yield from _Walker(self, problems).walk_dir(prefix, content, meta)
+
+
+@dataclass
+class DirNode:
+    """One directory as stored: its table rows and its content and meta tree entries by real name."""
+
+    self_row: sidetable.Row
+    rows: list[sidetable.Row]
+    content: dict[bytes, tuple[bytes, bytes]]  # name -> (git mode, oid)
+    meta: dict[bytes, bytes]                    # subdirectory name -> meta tree oid
+    faults: list[str]
+
+
+def read_dir(repo: "Repo", path: bytes, content_oid: bytes, meta_oid: bytes) -> DirNode:
+    where = display(path)
+    content = decode_tree(repo.read(content_oid, OBJ_TREE, where), where)
+    meta = decode_tree(repo.read(meta_oid, OBJ_TREE, where), where)
+    faults = []
+    cmap = {fs_name(gname): (mode, oid) for mode, gname, oid in content}
+    mmap: dict[bytes, bytes] = {}
+    table_oid = None
+    for mode, gname, oid in meta:
+        if gname == TABLE_NAME:
+            table_oid = oid
+        elif mode == MODE_DIR:
+            mmap[fs_name(gname)] = oid
+        else:
+            faults.append(f"unexpected entry {gname!r} in the meta tree")
+    if table_oid is None:
+        raise CorruptObject(f"{where}: directory has no side table")
+    self_row, rows = sidetable.decode_table(repo.read(table_oid, OBJ_BLOB, where), where)
+    return DirNode(self_row, rows, cmap, mmap, faults)
+
+
+class _Walker:
+    def __init__(self, repo: Repo, problems: list | None):
+        self.repo = repo
+        self.problems = problems
+        self.leaders: dict[bytes, Entry] = {}
+
+    def fault(self, path: bytes, msg: str) -> None:
+        if self.problems is None:
+            raise CorruptObject(f"{display(path)}: {msg}")
+        self.problems.append((path, msg))
+
+    def walk_dir(self, path: bytes, content_oid: bytes, meta_oid: bytes) -> Iterator[Entry]:
+        try:
+            node = self.repo.read_dir(path, content_oid, meta_oid)
+        except CorruptObject as e:
+            self.fault(path, str(e))
+            return
+        for msg in node.faults:
+            self.fault(path, msg)
+        self_row, rows, cmap, mmap = node.self_row, node.rows, node.content, node.meta
+        yield Entry(path, Kind.DIR, self_row.mode, self_row.uid, self_row.gid, self_row.xattrs,
+                    mtime_ns=self_row.mtime_ns)
+        seen = set()
+        for row in rows:
+            cpath = path + b"/" + row.name if path else row.name
+            seen.add(row.name)
+            ent = Entry(cpath, row.kind, row.mode, row.uid, row.gid, row.xattrs, rdev=row.rdev,
+                        mtime_ns=row.mtime_ns, hardlink=row.hardlink)
+            c = cmap.get(row.name)
+            if row.kind is Kind.DIR:
+                if c is None or c[0] != MODE_DIR:
+                    self.fault(cpath, "directory in the side table but not in the tree")
+                    continue
+                if row.name not in mmap:
+                    self.fault(cpath, "directory has no node in the meta tree")
+                    continue
+                if row.hardlink is not None:
+                    self.fault(cpath, "a directory cannot be a hard link")
+                yield from self.walk_dir(cpath, c[1], mmap[row.name])
+                continue
+            if row.kind in (Kind.FILE, Kind.SYMLINK):
+                want = MODE_LINK if row.kind is Kind.SYMLINK else (MODE_EXEC if row.mode & 0o100 else MODE_FILE)
+                if c is None:
+                    self.fault(cpath, f"{row.kind.name.lower()} in the side table but not in the tree")
+                    continue
+                if c[0] != want:
+                    self.fault(cpath, f"git mode {c[0].decode()} disagrees with the side table "
+                                      f"({row.kind.name.lower()} {row.mode:o})")
+                ent.oid = c[1]
+                if row.kind is Kind.SYMLINK:
+                    try:
+                        ent.target = self.repo.read(c[1], OBJ_BLOB, display(cpath))
+                    except CorruptObject as e:
+                        self.fault(cpath, str(e))
+                        continue
+            elif c is not None:
+                self.fault(cpath, f"{row.kind.name.lower()} must not appear in the content tree")
+            if row.hardlink is not None:
+                lead = self.leaders.get(row.hardlink)
+                if lead is None:
+                    self.fault(cpath, f"hard link to {display(row.hardlink)}, which is not an earlier entry")
+                elif (lead.kind, lead.mode, lead.uid, lead.gid, lead.xattrs, lead.rdev, lead.oid) != \
+                        (ent.kind, ent.mode, ent.uid, ent.gid, ent.xattrs, ent.rdev, ent.oid):
+                    self.fault(cpath, f"hard link disagrees with {display(row.hardlink)}")
+            else:
+                self.leaders[cpath] = ent
+            yield ent
+        for name in cmap:
+            if name not in seen:
+                self.fault(path + b"/" + name if path else name, "in the tree but not in the side table")
+        for name in mmap:
+            if name not in seen:
+                self.fault(path + b"/" + name if path else name, "in the meta tree but not in the side table")
+
+
+# ---------------------------------------------------------------------------------------------
+# Import
+
+class Importer:
+    """Builds one gitree commit from a stream of entries. Objects go into one new pack."""
+
+    def __init__(self, repo: Repo, *, keep_mtime: bool = False, level: int = 6,
+                 progress: Progress | None = None, warn: Callable[[str], None] | None = None):
+        self.repo = repo
+        self.keep_mtime = keep_mtime
+        self.level = level
+        self.progress = progress
+        self.warn = warn or (lambda m: print(f"gitree: warning: {m}", file=sys.stderr))
+        self.root = Dir()
+        self.root_seen = False
+        self.pack = PackWriter(repo.objects_dir)
+        self.pool = concurrent.futures.ThreadPoolExecutor(WORKERS, thread_name_prefix="gitree-hash")
+        self.pending: collections.deque = collections.deque()
+        self.pending_bytes = 0
+        self.stats = ImportStats()
+        self._t0 = time.monotonic()
+
+    # objects
+
+    def _exists(self, oid: bytes) -> bool:
+        return oid in self.pack or self.repo.exists(oid)
+
+    def _hash_job(self, data: bytes) -> tuple[bytes, bytes | None]:
+        oid = object_id(OBJ_BLOB, data)
+        if self._exists(oid):
+            return oid, None
+        return hash_and_compress(OBJ_BLOB, data, self.level)
+
+    def store(self, otype: int, data: bytes) -> bytes:
+        oid = object_id(otype, data)
+        if not self._exists(oid):
+            self.pack.add_raw(oid, hash_and_compress(otype, data, self.level)[1])
+        return oid
+
+    def _drain(self, limit_bytes: int, limit_count: int) -> None:
+        while self.pending and (self.pending_bytes > limit_bytes or len(self.pending) > limit_count):
+            inode, size, fut = self.pending.popleft()
+            self.pending_bytes -= size
+            oid, entry = fut.result()
+            if entry is not None:
+                self.pack.add_raw(oid, entry)
+            inode.oid = oid
+
+    # tree building
+
+    def _lookup_dir(self, parts: list[bytes], path: bytes) -> Dir:
+        d = self.root
+        for i, comp in enumerate(parts):
+            child = d.children.get(comp)
+            if child is None:
+                child = d.children[comp] = Dir()
+            elif not isinstance(child, Dir):
+                raise UnsafePath(f"{display(path)}: parent {display(b'/'.join(parts[:i + 1]))} is not a "
+                                 "directory (a member through a symlink or file?)")
+            d = child
+        return d
+
+    def _lookup(self, path: bytes) -> Inode | Dir | None:
+        node = self.root
+        for comp in split_path(path):
+            if not isinstance(node, Dir):
+                return None
+            node = node.children.get(comp)
+            if node is None:
+                return None
+        return node
+
+    def add(self, e: Entry, data: Callable[[], Iterable[bytes]] | None = None, rereadable: bool = False) -> None:
+        """Add one entry. `data` yields a regular file's bytes (e.size of them)."""
+        self.stats.entries += 1
+        if e.path == b"":
+            if e.kind is not Kind.DIR:
+                raise UnsafePath("the root of the tree must be a directory")
+            self.root.set_meta(e)
+            self.root_seen = True
+            return
+        parts = split_path(e.path)
+        for comp in parts:
+            check_name(comp, e.path)
+        parent = self._lookup_dir(parts[:-1], e.path)
+        name = parts[-1]
+        old = parent.children.get(name)
+        if e.kind is Kind.DIR and e.hardlink is None:
+            if isinstance(old, Dir):
+                old.set_meta(e)
+            else:
+                parent.children[name] = Dir(e)
+            return
+        if isinstance(old, Dir) and old.children:
+            raise UnsafePath(f"{display(e.path)}: replaces a non-empty directory")
+        if e.hardlink is not None:
+            target = self._lookup(e.hardlink)
+            if target is None:
+                raise BadInput(f"{display(e.path)}: hard link to {display(e.hardlink)}, which does not exist "
+                               "earlier in the archive")
+            if isinstance(target, Dir):
+                raise UnsafePath(f"{display(e.path)}: hard link to a directory {display(e.hardlink)}")
+            parent.children[name] = target
+            return
+        inode = Inode(e)
+        parent.children[name] = inode
+        if e.kind is Kind.SYMLINK:
+            inode.oid = self.store(OBJ_BLOB, e.target or b"")
+        elif e.kind is Kind.FILE:
+            self._add_content(inode, e, data, rereadable)
+
+    def _add_content(self, inode: Inode, e: Entry, data, rereadable: bool) -> None:
+        size = e.size
+        self.stats.files += 1
+        self.stats.bytes += size
+        if data is None:
+            data = lambda: [b""]  # noqa: E731
+        if size <= SMALL_FILE:
+            buf = b"".join(data())
+            if len(buf) != size:
+                raise BadInput(f"{display(e.path)}: read {len(buf)} bytes, expected {size} (file changed?)")
+            self.pending.append((inode, size, self.pool.submit(self._hash_job, buf)))
+            self.pending_bytes += size
+            self._drain(INFLIGHT_BYTES, 512)
+        else:
+            if rereadable:
+                import hashlib
+                from .packwriter import object_header
+                h = hashlib.sha1(object_header(OBJ_BLOB, size))
+                for chunk in data():
+                    h.update(chunk)
+                if self._exists(h.digest()):
+                    inode.oid = h.digest()
+                    self._tick(e.path)
+                    return
+            try:
+                inode.oid = self.pack.add_stream(OBJ_BLOB, size, data(), self.level, self._exists)
+            except ValueError as err:
+                raise BadInput(f"{display(e.path)}: {err}") from None
+        self._tick(e.path)
+
+    def _tick(self, path: bytes) -> None:
+        if self.progress is not None:
+            self.progress.update(self.stats.files, self.stats.bytes, path)
+
+    # finishing
+
+    def finish_tree(self) -> bytes:
+        """Write every tree and table; return the top tree id."""
+        self._drain(-1, -1)
+        counts: dict[int, int] = collections.Counter()
+        self._count(self.root, counts)
+        leaders: dict[int, bytes] = {}
+        content, meta = self._write_dir(self.root, b"", counts, leaders)
+        fmt = self.store(OBJ_BLOB, FORMAT_BLOB)
+        top = encode_tree([(MODE_FILE, TOP_FORMAT, fmt), (MODE_DIR, TOP_META, meta), (MODE_DIR, TOP_ROOTFS, content)])
+        return self.store(OBJ_TREE, top)
+
+    def _count(self, d: Dir, counts) -> None:
+        for node in d.children.values():
+            if isinstance(node, Dir):
+                self._count(node, counts)
+            else:
+                counts[id(node)] += 1
+
+    def _write_dir(self, d: Dir, path: bytes, counts, leaders) -> tuple[bytes, bytes]:
+        centries, mentries, rows = [], [], []
+        for name in sorted(d.children):
+            node = d.children[name]
+            cpath = path + b"/" + name if path else name
+            gname = git_name(name)
+            if isinstance(node, Dir):
+                c, m = self._write_dir(node, cpath, counts, leaders)
+                centries.append((MODE_DIR, gname, c))
+                mentries.append((MODE_DIR, gname, m))
+                rows.append(_row(name, node, self.keep_mtime))
+                continue
+            hl = None
+            if counts[id(node)] > 1:
+                hl = leaders.get(id(node))
+                if hl is None:
+                    leaders[id(node)] = cpath
+            rows.append(_row(name, node, self.keep_mtime, hl))
+            if node.kind is Kind.FILE:
+                centries.append((MODE_EXEC if node.mode & 0o100 else MODE_FILE, gname, node.oid))
+            elif node.kind is Kind.SYMLINK:
+                centries.append((MODE_LINK, gname, node.oid))
+        table = sidetable.encode_table(_row(sidetable.SELF, d, self.keep_mtime), rows)
+        mentries.append((MODE_FILE, TABLE_NAME, self.store(OBJ_BLOB, table)))
+        return self.store(OBJ_TREE, encode_tree(centries)), self.store(OBJ_TREE, encode_tree(mentries))
+
+    def commit(self, branch: str, message: str, timestamp: int | None, extra_top=None,
+               parents: list[bytes] | None = None, author: tuple[str, str] | None = None,
+               lock_wait: Callable[[], None] | None = None) -> bytes:
+        """Finish, install the pack, write the commit and move the branch (last, atomically)."""
+        try:
+            top = self.finish_tree()
+            if extra_top:
+                entries = decode_tree(self.repo.read(top, OBJ_TREE))
+                entries.extend(extra_top)
+                top = self.store(OBJ_TREE, encode_tree(entries))
+            self.pool.shutdown(wait=True)
+            with self.repo.lock(on_wait=lock_wait):
+                self.stats.new_objects = len(self.pack.entries)
+                self.stats.pack_bytes = self.pack.bytes_written
+                self.pack.install()
+                old = self.repo.branch_tip(branch)
+                if parents is None:
+                    parents = [old] if old is not None else []
+                cid = write_commit(self.repo, top, parents, message, timestamp, author)
+                self.repo.set_branch(branch, cid, old, f"gitree: {message.splitlines()[0] if message else ''}")
+        except BaseException:
+            self.abort()
+            raise
+        self.stats.seconds = time.monotonic() - self._t0
+        if self.progress is not None:
+            self.progress.done()
+        return cid
+
+    def abort(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.pack.abort()
+
+
+def default_identity(repo: Repo) -> tuple[str, str]:
+    cfg = repo.git.config
+    name = os.environ.get("GIT_AUTHOR_NAME") or _cfg(cfg, "user.name") or "gitree"
+    email = os.environ.get("GIT_AUTHOR_EMAIL") or _cfg(cfg, "user.email") or "gitree@localhost"
+    return name, email
+
+
+def _cfg(cfg, key):
+    try:
+        return cfg[key]
+    except KeyError:
+        return None
+
+
+def write_commit(repo: Repo, tree: bytes, parents: list[bytes], message: str, timestamp: int | None,
+                 author: tuple[str, str] | None = None) -> bytes:
+    name, email = author or default_identity(repo)
+    ts = int(time.time()) if timestamp is None else int(timestamp)
+    sig = pygit2.Signature(name, email, ts, 0)
+    if message and not message.endswith("\n"):
+        message += "\n"
+    cid = repo.git.create_commit(None, sig, sig, message, pygit2.Oid(raw=tree),
+                                 [pygit2.Oid(raw=p) for p in parents])
+    return cid.raw
+
+
+def fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            return
+        raise
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+__all__ = ["Repo", "Importer", "ImportStats", "Progress", "write_commit", "OBJ_COMMIT"]
