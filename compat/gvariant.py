@@ -23,7 +23,14 @@ from typing import Any, NamedTuple
 from .errors import GVariantError
 
 __all__ = [
-    "Variant", "encode", "decode", "encode_asv", "decode_asv", "asv_get", "is_valid_type", "MAX_DEPTH",
+    "MAX_DEPTH",
+    "Variant",
+    "asv_get",
+    "decode",
+    "decode_asv",
+    "encode",
+    "encode_asv",
+    "is_valid_type",
 ]
 
 #: Maximum container nesting (types and values, variants included). GLib uses 128 too.
@@ -41,7 +48,7 @@ class Variant(NamedTuple):
 # Type strings
 
 class _Type:
-    __slots__ = ("code", "sig", "children", "align", "fixed", "depth")
+    __slots__ = ("align", "children", "code", "depth", "fixed", "sig")
 
     def __init__(self, code: str, sig: str, children: tuple[_Type, ...], align: int,
                  fixed: int | None, depth: int) -> None:

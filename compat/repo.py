@@ -1,0 +1,654 @@
+"""A native OSTree repository on the file system: create/open, objects in every mode, refs, summary.
+
+Writes are staged in ``tmp/`` and renamed into ``objects/`` (atomic); content is streamed, never held whole.
+Reads verify checksums as they go and raise CorruptObject / MissingObject naming the object.
+Thread-safe for concurrent writers (unique staging names; hashlib and zlib release the GIL).
+"""
+
+from __future__ import annotations
+
+import configparser
+import errno
+import hashlib
+import os
+import re
+import secrets
+import stat
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import BinaryIO, Self
+
+from . import objects as ob
+from .errors import (
+    BadRepo,
+    CorruptObject,
+    GVariantError,
+    InvalidObject,
+    MissingObject,
+    RefError,
+    UnsupportedContent,
+)
+from .gvariant import Variant
+from .objects import Commit, DirMeta, DirTree, FileMeta, Metadata, ObjectType, Summary, SummaryRef
+
+__all__ = ["REPO_MODES", "ContentObject", "OstreeRepo", "validate_ref_name"]
+
+#: Supported modes as accepted by ``OstreeRepo.create``; ``archive`` is written as ``archive-z2``.
+REPO_MODES = ("archive", "bare", "bare-user", "bare-user-only")
+_CONFIG_MODES = {"archive-z2": "archive", "archive": "archive", "bare": "bare", "bare-user": "bare-user",
+                 "bare-user-only": "bare-user-only"}
+_INIT_DIRS = ("extensions", "objects", "refs", "refs/heads", "refs/mirrors", "refs/remotes", "state", "tmp")
+_SUFFIX_TYPE = {t.suffix: t for t in ObjectType} | {"filez": ObjectType.FILE}
+
+_REF_RE = re.compile(r"([\w\d][-._\w\d]*/)*[\w\d][-._\w\d]*", re.ASCII)
+_REMOTE_RE = re.compile(r"[\w\d][-._\w\d]*", re.ASCII)
+_CHUNK = 1 << 20
+
+
+def validate_ref_name(ref: str) -> str:
+    if not isinstance(ref, str) or not _REF_RE.fullmatch(ref):
+        raise RefError(f"invalid ref name {ref!r:.120}")
+    return ref
+
+
+def _objname(csum: str, objtype: ObjectType) -> str:
+    return f"{csum}.{objtype.suffix}"
+
+
+def _read_xattrs(target: int | bytes, follow: bool = True) -> ob.Xattrs:
+    """All xattrs of an fd or path, canonical order (sorted by name, empty values dropped)."""
+    try:
+        names = os.listxattr(target, follow_symlinks=follow)
+    except OSError as e:
+        if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            return ()
+        raise
+    out = []
+    for n in names:
+        out.append((os.fsencode(n), os.getxattr(target, n, follow_symlinks=follow)))
+    return ob.canonical_xattrs(out)
+
+
+class ContentObject:
+    """An open content object: ``meta`` now, payload via ``chunks()`` (checksum verified at its end).
+
+    Use as a context manager (or call ``close``). ``chunks()`` raises CorruptObject after the last
+    chunk if the object does not hash to its name, so commit nothing derived from it before then.
+    """
+
+    def __init__(self, checksum: str, path: Path, meta: FileMeta, size: int,
+                 fileobj: BinaryIO | None, payload: Iterator[bytes]) -> None:
+        self.checksum = checksum
+        self.path = path
+        self.meta = meta
+        self.size = size
+        self._f = fileobj
+        self._payload = payload
+
+    def chunks(self) -> Iterator[bytes]:
+        h = ob.ContentHasher(self.meta)
+        name = _objname(self.checksum, ObjectType.FILE)
+        try:
+            for c in self._payload:
+                h.update(c)
+                yield c
+        except InvalidObject as e:
+            raise CorruptObject(f"{name}: {e}", checksum=self.checksum, objtype="file",
+                                path=str(self.path)) from None
+        finally:
+            self.close()
+        if h.hexdigest() != self.checksum:
+            raise CorruptObject(f"{name}: corrupted file object, content hashes to {h.hexdigest()}",
+                                checksum=self.checksum, objtype="file", path=str(self.path))
+
+    def read(self) -> bytes:
+        """The whole payload (verified). Only for small files."""
+        return b"".join(self.chunks())
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _file_chunks(f: BinaryIO) -> Iterator[bytes]:
+    while True:
+        b = f.read(_CHUNK)
+        if not b:
+            return
+        yield b
+
+
+class OstreeRepo:
+    """An OSTree repository in mode ``archive``, ``bare``, ``bare-user`` or ``bare-user-only``."""
+
+    def __init__(self, path: str | os.PathLike, *, fsync: bool = False) -> None:
+        self.path = Path(path)
+        self.fsync = fsync
+        cfg_path = self.path / "config"
+        cfg = configparser.ConfigParser(interpolation=None)
+        try:
+            text = cfg_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise BadRepo(f"{self.path}: not an OSTree repository (no config)") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise BadRepo(f"{cfg_path}: cannot read: {e}") from None
+        try:
+            cfg.read_string(text, source=str(cfg_path))
+        except configparser.Error as e:
+            raise BadRepo(f"{cfg_path}: invalid config: {e}") from None
+        if cfg.get("core", "repo_version", fallback=None) != "1":
+            raise BadRepo(f"{cfg_path}: unsupported or missing core.repo_version")
+        self.config_mode = cfg.get("core", "mode", fallback="bare")
+        if self.config_mode not in _CONFIG_MODES:
+            raise BadRepo(f"{cfg_path}: unsupported repository mode {self.config_mode!r}")
+        #: One of REPO_MODES.
+        self.mode: str = _CONFIG_MODES[self.config_mode]
+        self.collection_id: str | None = cfg.get("core", "collection-id", fallback=None)
+        self.tombstone_commits = cfg.get("core", "tombstone-commits", fallback="false") == "true"
+        try:
+            self.zlib_level = int(cfg.get("archive", "zlib-level", fallback=str(ob.DEFAULT_ZLIB_LEVEL)))
+        except ValueError:
+            raise BadRepo(f"{cfg_path}: invalid archive.zlib-level") from None
+        if not 1 <= self.zlib_level <= 9:
+            raise BadRepo(f"{cfg_path}: invalid archive.zlib-level {self.zlib_level}")
+        if not (self.path / "objects").is_dir():
+            raise BadRepo(f"{self.path}: no objects/ directory")
+        (self.path / "tmp").mkdir(exist_ok=True)
+
+    @classmethod
+    def create(cls, path: str | os.PathLike, mode: str = "bare", *, fsync: bool = False,
+               collection_id: str | None = None) -> OstreeRepo:
+        """Create a repository like ``ostree init --mode=MODE`` (same ``config`` and directories)."""
+        if mode == "archive-z2":
+            mode = "archive"
+        if mode not in REPO_MODES:
+            raise BadRepo(f"unsupported repository mode {mode!r}")
+        p = Path(path)
+        p.mkdir(parents=True, exist_ok=True)
+        if (p / "config").exists():
+            raise BadRepo(f"{p}: already contains a repository config")
+        for d in _INIT_DIRS:
+            (p / d).mkdir(mode=0o775, exist_ok=True)
+        cfg = f"[core]\nrepo_version=1\nmode={'archive-z2' if mode == 'archive' else mode}\n"
+        if collection_id is not None:
+            cfg += f"collection-id={collection_id}\n"
+        (p / "config").write_text(cfg, encoding="utf-8")
+        return cls(p, fsync=fsync)
+
+    def __repr__(self) -> str:
+        return f"OstreeRepo({str(self.path)!r}, mode={self.mode!r})"
+
+    # ------------------------------------------------------------------------------------------
+    # Object paths
+
+    def object_path(self, checksum: str, objtype: ObjectType) -> Path:
+        if not ob.is_valid_checksum(checksum):
+            raise InvalidObject(f"invalid checksum {checksum!r:.80}")
+        objtype = ObjectType(objtype)
+        suffix = "filez" if objtype is ObjectType.FILE and self.mode == "archive" else objtype.suffix
+        return self.path / "objects" / checksum[:2] / f"{checksum[2:]}.{suffix}"
+
+    def has_object(self, checksum: str, objtype: ObjectType) -> bool:
+        return os.path.lexists(self.object_path(checksum, objtype))
+
+    def list_objects(self, objtype: ObjectType | None = None) -> Iterator[tuple[str, ObjectType]]:
+        """Every (checksum, type) under objects/ (in no particular order)."""
+        objdir = self.path / "objects"
+        for sub in sorted(os.listdir(objdir)):
+            if len(sub) != 2:
+                continue
+            for name in os.listdir(objdir / sub):
+                rest, _, suffix = name.partition(".")
+                t = _SUFFIX_TYPE.get(suffix)
+                csum = sub + rest
+                if t is None or not ob.is_valid_checksum(csum):
+                    continue
+                if objtype is None or t == objtype:
+                    yield csum, t
+
+    # ------------------------------------------------------------------------------------------
+    # Staging
+
+    def _tmp_path(self) -> Path:
+        return self.path / "tmp" / f"gitree-{secrets.token_hex(12)}"
+
+    def _commit_tmp(self, tmp: Path, dest: Path) -> None:
+        dest.parent.mkdir(exist_ok=True)
+        os.rename(tmp, dest)
+
+    def _write_tmp_file(self, data: bytes, mode: int = 0o644) -> Path:
+        tmp = self._tmp_path()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            with os.fdopen(fd, "wb", closefd=False) as f:
+                f.write(data)
+            os.fchmod(fd, mode)
+            if self.fsync:
+                os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        return tmp
+
+    # ------------------------------------------------------------------------------------------
+    # Metadata objects
+
+    def write_metadata(self, objtype: ObjectType, data: bytes, *, validate: bool = True) -> str:
+        """Store a dirtree/dirmeta/commit given as serialized bytes; return its checksum.
+
+        With ``validate`` the bytes are parsed first (normal form and OSTree rules).
+        """
+        objtype = ObjectType(objtype)
+        if objtype not in (ObjectType.DIR_TREE, ObjectType.DIR_META, ObjectType.COMMIT):
+            raise InvalidObject(f"write_metadata cannot write {objtype.suffix} objects")
+        if validate:
+            _DECODERS[objtype](data)
+        csum = hashlib.sha256(data).hexdigest()
+        dest = self.object_path(csum, objtype)
+        if not dest.exists():
+            self._commit_tmp(self._write_tmp_file(data), dest)
+        return csum
+
+    def write_dirtree(self, files: Iterable[tuple[str, str]], dirs: Iterable[tuple[str, str, str]] = ()) -> str:
+        return self.write_metadata(ObjectType.DIR_TREE, ob.encode_dirtree(files, dirs), validate=False)
+
+    def write_dirmeta(self, meta: DirMeta) -> str:
+        return self.write_metadata(ObjectType.DIR_META, ob.encode_dirmeta(meta), validate=False)
+
+    def write_commit(self, commit: Commit) -> str:
+        return self.write_metadata(ObjectType.COMMIT, ob.encode_commit(commit), validate=False)
+
+    def write_commitmeta(self, commit_checksum: str, metadata: Iterable[tuple[str, Variant]]) -> None:
+        """Write (or replace) the detached metadata of a commit."""
+        dest = self.object_path(commit_checksum, ObjectType.COMMIT_META)
+        self._commit_tmp(self._write_tmp_file(ob.encode_commitmeta(metadata)), dest)
+
+    def read_metadata(self, objtype: ObjectType, checksum: str) -> bytes:
+        """Raw bytes of a metadata object; content-addressed types are verified against ``checksum``."""
+        objtype = ObjectType(objtype)
+        if objtype is ObjectType.FILE:
+            raise InvalidObject("use open_content() for file objects")
+        path = self.object_path(checksum, objtype)
+        name = _objname(checksum, objtype)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise MissingObject(f"{name}: no such object in {self.path}", checksum=checksum,
+                                objtype=objtype.suffix) from None
+        if objtype in (ObjectType.DIR_TREE, ObjectType.DIR_META, ObjectType.COMMIT):
+            actual = hashlib.sha256(data).hexdigest()
+            if actual != checksum:
+                raise CorruptObject(f"{name}: corrupted object, hashes to {actual}", checksum=checksum,
+                                    objtype=objtype.suffix, path=str(path))
+        return data
+
+    def _read_decoded(self, objtype: ObjectType, checksum: str):
+        data = self.read_metadata(objtype, checksum)
+        try:
+            return _DECODERS[objtype](data)
+        except (GVariantError, InvalidObject) as e:
+            raise CorruptObject(f"{_objname(checksum, objtype)}: {e}", checksum=checksum,
+                                objtype=objtype.suffix,
+                                path=str(self.object_path(checksum, objtype))) from None
+
+    def read_dirtree(self, checksum: str) -> DirTree:
+        return self._read_decoded(ObjectType.DIR_TREE, checksum)
+
+    def read_dirmeta(self, checksum: str) -> DirMeta:
+        return self._read_decoded(ObjectType.DIR_META, checksum)
+
+    def read_commit(self, checksum: str) -> Commit:
+        return self._read_decoded(ObjectType.COMMIT, checksum)
+
+    def read_commitmeta(self, commit_checksum: str) -> Metadata | None:
+        """Detached metadata of a commit, or None if it has none."""
+        try:
+            return self._read_decoded(ObjectType.COMMIT_META, commit_checksum)
+        except MissingObject:
+            return None
+
+    # ------------------------------------------------------------------------------------------
+    # Content objects
+
+    def write_content(self, meta: FileMeta, chunks: Iterable[bytes] = (), *,
+                      expected: str | None = None) -> str:
+        """Store a file or symlink streamed from ``chunks``; return its checksum.
+
+        With ``expected``, an already present object is not rewritten (``chunks`` is not consumed) and a
+        different resulting checksum raises CorruptObject.
+        """
+        if expected is not None and self.has_object(expected, ObjectType.FILE):
+            return expected
+        self._check_mode_support(meta)
+        tmp = self._tmp_path()
+        try:
+            if meta.is_symlink:
+                csum = self._stage_symlink(tmp, meta, chunks)
+            else:
+                csum = self._stage_regular(tmp, meta, chunks)
+            if expected is not None and csum != expected:
+                raise CorruptObject(f"{expected}.file: content hashes to {csum}", checksum=expected,
+                                    objtype="file")
+            dest = self.object_path(csum, ObjectType.FILE)
+            if os.path.lexists(dest):
+                os.unlink(tmp)
+            else:
+                self._commit_tmp(tmp, dest)
+        except BaseException:
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
+            raise
+        return csum
+
+    def _check_mode_support(self, meta: FileMeta) -> None:
+        if self.mode == "bare-user-only":
+            if meta.uid or meta.gid or meta.xattrs:
+                raise UnsupportedContent("bare-user-only repositories store only uid/gid 0 and no xattrs "
+                                         "(use canonical permissions)")
+            if not meta.is_symlink and meta.mode & 0o7777 & ~0o775:
+                raise UnsupportedContent(f"mode {meta.mode:#o} has bits outside 0775, refused in bare-user-only")
+        elif self.mode == "bare" and meta.xattrs != ob.canonical_xattrs(meta.xattrs):
+            raise UnsupportedContent("bare repositories need xattrs sorted by name without empty values "
+                                     "(the file system returns them that way; fsck would fail)")
+
+    def _stage_symlink(self, tmp: Path, meta: FileMeta, chunks: Iterable[bytes]) -> str:
+        for c in chunks:
+            if c:
+                raise InvalidObject("a symlink has no payload")
+        csum = ob.ContentHasher(meta).hexdigest()
+        if self.mode in ("bare", "bare-user-only"):
+            os.symlink(meta.symlink_target, bytes(tmp))
+            if self.mode == "bare":
+                os.chown(tmp, meta.uid, meta.gid, follow_symlinks=False)
+                for n, v in meta.xattrs:
+                    os.setxattr(tmp, n, v, follow_symlinks=False)
+        elif self.mode == "bare-user":
+            self._write_file(tmp, [meta.symlink_target + b"\0"], 0o644, ob.encode_ostreemeta(meta))
+        else:
+            self._write_archive(tmp, meta, ())
+        return csum
+
+    def _stage_regular(self, tmp: Path, meta: FileMeta, chunks: Iterable[bytes]) -> str:
+        h = ob.ContentHasher(meta)
+
+        def hashed() -> Iterator[bytes]:
+            for c in chunks:
+                h.update(c)
+                yield c
+
+        if self.mode == "archive":
+            self._write_archive(tmp, meta, hashed())
+        elif self.mode == "bare":
+            self._write_file(tmp, hashed(), meta.mode & 0o7777, None, meta)
+        elif self.mode == "bare-user":
+            self._write_file(tmp, hashed(), (meta.mode & 0o775) | 0o400, ob.encode_ostreemeta(meta))
+        else:
+            self._write_file(tmp, hashed(), meta.mode & 0o7777, None)
+        return h.hexdigest()
+
+    def _write_file(self, tmp: Path, chunks: Iterable[bytes], perms: int, ostreemeta: bytes | None,
+                    owner: FileMeta | None = None) -> None:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            for c in chunks:
+                mv = memoryview(c)
+                while mv:
+                    mv = mv[os.write(fd, mv):]
+            if owner is not None:
+                os.fchown(fd, owner.uid, owner.gid)
+                for n, v in owner.xattrs:
+                    os.setxattr(fd, n, v)
+                os.utime(fd, ns=(0, 0))
+            if ostreemeta is not None:
+                os.setxattr(fd, ob.OSTREEMETA_XATTR, ostreemeta)
+            os.fchmod(fd, perms)  # after fchown, which clears setuid/setgid
+            if self.fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _write_archive(self, tmp: Path, meta: FileMeta, chunks: Iterable[bytes]) -> None:
+        with open(tmp, "xb") as f:
+            header = ob.encode_filez_header(meta, 0)
+            f.write(header)
+            size = 0
+            if not meta.is_symlink:
+                z = ob.FilezCompressor(self.zlib_level)
+                for c in chunks:
+                    size += len(c)
+                    out = z.compress(c)
+                    if out:
+                        f.write(out)
+                f.write(z.flush())
+            if size:
+                # The header length does not depend on the size value: patch it in place.
+                f.seek(0)
+                f.write(ob.encode_filez_header(meta, size))
+            os.fchmod(f.fileno(), 0o644)
+            if self.fsync:
+                f.flush()
+                os.fsync(f.fileno())
+
+    def open_content(self, checksum: str) -> ContentObject:
+        """Open a content object for streaming reads (see ContentObject)."""
+        path = self.object_path(checksum, ObjectType.FILE)
+        name = _objname(checksum, ObjectType.FILE)
+
+        def corrupt(msg: str) -> CorruptObject:
+            return CorruptObject(f"{name}: {msg}", checksum=checksum, objtype="file", path=str(path))
+
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            raise MissingObject(f"{name}: no such object in {self.path}", checksum=checksum,
+                                objtype="file") from None
+        if stat.S_ISLNK(st.st_mode):
+            if self.mode not in ("bare", "bare-user-only"):
+                raise corrupt(f"unexpected symlink in a {self.mode} repository")
+            target = os.readlink(bytes(path))
+            try:
+                if self.mode == "bare":
+                    meta = FileMeta(st.st_uid, st.st_gid, st.st_mode, target, _read_xattrs(bytes(path), False))
+                else:
+                    meta = FileMeta(0, 0, st.st_mode, target)
+            except InvalidObject as e:
+                raise corrupt(str(e)) from None
+            return ContentObject(checksum, path, meta, 0, None, iter(()))
+        if not stat.S_ISREG(st.st_mode):
+            raise corrupt("not a regular file or symlink")
+        f = open(path, "rb")  # noqa: SIM115 - handed to ContentObject, which closes it
+        try:
+            fd = f.fileno()
+            st = os.fstat(fd)
+            if self.mode == "archive":
+                r = ob.FilezReader(f.read)
+                return ContentObject(checksum, path, r.meta, r.size, f, r.chunks())
+            if self.mode == "bare":
+                meta = FileMeta(st.st_uid, st.st_gid, st.st_mode, b"", _read_xattrs(fd))
+            elif self.mode == "bare-user-only":
+                meta = FileMeta(0, 0, st.st_mode)
+            else:
+                try:
+                    raw = os.getxattr(fd, ob.OSTREEMETA_XATTR)
+                except OSError as e:
+                    raise corrupt(f"missing user.ostreemeta xattr ({e.strerror})") from None
+                uid, gid, mode, xattrs = ob.decode_ostreemeta(raw)
+                if stat.S_ISLNK(mode):
+                    if st.st_size > 65536:
+                        raise corrupt("symlink target too long")
+                    data = f.read()
+                    if not data.endswith(b"\0"):
+                        raise corrupt("bare-user symlink content is not NUL-terminated")
+                    meta = FileMeta(uid, gid, mode, data[:-1], xattrs)
+                    f.close()
+                    return ContentObject(checksum, path, meta, 0, None, iter(()))
+                meta = FileMeta(uid, gid, mode, b"", xattrs)
+            return ContentObject(checksum, path, meta, st.st_size, f, _file_chunks(f))
+        except (InvalidObject, GVariantError) as e:
+            f.close()
+            raise corrupt(str(e)) from None
+        except BaseException:
+            f.close()
+            raise
+
+    def read_content(self, checksum: str) -> tuple[FileMeta, bytes]:
+        """Metadata and whole payload of a (small) content object, verified."""
+        with self.open_content(checksum) as obj:
+            return obj.meta, obj.read()
+
+    def verify_object(self, checksum: str, objtype: ObjectType) -> None:
+        """Raise CorruptObject / MissingObject unless the object is intact (like one ``ostree fsck`` step)."""
+        objtype = ObjectType(objtype)
+        if objtype is ObjectType.FILE:
+            with self.open_content(checksum) as obj:
+                for _ in obj.chunks():
+                    pass
+        elif objtype in _DECODERS:
+            self._read_decoded(objtype, checksum)
+        else:
+            self.read_metadata(objtype, checksum)
+
+    # ------------------------------------------------------------------------------------------
+    # Refs
+
+    def _ref_path(self, ref: str) -> Path:
+        remote, sep, name = ref.rpartition(":")
+        validate_ref_name(name)
+        if sep:
+            if not _REMOTE_RE.fullmatch(remote):
+                raise RefError(f"invalid remote name {remote!r:.80}")
+            return self.path / "refs" / "remotes" / remote / name
+        return self.path / "refs" / "heads" / name
+
+    def resolve_ref(self, ref: str) -> str:
+        """Checksum a ref points to: ``NAME`` (refs/heads) or ``REMOTE:NAME`` (refs/remotes)."""
+        p = self._ref_path(ref)
+        try:
+            text = p.read_text(encoding="ascii")
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise RefError(f"ref {ref!r} not found in {self.path}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise RefError(f"ref {ref!r}: cannot read: {e}") from None
+        csum = text.strip()
+        if not ob.is_valid_checksum(csum):
+            raise RefError(f"ref {ref!r} does not contain a checksum: {text[:80]!r}")
+        return csum
+
+    def list_refs(self, remote: str | None = None) -> dict[str, str]:
+        """``{name: checksum}`` of refs/heads (or refs/remotes/REMOTE), sorted by name."""
+        if remote is None:
+            base = self.path / "refs" / "heads"
+        else:
+            if not _REMOTE_RE.fullmatch(remote):
+                raise RefError(f"invalid remote name {remote!r:.80}")
+            base = self.path / "refs" / "remotes" / remote
+        out = {}
+        for dirpath, _dirs, files in os.walk(base):
+            for fn in files:
+                name = os.path.relpath(os.path.join(dirpath, fn), base).replace(os.sep, "/")
+                out[name] = self.resolve_ref(name if remote is None else f"{remote}:{name}")
+        return dict(sorted(out.items(), key=lambda kv: kv[0].encode("utf-8")))
+
+    def set_ref(self, ref: str, checksum: str) -> None:
+        """Point a ref at a commit checksum, atomically (``hex\\n``)."""
+        if not ob.is_valid_checksum(checksum):
+            raise RefError(f"invalid checksum {checksum!r:.80} for ref {ref!r}")
+        p = self._ref_path(ref)
+        tmp = self._write_tmp_file(f"{checksum}\n".encode("ascii"))
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, p)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise RefError(f"cannot set ref {ref!r}: {e}") from None
+
+    def delete_ref(self, ref: str) -> None:
+        p = self._ref_path(ref)
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            raise RefError(f"ref {ref!r} not found in {self.path}") from None
+
+    # ------------------------------------------------------------------------------------------
+    # Summary
+
+    def _static_deltas(self) -> list[tuple[str, Variant]]:
+        base = self.path / "deltas"
+        out = []
+        if not base.is_dir():
+            return out
+        for pre in sorted(os.listdir(base)):
+            for rest in sorted(os.listdir(base / pre)):
+                sb = base / pre / rest / "superblock"
+                if not sb.is_file():
+                    continue
+                frm, sep, to = (pre + rest).partition("-")
+                try:
+                    name = (f"{ob.delta_name_decode(frm)}-{ob.delta_name_decode(to)}" if sep
+                            else ob.delta_name_decode(frm))
+                except InvalidObject:
+                    continue
+                out.append((name, Variant("ay", hashlib.sha256(sb.read_bytes()).digest())))
+        return out
+
+    def build_summary(self, last_modified: int | None = None) -> Summary:
+        """The summary ``ostree summary -u`` would write for refs/heads (unsigned)."""
+        refs = []
+        for name, csum in self.list_refs().items():
+            data = self.read_metadata(ObjectType.COMMIT, csum)
+            commit = self.read_commit(csum)
+            md: Metadata = [("ostree.commit.timestamp", Variant("t", ob.bswap64(commit.timestamp)))]
+            version = commit.get("version")
+            if isinstance(version, str):
+                md.append(("ostree.commit.version", Variant("s", version)))
+            refs.append(SummaryRef(name, len(data), csum, md))
+        if last_modified is None:
+            last_modified = int(time.time())
+        md = [("ostree.summary.mode", Variant("s", self.config_mode)),
+              ("ostree.summary.last-modified", Variant("t", ob.bswap64(last_modified))),
+              ("ostree.summary.tombstone-commits", Variant("b", self.tombstone_commits)),
+              ("ostree.summary.indexed-deltas", Variant("b", True))]
+        if self.collection_id:
+            md.append(("ostree.summary.collection-id", Variant("s", self.collection_id)))
+        deltas = self._static_deltas()
+        if deltas:
+            md.append(("ostree.static-deltas", Variant("a{sv}", deltas)))
+        return Summary(refs, md)
+
+    def write_summary(self, last_modified: int | None = None) -> bytes:
+        """Write ``summary`` atomically (and drop a stale unsigned-mismatching ``summary.sig``)."""
+        data = ob.encode_summary(self.build_summary(last_modified))
+        tmp = self._write_tmp_file(data)
+        os.replace(tmp, self.path / "summary")
+        # A signature of an older summary would make verifying clients fail.
+        (self.path / "summary.sig").unlink(missing_ok=True)
+        return data
+
+    def read_summary(self) -> Summary | None:
+        try:
+            data = (self.path / "summary").read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            return ob.decode_summary(data)
+        except (GVariantError, InvalidObject) as e:
+            raise CorruptObject(f"{self.path / 'summary'}: {e}", path=str(self.path / "summary")) from None
+
+
+_DECODERS = {
+    ObjectType.DIR_TREE: ob.decode_dirtree,
+    ObjectType.DIR_META: ob.decode_dirmeta,
+    ObjectType.COMMIT: ob.decode_commit,
+    ObjectType.COMMIT_META: ob.decode_commitmeta,
+    ObjectType.TOMBSTONE_COMMIT: ob.decode_commitmeta,
+}
