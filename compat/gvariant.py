@@ -4,7 +4,7 @@ Pure functions over bytes. Supported types: basic ``y b n q i u x t h d s o g``,
 ``a<T>``, tuples ``(...)`` and dict entries ``{KV}``.
 
 Python value mapping:
-    y n q i u x t h -> int      b -> bool       d -> float      s o g -> str
+    y n q i u x t h -> int (h: signed 32-bit handle)      b -> bool       d -> float      s o g -> str
     ay -> bytes     a<T> -> list      a{KV} -> list of (k, v) pairs (order kept, duplicates allowed)
     (...) and {KV} -> tuple     m<T> -> None | value     v -> Variant(type, value)
 
@@ -62,10 +62,10 @@ class _Type:
 
 _BASIC_FIXED = {"y": 1, "b": 1, "n": 2, "q": 2, "i": 4, "u": 4, "h": 4, "x": 8, "t": 8, "d": 8}
 _BASIC = frozenset("ybnqiuhxtdsog")
-_STRUCT_FMT = {"y": "B", "n": "h", "q": "H", "i": "i", "u": "I", "h": "I", "x": "q", "t": "Q", "d": "d"}
+_STRUCT_FMT = {"y": "B", "n": "h", "q": "H", "i": "i", "u": "I", "h": "i", "x": "q", "t": "Q", "d": "d"}
 _INT_RANGE = {
     "y": (0, 0xFF), "n": (-0x8000, 0x7FFF), "q": (0, 0xFFFF), "i": (-0x80000000, 0x7FFFFFFF),
-    "u": (0, 0xFFFFFFFF), "h": (0, 0xFFFFFFFF), "x": (-(1 << 63), (1 << 63) - 1), "t": (0, (1 << 64) - 1),
+    "u": (0, 0xFFFFFFFF), "h": (-0x80000000, 0x7FFFFFFF), "x": (-(1 << 63), (1 << 63) - 1), "t": (0, (1 << 64) - 1),
 }
 _OFFSET_FMT = {1: "B", 2: "H", 4: "I", 8: "Q"}
 

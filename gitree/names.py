@@ -47,12 +47,12 @@ def check_name(name: bytes, path: bytes = b"") -> None:
 # byte is written %XX (upper-case hex).
 _SAFE = frozenset(range(0x21, 0x7F)) - {0x25, 0x3D}
 _ESC_TABLE = [bytes([b]) if b in _SAFE else b"%%%02X" % b for b in range(256)]
-_PLAIN = re.compile(rb"^[\x21-\x24\x26-\x3c\x3e-\x7e]*$")
+_PLAIN = re.compile(rb"[\x21-\x24\x26-\x3c\x3e-\x7e]*")
 _PCT = re.compile(rb"%([0-9A-F]{2})")
 
 
 def esc(raw: bytes) -> bytes:
-    if _PLAIN.match(raw):
+    if _PLAIN.fullmatch(raw):
         return raw
     return b"".join([_ESC_TABLE[b] for b in raw])
 

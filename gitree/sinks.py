@@ -185,7 +185,7 @@ class DirectoryWriter:
         self._chown(lambda: os.fchown(fd, e.uid, e.gid), e)
         os.fchmod(fd, e.mode)
         for n, v in e.xattrs:
-            self._setxattr(lambda: os.setxattr(fd, n, v), n, e)
+            self._setxattr(os.setxattr, (fd, n, v), {}, n, e)
         if self.keep_mtime and e.mtime_ns is not None:
             os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
 
@@ -195,7 +195,7 @@ class DirectoryWriter:
             os.chmod(name, e.mode, dir_fd=pfd)
         pp = _proc_path(pfd, name)
         for n, v in e.xattrs:
-            self._setxattr(lambda: os.setxattr(pp, n, v, follow_symlinks=False), n, e)
+            self._setxattr(os.setxattr, (pp, n, v), {"follow_symlinks": False}, n, e)
         if self.keep_mtime and e.mtime_ns is not None:
             os.utime(name, ns=(e.mtime_ns, e.mtime_ns), dir_fd=pfd, follow_symlinks=False)
 
@@ -205,9 +205,9 @@ class DirectoryWriter:
         except PermissionError:
             self.report.add("ownership", e.path)
 
-    def _setxattr(self, fn, name: bytes, e: Entry) -> None:
+    def _setxattr(self, fn, args, kwargs, name: bytes, e: Entry) -> None:
         try:
-            fn()
+            fn(*args, **kwargs)
         except OSError as err:
             if err.errno in (errno.EPERM, errno.EACCES, errno.EOPNOTSUPP, errno.ENOTSUP):
                 self.report.add(f"xattr {name.decode('utf-8', 'backslashreplace')}", e.path)
