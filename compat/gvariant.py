@@ -7,6 +7,7 @@ Python value mapping:
     y n q i u x t h -> int (h: signed 32-bit handle)      b -> bool       d -> float      s o g -> str
     ay -> bytes     a<T> -> list      a{KV} -> list of (k, v) pairs (order kept, duplicates allowed)
     (...) and {KV} -> tuple     m<T> -> None | value     v -> Variant(type, value)
+    (a nested maybe's Just(Nothing) has no distinct Python value: decode rejects it)
 
 Integers are little-endian here; OSTree's big-endian fields are byteswapped by objects.py.
 ``decode`` is strict: anything that is not the unique normal-form serialization of a value raises
@@ -244,7 +245,7 @@ def _enc(t: _Type, v: Any, depth: int) -> bytes:
     out = bytearray()
     offsets: list[int] = []
     last = len(t.children) - 1
-    for i, (m, mv) in enumerate(zip(t.children, v)):
+    for i, (m, mv) in enumerate(zip(t.children, v, strict=True)):
         pad = _align(len(out), m.align) - len(out)
         if pad:
             out += bytes(pad)
@@ -380,7 +381,11 @@ def _dec(t: _Type, buf: bytes, start: int, end: int, depth: int) -> Any:
             return _dec(ct, buf, start, end, depth + 1)
         if buf[end - 1] != 0:
             raise GVariantError(f"maybe of {ct.sig!r} lacks its trailing NUL")
-        return _dec(ct, buf, start, end - 1, depth + 1)
+        value = _dec(ct, buf, start, end - 1, depth + 1)
+        if value is None:
+            # Just(Nothing) of a nested maybe has no Python value distinct from Nothing.
+            raise GVariantError(f"Just(Nothing) of {t.sig!r} is not representable")
+        return value
     if c == "a":
         return _dec_array(t, buf, start, end, depth)
     return _dec_tuple(t, buf, start, end, depth)

@@ -105,6 +105,7 @@ def test_asv_keeps_order_and_duplicates():
     ("o", "6100"),            # invalid object path
     ("g", "7a00"),            # invalid signature
     ("()", "01"),             # unit must be 00
+    ("mmy", "00"),            # Just(Nothing): no distinct Python value
     ("(ayay)", "78" * 10 + "79" * 244 + "0a00"),  # 2-byte offsets where 1 byte fits (tuple): 256 not 255
     ("as", "61" * 253 + "00" + "fe00"),  # same for an array
 ])
@@ -180,7 +181,7 @@ def _extend(children):
 
     return st.one_of(
         children.map(array),
-        children.map(lambda c: ("m" + c[0], st.none() | c[1])),
+        children.filter(lambda c: c[0][0] != "m").map(lambda c: ("m" + c[0], st.none() | c[1])),
         st.lists(children, max_size=4).map(tup),
         st.tuples(_BASIC, children).map(dict_array),
         children.map(lambda c: ("v", c[1].map(lambda x, t=c[0]: V(t, x)))),
@@ -312,7 +313,8 @@ def _text(t: str, v) -> str:
         members = _members(t[1:-1])
         if not members:
             return "()"
-        return "(" + ", ".join(_text(m, x) for m, x in zip(members, v)) + ("," if len(members) == 1 else "") + ")"
+        body = ", ".join(_text(m, x) for m, x in zip(members, v, strict=True))
+        return "(" + body + ("," if len(members) == 1 else "") + ")"
     raise AssertionError(t)
 
 
@@ -367,12 +369,12 @@ def _random_value(rng: random.Random, t: str, depth: int = 0):
         inner = rng.choice(["u", "s", "as", "a{sv}", "(ty)", "ay", "mv"] if depth < 3 else ["u", "s"])
         return V(inner, _random_value(rng, inner, depth + 1))
     if t == "ay":
-        return bytes(rng.randrange(256) for _ in range(rng.choice([0, 1, 7, 255, 256, 600])))
+        return rng.randbytes(rng.choice([0, 1, 7, 255, 256, 600]))
     if c == "m":
         return None if rng.random() < 0.3 else _random_value(rng, t[1:], depth + 1)
     if c == "a":
         inner = t[1:]
-        n = rng.choice([0, 1, 2, 5, 40])
+        n = rng.choice([0, 1, 2, 5, 12])
         if inner[0] == "{":
             k, rest = _split(inner[1:-1])
             return [(_random_value(rng, k, depth + 1), _random_value(rng, rest, depth + 1)) for _ in range(n)]
@@ -386,14 +388,14 @@ GLIB_TYPES = ["y", "b", "n", "q", "i", "u", "x", "t", "h", "d", "s", "o", "g", "
               "at", "a{sv}", "a{ss}", "a{uv}", "(uy)", "(ty)", "()", "a()", "(sayay)", "a(ayay)", "ms", "mu",
               "mas", "m(uy)", "mv", "av", "(vu)", "(uuuusa(ayay))", "(tuuuusa(ayay))", "(a(say)a(sayay))",
               "(uuua(ayay))", "(a{sv}aya(say)sstayay)", "(a(s(taya{sv}))a{sv})", "a(yaytt)", "(a{sv}msmay)",
-              "((y)(ty)(sy))", "a(s(ty))", "(mub)", "aas", "a{sa{sv}}", "mmy", "(may)"]
+              "((y)(ty)(sy))", "a(s(ty))", "(mub)", "aas", "a{sa{sv}}", "(may)"]
 
 
 def test_glib_cross_check():
-    """~2000 random values: our bytes equal GLib's; GLib calls them normal; mutations agree with GLib."""
+    """~1500 random values: our bytes equal GLib's; GLib calls them normal; mutations agree with GLib."""
     rng = random.Random(20221)
     batch, mutated = [], []
-    for _ in range(40):
+    for _ in range(30):
         for t in GLIB_TYPES:
             v = _random_value(rng, t)
             data = encode(t, v)
@@ -411,11 +413,11 @@ def test_glib_cross_check():
                     m += bytes([rng.randrange(256)])
                 mutated.append([t, _text(t, v), bytes(m).hex()])
     results = _glib(batch + mutated)
-    for (t, text, hexdata), (ref, normal, _) in zip(batch, results[:len(batch)]):
+    for (t, text, hexdata), (ref, normal, _) in zip(batch, results[:len(batch)], strict=True):
         assert hexdata == ref, (t, text)
         assert normal, (t, text)
     glib_quirks = 0
-    for (t, _text_, hexdata), (_ref, glib_normal, glib_renormalized) in zip(mutated, results[len(batch):]):
+    for (t, _, hexdata), (_, glib_normal, glib_renormalized) in zip(mutated, results[len(batch):], strict=True):
         try:
             decode(t, bytes.fromhex(hexdata))
             ours = True
