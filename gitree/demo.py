@@ -39,14 +39,14 @@ def build_rootfs(suite: str = "bookworm", verbose: bool = True) -> str:
     tar = os.path.join(CACHE, f"{suite}-minbase-ping.tar")
     if not os.path.exists(tar):
         cmd = ["mmdebstrap", "--variant=minbase", f"--include={ROOTFS_INCLUDE}", "--mode=root", "--quiet",
-               suite, tar + ".part"]
+               suite, tar[:-4] + ".part.tar"]  # mmdebstrap picks the output format from the extension
         if verbose:
             print(f"demo: building a {suite} minbase rootfs with mmdebstrap (once; cached in {CACHE})",
                   flush=True)
             sh(*cmd)
         else:
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-        os.replace(tar + ".part", tar)
+        os.replace(tar[:-4] + ".part.tar", tar)
     return tar
 
 
