@@ -244,8 +244,11 @@ class Repo:
         """(content root tree id, meta root tree id) of a gitree commit."""
         top = dict((name, (mode, oid)) for mode, name, oid in
                    decode_tree(self.read(commit.tree_id.raw, OBJ_TREE, "top tree"), "top"))
-        if TOP_ROOTFS not in top or TOP_META not in top:
-            raise NotFound(f"commit {commit.id} is not a gitree commit (no rootfs/ and meta/ trees)")
+        if TOP_ROOTFS not in top or TOP_META not in top or TOP_FORMAT not in top:
+            raise NotFound(f"commit {commit.id} is not a gitree commit (no format, rootfs/ and meta/)")
+        fmt = self.read(top[TOP_FORMAT][1], OBJ_BLOB, "format")
+        if fmt != FORMAT_BLOB:
+            raise CorruptObject(f"commit {commit.id} has gitree format {fmt[:32]!r}; this gitree reads {FORMAT_BLOB!r}")
         return top[TOP_ROOTFS][1], top[TOP_META][1]
 
     def top_entries(self, commit: pygit2.Commit) -> dict[bytes, tuple[bytes, bytes]]:
