@@ -38,7 +38,8 @@ __all__ = ["REPO_MODES", "ContentObject", "OstreeRepo", "validate_ref_name"]
 REPO_MODES = ("archive", "bare", "bare-user", "bare-user-only")
 _CONFIG_MODES = {"archive-z2": "archive", "archive": "archive", "bare": "bare", "bare-user": "bare-user",
                  "bare-user-only": "bare-user-only"}
-_INIT_DIRS = ("extensions", "objects", "refs", "refs/heads", "refs/mirrors", "refs/remotes", "state", "tmp")
+_INIT_DIRS = ("extensions", "objects", "refs", "refs/heads", "refs/mirrors", "refs/remotes", "state", "tmp",
+              "tmp/cache")
 _SUFFIX_TYPE = {t.suffix: t for t in ObjectType} | {"filez": ObjectType.FILE}
 
 _REF_RE = re.compile(r"([\w\d][-._\w\d]*/)*[\w\d][-._\w\d]*", re.ASCII)
@@ -607,22 +608,24 @@ class OstreeRepo:
         for name, csum in self.list_refs().items():
             data = self.read_metadata(ObjectType.COMMIT, csum)
             commit = self.read_commit(csum)
-            md: Metadata = [("ostree.commit.timestamp", Variant("t", ob.bswap64(commit.timestamp)))]
+            # Key order as ostree 2022.7 writes them (its GHashTable order), for byte-identical output.
+            md: Metadata = []
             version = commit.get("version")
             if isinstance(version, str):
                 md.append(("ostree.commit.version", Variant("s", version)))
+            md.append(("ostree.commit.timestamp", Variant("t", ob.bswap64(commit.timestamp))))
             refs.append(SummaryRef(name, len(data), csum, md))
         if last_modified is None:
             last_modified = int(time.time())
         md = [("ostree.summary.mode", Variant("s", self.config_mode)),
               ("ostree.summary.last-modified", Variant("t", ob.bswap64(last_modified))),
-              ("ostree.summary.tombstone-commits", Variant("b", self.tombstone_commits)),
-              ("ostree.summary.indexed-deltas", Variant("b", True))]
-        if self.collection_id:
-            md.append(("ostree.summary.collection-id", Variant("s", self.collection_id)))
+              ("ostree.summary.tombstone-commits", Variant("b", self.tombstone_commits))]
         deltas = self._static_deltas()
         if deltas:
             md.append(("ostree.static-deltas", Variant("a{sv}", deltas)))
+        md.append(("ostree.summary.indexed-deltas", Variant("b", True)))
+        if self.collection_id:
+            md.append(("ostree.summary.collection-id", Variant("s", self.collection_id)))
         return Summary(refs, md)
 
     def write_summary(self, last_modified: int | None = None) -> bytes:
