@@ -39,6 +39,8 @@ TOP_ROOTFS, TOP_META, TOP_FORMAT, TOP_OSTREE = b"rootfs", b"meta", b"format", b"
 SMALL_FILE = 8 << 20          # files up to this size are hashed and compressed in worker threads
 INFLIGHT_BYTES = 64 << 20     # bound on file bytes held in memory waiting for workers
 STREAM_BLOB = 32 << 20        # blobs larger than this are read through `git cat-file` streaming
+BATCH_BYTES = 4 << 20         # small files are hashed and compressed in batches of this many bytes...
+BATCH_FILES = 512             # ...or this many files
 WORKERS = max(2, min(4, os.cpu_count() or 2))
 
 
@@ -401,8 +403,10 @@ class Importer:
         self.root_seen = False
         self.pack = PackWriter(repo.objects_dir)
         self.pool = concurrent.futures.ThreadPoolExecutor(WORKERS, thread_name_prefix="gitree-hash")
-        self.pending: collections.deque = collections.deque()
+        self.pending: collections.deque = collections.deque()  # (inodes, bytes, future of a batch)
         self.pending_bytes = 0
+        self.batch: list[tuple[Inode, bytes]] = []
+        self.batch_bytes = 0
         self.stats = ImportStats()
         self._t0 = time.monotonic()
 
@@ -411,11 +415,26 @@ class Importer:
     def _exists(self, oid: bytes) -> bool:
         return oid in self.pack or self.repo.exists(oid)
 
-    def _hash_job(self, data: bytes) -> tuple[bytes, bytes | None]:
-        oid = object_id(OBJ_BLOB, data)
-        if self._exists(oid):
-            return oid, None
-        return hash_and_compress(OBJ_BLOB, data, self.level)
+    def _hash_job(self, datas: list[bytes]) -> list[tuple[bytes, bytes | None]]:
+        out = []
+        for data in datas:
+            oid = object_id(OBJ_BLOB, data)
+            if self._exists(oid):
+                out.append((oid, None))
+            else:
+                out.append(hash_and_compress(OBJ_BLOB, data, self.level))
+        return out
+
+    def _submit_batch(self) -> None:
+        """Hand the collected small files to a worker as one job (a future per file costs too much)."""
+        if not self.batch:
+            return
+        inodes = [i for i, _ in self.batch]
+        fut = self.pool.submit(self._hash_job, [d for _, d in self.batch])
+        self.pending.append((inodes, self.batch_bytes, fut))
+        self.pending_bytes += self.batch_bytes
+        self.batch, self.batch_bytes = [], 0
+        self._drain(INFLIGHT_BYTES, 2 * WORKERS)
 
     def store(self, otype: int, data: bytes) -> bytes:
         oid = object_id(otype, data)
@@ -425,12 +444,12 @@ class Importer:
 
     def _drain(self, limit_bytes: int, limit_count: int) -> None:
         while self.pending and (self.pending_bytes > limit_bytes or len(self.pending) > limit_count):
-            inode, size, fut = self.pending.popleft()
+            inodes, size, fut = self.pending.popleft()
             self.pending_bytes -= size
-            oid, entry = fut.result()
-            if entry is not None:
-                self.pack.add_raw(oid, entry)
-            inode.oid = oid
+            for inode, (oid, entry) in zip(inodes, fut.result()):
+                if entry is not None:
+                    self.pack.add_raw(oid, entry)
+                inode.oid = oid
 
     # tree building
 
@@ -505,9 +524,10 @@ class Importer:
             buf = b"".join(data())
             if len(buf) != size:
                 raise BadInput(f"{display(e.path)}: read {len(buf)} bytes, expected {size} (file changed?)")
-            self.pending.append((inode, size, self.pool.submit(self._hash_job, buf)))
-            self.pending_bytes += size
-            self._drain(INFLIGHT_BYTES, 512)
+            self.batch.append((inode, buf))
+            self.batch_bytes += size
+            if self.batch_bytes >= BATCH_BYTES or len(self.batch) >= BATCH_FILES:
+                self._submit_batch()
         else:
             if rereadable:
                 import hashlib
@@ -533,6 +553,7 @@ class Importer:
 
     def finish_tree(self) -> bytes:
         """Write every tree and table; return the top tree id."""
+        self._submit_batch()
         self._drain(-1, -1)
         counts: dict[int, int] = collections.Counter()
         self._count(self.root, counts)
