@@ -125,6 +125,17 @@ def diff(c: Ctx, rev1, rev2):
 
 
 @cli.command()
+@click.option("--window", type=int, default=50, show_default=True, help="git repack --window")
+@click.option("--depth", type=int, default=50, show_default=True, help="git repack --depth")
+@pass_ctx
+def gc(c: Ctx, window, depth):
+    """Repack the repository into one delta-compressed pack."""
+    repo = c.repo()
+    porcelain.gc(repo, window, depth)
+    click.echo("gc: done", err=True)
+
+
+@cli.command()
 @click.argument("revs", nargs=-1)
 @pass_ctx
 def fsck(c: Ctx, revs):

@@ -308,6 +308,26 @@ def _subtree(repo: Repo, path: bytes, node, name: bytes) -> Iterator[Entry]:
 
 
 # ---------------------------------------------------------------------------------------------
+# gc
+
+def gc(repo: Repo, window: int = 50, depth: int = 50) -> None:
+    """Repack everything into one delta-compressed pack and drop stale temporary packs."""
+    import subprocess
+    import time
+
+    pack_dir = os.path.join(repo.objects_dir, "pack")
+    with repo.lock():
+        for name in os.listdir(pack_dir) if os.path.isdir(pack_dir) else []:
+            p = os.path.join(pack_dir, name)
+            if name.startswith("tmp_gitree_") and time.time() - os.path.getmtime(p) > 3600:
+                os.unlink(p)
+        r = subprocess.run(["git", "--git-dir", repo.path, "repack", "-a", "-d", "-f", "-q",
+                            f"--window={window}", f"--depth={depth}"], capture_output=True)
+        if r.returncode != 0:
+            raise GitreeError(f"git repack failed: {r.stderr.decode(errors='replace').strip()}")
+
+
+# ---------------------------------------------------------------------------------------------
 # fsck
 
 def fsck(repo: Repo, revs: list[str] | None = None) -> list[tuple[str, bytes, str]]:
