@@ -26,6 +26,7 @@ from .errors import GVariantError
 __all__ = [
     "MAX_DEPTH",
     "Variant",
+    "frame",
     "asv_get",
     "decode",
     "decode_asv",
@@ -185,6 +186,17 @@ def _append_offsets(out: bytearray, offsets: list[int]) -> None:
     w = _offset_size(len(out), len(offsets))
     if w:
         out += struct.pack(f"<{len(offsets)}{_OFFSET_FMT[w]}", *offsets)
+
+
+def frame(body: bytes | bytearray, offsets: list[int]) -> bytes:
+    """``body`` followed by framing ``offsets`` at minimal width: the tail of a variable-size container.
+
+    Building block for hand-written fast encoders of hot types (objects.py); offsets are given in the
+    order they must appear (tuples: reverse member order).
+    """
+    out = bytearray(body)
+    _append_offsets(out, offsets)
+    return bytes(out)
 
 
 def _enc(t: _Type, v: Any, depth: int) -> bytes:

@@ -185,11 +185,16 @@ class FileMeta:
         return stat.S_ISLNK(self.mode)
 
 
+def _xattrs_gv_bytes(xattrs: Xattrs) -> bytes:
+    return gvariant.encode("a(ayay)", _xattrs_to_gv(xattrs)) if xattrs else b""
+
+
 def encode_file_header(meta: FileMeta) -> bytes:
     """The ``(uuuusa(ayay))`` header GVariant (BE uid/gid/mode, rdev 0, target, xattrs)."""
-    return gvariant.encode(_FILE_HEADER_RAW, (
-        bswap32(meta.uid), bswap32(meta.gid), bswap32(meta.mode), 0,
-        meta.symlink_target + b"\0", _xattrs_to_gv(meta.xattrs)))
+    # Hand-framed (hot path; equal to gvariant.encode(FILE_HEADER_TYPE, ...), tested): the members are
+    # 1-aligned after the 16 fixed bytes, and only the string's end needs a framing offset.
+    body = struct.pack(">IIII", meta.uid, meta.gid, meta.mode, 0) + meta.symlink_target + b"\0"
+    return gvariant.frame(body + _xattrs_gv_bytes(meta.xattrs), [len(body)])
 
 
 def _prefix(header: bytes) -> bytes:
@@ -253,10 +258,8 @@ def encode_filez_header(meta: FileMeta, size: int) -> bytes:
     """
     if meta.is_symlink:
         size = 0
-    header = gvariant.encode(_FILEZ_HEADER_RAW, (
-        bswap64(size), bswap32(meta.uid), bswap32(meta.gid), bswap32(meta.mode), 0,
-        meta.symlink_target + b"\0", _xattrs_to_gv(meta.xattrs)))
-    return _prefix(header)
+    body = struct.pack(">QIIII", size, meta.uid, meta.gid, meta.mode, 0) + meta.symlink_target + b"\0"
+    return _prefix(gvariant.frame(body + _xattrs_gv_bytes(meta.xattrs), [len(body)]))
 
 
 class FilezCompressor:
@@ -408,8 +411,22 @@ def encode_dirtree(files: Iterable[tuple[str | bytes, str | bytes]],
     names = [e[0] for e in f] + [e[0] for e in d]
     if len(set(names)) != len(names):
         raise InvalidName("duplicate name in dirtree")
-    # Names are passed as UTF-8 bytes: the 's' encoder takes bytes as they are.
-    return gvariant.encode(DIRTREE_TYPE, (f, d))
+    # Hand-framed (hot path; equal to gvariant.encode(DIRTREE_TYPE, ...), tested): every member is
+    # 1-aligned, so elements are plain concatenations plus their framing offsets.
+    frame = gvariant.frame
+    files_arr = bytearray()
+    ends = []
+    for name, csum in f:
+        files_arr += frame(name + b"\0" + csum, [len(name) + 1])
+        ends.append(len(files_arr))
+    files_bytes = frame(files_arr, ends)
+    dirs_arr = bytearray()
+    ends = []
+    for name, tree, meta in d:
+        n = len(name) + 1
+        dirs_arr += frame(name + b"\0" + tree + meta, [n + 32, n])
+        ends.append(len(dirs_arr))
+    return frame(files_bytes + frame(dirs_arr, ends), [len(files_bytes)])
 
 
 def decode_dirtree(data: bytes) -> DirTree:
@@ -455,8 +472,7 @@ class DirMeta:
 
 
 def encode_dirmeta(meta: DirMeta) -> bytes:
-    return gvariant.encode(DIRMETA_TYPE, (bswap32(meta.uid), bswap32(meta.gid), bswap32(meta.mode),
-                                          _xattrs_to_gv(meta.xattrs)))
+    return struct.pack(">III", meta.uid, meta.gid, meta.mode) + _xattrs_gv_bytes(meta.xattrs)
 
 
 def decode_dirmeta(data: bytes) -> DirMeta:
@@ -472,8 +488,7 @@ OSTREEMETA_XATTR = b"user.ostreemeta"
 
 def encode_ostreemeta(meta: FileMeta) -> bytes:
     """Value of the ``user.ostreemeta`` xattr of a bare-user object: ``(uuua(ayay))``, BE fields."""
-    return gvariant.encode(OSTREEMETA_TYPE, (bswap32(meta.uid), bswap32(meta.gid), bswap32(meta.mode),
-                                             _xattrs_to_gv(meta.xattrs)))
+    return struct.pack(">III", meta.uid, meta.gid, meta.mode) + _xattrs_gv_bytes(meta.xattrs)
 
 
 def decode_ostreemeta(data: bytes) -> tuple[int, int, int, Xattrs]:

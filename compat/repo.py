@@ -8,6 +8,7 @@ Thread-safe for concurrent writers (unique staging names; hashlib and zlib relea
 from __future__ import annotations
 
 import configparser
+import contextlib
 import errno
 import hashlib
 import os
@@ -163,6 +164,8 @@ class OstreeRepo:
         if not (self.path / "objects").is_dir():
             raise BadRepo(f"{self.path}: no objects/ directory")
         (self.path / "tmp").mkdir(exist_ok=True)
+        self._objdir = os.fspath(self.path / "objects")
+        self._tmpdir = os.fspath(self.path / "tmp")
 
     @classmethod
     def create(cls, path: str | os.PathLike, mode: str = "bare", *, fsync: bool = False,
@@ -190,15 +193,19 @@ class OstreeRepo:
     # ------------------------------------------------------------------------------------------
     # Object paths
 
-    def object_path(self, checksum: str, objtype: ObjectType) -> Path:
+    def _obj(self, checksum: str, objtype: ObjectType) -> str:
         if not ob.is_valid_checksum(checksum):
             raise InvalidObject(f"invalid checksum {checksum!r:.80}")
         objtype = ObjectType(objtype)
         suffix = "filez" if objtype is ObjectType.FILE and self.mode == "archive" else objtype.suffix
-        return self.path / "objects" / checksum[:2] / f"{checksum[2:]}.{suffix}"
+        return f"{self._objdir}/{checksum[:2]}/{checksum[2:]}.{suffix}"
+
+    def object_path(self, checksum: str, objtype: ObjectType) -> Path:
+        """``objects/XX/REST.SUFFIX`` of an object (``.filez`` for content in archive repos)."""
+        return Path(self._obj(checksum, objtype))
 
     def has_object(self, checksum: str, objtype: ObjectType) -> bool:
-        return os.path.lexists(self.object_path(checksum, objtype))
+        return os.path.lexists(self._obj(checksum, objtype))
 
     def list_objects(self, objtype: ObjectType | None = None) -> Iterator[tuple[str, ObjectType]]:
         """Every (checksum, type) under objects/ (in no particular order)."""
@@ -218,14 +225,17 @@ class OstreeRepo:
     # ------------------------------------------------------------------------------------------
     # Staging
 
-    def _tmp_path(self) -> Path:
-        return self.path / "tmp" / f"gitree-{secrets.token_hex(12)}"
+    def _tmp_path(self) -> str:
+        return f"{self._tmpdir}/gitree-{secrets.token_hex(12)}"
 
-    def _commit_tmp(self, tmp: Path, dest: Path) -> None:
-        dest.parent.mkdir(exist_ok=True)
-        os.rename(tmp, dest)
+    def _commit_tmp(self, tmp: str, dest: str) -> None:
+        try:
+            os.rename(tmp, dest)
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            os.rename(tmp, dest)
 
-    def _write_tmp_file(self, data: bytes, mode: int = 0o644) -> Path:
+    def _write_tmp_file(self, data: bytes, mode: int = 0o644) -> str:
         tmp = self._tmp_path()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
@@ -236,7 +246,7 @@ class OstreeRepo:
                 os.fsync(fd)
         except BaseException:
             os.close(fd)
-            tmp.unlink(missing_ok=True)
+            os.unlink(tmp)
             raise
         os.close(fd)
         return tmp
@@ -255,8 +265,8 @@ class OstreeRepo:
         if validate:
             _DECODERS[objtype](data)
         csum = hashlib.sha256(data).hexdigest()
-        dest = self.object_path(csum, objtype)
-        if not dest.exists():
+        dest = self._obj(csum, objtype)
+        if not os.path.exists(dest):
             self._commit_tmp(self._write_tmp_file(data), dest)
         return csum
 
@@ -271,7 +281,7 @@ class OstreeRepo:
 
     def write_commitmeta(self, commit_checksum: str, metadata: Iterable[tuple[str, Variant]]) -> None:
         """Write (or replace) the detached metadata of a commit."""
-        dest = self.object_path(commit_checksum, ObjectType.COMMIT_META)
+        dest = self._obj(commit_checksum, ObjectType.COMMIT_META)
         self._commit_tmp(self._write_tmp_file(ob.encode_commitmeta(metadata)), dest)
 
     def read_metadata(self, objtype: ObjectType, checksum: str) -> bytes:
@@ -340,7 +350,7 @@ class OstreeRepo:
             if expected is not None and csum != expected:
                 raise CorruptObject(f"{expected}.file: content hashes to {csum}", checksum=expected,
                                     objtype="file")
-            dest = self.object_path(csum, ObjectType.FILE)
+            dest = self._obj(csum, ObjectType.FILE)
             if os.path.lexists(dest):
                 os.unlink(tmp)
             else:
@@ -362,13 +372,13 @@ class OstreeRepo:
             raise UnsupportedContent("bare repositories need xattrs sorted by name without empty values "
                                      "(the file system returns them that way; fsck would fail)")
 
-    def _stage_symlink(self, tmp: Path, meta: FileMeta, chunks: Iterable[bytes]) -> str:
+    def _stage_symlink(self, tmp: str, meta: FileMeta, chunks: Iterable[bytes]) -> str:
         for c in chunks:
             if c:
                 raise InvalidObject("a symlink has no payload")
         csum = ob.ContentHasher(meta).hexdigest()
         if self.mode in ("bare", "bare-user-only"):
-            os.symlink(meta.symlink_target, bytes(tmp))
+            os.symlink(meta.symlink_target, tmp)
             if self.mode == "bare":
                 os.chown(tmp, meta.uid, meta.gid, follow_symlinks=False)
                 for n, v in meta.xattrs:
@@ -379,7 +389,7 @@ class OstreeRepo:
             self._write_archive(tmp, meta, ())
         return csum
 
-    def _stage_regular(self, tmp: Path, meta: FileMeta, chunks: Iterable[bytes]) -> str:
+    def _stage_regular(self, tmp: str, meta: FileMeta, chunks: Iterable[bytes]) -> str:
         h = ob.ContentHasher(meta)
 
         def hashed() -> Iterator[bytes]:
@@ -397,7 +407,7 @@ class OstreeRepo:
             self._write_file(tmp, hashed(), meta.mode & 0o7777, None)
         return h.hexdigest()
 
-    def _write_file(self, tmp: Path, chunks: Iterable[bytes], perms: int, ostreemeta: bytes | None,
+    def _write_file(self, tmp: str, chunks: Iterable[bytes], perms: int, ostreemeta: bytes | None,
                     owner: FileMeta | None = None) -> None:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
@@ -418,7 +428,7 @@ class OstreeRepo:
         finally:
             os.close(fd)
 
-    def _write_archive(self, tmp: Path, meta: FileMeta, chunks: Iterable[bytes]) -> None:
+    def _write_archive(self, tmp: str, meta: FileMeta, chunks: Iterable[bytes]) -> None:
         with open(tmp, "xb") as f:
             header = ob.encode_filez_header(meta, 0)
             f.write(header)
@@ -570,7 +580,8 @@ class OstreeRepo:
             p.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, p)
         except OSError as e:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
             raise RefError(f"cannot set ref {ref!r}: {e}") from None
 
     def delete_ref(self, ref: str) -> None:

@@ -379,3 +379,62 @@ def test_dirtree_roundtrip(entries, as_dirs):
     assert sorted(tree.dirs) == sorted(dirs)
     keys = [n.encode() for n, *_ in (tree.dirs if as_dirs else tree.files)]
     assert keys == sorted(keys)
+
+
+_xattr_lists = st.lists(st.tuples(st.binary(min_size=1, max_size=300).filter(lambda b: b"\0" not in b),
+                                  st.binary(max_size=300)), max_size=3)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.integers(0, 0o7777), st.booleans(),
+       st.binary(min_size=1, max_size=600).filter(lambda b: b"\0" not in b), _xattr_lists,
+       st.integers(0, 2**64 - 1))
+def test_hand_framed_encoders_equal_generic(uid, gid, perms, is_link, target, xattrs, size):
+    """The fast header/dirmeta encoders produce exactly the generic GVariant encoding."""
+    from gitree_compat.objects import (
+        DIRMETA_TYPE,
+        FILE_HEADER_TYPE,
+        FILEZ_HEADER_TYPE,
+        OSTREEMETA_TYPE,
+        bswap32,
+        encode_filez_header,
+    )
+
+    mode = (LNK | 0o777) if is_link else (REG | perms)
+    meta = FileMeta(uid, gid, mode, target if is_link else b"", xattrs)
+    gv_x = [(n + b"\0", v) for n, v in xattrs]
+    t = meta.symlink_target + b"\0"
+    generic = encode(FILE_HEADER_TYPE.replace("s", "ay", 1), (bswap32(uid), bswap32(gid), bswap32(mode), 0, t, gv_x))
+    assert encode_file_header(meta) == generic
+    assert decode_file_header(generic) == meta
+    if not is_link:
+        assert encode(FILE_HEADER_TYPE, (bswap32(uid), bswap32(gid), bswap32(mode), 0, "", gv_x)) == generic
+    fz = encode(FILEZ_HEADER_TYPE.replace("s", "ay", 1),
+                (int.from_bytes((0 if is_link else size).to_bytes(8, "big"), "little"),
+                 bswap32(uid), bswap32(gid), bswap32(mode), 0, t, gv_x))
+    assert encode_filez_header(meta, size)[8:] == fz
+    dm = DirMeta(uid, gid, DIR | perms, xattrs)
+    assert encode_dirmeta(dm) == encode(DIRMETA_TYPE, (bswap32(uid), bswap32(gid), bswap32(DIR | perms), gv_x))
+    assert decode_dirmeta(encode_dirmeta(dm)) == dm
+    assert encode_ostreemeta(meta) == encode(OSTREEMETA_TYPE, (bswap32(uid), bswap32(gid), bswap32(mode), gv_x))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.dictionaries(_names.filter(lambda n: n not in (".", "..")), st.binary(min_size=32, max_size=32),
+                       max_size=12),
+       st.dictionaries(st.text("abcdefgh" * 40, min_size=200, max_size=260), st.binary(min_size=32, max_size=32),
+                       max_size=300))
+def test_hand_framed_dirtree_equals_generic(small, long_names):
+    """Includes element/array sizes across the 1->2 and 2->4 byte framing-offset boundaries."""
+    files = sorted(((n.encode(), c) for n, c in {**small, **long_names}.items()), key=lambda e: e[0])
+    dirs = sorted(((n.encode() + b"d", c, c[::-1]) for n, c in long_names.items()), key=lambda e: e[0])
+    data = encode_dirtree([(n, c) for n, c in files], [(n, t, m) for n, t, m in dirs])
+    assert data == encode(DIRTREE_TYPE, (files, dirs))
+
+
+def test_large_dirtree_four_byte_offsets():
+    files = [((f"{i:04d}" + "n" * 250).encode(), bytes([i % 256]) * 32) for i in range(300)]
+    data = encode_dirtree(files, [])
+    assert len(data) > 65535
+    assert data == encode(DIRTREE_TYPE, (files, []))
+    assert len(decode_dirtree(data).files) == 300
