@@ -278,6 +278,9 @@ json.dump(out, sys.stdout)
 
 
 def _glib(batch):
+    probe = subprocess.run(["/usr/bin/python3", "-c", "from gi.repository import GLib"], capture_output=True,
+                           check=False)
+    assert probe.returncode == 0, "the GLib oracle needs Debian's python3-gi for /usr/bin/python3"
     p = subprocess.run(["/usr/bin/python3", "-c", _GLIB_SCRIPT], input=json.dumps(batch),
                        capture_output=True, text=True, check=True)
     return json.loads(p.stdout)
