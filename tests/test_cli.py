@@ -201,6 +201,22 @@ def test_every_source_form_gives_the_same_commit(work, std_copy):
     assert git(repo, "rev-list", "--count", "from-tar.xz") == "1"
 
 
+@pytest.mark.parametrize("comp", ["gzip", "xz", "zstd"])
+def test_compressed_tar_with_large_record_padding(work, comp):
+    """GNU tar pads an archive to whole records; with a large blocking factor (here 1 MiB records) the
+    decompressor still has much to write after the end-of-archive blocks. The import must succeed."""
+    src = os.path.join(work, "src")
+    put(os.path.join(src, "etc/hostname"), b"padded\n")
+    tar = os.path.join(work, "t.tar")
+    subprocess.run(["tar", "--format=posix", "--blocking-factor=2048", "-C", src, "-cf", tar, "."], check=True)
+    assert os.path.getsize(tar) == 1 << 20
+    subprocess.run([comp, "-q", tar], check=True)
+    repo = os.path.join(work, "r.git")
+    run_gitree("-C", repo, "init")
+    cid = import_(repo, tar + {"gzip": ".gz", "xz": ".xz", "zstd": ".zst"}[comp])
+    assert git(repo, "show", f"{cid}:rootfs/etc/hostname") == "padded"
+
+
 def test_import_prints_commit_and_parent_is_previous_tip(work, std_copy):
     repo, src, cid = std_copy
     assert git(repo, "rev-list", "--parents", "-n1", cid) == cid  # the first commit has no parent
@@ -606,6 +622,8 @@ def _hostile_names_tree(root: str) -> None:
     os.symlink("/outside", os.path.join(root, "g/.git"))
     put(os.path.join(root, "meta/.gitree"), b"a rootfs dir named meta\n")
     put(os.path.join(root, "rootfs/format"), b"and rootfs/format\n")
+    put(os.fsdecode(os.path.join(os.fsencode(root), b"bytes-\xff\xfe")), b"not utf-8\n")
+    put(os.path.join(root, "new\nline and %41 x=y"), b"odd characters\n")
 
 
 def test_names_git_refuses(work):
@@ -624,7 +642,7 @@ def test_names_git_refuses(work):
     listed = set(out_lines(run_gitree("-C", repo, "ls", "-R", cid)))
     for p in ("/.git/config", "/a/b/.git/HEAD", "/.gitmodules", "/.GIT/x", "/git~1", "/~gitree~foo", "/~gitree~",
               "/e/~gitree~.git/w", "/.gitree/t", "/f/.gitree", "/.g\u200cit/h", "/.gitattributes", "/g/.git",
-              "/meta/.gitree", "/rootfs/format"):
+              "/meta/.gitree", "/rootfs/format", "/bytes-\\xff\\xfe"):
         assert p in listed, p
     out_tar = os.path.join(work, "out.tar")
     run_gitree("-C", repo, "checkout", cid, "--tar", out_tar)
