@@ -79,10 +79,10 @@ class ContentObject:
     chunk if the object does not hash to its name, so commit nothing derived from it before then.
     """
 
-    def __init__(self, checksum: str, path: Path, meta: FileMeta, size: int,
+    def __init__(self, checksum: str, path: str | Path, meta: FileMeta, size: int,
                  fileobj: BinaryIO | None, payload: Iterator[bytes]) -> None:
         self.checksum = checksum
-        self.path = path
+        self.path = Path(path)
         self.meta = meta
         self.size = size
         self._f = fileobj
@@ -452,11 +452,11 @@ class OstreeRepo:
 
     def open_content(self, checksum: str) -> ContentObject:
         """Open a content object for streaming reads (see ContentObject)."""
-        path = self.object_path(checksum, ObjectType.FILE)
+        path = self._obj(checksum, ObjectType.FILE)
         name = _objname(checksum, ObjectType.FILE)
 
         def corrupt(msg: str) -> CorruptObject:
-            return CorruptObject(f"{name}: {msg}", checksum=checksum, objtype="file", path=str(path))
+            return CorruptObject(f"{name}: {msg}", checksum=checksum, objtype="file", path=path)
 
         try:
             st = os.lstat(path)
@@ -466,10 +466,10 @@ class OstreeRepo:
         if stat.S_ISLNK(st.st_mode):
             if self.mode not in ("bare", "bare-user-only"):
                 raise corrupt(f"unexpected symlink in a {self.mode} repository")
-            target = os.readlink(bytes(path))
+            target = os.readlink(os.fsencode(path))
             try:
                 if self.mode == "bare":
-                    meta = FileMeta(st.st_uid, st.st_gid, st.st_mode, target, _read_xattrs(bytes(path), False))
+                    meta = FileMeta(st.st_uid, st.st_gid, st.st_mode, target, _read_xattrs(os.fsencode(path), False))
                 else:
                     meta = FileMeta(0, 0, st.st_mode, target)
             except InvalidObject as e:
@@ -477,7 +477,7 @@ class OstreeRepo:
             return ContentObject(checksum, path, meta, 0, None, iter(()))
         if not stat.S_ISREG(st.st_mode):
             raise corrupt("not a regular file or symlink")
-        f = open(path, "rb")  # noqa: SIM115 - handed to ContentObject, which closes it
+        f = open(path, "rb")  # handed to ContentObject, which closes it
         try:
             fd = f.fileno()
             st = os.fstat(fd)
@@ -554,6 +554,15 @@ class OstreeRepo:
         if not ob.is_valid_checksum(csum):
             raise RefError(f"ref {ref!r} does not contain a checksum: {text[:80]!r}")
         return csum
+
+    def resolve_rev(self, rev: str) -> str:
+        """A full commit checksum (which must be present) or a ref, as ``ostree rev-parse`` takes them."""
+        if ob.is_valid_checksum(rev):
+            if not self.has_object(rev, ObjectType.COMMIT):
+                raise MissingObject(f"{rev}.commit: no such object in {self.path}", checksum=rev,
+                                    objtype="commit")
+            return rev
+        return self.resolve_ref(rev)
 
     def list_refs(self, remote: str | None = None) -> dict[str, str]:
         """``{name: checksum}`` of refs/heads (or refs/remotes/REMOTE), sorted by name."""

@@ -276,6 +276,9 @@ def test_refs(work):
     with pytest.raises(RefError, match="garbage"):
         repo.resolve_ref("garbage")
     repo.delete_ref("garbage")
+    assert repo.resolve_rev("z") == c2
+    with pytest.raises(MissingObject):
+        repo.resolve_rev(c1)  # a checksum must name a present commit
     # Real ostree sees the same refs.
     assert sorted(ostree("refs", f"--repo={repo.path}").split()) == ["a/b/c", "origin:remote/ref", "z"]
 
