@@ -438,3 +438,39 @@ def test_large_dirtree_four_byte_offsets():
     assert len(data) > 65535
     assert data == encode(DIRTREE_TYPE, (files, []))
     assert len(decode_dirtree(data).files) == 300
+
+
+_SAMPLES = {
+    "commit": (decode_commit, encode_commit(Commit(
+        "11" * 32, "22" * 32, [("version", Variant("s", "1")), ("ostree.ref-binding", Variant("as", ["a"]))],
+        "33" * 32, [], "s", "b", 5))),
+    "dirtree": (decode_dirtree, encode_dirtree([("a", "11" * 32), ("b", "22" * 32)], [("c", "33" * 32, "44" * 32)])),
+    "dirmeta": (decode_dirmeta, encode_dirmeta(DirMeta(1, 2, DIR | 0o755, [(b"user.x", b"y")]))),
+    "file_header": (decode_file_header, encode_file_header(FileMeta(0, 0, LNK | 0o777, b"t", [(b"user.x", b"y")]))),
+    "ostreemeta": (decode_ostreemeta, encode_ostreemeta(FileMeta(0, 0, REG | 0o644))),
+    "summary": (decode_summary, encode_summary(Summary([SummaryRef("r", 9, "11" * 32, [])], []))),
+    "filez": (lambda b: b"".join(FilezReader(io.BytesIO(b).read).chunks()),
+              b"".join(encode_filez(FileMeta(0, 0, REG | 0o644), [b"hello"], 5))),
+}
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.sampled_from(sorted(_SAMPLES)), st.data())
+def test_object_decoders_raise_only_format_errors(kind, data):
+    """Mutated or random bytes: every object decoder fails only with an OstreeFormatError subclass."""
+    decoder, good = _SAMPLES[kind]
+    raw = bytearray(good)
+    op = data.draw(st.sampled_from(["flip", "truncate", "append", "random"]))
+    if op == "flip":
+        i = data.draw(st.integers(0, len(raw) - 1))
+        raw[i] ^= data.draw(st.integers(1, 255))
+    elif op == "truncate":
+        del raw[data.draw(st.integers(0, len(raw) - 1)):]
+    elif op == "append":
+        raw += data.draw(st.binary(min_size=1, max_size=4))
+    else:
+        raw = bytearray(data.draw(st.binary(max_size=200)))
+    try:
+        decoder(bytes(raw))
+    except OstreeFormatError:
+        pass
