@@ -305,6 +305,72 @@ def test_invalid_branch_does_not_create_anything(work, prepared):
     assert snapshot(work) == before
 
 
+def _pax_member(records: list[tuple[bytes, bytes]], add) -> bytes:
+    """A pax extended header with the given records, then the member written by `add(TarWriter)`."""
+    from gitree.tarformat import pax_record
+    data = b"".join(pax_record(k, v) for k, v in records)
+    t = Tar().raw_header(b"././@PaxHeader", b"x", len(data)).raw(data + b"\0" * (-len(data) % 512))
+    add(t.w)
+    return t.bytes()
+
+
+def _reg(w):
+    w.add(b"f", stat.S_IFREG, 0o644, 0, 0)
+
+
+UNREPRESENTABLE = {
+    "nul-in-symlink-target": ([(b"linkpath", b"a\0b")], lambda w: w.add(b"l", stat.S_IFLNK, 0o777, 0, 0,
+                                                                         linkname=b"x")),
+    "empty-symlink-target": ([], lambda w: w.add(b"l", stat.S_IFLNK, 0o777, 0, 0, linkname=b"")),
+    "nul-in-xattr-name": ([(b"SCHILY.xattr.user.a\0b", b"v")], _reg),
+    "empty-xattr-name": ([(b"SCHILY.xattr.", b"v")], _reg),
+    "uid-beyond-32-bits": ([(b"uid", b"%d" % (1 << 32))], _reg),
+    "gid-beyond-32-bits": ([(b"gid", b"%d" % (1 << 40))], _reg),
+    "device-major-beyond-32-bits": ([(b"SCHILY.devmajor", b"%d" % (1 << 40))],
+                                    lambda w: w.add(b"c", stat.S_IFCHR, 0o644, 0, 0, rdev=(1, 1))),
+}
+
+
+@pytest.mark.parametrize("case", list(UNREPRESENTABLE))
+def test_metadata_linux_cannot_hold_is_refused(work, prepared, case):
+    """A member no Linux filesystem can hold must be refused at import, not stored as a commit that fsck
+    calls clean but checkout cannot write (today: 'internal error' at checkout)."""
+    repo, base, outside = prepared
+    records, add = UNREPRESENTABLE[case]
+    path = os.path.join(work, "odd.tar")
+    with open(path, "wb") as f:
+        f.write(_pax_member(records, add))
+    before_refs, before = refs(repo), snapshot(work)
+    r = run_gitree("-C", repo, "import-rootfs", path, "-b", "main", check=False)
+    assert_one_error_line(r)
+    assert refs(repo) == before_refs
+    assert snapshot(work) == before
+
+
+def test_deeply_nested_tar(work, prepared):
+    """1100 nested directories (a 2.2 KB path, well within Linux limits): imported and checked out, or
+    refused with one clear line; never an internal error."""
+    repo, base, outside = prepared
+    deep = b"/".join([b"d"] * 1100) + b"/f"
+    path = os.path.join(work, "deep.tar")
+    with open(path, "wb") as f:
+        f.write(Tar().dir(b"./").file(deep, b"bottom").bytes())
+    before_refs, before = refs(repo), snapshot(work)
+    r = run_gitree("-C", repo, "import-rootfs", path, "-b", "main", check=False)
+    err = r.stderr.decode()
+    assert "internal error" not in err and "Traceback" not in err, err
+    if r.returncode != 0:
+        assert_one_error_line(r)
+        assert refs(repo) == before_refs and snapshot(work) == before
+        return
+    cid = last_line(r)
+    out = os.path.join(work, "out.tar")
+    run_gitree("-C", repo, "checkout", cid, "--tar", out)
+    with open(path, "rb") as f:
+        assert tar_summary(out) == tar_summary(f.read())
+    run_gitree("-C", repo, "fsck", cid)
+
+
 # ---------------------------------------------------------------------------------------------
 # documented safe handling: accepted, stored inside the tree, nothing written elsewhere
 
