@@ -474,3 +474,19 @@ def test_object_decoders_raise_only_format_errors(kind, data):
         decoder(bytes(raw))
     except OstreeFormatError:
         pass
+
+
+def test_tar_commit_vectors():
+    """§9.2 commits of tar imports (same object model, libarchive xattr order)."""
+    c = Commit(T1_ROOT, ROOT_META, [("ostree.ref-binding", V("as", ["test/tar"]))], None, [], "dir commit",
+               "the body", 1577836800)
+    assert sha256_hex(encode_commit(c)) == "b24ee0ee7a21b9d265abe692594742c76951871918178d7d88582f8ab28feac2"
+
+    def commit_t(files):
+        tree = sha256_hex(encode_dirtree(files))
+        return sha256_hex(encode_commit(Commit(tree, ROOT_META, [("ostree.ref-binding", V("as", ["t"]))])))
+
+    xorder = "bad388414fe03305827ddde1c43f0bb902627ddcb23d2b4d86c321ff63e9843b"
+    assert commit_t([("x", xorder)]) == "3ca6eb74c5578cf1fb5947ea4c5613594c55048909b62173c61c44b61f364801"
+    same = "623f9b5ec81f6988007ec568e7b534f5b6e1742f9526f44d8d068acc0a282848"
+    assert commit_t([("a", same), ("b", same)]) == "08bb304e5f7f6e590ba919c70f30ea030acc6e78b19ce07c347e081fe952c01f"
