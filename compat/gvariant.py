@@ -223,8 +223,12 @@ def _enc(t: _Type, v: Any, depth: int) -> bytes:
             except UnicodeEncodeError as e:
                 raise GVariantError(f"string is not encodable as UTF-8: {e}") from None
         elif c == "s" and isinstance(v, (bytes, bytearray, memoryview)):
-            # Raw bytes are allowed for 's' (OSTree accepts non-UTF-8 symlink targets in file headers).
+            # UTF-8 bytes are taken as they are for 's' (saves a decode/encode round trip for file names).
             raw = bytes(v)
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise GVariantError("bytes for type 's' are not valid UTF-8") from None
         else:
             raise GVariantError(f"type {c!r} needs a str, got {type(v).__name__}")
         if b"\0" in raw:

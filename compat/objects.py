@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import gvariant
-from .errors import GVariantError, InvalidName, InvalidObject
+from .errors import GVariantError, InvalidName, InvalidObject, UnsupportedContent
 from .gvariant import Variant
 
 Xattrs = tuple[tuple[bytes, bytes], ...]
@@ -41,9 +41,9 @@ OSTREEMETA_TYPE = "(uuua(ayay))"
 SUMMARY_TYPE = "(a(s(taya{sv}))a{sv})"
 DELTA_SUPERBLOCK_TYPE = "(a{sv}tayay" + COMMIT_TYPE + "aya(uayttay)a(yaytt))"
 
-# Same framing as the header types but the symlink target read as bytes: OSTree accepts non-UTF-8 targets.
-_FILE_HEADER_RAW = "(uuuuaya(ayay))"
-_FILEZ_HEADER_RAW = "(tuuuuaya(ayay))"
+#: What ``ostree commit`` 2022.7 stores instead of a symlink target that is not valid UTF-8 (GLib refuses
+#: the string; ostree substitutes this text). OSTree cannot represent such targets faithfully.
+OSTREE_INVALID_UTF8_TARGET = b"[Invalid UTF-8]"
 
 
 class ObjectType(enum.IntEnum):
@@ -174,6 +174,12 @@ class FileMeta:
         if fmt == stat.S_IFLNK:
             if not self.symlink_target or b"\0" in self.symlink_target:
                 raise InvalidObject(f"invalid symlink target {self.symlink_target!r:.80}")
+            try:
+                self.symlink_target.decode("utf-8")
+            except UnicodeDecodeError:
+                raise UnsupportedContent(
+                    f"symlink target {self.symlink_target!r:.80} is not valid UTF-8: OSTree cannot store it "
+                    f"(ostree commit writes {OSTREE_INVALID_UTF8_TARGET.decode()!r} instead)") from None
         elif self.symlink_target:
             raise InvalidObject("a regular file cannot have a symlink target")
         for x in (self.uid, self.gid):
@@ -206,18 +212,16 @@ def file_stream_prefix(meta: FileMeta) -> bytes:
     return _prefix(encode_file_header(meta))
 
 
-def _meta_from_header(uid: int, gid: int, mode: int, rdev: int, target: bytes,
+def _meta_from_header(uid: int, gid: int, mode: int, rdev: int, target: str,
                       xattrs: list[tuple[bytes, bytes]]) -> FileMeta:
     if rdev != 0:
         raise InvalidObject(f"file header has non-zero rdev {rdev}")
-    if not target or target[-1] != 0 or b"\0" in target[:-1]:
-        raise InvalidObject("file header symlink target is not a NUL-terminated string")
-    return FileMeta(bswap32(uid), bswap32(gid), bswap32(mode), target[:-1], _xattrs_from_gv(xattrs))
+    return FileMeta(bswap32(uid), bswap32(gid), bswap32(mode), target.encode("utf-8"), _xattrs_from_gv(xattrs))
 
 
 def decode_file_header(data: bytes) -> FileMeta:
     """Parse a ``(uuuusa(ayay))`` file header (without the 8-byte prefix)."""
-    return _meta_from_header(*gvariant.decode(_FILE_HEADER_RAW, data))
+    return _meta_from_header(*gvariant.decode(FILE_HEADER_TYPE, data))
 
 
 class ContentHasher:
@@ -316,7 +320,7 @@ class FilezReader:
             raise InvalidObject(f"filez header length {hlen} too large")
         raw = self._read_exact(hlen, "header")
         try:
-            size, *rest = gvariant.decode(_FILEZ_HEADER_RAW, raw)
+            size, *rest = gvariant.decode(FILEZ_HEADER_TYPE, raw)
         except GVariantError as e:
             raise InvalidObject(f"bad filez header: {e}") from None
         self.meta: FileMeta = _meta_from_header(*rest)

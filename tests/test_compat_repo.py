@@ -537,3 +537,21 @@ def test_write_metadata_validates(work):
     csum = repo.write_metadata(ObjectType.DIR_META, bytes.fromhex("00000000" "00000000" "000041ed"))
     assert csum == "446a0ef11b7cc167f3b603e585c7eeeeb675faa412d5ec73f62988eb0b6c5488"
     assert repo.read_dirmeta(csum) == DirMeta(0, 0, 0o40755)
+
+
+def test_non_utf8_symlink_target_matches_ostree_substitution(work):
+    """ostree commit stores '[Invalid UTF-8]' for a non-UTF-8 target; our writer refuses such a target."""
+    from gitree_compat.objects import OSTREE_INVALID_UTF8_TARGET
+
+    d = work / "badlink"
+    d.mkdir()
+    os.symlink(b"\xff\xfe/t", os.fsencode(d / "l"))
+    real = work / "badlink-real"
+    ostree("init", f"--repo={real}", "--mode=archive")
+    ostree("commit", f"--repo={real}", "-b", "x", f"--tree=dir={d}")
+    repo = OstreeRepo(real)
+    (name, csum), = repo.read_dirtree(repo.read_commit(repo.resolve_ref("x")).root_tree).files
+    assert repo.read_content(csum)[0].symlink_target == OSTREE_INVALID_UTF8_TARGET
+    ours = OstreeRepo.create(work / "badlink-ours", "archive")
+    with pytest.raises(UnsupportedContent):
+        ours.write_content(FileMeta(0, 0, 0o120777, os.readlink(os.fsencode(d / "l"))))
