@@ -124,6 +124,45 @@ def diff(c: Ctx, rev1, rev2):
         click.echo(line)
 
 
+@cli.command("export-ostree")
+@click.argument("rev")
+@click.option("--ostree-repo", "ostree_repo", required=True, metavar="PATH",
+              help="OSTree repository (created if missing).")
+@click.option("--ref", help="OSTree ref to set (default: the gitree branch name).")
+@click.option("--mode", type=click.Choice(["archive", "archive-z2", "bare", "bare-user", "bare-user-only"]),
+              default=None, help="Mode of a new repository (default archive); must match an existing one.")
+@click.option("--no-bindings", is_flag=True, help="Do not add ostree.ref-binding (as ostree commit --no-bindings).")
+@click.option("--history", is_flag=True, help="Export the branch's whole first-parent ancestry as a parent chain.")
+@click.option("--strict", is_flag=True, help="Fail on entries OSTree cannot hold instead of skipping them.")
+@click.option("--update-summary", is_flag=True, help="Write the summary file (as ostree summary -u).")
+@pass_ctx
+def export_ostree(c: Ctx, rev, ostree_repo, ref, mode, no_bindings, history, strict, update_summary):
+    """Export REV into a native OSTree repository; prints the OSTree commit checksum last."""
+    from .ostree_bridge import export_ostree as run
+    from .progress import make_progress
+    progress = make_progress("export", c.quiet)
+    res = run(c.repo(), rev, ostree_repo, ref, mode, not no_bindings, history, strict, update_summary,
+              progress=progress)
+    if progress:
+        progress.done()
+    click.echo(f"exported {len(res.commits)} commit(s): {res.files_written} files written, "
+               f"{res.files_cached} files and {res.dirs_cached} directories already present", err=True)
+    click.echo(res.checksum)
+
+
+@cli.command("import-ostree")
+@click.argument("ostree_repo")
+@click.argument("ref")
+@click.option("-b", "--branch", required=True, help="gitree branch to create or extend.")
+@pass_ctx
+def import_ostree(c: Ctx, ostree_repo, ref, branch):
+    """Import REF (a ref or commit checksum) of OSTREE_REPO with its parent chain; prints the last commit id."""
+    from .ostree_bridge import import_ostree as run
+    made = run(c.repo(), ostree_repo, ref, branch)
+    click.echo(f"imported {len(made)} commit(s)", err=True)
+    click.echo(made[-1].hex())
+
+
 @cli.command()
 @click.option("--window", type=int, default=50, show_default=True, help="git repack --window")
 @click.option("--depth", type=int, default=50, show_default=True, help="git repack --depth")

@@ -199,7 +199,7 @@ class Repo:
 
     def read(self, oid: bytes, expect: int | None = None, where: str = "") -> bytes:
         try:
-            otype, data = self.git.odb.read(pygit2.Oid(raw=oid))
+            otype, data = self._thread_git().odb.read(pygit2.Oid(raw=oid))
         except KeyError:
             raise CorruptObject(f"missing object {oid.hex()} ({where})") from None
         if expect is not None and int(otype) != expect:
@@ -208,7 +208,7 @@ class Repo:
 
     def blob_size(self, oid: bytes, where: str = "") -> int:
         try:
-            otype, size = self.git.odb.read_header(pygit2.Oid(raw=oid))
+            otype, size = self._thread_git().odb.read_header(pygit2.Oid(raw=oid))
         except KeyError:
             raise CorruptObject(f"missing object {oid.hex()} ({where})") from None
         if int(otype) != OBJ_BLOB:
@@ -446,7 +446,7 @@ class Importer:
         while self.pending and (self.pending_bytes > limit_bytes or len(self.pending) > limit_count):
             inodes, size, fut = self.pending.popleft()
             self.pending_bytes -= size
-            for inode, (oid, entry) in zip(inodes, fut.result()):
+            for inode, (oid, entry) in zip(inodes, fut.result(), strict=True):
                 if entry is not None:
                     self.pack.add_raw(oid, entry)
                 inode.oid = oid
@@ -551,8 +551,8 @@ class Importer:
 
     # finishing
 
-    def finish_tree(self) -> bytes:
-        """Write every tree and table; return the top tree id."""
+    def finish_tree(self, extra_top=()) -> bytes:
+        """Write every tree and table; return the top tree id. `extra_top`: more (mode, name, oid) entries."""
         self._submit_batch()
         self._drain(-1, -1)
         counts: dict[int, int] = collections.Counter()
@@ -560,8 +560,8 @@ class Importer:
         leaders: dict[int, bytes] = {}
         content, meta = self._write_dir(self.root, b"", counts, leaders)
         fmt = self.store(OBJ_BLOB, FORMAT_BLOB)
-        top = encode_tree([(MODE_FILE, TOP_FORMAT, fmt), (MODE_DIR, TOP_META, meta), (MODE_DIR, TOP_ROOTFS, content)])
-        return self.store(OBJ_TREE, top)
+        top = [(MODE_FILE, TOP_FORMAT, fmt), (MODE_DIR, TOP_META, meta), (MODE_DIR, TOP_ROOTFS, content)]
+        return self.store(OBJ_TREE, encode_tree(top + list(extra_top)))
 
     def _count(self, d: Dir, counts) -> None:
         for node in d.children.values():
@@ -596,25 +596,36 @@ class Importer:
         mentries.append((MODE_FILE, TABLE_NAME, self.store(OBJ_BLOB, table)))
         return self.store(OBJ_TREE, encode_tree(centries)), self.store(OBJ_TREE, encode_tree(mentries))
 
-    def commit(self, branch: str, message: str, timestamp: int | None, extra_top=None,
-               parents: list[bytes] | None = None, author: tuple[str, str] | None = None,
-               lock_wait: Callable[[], None] | None = None) -> bytes:
+    def commit_object(self, message: str, timestamp: int | None, parents: list[bytes], extra_top=(),
+                      author: tuple[str, str] | None = None) -> bytes:
+        """Finish, install the pack and write a commit object; no branch moves."""
+        try:
+            top = self.finish_tree(extra_top)
+            self.pool.shutdown(wait=True)
+            with self.repo.lock():
+                self._install()
+                cid = write_commit(self.repo, top, parents, message, timestamp, author)
+        except BaseException:
+            self.abort()
+            raise
+        self.stats.seconds = time.monotonic() - self._t0
+        return cid
+
+    def _install(self) -> None:
+        self.stats.new_objects = len(self.pack.entries)
+        self.stats.pack_bytes = self.pack.bytes_written
+        self.pack.install()
+
+    def commit(self, branch: str, message: str, timestamp: int | None, extra_top=(),
+               author: tuple[str, str] | None = None, lock_wait: Callable[[], None] | None = None) -> bytes:
         """Finish, install the pack, write the commit and move the branch (last, atomically)."""
         try:
-            top = self.finish_tree()
-            if extra_top:
-                entries = decode_tree(self.repo.read(top, OBJ_TREE))
-                entries.extend(extra_top)
-                top = self.store(OBJ_TREE, encode_tree(entries))
+            top = self.finish_tree(extra_top)
             self.pool.shutdown(wait=True)
             with self.repo.lock(on_wait=lock_wait):
-                self.stats.new_objects = len(self.pack.entries)
-                self.stats.pack_bytes = self.pack.bytes_written
-                self.pack.install()
+                self._install()
                 old = self.repo.branch_tip(branch)
-                if parents is None:
-                    parents = [old] if old is not None else []
-                cid = write_commit(self.repo, top, parents, message, timestamp, author)
+                cid = write_commit(self.repo, top, [old] if old is not None else [], message, timestamp, author)
                 self.repo.set_branch(branch, cid, old, f"gitree: {message.splitlines()[0] if message else ''}")
         except BaseException:
             self.abort()
