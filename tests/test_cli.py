@@ -429,6 +429,16 @@ def test_diff_lists_contents_of_added_deleted_and_retyped_directories(std_copy):
     ]
 
 
+def test_diff_added_directory_holding_a_hard_link_to_an_older_file(std_copy):
+    """The added subtree's hard link has its leader outside that subtree (earlier in walk order)."""
+    repo, src, c1 = std_copy
+    os.mkdir(os.path.join(src, "opt"))
+    os.link(os.path.join(src, "etc/passwd"), os.path.join(src, "opt/passwd-link"))
+    c2 = import_(repo, src, msg="second", ts=T2)
+    assert out_lines(run_gitree("-C", repo, "diff", c1, c2)) == ["A /opt/", "A /opt/passwd-link"]
+    assert out_lines(run_gitree("-C", repo, "diff", c2, c1)) == ["D /opt/", "D /opt/passwd-link"]
+
+
 # ---------------------------------------------------------------------------------------------
 # fsck
 
