@@ -130,10 +130,19 @@ def _container(code: str, sig: str, members: tuple[_Type, ...]) -> _Type:
     return _Type(code, sig, members, align, fixed, depth)
 
 
-@functools.lru_cache(maxsize=512)
 def _type(s: str) -> _Type:
     if not isinstance(s, str):
         raise GVariantError(f"type string must be str, not {type(s).__name__}")
+    # Cache only short strings: variant types come from untrusted data and may be huge.
+    return _type_cached(s) if len(s) <= 256 else _type_uncached(s)
+
+
+@functools.lru_cache(maxsize=512)
+def _type_cached(s: str) -> _Type:
+    return _type_uncached(s)
+
+
+def _type_uncached(s: str) -> _Type:
     t, j = _parse(s, 0, 0)
     if j != len(s):
         raise GVariantError(f"type string {s[:80]!r} is not a single complete type")

@@ -205,8 +205,9 @@ def test_writer_t1_vectors(work):
     assert repo.read_commit(c2).parent == c
 
 
-def test_write_content_options(work):
-    repo = OstreeRepo.create(work / "wc", "archive")
+@pytest.mark.parametrize("fsync", [False, True])
+def test_write_content_options(work, fsync):
+    repo = OstreeRepo.create(work / f"wc-{fsync}", "archive", fsync=fsync)
     meta = FileMeta(0, 0, 0o100644)
     csum = repo.write_content(meta, [b"hello ", b"world\n"])
     assert csum == "81381808c56d4f3d643ec12f6a18fcf2993af8daba7c2a1b2cbfc315b39424c6"
