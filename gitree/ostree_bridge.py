@@ -179,12 +179,12 @@ class Exporter:
             perms = mode & 0o755 if e_kind is Kind.FILE else mode
             return FileMeta(0, 0, e_kind.ifmt | perms, target, ())
         # as `ostree commit` of a directory: xattrs sorted, empty values dropped
-        return FileMeta(uid, gid, e_kind.ifmt | mode, target, tuple((n, v) for n, v in xattrs if v))
+        return FileMeta(uid, gid, e_kind.ifmt | mode, target, oc.canonical_xattrs(xattrs))
 
     def _dir_meta(self, mode: int, uid: int, gid: int, xattrs) -> DirMeta:
         if self.canonical:
             return DirMeta(0, 0, stat.S_IFDIR | (mode & 0o755), ())
-        return DirMeta(uid, gid, stat.S_IFDIR | mode, tuple((n, v) for n, v in xattrs if v))
+        return DirMeta(uid, gid, stat.S_IFDIR | mode, oc.canonical_xattrs(xattrs))
 
     def _write_content(self, meta: FileMeta, blob: bytes, where: str) -> str:
         if meta.is_symlink:
@@ -229,8 +229,9 @@ class Exporter:
                 continue
             blob = node.content[row.name][1]
             target = self.repo.read(blob, OBJ_BLOB, display(cpath)) if row.kind is Kind.SYMLINK else b""
-            if row.kind is Kind.SYMLINK and (not target or b"\0" in target):
-                self._skip(cpath, "symlink with an empty target")
+            if row.kind is Kind.SYMLINK and (not target or b"\0" in target or _ostree_name(target) is None):
+                # ostree commit stores the text '[Invalid UTF-8]' for such a target, which its fsck refuses
+                self._skip(cpath, "symlink whose target is empty or not valid UTF-8")
                 continue
             fmeta = self._file_meta(row.kind, row.mode, row.uid, row.gid, row.xattrs, target)
             fkey = _key(b"file", oc.file_stream_prefix(fmeta), blob)
