@@ -25,7 +25,7 @@ def needs_escape(name: bytes) -> bool:
         if ign in folded:
             folded = folded.replace(ign, b"")
     folded = folded.lower()
-    return folded.startswith(b".git") or bool(_NTFS_SHORT.match(folded))
+    return folded.startswith((b".git", b".mailmap")) or bool(_NTFS_SHORT.match(folded))
 
 
 def git_name(name: bytes) -> bytes:

@@ -68,12 +68,10 @@ def import_rootfs(repo: Repo, source: str, branch: str, message: str | None = No
             except OSError as e:
                 raise BadInput(f"{display(entry.path)}: {e.strerror or e}") from None
         if tar_in is not None:
-            tar_in.close()
-            tar_in = None
+            closing, tar_in = tar_in, None
+            closing.close()
         else:
             warnings.extend(report.lines())
-        if not imp.root_seen and tar_in is None and source != "-" and os.path.isdir(source):
-            pass
         for w in warnings:
             warn(w)
         msg = message if message is not None else f"Import {os.path.basename(source.rstrip('/')) or source}"
@@ -151,6 +149,9 @@ def mode_string(kind: Kind, mode: int) -> str:
 def ls(repo: Repo, rev: str, path: str = "", long: bool = False, recursive: bool = False) -> Iterator[str]:
     commit = repo.resolve(rev)
     want = os.fsencode(path.strip("/"))
+    if recursive and want:
+        if repo.find(repo.commit_trees(commit), want) is None:
+            raise NotFound(f"no such path {display(want)} in {commit.id}")
     entries = repo.walk(commit) if want == b"" or recursive else _entries_for_ls(repo, commit, want)
     for e in entries:
         if want and recursive and not (e.path == want or e.path.startswith(want + b"/")):
@@ -259,12 +260,20 @@ def _row_changes(a: sidetable.Row, b: sidetable.Row) -> list[str]:
 
 
 def diff(repo: Repo, rev1: str, rev2: str) -> Iterator[str]:
-    """Per-path changes: A added, D deleted, M modified (content and/or metadata, named)."""
+    """Per-path changes: A added, D deleted, M modified (content and/or metadata, named).
+
+    An added or deleted directory is listed with everything in it; directories end in '/'.
+    """
     c1, c2 = repo.resolve(rev1), repo.resolve(rev2)
-    yield from _diff_dir(repo, b"", repo.commit_trees(c1), repo.commit_trees(c2))
+    roots = (repo.commit_trees(c1), repo.commit_trees(c2))
+    yield from _diff_dir(repo, b"", roots[0], roots[1], roots)
 
 
-def _diff_dir(repo: Repo, path: bytes, a: tuple[bytes, bytes], b: tuple[bytes, bytes]) -> Iterator[str]:
+def _slash(kind: Kind) -> str:
+    return "/" if kind is Kind.DIR else ""
+
+
+def _diff_dir(repo: Repo, path: bytes, a: tuple[bytes, bytes], b: tuple[bytes, bytes], roots) -> Iterator[str]:
     if a == b:
         return
     na, nb = repo.read_dir(path, *a), repo.read_dir(path, *b)
@@ -277,32 +286,36 @@ def _diff_dir(repo: Repo, path: bytes, a: tuple[bytes, bytes], b: tuple[bytes, b
     for name in sorted(set(ra) | set(rb)):
         p = path + b"/" + name if path else name
         x, y = ra.get(name), rb.get(name)
-        if y is None:
-            yield f"D {display(p)}" + ("/" if x.kind is Kind.DIR else "")
+        if x is not None and y is not None and x.kind is Kind.DIR and y.kind is Kind.DIR:
+            yield from _diff_dir(repo, p, (na.content[name][1], na.meta[name]), (nb.content[name][1], nb.meta[name]),
+                                 roots)
             continue
-        if x is None:
-            yield f"A {display(p)}" + ("/" if y.kind is Kind.DIR else "")
+        if x is not None and y is not None and x.kind is y.kind:
+            ch = _row_changes(x, y)
+            ca, cb = na.content.get(name), nb.content.get(name)
+            if (ca and ca[1]) != (cb and cb[1]):
+                ch.insert(0, "target" if x.kind is Kind.SYMLINK else "content")
+            if ch:
+                yield f"M {display(p)}  " + "; ".join(ch)
+            continue
+        if x is not None and y is not None:  # the type changed
+            yield f"M {display(p)}  type {x.kind.name.lower()} -> {y.kind.name.lower()}"
+        elif x is not None:
+            yield f"D {display(p)}{_slash(x.kind)}"
+        else:
+            yield f"A {display(p)}{_slash(y.kind)}"
+        if x is not None and x.kind is Kind.DIR:
+            for e in _subtree(repo, p, na, name, roots[0]):
+                yield f"D {display(e.path)}{_slash(e.kind)}"
+        if y is not None:
             if y.kind is Kind.DIR:
-                for e in _subtree(repo, p, nb, name):
-                    yield f"A {display(e.path)}" + ("/" if e.kind is Kind.DIR else "")
-            continue
-        if x.kind is Kind.DIR and y.kind is Kind.DIR:
-            yield from _diff_dir(repo, p, (na.content[name][1], na.meta[name]), (nb.content[name][1], nb.meta[name]))
-            continue
-        ch = _row_changes(x, y)
-        ca, cb = na.content.get(name), nb.content.get(name)
-        if x.kind is y.kind and ca != cb:
-            ch.insert(0, "target" if x.kind is Kind.SYMLINK else "content")
-        if ch:
-            yield f"M {display(p)}  " + "; ".join(ch)
-        if x.kind is Kind.DIR and y.kind is not Kind.DIR:
-            for e in _subtree(repo, p, na, name):
-                yield f"D {display(e.path)}"
+                for e in _subtree(repo, p, nb, name, roots[1]):
+                    yield f"A {display(e.path)}{_slash(e.kind)}"
 
 
-def _subtree(repo: Repo, path: bytes, node, name: bytes) -> Iterator[Entry]:
+def _subtree(repo: Repo, path: bytes, node, name: bytes, root) -> Iterator[Entry]:
     from .store import _Walker
-    it = _Walker(repo, None).walk_dir(path, node.content[name][1], node.meta[name])
+    it = _Walker(repo, None, root, path).walk_dir(path, node.content[name][1], node.meta[name])
     next(it, None)  # the directory itself is already reported
     yield from it
 

@@ -37,6 +37,7 @@ class TarInput:
 
     def __init__(self, source: str | BinaryIO):
         self.proc = None
+        self.closed = False
         self._pump = None
         self._pump_error: BaseException | None = None
         self.name = source if isinstance(source, str) else "<stdin>"
@@ -100,19 +101,32 @@ class TarInput:
         self.read = self.proc.stdout.read
 
     def close(self, ok: bool = True) -> None:
-        if self.proc is not None:
-            if not ok:
-                self.proc.kill()
-            self.proc.stdout.close()
-            rc = self.proc.wait()
-            err = self.proc.stderr.read().decode(errors="replace").strip()
-            self.proc.stderr.close()
-            if self._pump is not None:
-                self._pump.join()
-            if ok and rc != 0:
-                raise BadInput(f"{self.name}: decompression failed: {err.splitlines()[-1] if err else rc}")
-        if self.raw is not sys.stdin.buffer:
-            self.raw.close()
+        """Release the input; with ok, check the decompressor finished cleanly. Safe to call twice."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            if self.proc is not None:
+                if ok:
+                    # Let the decompressor finish: what follows the end-of-archive blocks (record padding)
+                    # is read and dropped, so it never dies of SIGPIPE.
+                    while self.proc.stdout.read(1 << 20):
+                        pass
+                else:
+                    self.proc.kill()
+                self.proc.stdout.close()
+                rc = self.proc.wait()
+                err = self.proc.stderr.read().decode(errors="replace").strip()
+                self.proc.stderr.close()
+                if ok and self._pump is not None:
+                    self._pump.join()
+                if ok and self._pump_error is not None:
+                    raise BadInput(f"{self.name}: read failed: {self._pump_error}")
+                if ok and rc != 0:
+                    raise BadInput(f"{self.name}: decompression failed: {err.splitlines()[-1] if err else rc}")
+        finally:
+            if self.raw is not sys.stdin.buffer:
+                self.raw.close()
 
 
 def tar_entries(inp: TarInput) -> Iterator[Item]:

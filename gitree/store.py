@@ -107,7 +107,8 @@ class Repo:
 
     def __init__(self, path: str):
         try:
-            self.git = pygit2.Repository(path)
+            # never search parent directories: -C sub/dir must not open an enclosing repository
+            self.git = pygit2.Repository(path, pygit2.enums.RepositoryOpenFlag.NO_SEARCH)
         except (pygit2.GitError, KeyError):
             raise NotFound(f"not a gitree repository: {path} (run 'gitree init')") from None
         self.path = self.git.path.rstrip("/")
@@ -191,7 +192,7 @@ class Repo:
     def _thread_git(self) -> pygit2.Repository:
         g = getattr(self._local, "git", None)
         if g is None:
-            g = self._local.git = pygit2.Repository(self.path)
+            g = self._local.git = pygit2.Repository(self.path, pygit2.enums.RepositoryOpenFlag.NO_SEARCH)
         return g
 
     def exists(self, oid: bytes) -> bool:
@@ -276,7 +277,33 @@ class Repo:
                 raise NotFound(f"no directory {display(subpath)} in {commit.id}")
             content, meta = c[comp][1], mt[comp][1]
             prefix = prefix + b"/" + comp if prefix else comp
-        yield from _Walker(self, problems).walk_dir(prefix, content, meta)
+        root = self.commit_trees(commit)
+        yield from _Walker(self, problems, root, prefix).walk_dir(prefix, content, meta)
+
+    def find(self, root: tuple[bytes, bytes], path: bytes) -> Entry | None:
+        """The entry at `path` below root (content tree, meta tree), or None."""
+        content, meta = root
+        parts = split_path(path)
+        if not parts:
+            node = self.read_dir(b"", content, meta)
+            r = node.self_row
+            return Entry(b"", Kind.DIR, r.mode, r.uid, r.gid, r.xattrs, mtime_ns=r.mtime_ns)
+        for i, comp in enumerate(parts):
+            node = self.read_dir(b"/".join(parts[:i]), content, meta)
+            rows = {r.name: r for r in node.rows}
+            row = rows.get(comp)
+            if row is None:
+                return None
+            if i == len(parts) - 1:
+                e = Entry(path, row.kind, row.mode, row.uid, row.gid, row.xattrs, rdev=row.rdev,
+                          mtime_ns=row.mtime_ns, hardlink=row.hardlink)
+                c = node.content.get(comp)
+                e.oid = c[1] if c is not None and row.kind is not Kind.DIR else None
+                return e
+            if row.kind is not Kind.DIR or comp not in node.content or comp not in node.meta:
+                return None
+            content, meta = node.content[comp][1], node.meta[comp]
+        return None
 
 
 @dataclass
@@ -312,10 +339,22 @@ def read_dir(repo: "Repo", path: bytes, content_oid: bytes, meta_oid: bytes) -> 
 
 
 class _Walker:
-    def __init__(self, repo: Repo, problems: list | None):
+    """Walks one directory subtree. `root` and `prefix` let it resolve hard links whose leader lies
+    outside the walked subtree."""
+
+    def __init__(self, repo: Repo, problems: list | None, root: tuple[bytes, bytes] | None = None,
+                 prefix: bytes = b""):
         self.repo = repo
         self.problems = problems
+        self.root = root
+        self.prefix = prefix
         self.leaders: dict[bytes, Entry] = {}
+
+    def _outside_leader(self, path: bytes) -> Entry | None:
+        if self.root is None or not self.prefix or path == self.prefix or path.startswith(self.prefix + b"/"):
+            return None
+        lead = self.repo.find(self.root, path)
+        return lead if lead is not None and lead.hardlink is None else None
 
     def fault(self, path: bytes, msg: str) -> None:
         if self.problems is None:
@@ -369,7 +408,7 @@ class _Walker:
             elif c is not None:
                 self.fault(cpath, f"{row.kind.name.lower()} must not appear in the content tree")
             if row.hardlink is not None:
-                lead = self.leaders.get(row.hardlink)
+                lead = self.leaders.get(row.hardlink) or self._outside_leader(row.hardlink)
                 if lead is None:
                     self.fault(cpath, f"hard link to {display(row.hardlink)}, which is not an earlier entry")
                 elif (lead.kind, lead.mode, lead.uid, lead.gid, lead.xattrs, lead.rdev, lead.oid) != \
