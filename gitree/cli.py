@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import traceback
 
 import click
@@ -188,6 +189,25 @@ def fsck(c: Ctx, revs):
 
 
 def main(argv=None) -> int:
+    """Run the CLI in a thread with a large stack: trees may be up to MAX_DEPTH directories deep, and
+    walking them recurses once per level."""
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 20 * 2048))
+    threading.stack_size(512 << 20)
+    result: list[int] = []
+    t = threading.Thread(target=lambda: result.append(_main(argv)), name="gitree", daemon=True)
+    t.start()
+    try:
+        t.join()
+    except KeyboardInterrupt:
+        from .packwriter import remove_live_temporaries
+        remove_live_temporaries()
+        click.echo("gitree: interrupted", err=True)
+        sys.stderr.flush()
+        os._exit(130)
+    return result[0] if result else 70
+
+
+def _main(argv=None) -> int:
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
         cli.main(args=argv, prog_name="gitree", standalone_mode=False)

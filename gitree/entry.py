@@ -89,3 +89,25 @@ def split_path(path: bytes) -> list[bytes]:
 def walk_key(path: bytes) -> list[bytes]:
     """Sort key giving the canonical walk order: depth first, children by name bytes."""
     return split_path(path)
+
+
+MAX_DEPTH = 2048          # directory levels; Linux paths are at most 4096 bytes (PATH_MAX)
+_U32 = 1 << 32
+
+
+def check_fields(e: "Entry") -> str | None:
+    """Why Linux cannot hold this entry's metadata, or None. Shared by the import and table checks."""
+    if not 0 <= e.mode <= 0o7777:
+        return f"mode {e.mode:o} out of range"
+    if not (0 <= e.uid < _U32 and 0 <= e.gid < _U32):
+        return f"owner {e.uid}:{e.gid} does not fit 32 bits"
+    if e.kind is Kind.SYMLINK and e.target is not None and (not e.target or b"\0" in e.target):
+        return "symlink target is empty or contains NUL"
+    if e.rdev is not None and not (0 <= e.rdev[0] < 4096 and 0 <= e.rdev[1] < (1 << 20)):
+        return f"device number {e.rdev[0]},{e.rdev[1]} out of Linux's range (major < 4096, minor < 2^20)"
+    for name, value in e.xattrs:
+        if not name or b"\0" in name or len(name) > 255:
+            return f"xattr name {name!r} is empty, too long or contains NUL"
+        if len(value) > 65536:
+            return f"xattr {name!r} value is longer than 64 KiB"
+    return None

@@ -43,6 +43,18 @@ def hash_and_compress(otype: int, data: bytes, level: int) -> tuple[bytes, bytes
     return oid, pack_entry_header(otype, len(data)) + zlib.compress(data, level)
 
 
+_LIVE: set[str] = set()  # temporary pack files being written, removed if the process is interrupted
+
+
+def remove_live_temporaries() -> None:
+    for p in list(_LIVE):
+        for path in (p, p[:-5] + ".idx"):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+
 class PackWriter:
     """Appends objects to objects/pack/tmp_gitree_<pid>.pack; `install()` makes them visible."""
 
@@ -51,6 +63,7 @@ class PackWriter:
         os.makedirs(self.pack_dir, exist_ok=True)
         self.tmp_path = os.path.join(self.pack_dir, f"tmp_gitree_{os.getpid()}_{id(self):x}.pack")
         self.f = open(self.tmp_path, "w+b")
+        _LIVE.add(self.tmp_path)
         self.f.write(b"PACK" + struct.pack(">II", 2, 0))
         self.entries: dict[bytes, tuple[int, int]] = {}  # oid -> (offset, crc32)
         self.bytes_written = 0
@@ -108,6 +121,7 @@ class PackWriter:
     def abort(self) -> None:
         if not self.f.closed:
             self.f.close()
+        _LIVE.discard(self.tmp_path)
         try:
             os.unlink(self.tmp_path)
         except FileNotFoundError:
@@ -145,6 +159,7 @@ class PackWriter:
         final = os.path.join(self.pack_dir, name)
         os.rename(self.tmp_path, final + ".pack")
         os.rename(idx_tmp, final + ".idx")
+        _LIVE.discard(self.tmp_path)
         return final + ".pack"
 
 

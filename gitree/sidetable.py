@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .entry import Kind, Xattrs
+from .entry import Entry, Kind, Xattrs, check_fields
 from .errors import CorruptObject
 from .names import esc, unesc
 
@@ -133,4 +133,7 @@ def _decode_row(line: bytes) -> Row:
         raise ValueError("xattrs not sorted or repeated")
     if (rdev is not None) != (kind in (Kind.CHAR, Kind.BLOCK)):
         raise ValueError("device number present without a device, or missing")
+    why = check_fields(Entry(name, kind, mode, uid, gid, tuple(xattrs), rdev=rdev))
+    if why is not None:
+        raise ValueError(why)
     return Row(name, kind, mode, uid, gid, rdev, hardlink, mtime, tuple(xattrs))

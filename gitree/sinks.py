@@ -101,7 +101,12 @@ class DirectoryWriter:
             os.mkdir(self.dest, 0o700)
         try:
             for e in entries:
-                self._add(e)
+                try:
+                    self._add(e)
+                except OSError as err:
+                    raise GitreeError(f"{display(e.path)}: {err.strerror or err}") from None
+                except (ValueError, OverflowError) as err:
+                    raise GitreeError(f"{display(e.path)}: cannot create: {err}") from None
             while self.stack:
                 self._close_dir()
         finally:

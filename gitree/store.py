@@ -26,7 +26,7 @@ from typing import Callable, Iterable, Iterator
 import pygit2
 
 from . import sidetable
-from .entry import Entry, Kind, split_path
+from .entry import MAX_DEPTH, Entry, Kind, check_fields, split_path
 from .errors import BadInput, CorruptObject, GitreeError, NotFound, RepoLocked, UnsafePath
 from .gittree import MODE_DIR, MODE_EXEC, MODE_FILE, MODE_LINK, decode_tree, encode_tree
 from .names import check_name, display, fs_name, git_name
@@ -517,6 +517,9 @@ class Importer:
     def add(self, e: Entry, data: Callable[[], Iterable[bytes]] | None = None, rereadable: bool = False) -> None:
         """Add one entry. `data` yields a regular file's bytes (e.size of them)."""
         self.stats.entries += 1
+        why = check_fields(e)
+        if why is not None:
+            raise BadInput(f"{display(e.path)}: {why}")
         if e.path == b"":
             if e.kind is not Kind.DIR:
                 raise UnsafePath("the root of the tree must be a directory")
@@ -524,6 +527,8 @@ class Importer:
             self.root_seen = True
             return
         parts = split_path(e.path)
+        if len(parts) > MAX_DEPTH:
+            raise BadInput(f"{display(e.path[:200])}...: deeper than {MAX_DEPTH} levels")
         for comp in parts:
             check_name(comp, e.path)
         parent = self._lookup_dir(parts[:-1], e.path)
