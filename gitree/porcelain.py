@@ -61,7 +61,7 @@ def import_rootfs(repo: Repo, source: str, branch: str, message: str | None = No
             items = tar_entries(tar_in)
         else:
             report = DirectoryReport()
-            items = directory_entries(source, report, one_file_system)
+            items = directory_entries(source, report, one_file_system, exclude=repo.path)
         for entry, data, rereadable in items:
             try:
                 imp.add(entry, data, rereadable)
@@ -107,6 +107,7 @@ def _chunks_for(repo: Repo):
 
 def checkout_dir(repo: Repo, rev: str, dest: str, quiet: bool = True, subpath: bytes = b"") -> CheckoutReport:
     commit = repo.resolve(rev)
+    repo.commit_trees(commit)  # refuse a non-gitree commit before DEST is created
     progress = make_progress("checkout", quiet)
     w = DirectoryWriter(dest, _chunks_for(repo), keep_mtime=True, tick=progress.update if progress else None)
     report = w.run(repo.walk(commit, subpath))
@@ -117,6 +118,7 @@ def checkout_dir(repo: Repo, rev: str, dest: str, quiet: bool = True, subpath: b
 
 def checkout_tar(repo: Repo, rev: str, out: str, quiet: bool = True) -> tuple[int, int]:
     commit = repo.resolve(rev)
+    repo.commit_trees(commit)
     progress = make_progress("checkout", quiet)
     tick = progress.update if progress else None
     sizes = lambda e: repo.blob_size(e.oid, display(e.path))  # noqa: E731
@@ -160,7 +162,7 @@ def ls(repo: Repo, rev: str, path: str = "", long: bool = False, recursive: bool
             continue
         if not recursive and want == b"" and (e.path == b"" or b"/" in e.path):
             continue
-        name = display(e.path) if recursive or e.path == want else os.fsdecode(e.name)
+        name = display(e.path) if recursive or e.path == want else e.name.decode("utf-8", "backslashreplace")
         if e.path == b"" and recursive:
             name = "/"
         if not long:

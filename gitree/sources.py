@@ -158,6 +158,8 @@ class DirectoryReport:
     def __init__(self):
         self.unreadable: list[tuple[bytes, str]] = []
         self.mountpoints: list[bytes] = []
+        self.excluded: list[bytes] = []
+        self.exclude: tuple[int, int] | None = None
 
     def lines(self) -> list[str]:
         out = []
@@ -168,6 +170,8 @@ class DirectoryReport:
         if self.mountpoints:
             out.append(f"did not cross into {len(self.mountpoints)} other filesystem(s), stored as empty "
                        f"directories: " + ", ".join(display(p) for p in self.mountpoints[:5]))
+        for p in self.excluded:
+            out.append(f"left out {display(p)}: it is the gitree repository being written")
         return out
 
 
@@ -208,7 +212,8 @@ def _file_reader(path: bytes, size: int):
     return chunks
 
 
-def directory_entries(root: str | bytes, report: DirectoryReport, one_file_system: bool = True) -> Iterator[Item]:
+def directory_entries(root: str | bytes, report: DirectoryReport, one_file_system: bool = True,
+                      exclude: str | None = None) -> Iterator[Item]:
     """Walk a directory tree without following symlinks; entries in canonical order."""
     root_b = os.fsencode(root)
     try:
@@ -218,6 +223,12 @@ def directory_entries(root: str | bytes, report: DirectoryReport, one_file_syste
     if not stat.S_ISDIR(st.st_mode):
         raise BadInput(f"{os.fsdecode(root_b)} is not a directory or a tar archive")
     seen_inodes: dict[tuple[int, int], bytes] = {}
+    if exclude is not None:
+        try:
+            xs = os.stat(exclude)
+            report.exclude = (xs.st_dev, xs.st_ino)
+        except OSError:
+            pass
     yield from _walk(root_b, b"", st, report, seen_inodes, st.st_dev if one_file_system else None)
 
 
@@ -250,6 +261,9 @@ def _walk(abs_: bytes, rel: bytes, st, report, seen, dev) -> Iterator[Item]:
             report.unreadable.append((crel, e.strerror))
             continue
         if stat.S_ISDIR(cst.st_mode):
+            if (cst.st_dev, cst.st_ino) == report.exclude:
+                report.excluded.append(crel)
+                continue
             yield from _walk(cabs, crel, cst, report, seen, dev)
             continue
         if cst.st_nlink > 1:
