@@ -1,0 +1,712 @@
+"""One benchmark run: every store over the same series, in one process, with results as one JSON document.
+
+Per version, timed operations run back to back with their OSTree counterpart (the anchor), so a ratio compares
+two figures taken on the same machine state. Everything written goes to a work directory on a tmpfs (mounted by
+the run when it can), so the slow main disk does not decide the figures; the corpus tars are read from their
+cache and pre-read into the page cache before each version.
+
+A metric that cannot be produced is recorded as {"unavailable": reason}; one left out by --only as
+{"skipped": ...}. Nothing here asserts a target: targets are computed and reported as met or missed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import io
+import json
+import os
+import pstats
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from typing import Any, Callable
+
+from . import stores
+from .corpus import FULL_SERIES, QUICK_SERIES, Corpus, CorpusTar, Mirrors, SOURCE_DATE_EPOCH
+from .measure import CommandFailed, Timing, filesystem_of, machine, tool_versions
+
+CACHE_REF = "refs/gitree/ostree-cache"  # gitree export-ostree's cache (git trees/blobs -> OSTree checksums)
+REPACK_WINDOW = 50   # as `gitree gc`
+REPACK_DEPTH = 50
+ZSTD_LEVEL = 10      # tar.zst and --patch-from; -19 is ~10x slower on these tars for ~25% smaller output
+GROUPS = ("gitree", "git", "ostree", "export", "checkout", "deltas", "zstd", "bundle")
+NEEDS = {"export": {"gitree", "ostree"}, "checkout": {"gitree", "ostree"}, "deltas": {"ostree"},
+         "bundle": {"gitree", "ostree"}}
+
+# Every metric a run produces, per version ("sizes", "times", "ratios") or per step ("updates").
+SIZE_STORES = ("tar", "tar_zst", "gitree_loose", "gitree_packed", "git_plain_loose", "git_plain_packed",
+               "ostree_archive", "ostree_bare_user", "gitree_ostree_archive", "gitree_ostree_bare_user")
+TIME_OPS = ("gitree_import", "ostree_commit_archive", "git_add_commit", "ostree_commit_archive_cold",
+            "gitree_export_archive_cold", "gitree_export_archive_incremental", "ostree_commit_bare_user",
+            "gitree_export_bare_user_incremental", "ostree_checkout", "gitree_checkout_dir",
+            "gitree_checkout_tar", "gitree_repack", "zstd_tar", "zstd_patch_from")
+RATIOS = {
+    "import_vs_ostree_commit": ("gitree_import", "ostree_commit_archive"),
+    "import_vs_git_add_commit": ("gitree_import", "git_add_commit"),
+    "export_cold_vs_ostree_commit": ("gitree_export_archive_cold", "ostree_commit_archive_cold"),
+    "export_incremental_vs_cold": ("gitree_export_archive_incremental", "gitree_export_archive_cold"),
+    "export_bare_user_vs_ostree_commit": ("gitree_export_bare_user_incremental", "ostree_commit_bare_user"),
+    "checkout_dir_vs_ostree_checkout": ("gitree_checkout_dir", "ostree_checkout"),
+    "checkout_tar_vs_ostree_checkout": ("gitree_checkout_tar", "ostree_checkout"),
+}
+UPDATE_KINDS = ("git_thin_pack", "gitree_bundle", "ostree_new_objects", "ostree_static_delta", "zstd_patch_from",
+                "tar_zst")
+FULL_KINDS = ("git_full_pack", "ostree_static_delta_empty", "tar_zst")
+SERIES_KEYS = ("gitree_packed_final", "git_plain_packed_final", "ostree_archive", "ostree_bare_user",
+               "gitree_ostree_archive", "gitree_ostree_bare_user")
+
+
+def unavailable(reason: str) -> dict:
+    return {"unavailable": reason}
+
+
+def is_value(v: Any) -> bool:
+    return not (isinstance(v, dict) and ("unavailable" in v or "skipped" in v)) and v is not None
+
+
+class Display:
+    """Progress on stderr: one line per step, redrawn in place on a terminal."""
+
+    def __init__(self, stream=sys.stderr):
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.t0 = time.monotonic()
+
+    def _stamp(self) -> str:
+        s = int(time.monotonic() - self.t0)
+        return f"[{s // 60:3d}:{s % 60:02d}]"
+
+    @contextlib.contextmanager
+    def step(self, label: str):
+        t = time.monotonic()
+        if self.tty:
+            self.stream.write(f"\r\x1b[K{self._stamp()} {label} ...")
+            self.stream.flush()
+        try:
+            yield
+        except Exception:
+            self.line(f"{label}: FAILED after {time.monotonic() - t:.1f} s")
+            raise
+        else:
+            self.line(f"{label}: {time.monotonic() - t:.1f} s")
+
+    def line(self, text: str) -> None:
+        self.stream.write(("\r\x1b[K" if self.tty else "") + f"{self._stamp()} {text}\n")
+        self.stream.flush()
+
+
+class WorkDir:
+    """The run's scratch space: a fresh tmpfs when we are root and may mount, else a plain temp directory."""
+
+    def __init__(self, given: str | None, size: str = "16g"):
+        self.mounted = False
+        if given:
+            self.path = os.path.abspath(given)
+            os.makedirs(self.path, exist_ok=True)
+        else:
+            self.path = tempfile.mkdtemp(prefix="gitree-bench-")
+            if os.geteuid() == 0:
+                r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", self.path],
+                                   capture_output=True)
+                self.mounted = r.returncode == 0
+        self.given = given
+
+    def sub(self, *parts: str) -> str:
+        return os.path.join(self.path, *parts)
+
+    def close(self) -> None:
+        if self.mounted:
+            subprocess.run(["umount", "-l", self.path])
+            os.rmdir(self.path)
+        elif not self.given:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+
+class Bench:
+    def __init__(self, versions: list[CorpusTar], work: WorkDir, groups: set[str], display: Display):
+        self.v = versions
+        self.w = work
+        self.groups = groups
+        self.d = display
+        n = len(versions)
+        self.names = [c.name for c in versions]
+        self.sizes: dict[str, list] = {s: [None] * n for s in SIZE_STORES}
+        self.times: dict[str, list] = {op: [None] * n for op in TIME_OPS}
+        self.updates: dict[str, list] = {k: [None] * (n - 1) for k in UPDATE_KINDS}
+        self.full: dict[str, list] = {k: [None] * n for k in FULL_KINDS}
+        self.side_tables: dict[str, list] = {"gitree_loose": [None] * n, "gitree_packed": [None] * n}
+        self.agreement: dict[str, list] = {"archive": [None] * n, "bare-user": [None] * n}
+        self.drops: list = [None] * n
+        self.series: dict[str, Any] = {}
+        self.notes: list[str] = []
+        self.profiles: dict[str, Any] = {}
+        self.gitree_commits: list[str | None] = [None] * n
+        self.ostree_commits: list[str | None] = [None] * n
+        self.export_commits: list[str | None] = [None] * n
+        self.export_ok, export_help = stores.gitree_subcommand("export-ostree")
+        self.export_reason = "" if self.export_ok else f"gitree export-ostree not available: {export_help}"
+        self.export_history = self.export_ok and "--history" in export_help
+        self.bundle_ok, bundle_help = stores.gitree_subcommand("bundle")
+        self.bundle_reason = "" if self.bundle_ok else f"gitree bundle not available: {bundle_help}"
+        self.G = stores.Gitree(work.sub("gitree.git"))            # imports only: its size is the store's
+        self.GP = work.sub("gitree-packed.git")                   # the same packs, repacked after each import
+        self.GX = stores.Gitree(work.sub("gitree-export.git"))    # the same packs; exports run here (their
+        self.export_cache: list = [None] * n                      # cache lives in the git repository)
+        self.plain = stores.PlainGit(work.sub("git-plain.git"), work.sub("git-tree"))
+        self.OA, self.OBU = work.sub("ostree-archive"), work.sub("ostree-bare-user")
+        self.GEA, self.GEBU = work.sub("gitree-ostree-archive"), work.sub("gitree-ostree-bare-user")
+        self.ostree_objects_prev: dict[str, int] = {}
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def want(self, group: str) -> bool:
+        return group in self.groups
+
+    def skip_all(self) -> None:
+        """Mark what --only left out, so every metric key is still present."""
+        skipped = {"skipped": "not selected by --only"}
+        owner = {
+            "gitree": ["gitree_loose", "gitree_packed", "gitree_import", "gitree_repack", "git_thin_pack",
+                       "git_full_pack"],
+            "git": ["git_plain_loose", "git_plain_packed", "git_add_commit"],
+            "ostree": ["ostree_archive", "ostree_bare_user", "ostree_commit_archive", "ostree_commit_bare_user",
+                       "ostree_commit_archive_cold", "ostree_new_objects"],
+            "export": ["gitree_ostree_archive", "gitree_ostree_bare_user", "gitree_export_archive_cold",
+                       "gitree_export_archive_incremental", "gitree_export_bare_user_incremental"],
+            "checkout": ["ostree_checkout", "gitree_checkout_dir", "gitree_checkout_tar"],
+            "deltas": ["ostree_static_delta", "ostree_static_delta_empty"],
+            "zstd": ["tar_zst", "zstd_tar", "zstd_patch_from"],
+            "bundle": ["gitree_bundle"],
+        }
+        for group, keys in owner.items():
+            if self.want(group):
+                continue
+            for table in (self.sizes, self.times, self.updates, self.full):
+                for k in keys:
+                    if k in table:
+                        table[k] = [skipped] * len(table[k])
+            if group == "gitree":
+                for k in self.side_tables:
+                    self.side_tables[k] = [skipped] * len(self.v)
+            if group == "git":
+                self.drops = [skipped] * len(self.v)
+            if group == "export":
+                self.export_cache = [skipped] * len(self.v)
+            if group in ("export", "ostree"):
+                for k in self.agreement:
+                    self.agreement[k] = [skipped] * len(self.v)
+
+    def attempt(self, label: str, fn: Callable[[], Any], on_fail: Callable[[dict], None] | None = None) -> Any:
+        """Run one measurement; a failing command becomes an 'unavailable' record, not a crashed run."""
+        try:
+            with self.d.step(label):
+                return fn()
+        except (CommandFailed, OSError) as e:
+            msg = str(e)[:400]
+            self.notes.append(f"{label}: {msg}")
+            if on_fail:
+                on_fail(unavailable(msg))
+            return None
+
+    def warm(self, path: str) -> None:
+        with open(path, "rb") as f:
+            while f.read(8 << 20):
+                pass
+
+    # -- the run ---------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        if self.want("gitree"):
+            self.G.init()
+            subprocess.run(["git", "init", "-q", "--bare", self.GP], check=True)
+            stores.borrow_objects(self.GP, self.G.path)
+            if self.want("export"):
+                self.GX.init()
+                stores.borrow_objects(self.GX.path, self.G.path)
+        if self.want("git"):
+            self.plain.init()
+        if self.want("ostree"):
+            stores.ostree_init(self.OA, "archive")
+            stores.ostree_init(self.OBU, "bare-user")
+        if self.want("export") and self.export_ok:
+            stores.ostree_init(self.GEA, "archive")
+            stores.ostree_init(self.GEBU, "bare-user")
+        os.makedirs(self.w.sub("zst"), exist_ok=True)
+        os.makedirs(self.w.sub("scratch"), exist_ok=True)
+
+    def version(self, i: int) -> None:
+        ct = self.v[i]
+        name, tar, ts = ct.name, ct.path, SOURCE_DATE_EPOCH + i * 86400
+        self.d.line(f"== {name} ({i + 1}/{len(self.v)}): {ct.description}, {ct.bytes / 2**20:.0f} MiB tar")
+        self.sizes["tar"][i] = {"du_bytes": os.stat(tar).st_blocks * 512, "apparent_bytes": ct.bytes,
+                                "objects": None}
+        self.warm(tar)
+
+        def put(op: str):
+            return lambda rec: self.times[op].__setitem__(i, rec)
+
+        # import, back to back with its anchors
+        if self.want("ostree"):
+            r = self.attempt(f"{name}: ostree commit --tree=tar= (archive)",
+                             lambda: stores.ostree_commit_tar(self.OA, tar, "main", name, ts),
+                             put("ostree_commit_archive"))
+            if r:
+                self.times["ostree_commit_archive"][i] = r[0].as_dict()
+                self.ostree_commits[i] = r[1]
+        if self.want("gitree"):
+            r = self.attempt(f"{name}: gitree import-rootfs",
+                             lambda: self.G.import_rootfs(tar, "main", name, ts), put("gitree_import"))
+            if r:
+                self.times["gitree_import"][i] = r[0].as_dict()
+                self.gitree_commits[i] = r[1]
+        if self.want("git"):
+            self.attempt(f"{name}: extract tar for plain git (untimed)", lambda: self.plain.extract(tar))
+            t = self.attempt(f"{name}: git add -A && git commit", lambda: self.plain.add_commit(name, ts),
+                             put("git_add_commit"))
+            if t:
+                self.times["git_add_commit"][i] = t.as_dict()
+            stores.wipe(self.plain.work_tree)
+            self.drops[i] = self.attempt(f"{name}: what plain git drops (tar scan)", lambda: stores.tar_drops(tar))
+        if self.want("ostree"):
+            r = self.attempt(f"{name}: ostree commit --tree=tar= (bare-user)",
+                             lambda: stores.ostree_commit_tar(self.OBU, tar, "main", name, ts),
+                             put("ostree_commit_bare_user"))
+            if r:
+                self.times["ostree_commit_bare_user"][i] = r[0].as_dict()
+
+        # export, cold (empty repository) back to back with a cold ostree commit, then incremental
+        if self.want("export"):
+            if self.gitree_commits[i]:
+                stores.copy_branches(self.G.path, self.GX.path)
+            self.export_version(i, name, tar, ts)
+
+        # checkout, back to back
+        if self.want("checkout"):
+            self.checkout_version(i, name)
+
+        # gitree packed: a second repository borrowing G's objects, `git repack -a -d` after each import (deltas
+        # found earlier are kept; new objects are delta-searched)
+        if self.want("gitree") and self.gitree_commits[i]:
+            stores.copy_branches(self.G.path, self.GP)
+            t = self.attempt(f"{name}: git repack -a -d --window={REPACK_WINDOW} --depth={REPACK_DEPTH}",
+                             lambda: stores.repack(self.GP, REPACK_WINDOW, REPACK_DEPTH, full=False),
+                             put("gitree_repack"))
+            if t:
+                self.times["gitree_repack"][i] = t.as_dict()
+            self.sizes["gitree_loose"][i] = stores.git_size(self.G.path)
+            self.sizes["gitree_packed"][i] = stores.git_size(self.GP)
+            self.side_tables["gitree_loose"][i] = self.side_table_record(self.G.path)
+            self.side_tables["gitree_packed"][i] = self.side_table_record(self.GP)
+        if self.want("git"):
+            self.sizes["git_plain_loose"][i] = stores.git_size(self.plain.git_dir)
+            packed = self.w.sub("git-plain-packed.git")
+            stores.wipe(packed)
+            shutil.copytree(self.plain.git_dir, packed, symlinks=True)
+            self.attempt(f"{name}: plain git repack (copy)",
+                         lambda: stores.repack(packed, REPACK_WINDOW, REPACK_DEPTH, full=True))
+            self.sizes["git_plain_packed"][i] = stores.git_size(packed)
+            stores.wipe(packed)
+        if self.want("ostree"):
+            self.sizes["ostree_archive"][i] = stores.ostree_size(self.OA)
+            self.sizes["ostree_bare_user"][i] = stores.ostree_size(self.OBU)
+            objs = stores.ostree_objects(self.OA)
+            if i > 0:
+                new = {k: v for k, v in objs.items() if k not in self.ostree_objects_prev}
+                self.updates["ostree_new_objects"][i - 1] = {"objects": len(new), "bytes": sum(new.values())}
+            self.ostree_objects_prev = objs
+        if self.want("export"):
+            if self.export_ok:
+                self.sizes["gitree_ostree_archive"][i] = stores.ostree_size(self.GEA)
+                self.sizes["gitree_ostree_bare_user"][i] = stores.ostree_size(self.GEBU)
+                if self.want("ostree"):
+                    self.agreement["archive"][i] = self.compare_ostree(self.OA, self.GEA)
+                    self.agreement["bare-user"][i] = self.compare_ostree(self.OBU, self.GEBU)
+            else:
+                for k in ("gitree_ostree_archive", "gitree_ostree_bare_user"):
+                    self.sizes[k][i] = unavailable(self.export_reason)
+                for k in self.agreement:
+                    self.agreement[k][i] = unavailable(self.export_reason)
+
+        if self.want("zstd"):
+            self.zstd_version(i, name, tar)
+
+    def export_version(self, i: int, name: str, tar: str, ts: int) -> None:
+        cold_ops = ("gitree_export_archive_cold", "gitree_export_archive_incremental",
+                    "gitree_export_bare_user_incremental")
+        cold_dir = self.w.sub("scratch", "ostree-cold")
+        stores.ostree_init(cold_dir, "archive")
+        r = self.attempt(f"{name}: ostree commit (archive, empty repo)",
+                         lambda: stores.ostree_commit_tar(cold_dir, tar, "main", name, ts))
+        self.times["ostree_commit_archive_cold"][i] = r[0].as_dict() if r else unavailable("ostree commit failed")
+        stores.wipe(cold_dir)
+        rev = self.gitree_commits[i]
+        if not self.export_ok or not rev:
+            reason = self.export_reason or "gitree import failed"
+            for op in cold_ops:
+                self.times[op][i] = unavailable(reason)
+            self.export_cache[i] = unavailable(reason)
+            return
+        stores.ostree_init(cold_dir, "archive")
+        # cold: no export cache either (it is kept in the git repository); the series' cache is put back after
+        cache = stores.ref_oid(self.GX.path, CACHE_REF)
+        stores.set_ref(self.GX.path, CACHE_REF, None)
+        r = self.attempt(f"{name}: gitree export-ostree (archive, empty repo, no cache)",
+                         lambda: self.GX.export_ostree(rev, cold_dir, "archive", "main", False),
+                         lambda rec: self.times["gitree_export_archive_cold"].__setitem__(i, rec))
+        if r:
+            self.times["gitree_export_archive_cold"][i] = r[0].as_dict()
+        stores.set_ref(self.GX.path, CACHE_REF, cache)
+        stores.wipe(cold_dir)
+        r = self.attempt(f"{name}: gitree export-ostree (archive, after previous)",
+                         lambda: self.GX.export_ostree(rev, self.GEA, "archive", "main", self.export_history),
+                         lambda rec: self.times["gitree_export_archive_incremental"].__setitem__(i, rec))
+        if r:
+            self.times["gitree_export_archive_incremental"][i] = r[0].as_dict()
+            self.export_commits[i] = r[1]
+        r = self.attempt(f"{name}: gitree export-ostree (bare-user, after previous)",
+                         lambda: self.GX.export_ostree(rev, self.GEBU, "bare-user", "main", self.export_history),
+                         lambda rec: self.times["gitree_export_bare_user_incremental"].__setitem__(i, rec))
+        if r:
+            self.times["gitree_export_bare_user_incremental"][i] = r[0].as_dict()
+        self.export_cache[i] = stores.ref_only_bytes(self.GX.path, CACHE_REF)
+
+    def checkout_version(self, i: int, name: str) -> None:
+        dest = self.w.sub("scratch", "checkout")
+        ops = {"ostree_checkout": None, "gitree_checkout_dir": None, "gitree_checkout_tar": None}
+        if self.ostree_commits[i]:
+            stores.wipe(dest)
+            ops["ostree_checkout"] = self.attempt(
+                f"{name}: ostree checkout (archive repo)",
+                lambda: stores.ostree_checkout(self.OA, self.ostree_commits[i], dest))
+        if self.gitree_commits[i]:
+            stores.wipe(dest)
+            ops["gitree_checkout_dir"] = self.attempt(
+                f"{name}: gitree checkout DIR", lambda: self.G.checkout_dir(self.gitree_commits[i], dest))
+            stores.wipe(dest)
+            tar_out = self.w.sub("scratch", "checkout.tar")
+            ops["gitree_checkout_tar"] = self.attempt(
+                f"{name}: gitree checkout --tar", lambda: self.G.checkout_tar(self.gitree_commits[i], tar_out))
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tar_out)
+        stores.wipe(dest)
+        for op, t in ops.items():
+            self.times[op][i] = t.as_dict() if isinstance(t, Timing) else unavailable(
+                next((n for n in reversed(self.notes) if name in n), "prerequisite failed"))
+
+    def zstd_version(self, i: int, name: str, tar: str) -> None:
+        out = self.w.sub("zst", f"{name}.tar.zst")
+        t = self.attempt(f"{name}: zstd -{ZSTD_LEVEL} tar", lambda: stores.run_timed(
+            ["zstd", "-q", f"-{ZSTD_LEVEL}", "--long=27", "-T2", "-f", tar, "-o", out])[0])
+        if t:
+            self.times["zstd_tar"][i] = t.as_dict()
+            n = os.path.getsize(out)
+            self.sizes["tar_zst"][i] = {"du_bytes": os.stat(out).st_blocks * 512, "apparent_bytes": n,
+                                        "objects": None}
+            self.full["tar_zst"][i] = {"bytes": n}
+            if i > 0:
+                self.updates["tar_zst"][i - 1] = {"bytes": n}
+            os.unlink(out)
+        else:
+            self.times["zstd_tar"][i] = self.sizes["tar_zst"][i] = self.full["tar_zst"][i] = unavailable("zstd")
+        if i == 0:
+            self.times["zstd_patch_from"][i] = unavailable("first version: nothing to patch from")
+            return
+        prev = self.v[i - 1].path
+        patch = self.w.sub("zst", f"{name}.patch.zst")
+        t = self.attempt(f"{name}: zstd -{ZSTD_LEVEL} --patch-from={self.v[i - 1].name}", lambda: stores.run_timed(
+            ["zstd", "-q", f"-{ZSTD_LEVEL}", "--long=31", "-T2", f"--patch-from={prev}", "-f", tar, "-o", patch])[0])
+        if t:
+            self.times["zstd_patch_from"][i] = t.as_dict()
+            self.updates["zstd_patch_from"][i - 1] = {"bytes": os.path.getsize(patch)}
+            os.unlink(patch)
+        else:
+            self.times["zstd_patch_from"][i] = self.updates["zstd_patch_from"][i - 1] = unavailable("zstd failed")
+
+    def side_table_record(self, git_dir: str) -> dict:
+        b = stores.reachable_breakdown(git_dir)
+        total = sum(b["disk"].values())
+        meta = b["disk"].get("meta", 0)
+        du = stores.tree_size(os.path.join(git_dir, "objects"))["du_bytes"]
+        return {"meta_disk_bytes": meta, "meta_objects": b["count"].get("meta", 0),
+                "meta_uncompressed_bytes": b["size"].get("meta", 0),
+                "rootfs_disk_bytes": b["disk"].get("rootfs", 0), "reachable_disk_bytes": total,
+                "meta_percent_of_objects": round(100 * meta / total, 2) if total else None,
+                "meta_percent_of_du": round(100 * meta / du, 2) if du else None}
+
+    def compare_ostree(self, ref_repo: str, ours: str) -> dict:
+        """Object-set and byte agreement of two OSTree repositories (commit objects excepted: they differ by
+        design in parent, timestamp and metadata)."""
+        a, b = stores.ostree_objects(ref_repo), stores.ostree_objects(ours)
+
+        def content(objs):
+            return {k: v for k, v in objs.items() if not k.endswith((".commit", ".commitmeta"))}
+        ca, cb = content(a), content(b)
+        common = ca.keys() & cb.keys()
+        size_diff = [k for k in common if ca[k] != cb[k]]
+        return {"objects_ostree": len(ca), "objects_gitree": len(cb), "only_in_ostree": len(ca.keys() - cb.keys()),
+                "only_in_gitree": len(cb.keys() - ca.keys()), "same_objects_different_bytes": len(size_diff),
+                "content_bytes_ostree": sum(ca.values()), "content_bytes_gitree": sum(cb.values()),
+                "examples_only_in_ostree": sorted(ca.keys() - cb.keys())[:5],
+                "examples_only_in_gitree": sorted(cb.keys() - ca.keys())[:5],
+                "agree": ca == cb}
+
+    def after_series(self) -> None:
+        n = len(self.v)
+        if self.want("gitree") and all(self.gitree_commits):
+            t = self.attempt(f"all: git repack -a -d -f --window={REPACK_WINDOW} --depth={REPACK_DEPTH} (gitree)",
+                             lambda: stores.repack(self.GP, REPACK_WINDOW, REPACK_DEPTH, full=True))
+            self.series["gitree_packed_final"] = dict(stores.git_size(self.GP), repack=t.as_dict() if t else None)
+            self.series["gitree_packed_final_side_tables"] = self.side_table_record(self.GP)
+            for i in range(n):
+                old = self.gitree_commits[i - 1] if i else None
+                r = self.attempt(f"{self.names[i]}: git pack-objects {'--thin ' if old else ''}--revs",
+                                 lambda i=i, old=old: stores.thin_pack_size(self.GP, self.gitree_commits[i], old,
+                                                               REPACK_WINDOW, REPACK_DEPTH))
+                rec = {"bytes": r[0], "time": r[1].as_dict()} if r else unavailable("pack-objects failed")
+                if i:
+                    self.updates["git_thin_pack"][i - 1] = rec
+                else:
+                    self.full["git_full_pack"][0] = rec
+                if i:
+                    r = self.attempt(f"{self.names[i]}: git pack-objects --revs (full)",
+                                     lambda i=i: stores.thin_pack_size(self.GP, self.gitree_commits[i], None,
+                                                                   REPACK_WINDOW, REPACK_DEPTH))
+                    self.full["git_full_pack"][i] = {"bytes": r[0], "time": r[1].as_dict()} if r else \
+                        unavailable("pack-objects failed")
+        elif self.want("gitree"):
+            self.series["gitree_packed_final"] = unavailable("an import failed")
+        if self.want("git"):
+            t = self.attempt("all: git repack -a -d -f (plain git)",
+                             lambda: stores.repack(self.plain.git_dir, REPACK_WINDOW, REPACK_DEPTH, full=True))
+            self.series["git_plain_packed_final"] = dict(stores.git_size(self.plain.git_dir),
+                                                         repack=t.as_dict() if t else None)
+        if self.want("ostree"):
+            self.series["ostree_archive"] = stores.ostree_size(self.OA)
+            self.series["ostree_bare_user"] = stores.ostree_size(self.OBU)
+        if self.want("export"):
+            for key, path in (("gitree_ostree_archive", self.GEA), ("gitree_ostree_bare_user", self.GEBU)):
+                self.series[key] = stores.ostree_size(path) if self.export_ok else unavailable(self.export_reason)
+        if self.want("deltas"):
+            self.deltas()
+        if self.want("bundle"):
+            self.bundles()
+
+    def deltas(self) -> None:
+        # Deltas are generated in a copy so that the archive repository's size above stays deltas-free.
+        repo = self.w.sub("scratch", "ostree-deltas")
+        stores.wipe(repo)
+        shutil.copytree(self.OA, repo, symlinks=True)
+        for i, c in enumerate(self.ostree_commits):
+            if not c:
+                self.full["ostree_static_delta_empty"][i] = unavailable("ostree commit failed")
+                continue
+            r = self.attempt(f"{self.names[i]}: ostree static-delta generate --empty",
+                             lambda c=c: stores.static_delta(repo, c, None))
+            self.full["ostree_static_delta_empty"][i] = dict(r[0].as_dict(), time=r[1].as_dict()) if r else \
+                unavailable("static-delta generate failed")
+            if i == 0:
+                continue
+            prev = self.ostree_commits[i - 1]
+            r = self.attempt(f"{self.names[i - 1]}->{self.names[i]}: ostree static-delta generate",
+                             lambda c=c, prev=prev: stores.static_delta(repo, c, prev)) if prev else None
+            self.updates["ostree_static_delta"][i - 1] = dict(r[0].as_dict(), time=r[1].as_dict()) if r else \
+                unavailable("static-delta generate failed")
+        stores.wipe(repo)
+
+    def bundles(self) -> None:
+        for i in range(1, len(self.v)):
+            if not self.bundle_ok:
+                self.updates["gitree_bundle"][i - 1] = unavailable(self.bundle_reason)
+                continue
+            old, new = self.gitree_commits[i - 1], self.gitree_commits[i]
+            path = self.w.sub("scratch", "update.bundle")
+            t = self.attempt(f"{self.names[i]}: gitree bundle create",
+                             lambda old=old, new=new: self.G.bundle_create(old, new, path))
+            if t:
+                self.updates["gitree_bundle"][i - 1] = {"bytes": os.path.getsize(path), "time": t.as_dict()}
+                os.unlink(path)
+            else:
+                self.updates["gitree_bundle"][i - 1] = unavailable(self.notes[-1] if self.notes else "failed")
+
+    # -- derived figures -------------------------------------------------------------------
+
+    def ratios(self) -> dict:
+        out = {}
+        for key, (num, den) in RATIOS.items():
+            row = []
+            for i in range(len(self.v)):
+                a, b = self.times[num][i], self.times[den][i]
+                if is_value(a) and is_value(b) and b["wall_s"] > 0:
+                    row.append({"wall": round(a["wall_s"] / b["wall_s"], 3),
+                                "cpu": round(a["cpu_s"] / b["cpu_s"], 3) if b["cpu_s"] > 0 else None})
+                else:
+                    why = next((x[k] for x in (a, b) if isinstance(x, dict) for k in ("unavailable", "skipped")
+                                if k in x), "not measured")
+                    row.append(unavailable(why))
+            out[key] = row
+        return out
+
+    def profile_import(self, i: int) -> dict:
+        """cProfile of a fresh import of version i (main thread only), top functions by cumulative time."""
+        repo = self.w.sub("scratch", "profile.git")
+        stores.wipe(repo)
+        stores.Gitree(repo).init()
+        prof = self.w.sub("scratch", "import.prof")
+        self.attempt(f"{self.names[i]}: profile gitree import-rootfs (cProfile)", lambda: stores.run_timed(
+            [sys.executable, "-m", "cProfile", "-o", prof, "-m", "gitree", "-q", "-C", repo, "import-rootfs",
+             self.v[i].path, "-b", "main", "--timestamp", str(SOURCE_DATE_EPOCH)]))
+        stores.wipe(repo)
+        if not os.path.exists(prof):
+            return unavailable("profiling failed")
+        buf = io.StringIO()
+        pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(25)
+        os.unlink(prof)
+        lines = [ln for ln in buf.getvalue().splitlines() if ln.strip()]
+        start = next((k for k, ln in enumerate(lines) if ln.lstrip().startswith("ncalls")), 0)
+        return {"version": self.names[i], "top_cumulative": lines[start:start + 26]}
+
+
+def targets(b: Bench, ratios: dict) -> list[dict]:
+    """Each target of issue 4, met or missed with the numbers (None = could not be checked, with why)."""
+    out = []
+
+    def per_version(name: str, key: str, limit: float, start: int = 0, desc: str = "") -> None:
+        vals = [(b.names[i], r["wall"]) for i, r in enumerate(ratios[key]) if i >= start and is_value(r)]
+        if not vals:
+            why = next((r.get("unavailable") or r.get("skipped") for r in ratios[key][start:] if isinstance(r, dict)
+                        and not is_value(r)), "not measured")
+            out.append({"target": name, "description": desc, "limit": limit, "met": None, "why": why})
+            return
+        worst = max(vals, key=lambda x: x[1])
+        out.append({"target": name, "description": desc, "limit": limit, "met": worst[1] <= limit,
+                    "worst": {"version": worst[0], "ratio": worst[1]}, "per_version": dict(vals),
+                    "complete": len(vals) == len(b.names) - start})
+
+    per_version("import_vs_ostree_commit", "import_vs_ostree_commit", 0.5,
+                desc="import-rootfs wall time <= 0.5x `ostree commit --tree=tar=` (archive), every version")
+    per_version("import_vs_git_add_commit", "import_vs_git_add_commit", 1.0,
+                desc="import-rootfs no slower than `git add -A && git commit` of the extracted tree")
+    per_version("export_cold_vs_ostree_commit", "export_cold_vs_ostree_commit", 0.6,
+                desc="export-ostree (archive) into an empty repo <= 0.6x `ostree commit` into an empty repo")
+    per_version("export_incremental_vs_cold", "export_incremental_vs_cold", 0.1, start=1,
+                desc="export of vN+1 after vN <= 0.1x a cold export of vN+1")
+    gp, oa = b.series.get("gitree_packed_final"), b.series.get("ostree_archive")
+    if is_value(gp) and is_value(oa):
+        r = gp["du_bytes"] / oa["du_bytes"]
+        out.append({"target": "packed_vs_ostree_archive", "limit": 0.6, "met": r <= 0.6, "ratio": round(r, 3),
+                    "description": f"packed gitree repository of the whole series <= 0.6x the OSTree archive "
+                                   f"repository ({len(b.names)} versions, du bytes)",
+                    "gitree_packed_du": gp["du_bytes"], "ostree_archive_du": oa["du_bytes"]})
+    else:
+        out.append({"target": "packed_vs_ostree_archive", "limit": 0.6, "met": None,
+                    "why": "gitree or ostree sizes missing"})
+    for kind in ("git_thin_pack", "gitree_bundle"):
+        steps = []
+        for i, (u, d) in enumerate(zip(b.updates[kind], b.updates["ostree_static_delta"], strict=True)):
+            if is_value(u) and is_value(d):
+                steps.append({"step": f"{b.names[i]}->{b.names[i + 1]}", "bytes": u["bytes"],
+                              "static_delta_transfer": d["transfer_bytes"],
+                              "ratio": round(u["bytes"] / d["transfer_bytes"], 3)})
+        if steps:
+            out.append({"target": f"{kind}_vs_static_delta", "limit": 1.0,
+                        "met": all(s["ratio"] <= 1.0 for s in steps), "per_step": steps,
+                        "worst": max(steps, key=lambda s: s["ratio"]),
+                        "description": f"{kind.replace('_', ' ')} per step <= the OSTree static delta with "
+                                       f"fallback objects"})
+        else:
+            why = next((u.get("unavailable") or u.get("skipped") for u in b.updates[kind] if isinstance(u, dict)
+                        and not is_value(u)), "not measured")
+            out.append({"target": f"{kind}_vs_static_delta", "limit": 1.0, "met": None, "why": why})
+    i3 = min(2, len(b.names) - 1)
+    for op in ("gitree_import", "gitree_export_archive_cold"):
+        t = b.times[op][i3]
+        if is_value(t):
+            out.append({"target": f"{op}_peak_rss", "limit": 300, "met": t["peak_rss_mib"] < 300,
+                        "peak_rss_mib": t["peak_rss_mib"], "version": b.names[i3],
+                        "description": f"peak memory of {op.replace('_', ' ')} of {b.names[i3]} under 300 MiB"})
+        else:
+            out.append({"target": f"{op}_peak_rss", "limit": 300, "met": None,
+                        "why": (t or {}).get("unavailable") or (t or {}).get("skipped") or "not measured"})
+    return out
+
+
+def run_benchmarks(quick: bool, corpus_dir: str, out_dir: str, only: set[str] | None, work_dir: str | None,
+                   snapshot: str | None = None, profile: bool = True) -> dict:
+    display = Display()
+    groups = set(GROUPS) if not only else set(only)
+    for g in list(groups):
+        groups |= NEEDS.get(g, set())
+    started = datetime.datetime.now(datetime.timezone.utc)
+    specs = QUICK_SERIES if quick else FULL_SERIES
+    mirrors = Mirrors.snapshot(snapshot) if snapshot else Mirrors()
+    corpus = Corpus(corpus_dir, mirrors, log=display.line)
+    with display.step(f"corpus: {len(specs)} versions in {corpus_dir}"):
+        built = corpus.series(specs)
+    usable = [c for c in built if c.ok]
+    for c in built:
+        if not c.ok:
+            display.line(f"corpus {c.name}: UNAVAILABLE: {c.error}")
+    work = WorkDir(work_dir)
+    try:
+        b = Bench(usable, work, groups, display)
+        b.skip_all()
+        b.setup()
+        for i in range(len(usable)):
+            b.version(i)
+        b.after_series()
+        ratios = b.ratios()
+        tg = targets(b, ratios)
+        if profile and b.want("gitree"):
+            missed = [t for t in tg if t["target"].startswith("import_vs") and t["met"] is False]
+            if missed:
+                worst = max(range(len(usable)), key=lambda i: (ratios["import_vs_ostree_commit"][i] or {})
+                            .get("wall", 0) if is_value(ratios["import_vs_ostree_commit"][i]) else 0)
+                b.profiles["gitree_import"] = b.profile_import(worst)
+        results = {
+            "schema": 1,
+            "started": started.isoformat(timespec="seconds"),
+            "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": "python -m benchmarks " + " ".join(sys.argv[1:]),
+            "series": "quick" if quick else "full",
+            "machine": machine(),
+            "tools": tool_versions(),
+            "disks": {"work (every repository, checkout and compressed file)": filesystem_of(work.path),
+                      "corpus tars (read only, pre-read into the page cache)": filesystem_of(corpus_dir)},
+            "settings": {"repack_window": REPACK_WINDOW, "repack_depth": REPACK_DEPTH, "zstd_level": ZSTD_LEVEL,
+                         "groups": sorted(groups), "source_date_epoch": SOURCE_DATE_EPOCH,
+                         "export_ostree": b.export_ok and "available" or b.export_reason,
+                         "export_history_flag": b.export_history,
+                         "bundle": b.bundle_ok and "available" or b.bundle_reason},
+            "corpus": [asdict(c) for c in built],
+            "versions": b.names,
+            "sizes": b.sizes,
+            "series_sizes": {k: b.series.get(k, {"skipped": "not selected by --only"}) for k in SERIES_KEYS},
+            "side_tables": dict(b.side_tables,
+                                final=b.series.get("gitree_packed_final_side_tables",
+                                                   unavailable("no packed repository"))),
+            "git_plain_drops": b.drops,
+            "ostree_agreement": b.agreement,
+            "export_cache": b.export_cache,
+            "updates": b.updates,
+            "full_updates": b.full,
+            "times": b.times,
+            "ratios": ratios,
+            "targets": tg,
+            "profiles": b.profiles,
+            "commits": {"gitree": b.gitree_commits, "ostree": b.ostree_commits,
+                        "gitree_export": b.export_commits},
+            "notes": b.notes,
+        }
+    finally:
+        work.close()
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    from . import report
+    report.write(results, out_dir, display.line)
+    display.line(f"results in {out_dir}")
+    return results
