@@ -139,4 +139,21 @@ def tool_versions() -> dict:
         "zstd": _first_line(["zstd", "--version"]),
         "mmdebstrap": _first_line(["mmdebstrap", "--version"]),
         "gitree": _first_line([sys.executable, "-c", "import importlib.metadata as m; print(m.version('gitree'))"]),
+        "gitree_source": gitree_source(),
     }
+
+
+def gitree_source() -> str:
+    """Which gitree the `gitree` on PATH runs: its package directory and the git commit it comes from."""
+    try:
+        where = run([sys.executable, "-c",
+                     "import gitree, os; print(os.path.dirname(os.path.realpath(gitree.__file__)))"])
+    except (OSError, CommandFailed):
+        return "unknown"
+    where = where.strip()
+    try:
+        commit = run(["git", "-C", where, "rev-parse", "HEAD"]).strip()
+        dirty = run(["git", "-C", where, "status", "--porcelain", "--", "."]).strip()
+    except (OSError, CommandFailed):
+        return where
+    return f"{where} @ {commit}{' (with uncommitted changes)' if dirty else ''}"

@@ -12,7 +12,7 @@ STORE_LABELS = {
     "tar": "tar (uncompressed)",
     "tar_zst": "tar.zst, each version alone",
     "gitree_loose": "gitree as imported (one pack per import, no deltas)",
-    "gitree_packed": "gitree packed (git repack after each import)",
+    "gitree_packed": "gitree packed (git repack -a -d -f after each import)",
     "git_plain_loose": "plain git, loose objects",
     "git_plain_packed": "plain git, packed (repack -a -d -f)",
     "ostree_archive": "OSTree archive (ostree commit)",
@@ -124,7 +124,7 @@ def markdown(r: dict, plots_prefix: str = "") -> str:
                                             f"{v['objects'] if v['objects'] is not None else '–'}")
                                  for v in vals] for k, vals in r["sizes"].items()]
     L += table(["store (apparent MiB / objects)"] + V, rows)
-    L += ["Whole series, final state (gitree and plain git after one `git repack -a -d -f`):", ""]
+    L += ["Whole series, final state (gitree and plain git after `git repack -a -d -f`):", ""]
     rows = [[k, cell(v, lambda v: mib(v["du_bytes"])), cell(v, lambda v: mib(v["apparent_bytes"])),
              cell(v, lambda v: str(v["objects"]))] for k, v in r["series_sizes"].items()]
     L += table(["store", "du MiB", "apparent MiB", "objects"], rows)
@@ -142,6 +142,11 @@ def markdown(r: dict, plots_prefix: str = "") -> str:
                  cell(f, lambda v: str(v["meta_objects"])), cell(f, lambda v: f"{v['meta_percent_of_objects']}%"),
                  cell(f, lambda v: f"{v['meta_percent_of_du']}%")])
     L += table(["repository, version", "meta MiB", "meta objects", "% of objects", "% of du"], rows)
+
+    L += ["gitree export-ostree keeps a cache in the gitree repository (ref refs/gitree/ostree-cache: git "
+          "trees and blobs to OSTree checksums). Its objects, not counted in the sizes above, after each version:", ""]
+    L += table(["export cache"] + V, [["MiB on disk / objects"] + [
+        cell(c, lambda c: f"{mib(c['disk_bytes'])} / {c['objects']}") for c in r["export_cache"]]])
 
     L += ["## What plain git drops", "",
           "Plain git stores content only. Counted from each tar: everything below is lost by `git add -A` "
@@ -202,8 +207,9 @@ def markdown(r: dict, plots_prefix: str = "") -> str:
             if why(p):
                 L += [f"{op}: {why(p)}", ""]
                 continue
-            L += [f"`{op}` of {p['version']} into an empty repository, cProfile (main thread; worker threads "
-                  f"hash and compress), sorted by cumulative time:", "", "```"] + p["top_cumulative"] + ["```", ""]
+            L += [f"`{op}` of {p['version']} into an empty repository, cProfile of the main thread (worker "
+                  f"threads that hash and compress show as waits), by cumulative time:", "", "```"]
+            L += p["top_cumulative"] + ["```", "", "by own time:", "", "```"] + p.get("top_tottime", []) + ["```", ""]
 
     notes = sorted({f"{why(v)}" for tab in (r["sizes"], r["times"], r["updates"], r["full_updates"], r["ratios"])
                     for vals in tab.values() for v in vals if why(v)})

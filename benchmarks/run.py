@@ -288,12 +288,12 @@ class Bench:
         if self.want("checkout"):
             self.checkout_version(i, name)
 
-        # gitree packed: a second repository borrowing G's objects, `git repack -a -d` after each import (deltas
-        # found earlier are kept; new objects are delta-searched)
+        # gitree packed: a second repository borrowing G's objects, `git repack -a -d -f` after each import.
+        # (Without -f, git reuses the import's whole objects as they are and finds almost no deltas.)
         if self.want("gitree") and self.gitree_commits[i]:
             stores.copy_branches(self.G.path, self.GP)
-            t = self.attempt(f"{name}: git repack -a -d --window={REPACK_WINDOW} --depth={REPACK_DEPTH}",
-                             lambda: stores.repack(self.GP, REPACK_WINDOW, REPACK_DEPTH, full=False),
+            t = self.attempt(f"{name}: git repack -a -d -f --window={REPACK_WINDOW} --depth={REPACK_DEPTH}",
+                             lambda: stores.repack(self.GP, REPACK_WINDOW, REPACK_DEPTH, full=True),
                              put("gitree_repack"))
             if t:
                 self.times["gitree_repack"][i] = t.as_dict()
@@ -457,9 +457,10 @@ class Bench:
     def after_series(self) -> None:
         n = len(self.v)
         if self.want("gitree") and all(self.gitree_commits):
-            t = self.attempt(f"all: git repack -a -d -f --window={REPACK_WINDOW} --depth={REPACK_DEPTH} (gitree)",
-                             lambda: stores.repack(self.GP, REPACK_WINDOW, REPACK_DEPTH, full=True))
-            self.series["gitree_packed_final"] = dict(stores.git_size(self.GP), repack=t.as_dict() if t else None)
+            # GP was fully repacked (-a -d -f) after the last import: that is the series' packed state
+            last = self.times["gitree_repack"][n - 1]
+            self.series["gitree_packed_final"] = dict(stores.git_size(self.GP),
+                                                      repack=last if is_value(last) else None)
             self.series["gitree_packed_final_side_tables"] = self.side_table_record(self.GP)
             for i in range(n):
                 old = self.gitree_commits[i - 1] if i else None
@@ -525,7 +526,7 @@ class Bench:
             old, new = self.gitree_commits[i - 1], self.gitree_commits[i]
             path = self.w.sub("scratch", "update.bundle")
             t = self.attempt(f"{self.names[i]}: gitree bundle create",
-                             lambda old=old, new=new: self.G.bundle_create(old, new, path))
+                             lambda old=old, new=new, path=path: self.G.bundle_create(old, new, path))
             if t:
                 self.updates["gitree_bundle"][i - 1] = {"bytes": os.path.getsize(path), "time": t.as_dict()}
                 os.unlink(path)
@@ -550,24 +551,41 @@ class Bench:
             out[key] = row
         return out
 
-    def profile_import(self, i: int) -> dict:
-        """cProfile of a fresh import of version i (main thread only), top functions by cumulative time."""
-        repo = self.w.sub("scratch", "profile.git")
-        stores.wipe(repo)
-        stores.Gitree(repo).init()
-        prof = self.w.sub("scratch", "import.prof")
-        self.attempt(f"{self.names[i]}: profile gitree import-rootfs (cProfile)", lambda: stores.run_timed(
-            [sys.executable, "-m", "cProfile", "-o", prof, "-m", "gitree", "-q", "-C", repo, "import-rootfs",
-             self.v[i].path, "-b", "main", "--timestamp", str(SOURCE_DATE_EPOCH)]))
-        stores.wipe(repo)
+    def profile(self, op: str, i: int) -> dict:
+        """cProfile of a fresh run of `op` on version i (main thread only), top functions by cumulative time:
+        import into an empty repository, or export into an empty OSTree repository without the export cache."""
+        prof = self.w.sub("scratch", f"{op}.prof")
+        scratch = self.w.sub("scratch", "profile")
+        stores.wipe(scratch)
+        py = [sys.executable, "-m", "benchmarks.profile_cli", prof, "-q"]
+        cache = None
+        if op == "gitree_import":
+            stores.Gitree(scratch).init()
+            cmd = py + ["-C", scratch, "import-rootfs", self.v[i].path, "-b", "main", "--timestamp",
+                        str(SOURCE_DATE_EPOCH)]
+        else:
+            cache = stores.ref_oid(self.GX.path, CACHE_REF)
+            stores.set_ref(self.GX.path, CACHE_REF, None)
+            cmd = py + ["-C", self.GX.path, "export-ostree", self.gitree_commits[i], "--ostree-repo", scratch,
+                        "--mode", "archive"]
+        try:
+            self.attempt(f"{self.names[i]}: profile {op} (cProfile)", lambda: stores.run_timed(cmd))
+        finally:
+            if op != "gitree_import":
+                stores.set_ref(self.GX.path, CACHE_REF, cache)
+            stores.wipe(scratch)
         if not os.path.exists(prof):
             return unavailable("profiling failed")
-        buf = io.StringIO()
-        pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(25)
+        tops = {}
+        for order in ("cumulative", "tottime"):
+            buf = io.StringIO()
+            pstats.Stats(prof, stream=buf).sort_stats(order).print_stats(22)
+            lines = [ln for ln in buf.getvalue().splitlines() if ln.strip()]
+            start = next((k for k, ln in enumerate(lines) if ln.lstrip().startswith("ncalls")), 0)
+            tops[order] = [ln.replace(os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + "/", "")
+                           for ln in lines[start:start + 23]]
         os.unlink(prof)
-        lines = [ln for ln in buf.getvalue().splitlines() if ln.strip()]
-        start = next((k for k, ln in enumerate(lines) if ln.lstrip().startswith("ncalls")), 0)
-        return {"version": self.names[i], "top_cumulative": lines[start:start + 26]}
+        return {"version": self.names[i], "top_cumulative": tops["cumulative"], "top_tottime": tops["tottime"]}
 
 
 def targets(b: Bench, ratios: dict) -> list[dict]:
@@ -656,16 +674,24 @@ def run_benchmarks(quick: bool, corpus_dir: str, out_dir: str, only: set[str] | 
         b.skip_all()
         b.setup()
         for i in range(len(usable)):
-            b.version(i)
+            try:
+                b.version(i)
+            except Exception as e:  # a harness fault on one version must not lose the rest of a long run
+                display.line(f"{usable[i].name}: harness error {type(e).__name__}: {e}")
+                b.notes.append(f"{usable[i].name}: harness error {type(e).__name__}: {e}")
         b.after_series()
         ratios = b.ratios()
         tg = targets(b, ratios)
         if profile and b.want("gitree"):
-            missed = [t for t in tg if t["target"].startswith("import_vs") and t["met"] is False]
-            if missed:
-                worst = max(range(len(usable)), key=lambda i: (ratios["import_vs_ostree_commit"][i] or {})
-                            .get("wall", 0) if is_value(ratios["import_vs_ostree_commit"][i]) else 0)
-                b.profiles["gitree_import"] = b.profile_import(worst)
+            for op, ratio, prefix in (("gitree_import", "import_vs_ostree_commit", "import_vs"),
+                                      ("gitree_export_archive_cold", "export_cold_vs_ostree_commit", "export_")):
+                if not any(t["target"].startswith(prefix) and t["met"] is False for t in tg):
+                    continue
+                if op != "gitree_import" and not (b.want("export") and b.export_ok):
+                    continue
+                row = ratios[ratio]
+                worst = max(range(len(usable)), key=lambda i, row=row: row[i]["wall"] if is_value(row[i]) else 0)
+                b.profiles[op] = b.profile(op, worst)
         results = {
             "schema": 1,
             "started": started.isoformat(timespec="seconds"),
