@@ -34,6 +34,21 @@ def mib(n: float | None) -> str:
     return "–" if n is None else f"{n / 2**20:,.1f}"
 
 
+def human(n: float | None) -> str:
+    if n is None:
+        return "–"
+    return f"{n / 2**10:,.0f} KiB" if n < 2**20 else f"{n / 2**20:,.1f} MiB"
+
+
+def tool(v: str) -> str:
+    """A version as printed by the tool, trimmed: '*** Zstandard CLI (64-bit) v1.5.4, by ... ***' -> 'v1.5.4'."""
+    import re
+    if len(v.split()) == 1:
+        return v
+    m = re.search(r"v?\d+\.\d+(\.\d+)?", v)
+    return m.group(0) if m else v
+
+
 def why(v: Any) -> str | None:
     if isinstance(v, dict):
         for k in ("unavailable", "skipped"):
@@ -70,10 +85,21 @@ def markdown(r: dict, plots_prefix: str = "") -> str:
     L: list[str] = []
     L += [f"# gitree benchmarks: git vs OSTree on real root filesystems ({r['series']} series)", ""]
     L += [f"Run {r['started']} – {r['finished']} (UTC). Command: `{r['command']}`", ""]
+    L += summary(r)
+    L += ["## How to reproduce", "",
+          "As root (mmdebstrap --mode=root, a tmpfs for the work directory), from a checkout with "
+          "`pip install -e .[bench]`:", "",
+          "```", r["command"].replace(" --no-profile", ""), "```", "",
+          "The corpus tars are built once by mmdebstrap and cached (default ~/.cache/gitree-bench, "
+          "--corpus DIR) with a manifest of their sha256 and of each suite's InRelease; with the same archive "
+          "state the tars are byte-identical (SOURCE_DATE_EPOCH is fixed). deb.debian.org moves on, so to rebuild "
+          "exactly the same corpus later use `--snapshot STAMP` (snapshot.debian.org) or keep the cache. "
+          "Every repository, checkout and compressed file is written to a fresh tmpfs; each version's tar is "
+          "read into the page cache first.", ""]
     m, t = r["machine"], r["tools"]
     L += ["## Machine, tools, disks", ""]
     L += [f"- CPU: {m['cpu_model']}, {m['cores']} cores; RAM {m['ram_gib']} GiB; kernel {m['kernel']}; {m['os']}"]
-    L += ["- Tools: " + ", ".join(f"{k} {v}" for k, v in t.items())]
+    L += ["- Tools: " + ", ".join(f"{k} {tool(v) if k != 'gitree_source' else v}" for k, v in t.items())]
     for what, fs in r["disks"].items():
         L += [f"- {what}: `{fs['path']}` on {fs['fstype']} ({fs['device']}, mounted at {fs['mount']})"]
     s = r["settings"]
@@ -134,14 +160,14 @@ def markdown(r: dict, plots_prefix: str = "") -> str:
           "all reachable object bytes and of the repository's du.", ""]
     rows = []
     for k in ("gitree_loose", "gitree_packed"):
-        rows += [[f"{k} {V[i]}", cell(v, lambda v: mib(v["meta_disk_bytes"])),
+        rows += [[f"{k} {V[i]}", cell(v, lambda v: f"{v['meta_disk_bytes'] / 1024:,.0f}"),
                   cell(v, lambda v: str(v["meta_objects"])), cell(v, lambda v: f"{v['meta_percent_of_objects']}%"),
                   cell(v, lambda v: f"{v['meta_percent_of_du']}%")] for i, v in enumerate(r["side_tables"][k])]
     f = r["side_tables"]["final"]
-    rows.append(["packed, whole series, after repack -f", cell(f, lambda v: mib(v["meta_disk_bytes"])),
+    rows.append(["packed, whole series, after repack -f", cell(f, lambda v: f"{v['meta_disk_bytes'] / 1024:,.0f}"),
                  cell(f, lambda v: str(v["meta_objects"])), cell(f, lambda v: f"{v['meta_percent_of_objects']}%"),
                  cell(f, lambda v: f"{v['meta_percent_of_du']}%")])
-    L += table(["repository, version", "meta MiB", "meta objects", "% of objects", "% of du"], rows)
+    L += table(["repository, version", "meta KiB", "meta objects", "% of objects", "% of du"], rows)
 
     L += ["gitree export-ostree keeps a cache in the gitree repository (ref refs/gitree/ostree-cache: git "
           "trees and blobs to OSTree checksums). Its objects, not counted in the sizes above, after each version:", ""]
@@ -219,6 +245,41 @@ def markdown(r: dict, plots_prefix: str = "") -> str:
     return "\n".join(L)
 
 
+def summary(r: dict) -> list[str]:
+    """The headline numbers, computed from the tables below."""
+    V = r["versions"]
+    L = ["## Summary", ""]
+    ss = r["series_sizes"]
+    gp, oa, gl = ss.get("gitree_packed_final"), ss.get("ostree_archive"), r["sizes"]["gitree_loose"][-1]
+    pg = ss.get("git_plain_packed_final")
+    if not why(gp) and not why(oa):
+        L.append(f"- Whole series ({len(V)} versions): gitree packed {mib(gp['du_bytes'])} MiB, OSTree archive "
+                 f"{mib(oa['du_bytes'])} MiB ({gp['du_bytes'] / oa['du_bytes']:.2f}x)"
+                 + (f", gitree as imported {mib(gl['du_bytes'])} MiB" if not why(gl) else "")
+                 + (f", plain git packed {mib(pg['du_bytes'])} MiB" if not why(pg) else "") + ".")
+    st = r["side_tables"].get("final")
+    if not why(st):
+        L.append(f"- Side tables (meta/): {human(st['meta_disk_bytes'])}, {st['meta_percent_of_objects']}% of "
+                 f"the packed repository's object bytes.")
+    thin, delta = r["updates"]["git_thin_pack"], r["updates"]["ostree_static_delta"]
+    pairs = [(a["bytes"], b["transfer_bytes"]) for a, b in zip(thin, delta, strict=True) if not why(a) and not why(b)]
+    if pairs:
+        L.append(f"- Updates over {len(pairs)} steps: git thin packs {mib(sum(p[0] for p in pairs))} MiB in all, "
+                 f"OSTree static deltas with fallbacks {mib(sum(p[1] for p in pairs))} MiB.")
+    met = [t for t in r["targets"] if t["met"] is True]
+    missed = [t for t in r["targets"] if t["met"] is False]
+    unchecked = [t for t in r["targets"] if t["met"] is None]
+    L.append(f"- Targets: {len(met)} met, {len(missed)} missed, {len(unchecked)} not checked "
+             f"({', '.join(t['target'] for t in unchecked) or 'none'}).")
+    ag = [a for vals in r["ostree_agreement"].values() for a in vals if not why(a)]
+    if ag:
+        bad = [a for a in ag if not a["agree"]]
+        L.append("- OSTree repositories written by gitree export-ostree and by ostree commit: "
+                 + ("identical content objects in every version and mode." if not bad else
+                    f"**differ** in {len(bad)} of {len(ag)} comparisons (see below)."))
+    return L + [""]
+
+
 def plots(r: dict, out_dir: str) -> list[str]:
     import matplotlib
     matplotlib.use("Agg")
@@ -227,15 +288,21 @@ def plots(r: dict, out_dir: str) -> list[str]:
     V = r["versions"]
     written = []
 
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=80)
+    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=80)
     for k, vals in r["sizes"].items():
         ys = [_val(v, "du_bytes") for v in vals]
-        if any(y is not None for y in ys):
-            ax.plot(V, [None if y is None else y / 2**20 for y in ys], marker="o", label=STORE_LABELS[k])
+        if k == "tar" or all(y is None for y in ys):
+            continue
+        label = STORE_LABELS[k]
+        if k == "tar_zst":  # as a store: every version's tar.zst kept so far
+            ys = [None if None in ys[:j + 1] else sum(ys[:j + 1]) for j in range(len(ys))]
+            label = "tar.zst of every version so far"
+        style = "--" if k.startswith("gitree_ostree") else "-"
+        ax.plot(V, [None if y is None else y / 2**20 for y in ys], style, marker="o", label=label)
     ax.set_ylabel("MiB on disk (du)")
-    ax.set_yscale("log")
+    ax.set_ylim(bottom=0)
     ax.set_title("Repository size after each version")
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
     p = os.path.join(out_dir, "bench-sizes.png")
