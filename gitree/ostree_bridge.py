@@ -26,6 +26,7 @@ import pygit2
 import gitree_compat as oc
 from gitree_compat import Commit, DirMeta, FileMeta, ObjectType, OstreeRepo, Variant
 
+from . import ostreemeta
 from .entry import Entry, Kind
 from .errors import BadInput, CorruptObject, GitreeError, UnsupportedEntry
 from .gittree import MODE_DIR, MODE_FILE, decode_tree, encode_tree
@@ -301,6 +302,9 @@ class Exporter:
         subject, _, body = commit.message.partition("\n")
         body = body.lstrip("\n").rstrip("\n")
         md = list(self.opts.extra_metadata)
+        if ostreemeta.BLOB_NAME in top:  # a bootable commit's keys (ostree.linux, version, ...)
+            md += ostreemeta.to_variants(ostreemeta.decode(
+                self.repo.read(top[ostreemeta.BLOB_NAME][1], OBJ_BLOB, "ostree-meta")))
         if self.opts.bindings:
             md.append(("ostree.ref-binding", Variant("as", [self.opts.ref])))
         c = Commit(root_tree=root_tree, root_meta=root_meta, metadata=md, parent=parent, subject=subject,
