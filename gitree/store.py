@@ -36,6 +36,10 @@ FORMAT_BLOB = b"gitree 1\n"
 TABLE_NAME = b".gitree"
 TOP_ROOTFS, TOP_META, TOP_FORMAT, TOP_OSTREE = b"rootfs", b"meta", b"format", b"ostree"
 
+# gitree runs no program named by a repository (no hooks, filters or helpers), so a repository owned by
+# another user (a build user's, opened by root in an image pipeline) is opened as git would for its owner.
+pygit2.option(pygit2.enums.Option.SET_OWNER_VALIDATION, 0)
+
 SMALL_FILE = 8 << 20          # files up to this size are hashed and compressed in worker threads
 INFLIGHT_BYTES = 64 << 20     # bound on file bytes held in memory waiting for workers
 STREAM_BLOB = 32 << 20        # blobs larger than this are read through `git cat-file` streaming
@@ -109,8 +113,12 @@ class Repo:
         try:
             # never search parent directories: -C sub/dir must not open an enclosing repository
             self.git = pygit2.Repository(path, pygit2.enums.RepositoryOpenFlag.NO_SEARCH)
-        except (pygit2.GitError, KeyError):
+        except KeyError:
             raise NotFound(f"not a gitree repository: {path} (run 'gitree init')") from None
+        except pygit2.GitError as e:
+            if not os.path.isdir(path) or "could not find repository" in str(e):
+                raise NotFound(f"not a gitree repository: {path} (run 'gitree init')") from None
+            raise GitreeError(f"cannot open repository {path}: {e}") from None
         self.path = self.git.path.rstrip("/")
         self.objects_dir = os.path.join(self.path, "objects")
         self._local = threading.local()
