@@ -164,6 +164,42 @@ def import_ostree(c: Ctx, ostree_repo, ref, branch):
     click.echo(made[-1].hex())
 
 
+@cli.command("make-bootable")
+@click.argument("rev")
+@click.option("-b", "--branch", required=True, help="Branch for the bootable commit (its tip becomes the parent).")
+@click.option("--version", "version", help="OSTree `version` metadata (default: VERSION_ID.N, N counting up).")
+@click.option("--kernel", metavar="KVER", help="The kernel to boot when the tree has several.")
+@click.option("-m", "--message", help="Commit message.")
+@click.option("--timestamp", type=int, help="Commit time, UNIX seconds (default: the source commit's).")
+@click.option("--no-initramfs-check", is_flag=True, help="Do not require ostree-prepare-root in the initramfs.")
+@pass_ctx
+def make_bootable(c: Ctx, rev, branch, version, kernel, message, timestamp, no_initramfs_check):
+    """Rewrite REV into an OSTree-bootable tree on BRANCH; prints the new commit id last."""
+    from .bootable import make_bootable as run
+    res = run(c.repo(), rev, branch, version, kernel, message, timestamp, not no_initramfs_check)
+    for line in res.changes:
+        click.echo(f"  {line}", err=True)
+    click.echo(res.commit.hex())
+
+
+@cli.command()
+@click.argument("rev")
+@click.option("--sysroot", required=True, metavar="PATH", help="The sysroot (created and initialised if needed).")
+@click.option("--os", "osname", required=True, metavar="NAME", help="The OSTree stateroot (os-init'd if needed).")
+@click.option("--ref", help="OSTree ref in the sysroot's repository (default: the gitree branch name).")
+@click.option("--karg", multiple=True, help="Kernel argument for the new deployment (repeatable).")
+@pass_ctx
+def deploy(c: Ctx, rev, sysroot, osname, ref, karg):
+    """Export bootable REV into PATH/ostree/repo and `ostree admin deploy` it; prints the OSTree commit last."""
+    from .deploy import deploy as run
+    res = run(c.repo(), rev, sysroot, osname, ref, tuple(karg))
+    click.echo(f"deployed {res.ref} in {res.deployment} (export {res.export_seconds:.1f} s, "
+               f"ostree admin deploy {res.deploy_seconds:.1f} s)", err=True)
+    if res.entry is not None:
+        click.echo(f"boot entry {res.entry.path}: options {res.entry.options}", err=True)
+    click.echo(res.checksum)
+
+
 @cli.command()
 @click.option("--window", type=int, default=50, show_default=True, help="git repack --window")
 @click.option("--depth", type=int, default=50, show_default=True, help="git repack --depth")

@@ -1,0 +1,110 @@
+"""deploy: export a bootable commit into a sysroot's OSTree repository and deploy it with the real ostree.
+
+The one command an image builder needs after `make-bootable`: it prepares the sysroot when needed
+(`ostree admin init-fs`, `ostree admin os-init`), exports with the whole first-parent history (so a
+gitree commit always becomes the same OSTree commit, and deploying an older one is a true rollback),
+and runs `ostree admin deploy`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+
+from .bootable import tree_metadata
+from .errors import BadInput, GitreeError
+from .ostree_bridge import export_ostree
+from .store import Repo
+
+
+@dataclass
+class BootEntry:
+    path: str
+    fields: dict[str, str]
+
+    @property
+    def options(self) -> str:
+        return self.fields.get("options", "")
+
+
+@dataclass
+class DeployResult:
+    checksum: str
+    ref: str
+    deployment: str          # the deployment's directory
+    entry: BootEntry | None  # its boot loader entry
+    export_seconds: float
+    deploy_seconds: float
+
+
+def _ostree_admin(*args: str) -> str:
+    r = subprocess.run(["ostree", "admin", *args], capture_output=True, text=True)
+    if r.returncode != 0:
+        msg = (r.stderr.strip().splitlines() or [f"exit status {r.returncode}"])[-1]
+        raise GitreeError(f"ostree admin {args[0] if not args[0].startswith('--') else args[1]}: {msg}")
+    return r.stdout
+
+
+def read_entries(sysroot: str) -> list[BootEntry]:
+    """The BLS entries of the sysroot's current boot loader configuration (boot/loader/entries)."""
+    d = os.path.join(sysroot, "boot", "loader", "entries")
+    out = []
+    for name in sorted(os.listdir(d)) if os.path.isdir(d) else []:
+        if not name.endswith(".conf"):
+            continue
+        fields = {}
+        with open(os.path.join(d, name), encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.rstrip("\n").partition(" ")
+                if key:
+                    fields[key] = value
+        out.append(BootEntry(os.path.join(d, name), fields))
+    return out
+
+
+def entry_deployment(sysroot: str, entry: BootEntry) -> str | None:
+    """The deployment directory an entry's ostree= argument leads to."""
+    for arg in entry.options.split():
+        if arg.startswith("ostree="):
+            return os.path.realpath(os.path.join(sysroot, arg[len("ostree="):].lstrip("/")))
+    return None
+
+
+def deploy(repo: Repo, rev: str, sysroot: str, osname: str, ref: str | None = None,
+           kargs: tuple[str, ...] = (), progress=None) -> DeployResult:
+    if os.geteuid() != 0:
+        raise GitreeError("deploy writes a bare OSTree repository (file owners) and must run as root")
+    commit = repo.resolve(rev)
+    meta = dict(tree_metadata(repo, commit))
+    if "ostree.linux" not in meta:
+        raise BadInput(f"{rev} is not bootable (no ostree.linux metadata): run 'gitree make-bootable' first")
+    used_ref = ref or _ref_of(repo, rev)  # before touching the sysroot
+    os.makedirs(sysroot, exist_ok=True)
+    ostree_repo = os.path.join(sysroot, "ostree", "repo")
+    if not os.path.exists(os.path.join(ostree_repo, "config")):
+        _ostree_admin("init-fs", sysroot)
+    if not os.path.isdir(os.path.join(sysroot, "ostree", "deploy", osname, "var")):
+        _ostree_admin(f"--sysroot={sysroot}", "os-init", osname)
+    t0 = time.monotonic()
+    res = export_ostree(repo, rev, ostree_repo, used_ref, mode="bare", history=True, progress=progress)
+    t1 = time.monotonic()
+    _ostree_admin(f"--sysroot={sysroot}", "deploy", f"--os={osname}", *[f"--karg={k}" for k in kargs], used_ref)
+    t2 = time.monotonic()
+    deployment = os.path.join(sysroot, "ostree", "deploy", osname, "deploy", res.checksum + ".0")
+    entry = None
+    for e in read_entries(sysroot):
+        target = entry_deployment(sysroot, e)
+        if target is not None and os.path.basename(target).startswith(res.checksum + "."):
+            entry, deployment = e, target
+            break
+    return DeployResult(res.checksum, used_ref, deployment, entry, t1 - t0, t2 - t1)
+
+
+def _ref_of(repo: Repo, rev: str) -> str:
+    from .ostree_bridge import _default_ref
+    return _default_ref(repo, rev)
+
+
+__all__ = ["deploy", "DeployResult", "read_entries", "entry_deployment"]
