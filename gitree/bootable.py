@@ -118,9 +118,9 @@ def check_initramfs(repo: Repo, e: Entry) -> None:
     try:
         names = member_names(data)
     except BadInput as err:
-        raise BadInput(f"/{display(e.path)}: {err}") from None
+        raise BadInput(f"{display(e.path)}: {err}") from None
     if PREPARE_ROOT not in names:
-        raise BadInput(f"initramfs /{display(e.path)} has no ostree-prepare-root: install ostree-boot and dracut in "
+        raise BadInput(f"initramfs {display(e.path)} has no ostree-prepare-root: install ostree-boot and dracut in "
                        "the rootfs (their scripts regenerate the initramfs) and import it again")
 
 
@@ -185,6 +185,7 @@ class _Rewriter:
         self.new_path: dict[bytes, bytes | None] = {}      # stored non-directories: old -> new (None: not stored)
         self.counts: dict[str, int] = {}
         self.has_usr_etc = False
+        self.seen_links: set[bytes] = set()
         kdir = MODULES + b"/" + kernel.version.encode()
         self.moved = {kernel.vmlinuz.path: kdir + b"/vmlinuz"}
         if kernel.initramfs is not None:
@@ -257,6 +258,7 @@ class _Rewriter:
         if p == b"usr/etc" or p.startswith(b"usr/etc/"):
             self.has_usr_etc = True
         if top in RUNTIME_LINKS:
+            self.seen_links.add(top)
             if not rest:
                 if e.kind is Kind.SYMLINK:
                     self._add(e, p)
@@ -317,6 +319,9 @@ def make_bootable(repo: Repo, rev: str, branch: str, version: str | None = None,
         if repo.find(root, b"var") is None:
             imp.add(Entry(b"var", Kind.DIR, 0o755))
         imp.add(Entry(b"sysroot", Kind.DIR, 0o755))
+        for name, target in RUNTIME_LINKS.items():
+            if name not in rw.seen_links:
+                imp.add(Entry(name, Kind.SYMLINK, 0o777, target=target))
         if not rw.has_usr_etc and (etc is None or etc.kind is not Kind.DIR):
             imp.add(Entry(b"usr/etc", Kind.DIR, 0o755))  # ostree needs it in every deployment
         data = rw.tmpfiles()
@@ -331,14 +336,14 @@ def make_bootable(repo: Repo, rev: str, branch: str, version: str | None = None,
     except BaseException:
         imp.abort()
         raise
-    kdir = f"/{display(MODULES)}/{k.version}"
-    changes = [f"kernel {k.version}: /{display(k.vmlinuz.path)} -> {kdir}/vmlinuz",
-               f"initramfs: /{display(k.initramfs.path)} -> {kdir}/initramfs.img"
+    kdir = f"{display(MODULES)}/{k.version}"
+    changes = [f"kernel {k.version}: {display(k.vmlinuz.path)} -> {kdir}/vmlinuz",
+               f"initramfs: {display(k.initramfs.path)} -> {kdir}/initramfs.img"
                + (" (has ostree-prepare-root)" if check_prepare_root else " (not checked)")]
     changes += [f"{what}: {n}" for what, n in sorted(rw.counts.items())]
-    changes.append(f"/var content -> /{display(FACTORY_VAR)} and /{display(TMPFILES)} ({len(rw.lines)} lines)")
-    changes.append("symlinks: " + ", ".join(f"/{display(s)} -> {display(t)}" for s, (_, t) in INTO_VAR.items())
-                   + ", " + ", ".join(f"/{display(s)} -> {display(t)}" for s, t in RUNTIME_LINKS.items()))
+    changes.append(f"/var content -> {display(FACTORY_VAR)} and {display(TMPFILES)} ({len(rw.lines)} lines)")
+    changes.append("symlinks: " + ", ".join(f"{display(s)} -> {t.decode()}" for s, (_, t) in INTO_VAR.items())
+                   + ", " + ", ".join(f"{display(s)} -> {t.decode()}" for s, t in RUNTIME_LINKS.items()))
     changes.append("empty /sysroot, /var, /boot, /dev")
     changes.append(f"metadata: ostree.linux={k.version} version={version} ostree.bootable=true")
     return BootableResult(cid, k.version, meta, changes, time.monotonic() - t0)

@@ -1,0 +1,387 @@
+"""make-bootable, deploy with the real `ostree admin`, and a boot of the deployment in qemu (TCG).
+
+A small synthetic tree (a fake kernel, and an initramfs made by bsdtar) covers the rewrite rules and the
+deploy sequence quickly; a real Debian rootfs (linux-image-amd64, dracut, systemd, ostree-boot; see
+bootenv.py) is deployed and booted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import select
+import shutil
+import subprocess
+import time
+
+import pytest
+from bootenv import MARKER, build_bootable_rootfs
+from helpers import last_line, run_gitree
+
+from gitree.initramfs import member_names
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="deploying into a bare OSTree repository needs root")
+
+KVER = "5.10.0-test"
+
+
+def sh(*args, **kw) -> str:
+    r = subprocess.run(args, capture_output=True, text=True, **kw)
+    if r.returncode != 0:
+        raise AssertionError(f"{' '.join(args)}: {r.stderr}")
+    return r.stdout
+
+
+def _write(path: str, data: bytes | str, mode: int = 0o644) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+    os.chmod(path, mode)
+
+
+def make_initramfs(work: str, out: str, with_prepare_root: bool = True, compress: str = "gzip",
+                   early: bool = False) -> None:
+    """An initramfs as dracut lays it out: [plain early cpio] + compressed newc cpio, made by bsdtar."""
+    d = os.path.join(work, "initramfs-tree")
+    shutil.rmtree(d, ignore_errors=True)
+    _write(os.path.join(d, "init"), "#!/bin/sh\n", 0o755)
+    if with_prepare_root:
+        _write(os.path.join(d, "usr/lib/ostree/ostree-prepare-root"), b"\x7fELF fake", 0o755)
+    main = subprocess.run(["bsdtar", "--format", "newc", "-cf", "-", "-C", d, "."], check=True,
+                          capture_output=True).stdout
+    main = subprocess.run([compress, "-c"], input=main, check=True, capture_output=True).stdout
+    head = b""
+    if early:
+        e = os.path.join(work, "early-tree")
+        shutil.rmtree(e, ignore_errors=True)
+        _write(os.path.join(e, "kernel/x86/microcode/GenuineIntel.bin"), b"ucode")
+        head = subprocess.run(["bsdtar", "--format", "newc", "-cf", "-", "-C", e, "."], check=True,
+                              capture_output=True).stdout
+    _write(out, head + main)
+
+
+def synthetic_rootfs(work: str, kernel: bool = True, prepare_root: bool = True) -> str:
+    root = os.path.join(work, "rootfs")
+    shutil.rmtree(root, ignore_errors=True)
+    os.makedirs(root)
+    _write(f"{root}/usr/lib/os-release", 'PRETTY_NAME="Test OS 1"\nID=testos\nVERSION_ID=1\n')
+    os.makedirs(f"{root}/etc")
+    os.symlink("../usr/lib/os-release", f"{root}/etc/os-release")
+    _write(f"{root}/etc/hostname", "test\n")
+    _write(f"{root}/etc/shadow", "root:*:1::::::\n", 0o640)
+    os.chown(f"{root}/etc/shadow", 0, 42)
+    _write(f"{root}/usr/bin/sh", "#!fake\n", 0o755)
+    _write(f"{root}/var/lib/thing/state", "state\n", 0o600)
+    os.chown(f"{root}/var/lib/thing/state", 5, 6)
+    os.link(f"{root}/var/lib/thing/state", f"{root}/usr/bin/state-link")  # leader in /var, follower stays
+    os.makedirs(f"{root}/var/log")
+    os.makedirs(f"{root}/var/cache/space dir")
+    os.symlink("../run", f"{root}/var/run")
+    os.makedirs(f"{root}/var/tmp")
+    os.chmod(f"{root}/var/tmp", 0o1777)
+    _write(f"{root}/root/.profile", "# root\n")
+    os.chmod(f"{root}/root", 0o700)
+    os.makedirs(f"{root}/home/user")
+    os.makedirs(f"{root}/usr/local/bin")
+    os.makedirs(f"{root}/tmp")
+    _write(f"{root}/tmp/junk", "x")
+    os.makedirs(f"{root}/dev")
+    os.mknod(f"{root}/dev/null", 0o20666, os.makedev(1, 3))
+    for d in ("proc", "sys", "run", "opt", "srv", "mnt", "media"):
+        os.makedirs(f"{root}/{d}")
+    os.makedirs(f"{root}/boot")
+    if kernel:
+        _write(f"{root}/boot/vmlinuz-{KVER}", "KERNEL\n")
+        _write(f"{root}/boot/config-{KVER}", "CONFIG_X=y\n")
+        make_initramfs(work, f"{root}/boot/initrd.img-{KVER}", prepare_root)
+        os.symlink(f"boot/vmlinuz-{KVER}", f"{root}/vmlinuz")
+    return root
+
+
+def gitree_ls(repo: str, rev: str, path: str) -> str:
+    return run_gitree("-C", repo, "ls", "-l", rev, path).stdout.decode()
+
+
+def show(repo: str, spec: str) -> bytes:
+    return subprocess.run(["git", "--git-dir", repo, "show", spec], check=True, capture_output=True).stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# the initramfs reader against archives made by bsdtar and compressed by the real tools
+
+@pytest.mark.parametrize("compress", ["gzip", "xz", "zstd", "bzip2"])
+def test_initramfs_member_names(work, compress):
+    out = os.path.join(work, "initrd")
+    make_initramfs(work, out, compress=compress, early=True)
+    with open(out, "rb") as f:
+        names = member_names(f.read())
+    assert {b"init", b"usr/lib/ostree/ostree-prepare-root", b"kernel/x86/microcode/GenuineIntel.bin"} <= names
+
+
+# ---------------------------------------------------------------------------------------------
+# make-bootable on a synthetic tree
+
+@pytest.fixture
+def synthetic(work):
+    src = synthetic_rootfs(work)
+    repo = os.path.join(work, "g.git")
+    run_gitree("-C", repo, "init")
+    run_gitree("-C", repo, "import-rootfs", src, "--branch", "os/plain", "--timestamp", "1700000000", "-m", "v1")
+    return repo
+
+
+def test_make_bootable_rewrites_the_tree(synthetic):
+    repo = synthetic
+    r = run_gitree("-C", repo, "make-bootable", "os/plain", "--branch", "os/boot", "-m", "bootable v1")
+    err = r.stderr.decode()
+    assert f"kernel {KVER}: /boot/vmlinuz-{KVER} -> /usr/lib/modules/{KVER}/vmlinuz" in err
+    assert "has ostree-prepare-root" in err
+    b = "os/boot"
+    kdir = f"usr/lib/modules/{KVER}"
+    assert show(repo, f"{b}:rootfs/{kdir}/vmlinuz") == b"KERNEL\n"
+    assert show(repo, f"{b}:rootfs/{kdir}/config") == b"CONFIG_X=y\n"
+    assert show(repo, f"{b}:rootfs/{kdir}/initramfs.img") == show(repo, f"os/plain:rootfs/boot/initrd.img-{KVER}")
+    # /etc -> /usr/etc with its metadata; /dev, /boot, /tmp contents gone; /var empty
+    assert "-rw-r-----     0    42" in gitree_ls(repo, b, "usr/etc/shadow")
+    names = run_gitree("-C", repo, "ls", b).stdout.decode().split()
+    assert "etc" not in names and "vmlinuz" not in names
+    for d in ("dev", "boot", "var", "sysroot", "proc", "sys", "run"):
+        assert run_gitree("-C", repo, "ls", b, d).stdout.decode() == "", d
+    links = {line.split()[-3]: line.split()[-1] for line in gitree_ls(repo, b, "").splitlines() if " -> " in line}
+    assert links["home"] == "var/home" and links["root"] == "var/roothome" and links["opt"] == "var/opt"
+    assert links["srv"] == "var/srv" and links["mnt"] == "var/mnt" and links["media"] == "run/media"
+    assert links["tmp"] == "sysroot/tmp" and links["ostree"] == "sysroot/ostree"
+    assert gitree_ls(repo, b, "usr/local").rstrip().endswith("usr/local -> ../var/usrlocal")
+    # /var (and what moved into it) is recreated by tmpfiles.d from /usr/share/factory/var
+    conf = show(repo, f"{b}:rootfs/usr/lib/tmpfiles.d/gitree-var.conf").decode().splitlines()
+    assert "d /var/lib/thing 0755 0 0 -" in conf
+    assert "C /var/lib/thing/state - - - - /usr/share/factory/var/lib/thing/state" in conf
+    assert "d /var/tmp 1777 0 0 -" in conf
+    assert "L /var/run - - - - ../run" in conf
+    assert "d /var/roothome 0700 0 0 -" in conf
+    assert "C /var/roothome/.profile - - - - /usr/share/factory/var/roothome/.profile" in conf
+    assert "d /var/home/user 0755 0 0 -" in conf and "d /var/usrlocal/bin 0755 0 0 -" in conf
+    assert r"d /var/cache/space\x20dir 0755 0 0 -" in conf
+    assert "-rw-------     5     6" in gitree_ls(repo, b, "usr/share/factory/var/lib/thing/state")
+    # the hard link whose leader moved keeps its group
+    assert "=> /usr/bin/state-link" in gitree_ls(repo, b, "usr/share/factory/var/lib/thing/state") or \
+        "=> /usr/share/factory/var/lib/thing/state" in gitree_ls(repo, b, "usr/bin/state-link")
+    assert show(repo, f"{b}:ostree-meta") == (b"gitree-ostree-meta 1\nostree.linux s 5.10.0-test\n"
+                                             b"version s 1.0\nostree.bootable b true\n")
+    run_gitree("-C", repo, "fsck")
+    subprocess.run(["git", "--git-dir", repo, "fsck", "--strict", "--no-progress"], check=True)
+    # the version counts up on the branch; old commits without ostree-meta stay readable
+    run_gitree("-C", repo, "make-bootable", "os/plain", "--branch", "os/boot")
+    assert b"version s 1.1\n" in show(repo, f"{b}:ostree-meta")
+    run_gitree("-C", repo, "export-ostree", "os/plain", "--ostree-repo", os.path.join(os.path.dirname(repo), "o"))
+
+
+def test_bootable_export_equals_ostree_commit_bootable(synthetic, work):
+    """The exported commit is the one `ostree commit --bootable --add-metadata-string=version=...` makes."""
+    repo = synthetic
+    run_gitree("-C", repo, "make-bootable", "os/plain", "--branch", "os/boot", "-m", "bootable v1\n\nbody",
+               "--version", "1.0")
+    co = os.path.join(work, "co")
+    run_gitree("-C", repo, "checkout", "os/boot", co)
+    real = os.path.join(work, "real")
+    sh("ostree", "init", f"--repo={real}", "--mode=archive")
+    want = sh("ostree", f"--repo={real}", "commit", "--bootable", "--add-metadata-string=version=1.0",
+              f"--tree=dir={co}", "-b", "os/boot", "--timestamp=@1700000000", "-s", "bootable v1",
+              "-m", "body").strip()
+    got = last_line(run_gitree("-C", repo, "export-ostree", "os/boot", "--ostree-repo", os.path.join(work, "mine")))
+    assert got == want
+    out = sh("ostree", f"--repo={os.path.join(work, 'mine')}", "show", "os/boot")
+    assert "ostree.linux" in out or sh("ostree", f"--repo={os.path.join(work, 'mine')}", "show",
+                                          "--print-metadata-key=ostree.linux", "os/boot").strip() == f"'{KVER}'"
+
+
+def test_make_bootable_refuses_without_kernel_or_prepare_root(work):
+    repo = os.path.join(work, "g.git")
+    run_gitree("-C", repo, "init")
+    run_gitree("-C", repo, "import-rootfs", synthetic_rootfs(work, kernel=False), "--branch", "nokernel")
+    r = run_gitree("-C", repo, "make-bootable", "nokernel", "--branch", "b", check=False)
+    lines = r.stderr.decode().strip().splitlines()
+    assert r.returncode != 0 and len(lines) == 1 and lines[0].startswith("gitree: error: no kernel in"), lines
+    run_gitree("-C", repo, "import-rootfs", synthetic_rootfs(work, prepare_root=False), "--branch", "nohook")
+    r = run_gitree("-C", repo, "make-bootable", "nohook", "--branch", "b", check=False)
+    lines = r.stderr.decode().strip().splitlines()
+    assert r.returncode != 0 and len(lines) == 1 and "has no ostree-prepare-root" in lines[0], lines
+    assert subprocess.run(["git", "--git-dir", repo, "rev-parse", "--verify", "-q", "b"],
+                          capture_output=True).returncode != 0
+    r = run_gitree("-C", repo, "make-bootable", "nohook", "--branch", "b", "--no-initramfs-check")
+    assert "(not checked)" in r.stderr.decode()
+    # deploy refuses a commit that is not bootable, before touching the sysroot
+    sysroot = os.path.join(work, "sysroot")
+    r = run_gitree("-C", repo, "deploy", "--sysroot", sysroot, "--os", "t", "nohook", check=False)
+    assert r.returncode != 0 and "not bootable" in r.stderr.decode() and not os.path.exists(sysroot)
+
+
+# ---------------------------------------------------------------------------------------------
+# deploy with the real ostree admin
+
+def entries(sysroot: str) -> list[dict]:
+    from gitree.deploy import read_entries
+    return [dict(e.fields, path=e.path) for e in read_entries(sysroot)]
+
+
+def check_entry(sysroot: str, entry: dict, osname: str, csum: str, vmlinuz: bytes, initramfs: bytes) -> None:
+    bootcsum = hashlib.sha256(vmlinuz + initramfs).hexdigest()
+    kver = entry["linux"].rsplit("/vmlinuz-", 1)[1]
+    assert entry["linux"] == f"/ostree/{osname}-{bootcsum}/vmlinuz-{kver}"
+    assert entry["initrd"] == f"/ostree/{osname}-{bootcsum}/initramfs-{kver}.img"
+    with open(os.path.join(sysroot, "boot", entry["linux"].lstrip("/")), "rb") as f:
+        assert f.read() == vmlinuz
+    with open(os.path.join(sysroot, "boot", entry["initrd"].lstrip("/")), "rb") as f:
+        assert f.read() == initramfs
+    m = re.search(r"\bostree=(/ostree/boot\.[01]/" + osname + "/" + bootcsum + r"/\d+)\b", entry["options"])
+    assert m, entry["options"]
+    target = os.path.realpath(os.path.join(sysroot, m.group(1).lstrip("/")))
+    assert os.path.basename(target).startswith(csum + ".")
+    assert os.path.dirname(target) == os.path.join(sysroot, "ostree", "deploy", osname, "deploy")
+
+
+def deploy_sequence(repo: str, work: str, osname: str, branch: str, kver: str) -> dict:
+    """Deploy v1, then v2 (loader swap, two entries), undeploy, and roll back to v1; returns timings."""
+    sysroot = os.path.join(work, "sysroot")
+    rel = f"rootfs/usr/lib/modules/{kver}"
+    vmlinuz, initramfs = show(repo, f"{branch}:{rel}/vmlinuz"), show(repo, f"{branch}:{rel}/initramfs.img")
+    t0 = time.monotonic()
+    r = run_gitree("-C", repo, "deploy", "--sysroot", sysroot, "--os", osname, branch + "~1", "--ref", branch)
+    t_first = time.monotonic() - t0
+    c1 = last_line(r)
+    assert os.readlink(os.path.join(sysroot, "boot", "loader")) == "loader.1"
+    (e1,) = entries(sysroot)
+    check_entry(sysroot, e1, osname, c1, vmlinuz, initramfs)
+    dep1 = os.path.join(sysroot, "ostree", "deploy", osname, "deploy", c1 + ".0")
+    assert os.path.isfile(os.path.join(dep1, "etc", "os-release")) or os.path.islink(
+        os.path.join(dep1, "etc", "os-release"))
+    assert os.path.isdir(os.path.join(dep1, "sysroot")) and os.readlink(os.path.join(dep1, "ostree")) == \
+        "sysroot/ostree"
+    t0 = time.monotonic()
+    c2 = last_line(run_gitree("-C", repo, "deploy", "--sysroot", sysroot, "--os", osname, branch))
+    t_second = time.monotonic() - t0
+    assert c2 != c1
+    assert os.readlink(os.path.join(sysroot, "boot", "loader")) == "loader.0"
+    es = entries(sysroot)
+    assert len(es) == 2
+    by_version = {e["version"]: e for e in es}
+    check_entry(sysroot, by_version["2"], osname, c2, vmlinuz, initramfs)   # newest: highest number
+    check_entry(sysroot, by_version["1"], osname, c1, vmlinuz, initramfs)
+    status = sh("ostree", "admin", f"--sysroot={sysroot}", "status")
+    assert c1 in status and c2 in status and status.index(c2) < status.index(c1)
+    assert sh("ostree", f"--repo={sysroot}/ostree/repo", "show", "--print-metadata-key=ostree.linux",
+              c2).strip() == f"'{kver}'"
+    # rollback 1: undeploy the new one
+    sh("ostree", "admin", f"--sysroot={sysroot}", "undeploy", "0")
+    status = sh("ostree", "admin", f"--sysroot={sysroot}", "status")
+    assert c1 in status and c2 not in status
+    (e,) = entries(sysroot)
+    check_entry(sysroot, e, osname, c1, vmlinuz, initramfs)
+    # rollback 2: deploy v2 again, then the older commit: the same OSTree commit as the first time
+    run_gitree("-C", repo, "deploy", "--sysroot", sysroot, "--os", osname, branch)
+    again = last_line(run_gitree("-C", repo, "deploy", "--sysroot", sysroot, "--os", osname, branch + "~1",
+                                 "--ref", branch))
+    assert again == c1
+    status = sh("ostree", "admin", f"--sysroot={sysroot}", "status")
+    assert status.index(c1) < status.index(c2)
+    es = entries(sysroot)
+    assert len(es) == 2
+    return {"first deploy": t_first, "second deploy": t_second, "sysroot": sysroot, "c2": c2}
+
+
+def test_deploy_sequence_synthetic(synthetic, work):
+    repo = synthetic
+    run_gitree("-C", repo, "make-bootable", "os/plain", "--branch", "os/boot")
+    run_gitree("-C", repo, "make-bootable", "os/plain", "--branch", "os/boot")
+    deploy_sequence(repo, work, "testos", "os/boot", KVER)
+
+
+# ---------------------------------------------------------------------------------------------
+# a real Debian rootfs: deploy and boot
+
+@pytest.fixture(scope="module")
+def debian_bootable(tmpfs_root):
+    """The cached bootable Debian rootfs imported, made bootable twice (versions 12.0 and 12.1)."""
+    tar = build_bootable_rootfs()
+    base = os.path.join(tmpfs_root, "debian-boot")
+    os.makedirs(base)
+    repo = os.path.join(base, "g.git")
+    run_gitree("-C", repo, "init")
+    run_gitree("-C", repo, "import-rootfs", tar, "--branch", "debian/rootfs", "-m", "bookworm bootable")
+    t0 = time.monotonic()
+    r = run_gitree("-C", repo, "make-bootable", "debian/rootfs", "--branch", "debian/boot")
+    t_make = time.monotonic() - t0
+    print(f"\nmake-bootable of the real rootfs: {t_make:.1f} s\n{r.stderr.decode()}")
+    run_gitree("-C", repo, "make-bootable", "debian/rootfs", "--branch", "debian/boot")
+    kver = re.search(rb"kernel (\S+):", r.stderr).group(1).decode()
+    return repo, base, kver
+
+
+def test_real_debian_deploy_sequence(debian_bootable, tmpfs_root):
+    repo, base, kver = debian_bootable
+    assert b"version s 12.1\n" in show(repo, "debian/boot:ostree-meta")
+    work = os.path.join(base, "seq")
+    os.makedirs(work)
+    times = deploy_sequence(repo, work, "debian", "debian/boot", kver)
+    print(f"\nreal rootfs: first deploy {times['first deploy']:.1f} s, second {times['second deploy']:.1f} s")
+    shutil.rmtree(work)
+
+
+@pytest.mark.slow
+def test_boot_deployment_in_qemu(debian_bootable):
+    """The deployed kernel and initramfs boot the disk image; the deployment's own systemd prints the marker."""
+    repo, base, kver = debian_bootable
+    sysroot = os.path.join(base, "boot-sysroot")
+    t0 = time.monotonic()
+    r = run_gitree("-C", repo, "deploy", "--sysroot", sysroot, "--os", "debian", "debian/boot")
+    t_deploy = time.monotonic() - t0
+    csum = last_line(r)
+    (entry,) = entries(sysroot)
+    image = os.path.join(base, "disk.img")
+    size = int(sh("du", "-sb", sysroot).split()[0])
+    t0 = time.monotonic()
+    sh("mke2fs", "-q", "-t", "ext4", "-d", sysroot, "-L", "root", "-E", "root_owner=0:0", image,
+       f"{(size * 13 // 10 + (256 << 20)) >> 20}M")
+    t_image = time.monotonic() - t0
+    kernel = os.path.join(sysroot, "boot", entry["linux"].lstrip("/"))
+    initrd = os.path.join(sysroot, "boot", entry["initrd"].lstrip("/"))
+    append = f"{entry['options']} root=/dev/vda rw console=ttyS0 panic=-1 systemd.show_status=1"
+    cmd = ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "1536",
+           "-kernel", kernel, "-initrd", initrd, "-append", append,
+           "-drive", f"file={image},format=raw,if=virtio", "-nic", "none",
+           "-display", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot"]
+    log = []
+    t0 = time.monotonic()
+    q = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    found = None
+    try:
+        buf = b""
+        while time.monotonic() - t0 < 300 and found is None:
+            ready, _, _ = select.select([q.stdout], [], [], 5)
+            if not ready:
+                if q.poll() is not None:
+                    break
+                continue
+            chunk = os.read(q.stdout.fileno(), 65536)
+            if not chunk:
+                break
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                text = line.decode("utf-8", "replace").rstrip("\r")
+                log.append(text)
+                if MARKER in text:
+                    found = text
+    finally:
+        t_boot = time.monotonic() - t0
+        q.kill()
+        q.wait()
+    tail = "\n".join(log[-40:])
+    assert found is not None, f"no marker after {t_boot:.0f} s; console tail:\n{tail}"
+    print(f"\ndeploy {t_deploy:.1f} s, disk image {t_image:.1f} s, boot to marker under TCG {t_boot:.1f} s")
+    print(found)
+    assert "ostree-booted=yes" in found and "id=debian" in found
+    m = re.search(r"ostree=(\S+)", found)
+    assert m and os.path.basename(os.path.realpath(os.path.join(sysroot, m.group(1).lstrip("/")))) \
+        .startswith(csum + ".")
