@@ -231,7 +231,10 @@ class Repo:
         if size <= STREAM_BLOB:
             yield self.read(oid, OBJ_BLOB, where)
             return
-        proc = subprocess.Popen(["git", "--git-dir", self.path, "cat-file", "blob", oid.hex()],
+        # small mmap windows: git maps the pack as it streams instead of mapping the whole blob at once
+        proc = subprocess.Popen(["git", "-c", "core.packedGitWindowSize=32m", "-c", "core.packedGitLimit=128m",
+                                 "-c", "core.bigFileThreshold=32m",
+                                 "--git-dir", self.path, "cat-file", "blob", oid.hex()],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         got = 0
         try:
