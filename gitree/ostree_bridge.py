@@ -30,7 +30,7 @@ from . import ostreemeta
 from .entry import Entry, Kind
 from .errors import BadInput, CorruptObject, GitreeError, UnsupportedEntry
 from .gittree import MODE_DIR, MODE_FILE, decode_tree, encode_tree
-from .names import display
+from .names import display, esc, unesc
 from .packwriter import OBJ_BLOB, OBJ_TREE
 from .store import TOP_OSTREE, Importer, Repo
 
@@ -40,6 +40,27 @@ WORKERS = max(2, min(4, os.cpu_count() or 2))
 # Names in the ostree/ subtree of an imported commit (docs/ostree-bridge.md).
 OSTREE_COMMIT = b"commit"          # the original .commit object bytes
 OSTREE_COMMITMETA = b"commitmeta"  # the original .commitmeta bytes, when there was one
+OSTREE_XATTR_ORDER = b"xattr-order"  # xattr order of objects whose xattrs were not sorted (tar imports)
+
+
+def encode_xattr_order(order: dict[bytes, list[bytes]]) -> bytes:
+    """Lines `PATH NAME...`, token-escaped (docs/format.md 4.2), sorted by path; the root is `.`."""
+    lines = []
+    for path in sorted(order):
+        toks = [esc(path) if path else b"."] + [esc(n) for n in order[path]]
+        lines.append(b" ".join(toks) + b"\n")
+    return b"".join(lines)
+
+
+def decode_xattr_order(data: bytes) -> dict[bytes, list[bytes]]:
+    out = {}
+    for line in data.splitlines():
+        toks = line.split(b" ")
+        try:
+            out[b"" if toks[0] == b"." else unesc(toks[0])] = [unesc(t) for t in toks[1:]]
+        except ValueError:
+            raise CorruptObject("ostree/xattr-order: bad escape") from None
+    return out
 
 
 def _warn(msg: str) -> None:
@@ -163,7 +184,8 @@ class Exporter:
         self.warn = warn
         self.progress = progress
         self.canonical = target.mode == "bare-user-only"
-        self.variant = b"canonical" if self.canonical else b"full"
+        self.variant = self.base_variant = b"canonical" if self.canonical else b"full"
+        self.xorder: dict[bytes, list[bytes]] | None = None  # set while exporting an imported commit
         self.cache = ExportCache(repo)
         self.pool = concurrent.futures.ThreadPoolExecutor(WORKERS, thread_name_prefix="gitree-export")
         self.skipped: list[tuple[bytes, str]] = []
@@ -175,17 +197,28 @@ class Exporter:
 
     # content
 
-    def _file_meta(self, e_kind: Kind, mode: int, uid: int, gid: int, xattrs, target: bytes) -> FileMeta:
+    def _xattrs(self, path: bytes, xattrs):
+        """xattrs as OSTree will hash them: as `ostree commit` of a directory does (sorted, empty values
+        dropped), or, for a commit imported from OSTree, exactly as the original objects had them."""
+        if self.xorder is None:
+            return oc.canonical_xattrs(xattrs)
+        order = self.xorder.get(path)
+        if order is None:
+            return tuple(xattrs)
+        values = dict(xattrs)
+        return tuple((n, values[n]) for n in order if n in values)
+
+    def _file_meta(self, path: bytes, e_kind: Kind, mode: int, uid: int, gid: int, xattrs,
+                   target: bytes) -> FileMeta:
         if self.canonical:
             perms = mode & 0o755 if e_kind is Kind.FILE else mode
             return FileMeta(0, 0, e_kind.ifmt | perms, target, ())
-        # as `ostree commit` of a directory: xattrs sorted, empty values dropped
-        return FileMeta(uid, gid, e_kind.ifmt | mode, target, oc.canonical_xattrs(xattrs))
+        return FileMeta(uid, gid, e_kind.ifmt | mode, target, self._xattrs(path, xattrs))
 
-    def _dir_meta(self, mode: int, uid: int, gid: int, xattrs) -> DirMeta:
+    def _dir_meta(self, path: bytes, mode: int, uid: int, gid: int, xattrs) -> DirMeta:
         if self.canonical:
             return DirMeta(0, 0, stat.S_IFDIR | (mode & 0o755), ())
-        return DirMeta(uid, gid, stat.S_IFDIR | mode, oc.canonical_xattrs(xattrs))
+        return DirMeta(uid, gid, stat.S_IFDIR | mode, self._xattrs(path, xattrs))
 
     def _write_content(self, meta: FileMeta, blob: bytes, where: str) -> str:
         if meta.is_symlink:
@@ -234,7 +267,7 @@ class Exporter:
                 # ostree commit stores the text '[Invalid UTF-8]' for such a target, which its fsck refuses
                 self._skip(cpath, "symlink whose target is empty or not valid UTF-8")
                 continue
-            fmeta = self._file_meta(row.kind, row.mode, row.uid, row.gid, row.xattrs, target)
+            fmeta = self._file_meta(cpath, row.kind, row.mode, row.uid, row.gid, row.xattrs, target)
             fkey = _key(b"file", oc.file_stream_prefix(fmeta), blob)
             csum = self.cache.get(b"files", fkey)
             if csum is not None and self.target.has_object(csum.hex(), ObjectType.FILE):
@@ -269,7 +302,7 @@ class Exporter:
                 v = csum
             files.append((name, v))
         r = p.self_row
-        m = self.target.write_dirmeta(self._dir_meta(r.mode, r.uid, r.gid, r.xattrs))
+        m = self.target.write_dirmeta(self._dir_meta(p.path, r.mode, r.uid, r.gid, r.xattrs))
         t = self.target.write_dirtree(files, dirs)
         self.cache.put(b"dirs", p.dkey, bytes.fromhex(t) + bytes.fromhex(m))
         p.result = (t, m)
@@ -284,13 +317,21 @@ class Exporter:
 
     def export_commit(self, commit: pygit2.Commit, parent: str | None) -> str:
         content, meta = self.repo.commit_trees(commit)
-        root_tree, root_meta = self.export_dir(b"", content, meta)
         top = self.repo.top_entries(commit)
         original = None
+        self.xorder, self.variant = None, self.base_variant
         if TOP_OSTREE in top:
             original = self._original(top[TOP_OSTREE][1], commit)
+            if original is not None and not self.canonical:
+                order_blob = original[2]
+                self.xorder = decode_xattr_order(order_blob) if order_blob is not None else {}
+                self.variant = self.base_variant + b"-as-imported-" + hashlib.sha1(order_blob or b"").digest()
+        try:
+            root_tree, root_meta = self.export_dir(b"", content, meta)
+        finally:
+            self.xorder, self.variant = None, self.base_variant
         if original is not None:
-            data, detached = original
+            data, detached, _ = original
             oc_commit = oc.decode_commit(data)
             if (oc_commit.root_tree, oc_commit.root_meta) == (root_tree, root_meta) and oc_commit.parent == parent:
                 csum = self.target.write_metadata(ObjectType.COMMIT, data)
@@ -311,14 +352,16 @@ class Exporter:
                    body=body, timestamp=commit.commit_time)
         return self.target.write_commit(c)
 
-    def _original(self, tree_oid: bytes, commit) -> tuple[bytes, bytes | None] | None:
+    def _original(self, tree_oid: bytes, commit) -> tuple[bytes, bytes | None, bytes | None] | None:
         ent = {n: o for _, n, o in decode_tree(self.repo.read(tree_oid, OBJ_TREE, "ostree/"))}
         if OSTREE_COMMIT not in ent:
             return None
         data = self.repo.read(ent[OSTREE_COMMIT], OBJ_BLOB, "ostree/commit")
         detached = self.repo.read(ent[OSTREE_COMMITMETA], OBJ_BLOB, "ostree/commitmeta") \
             if OSTREE_COMMITMETA in ent else None
-        return data, detached
+        order = self.repo.read(ent[OSTREE_XATTR_ORDER], OBJ_BLOB, "ostree/xattr-order") \
+            if OSTREE_XATTR_ORDER in ent else None
+        return data, detached, order
 
     def run(self, rev: str) -> ExportResult:
         tip = self.repo.resolve(rev)
@@ -416,14 +459,26 @@ def _default_ref(repo: Repo, rev: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # Import
 
-def _ostree_entries(src: OstreeRepo, root_tree: str, root_meta: str) -> Iterator[tuple[Entry, Callable | None]]:
-    """Entries of an OSTree tree in canonical order; every object is verified as it is read."""
+def _ostree_entries(src: OstreeRepo, root_tree: str, root_meta: str,
+                    order: dict[bytes, list[bytes]]) -> Iterator[tuple[Entry, Callable | None]]:
+    """Entries of an OSTree tree in canonical order; every object is verified as it is read.
+
+    Objects whose xattrs are not in sorted order (OSTree's tar import keeps libarchive's order) have
+    that order recorded in `order`, so export can reproduce them."""
     dm = src.read_dirmeta(root_meta)
-    yield Entry(b"", Kind.DIR, dm.mode & 0o7777, dm.uid, dm.gid, tuple(dm.xattrs)), None
-    yield from _ostree_dir(src, b"", root_tree)
+    yield Entry(b"", Kind.DIR, dm.mode & 0o7777, dm.uid, dm.gid, _sorted(b"", dm.xattrs, order)), None
+    yield from _ostree_dir(src, b"", root_tree, order)
 
 
-def _ostree_dir(src: OstreeRepo, path: bytes, tree_csum: str) -> Iterator[tuple[Entry, Callable | None]]:
+def _sorted(path: bytes, xattrs, order: dict[bytes, list[bytes]]):
+    xs = tuple(xattrs)
+    s = tuple(sorted(xs))
+    if s != xs:
+        order[path] = [n for n, _ in xs]
+    return s
+
+
+def _ostree_dir(src: OstreeRepo, path: bytes, tree_csum: str, order) -> Iterator[tuple[Entry, Callable | None]]:
     tree = src.read_dirtree(tree_csum)
     items = [(n.encode(), "f", c, None) for n, c in tree.files] + \
             [(n.encode(), "d", t, m) for n, t, m in tree.dirs]
@@ -432,13 +487,13 @@ def _ostree_dir(src: OstreeRepo, path: bytes, tree_csum: str) -> Iterator[tuple[
         cpath = path + b"/" + name if path else name
         if kind == "d":
             dm = src.read_dirmeta(c2)
-            yield Entry(cpath, Kind.DIR, dm.mode & 0o7777, dm.uid, dm.gid, tuple(dm.xattrs)), None
-            yield from _ostree_dir(src, cpath, c1)
+            yield Entry(cpath, Kind.DIR, dm.mode & 0o7777, dm.uid, dm.gid, _sorted(cpath, dm.xattrs, order)), None
+            yield from _ostree_dir(src, cpath, c1, order)
             continue
         obj = src.open_content(c1)
         m = obj.meta
         k = Kind.SYMLINK if m.is_symlink else Kind.FILE
-        e = Entry(cpath, k, m.mode & 0o7777, m.uid, m.gid, tuple(m.xattrs), size=obj.size)
+        e = Entry(cpath, k, m.mode & 0o7777, m.uid, m.gid, _sorted(cpath, m.xattrs, order), size=obj.size)
         if k is Kind.SYMLINK:
             e.target = m.symlink_target
             obj.close()
@@ -489,8 +544,9 @@ def import_ostree(repo: Repo, src_path: str, ref: str, branch: str, warn=_warn, 
                 detached = cm_path.read_bytes()
                 oc.decode_commitmeta(detached)  # validate
             imp = Importer(repo, level=1, progress=progress, warn=warn)
+            order: dict[bytes, list[bytes]] = {}
             try:
-                for e, data_fn in _ostree_entries(src, commit.root_tree, commit.root_meta):
+                for e, data_fn in _ostree_entries(src, commit.root_tree, commit.root_meta, order):
                     imp.add(e, data_fn, False)
             except BaseException:
                 imp.abort()
@@ -500,6 +556,8 @@ def import_ostree(repo: Repo, src_path: str, ref: str, branch: str, warn=_warn, 
         extra = [(OSTREE_COMMIT, imp.store(OBJ_BLOB, data))]
         if detached is not None:
             extra.append((OSTREE_COMMITMETA, imp.store(OBJ_BLOB, detached)))
+        if order:
+            extra.append((OSTREE_XATTR_ORDER, imp.store(OBJ_BLOB, encode_xattr_order(order))))
         ost = imp.store(OBJ_TREE, encode_tree([(MODE_FILE, n, o) for n, o in extra]))
         message = commit.subject + ("\n\n" + commit.body if commit.body else "")
         # Commits are chained here and the branch moves once, at the end (a failure changes nothing).
