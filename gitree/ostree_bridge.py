@@ -380,19 +380,18 @@ class Exporter:
                 parent = None
         written = []
         try:
+            if parent is not None and self.cache.get(b"commits", self._commit_key(tip, self._parent_of(parent))) \
+                    == bytes.fromhex(parent):
+                # the ref already names the export of REV: exporting again changes nothing
+                chain, written = [], [parent]
             for c in chain:
-                ckey = _key(b"commit", self.variant, c.id.raw, (parent or "").encode(),
-                            self.opts.ref.encode() if self.opts.bindings else b"",
-                            oc.encode_commitmeta(self.opts.extra_metadata) if self.opts.extra_metadata else b"")
+                ckey = self._commit_key(c, parent)
                 hit = self.cache.get(b"commits", ckey)
                 if hit is not None and self.target.has_object(hit.hex(), ObjectType.COMMIT):
                     csum = hit.hex()
                 else:
                     csum = self.export_commit(c, parent)
                     self.cache.put(b"commits", ckey, bytes.fromhex(csum))
-                if parent == csum:
-                    # exporting the commit the ref already names: nothing to chain
-                    parent = self._parent_of(csum)
                 written.append(csum)
                 parent = csum
         finally:
@@ -407,6 +406,11 @@ class Exporter:
 
     def _parent_of(self, csum: str) -> str | None:
         return self.target.read_commit(csum).parent
+
+    def _commit_key(self, c: pygit2.Commit, parent: str | None) -> bytes:
+        return _key(b"commit", self.variant, c.id.raw, (parent or "").encode(),
+                    self.opts.ref.encode() if self.opts.bindings else b"",
+                    oc.encode_commitmeta(self.opts.extra_metadata) if self.opts.extra_metadata else b"")
 
 
 def export_ostree(repo: Repo, rev: str, ostree_path: str, ref: str | None = None, mode: str = "archive",

@@ -68,6 +68,10 @@ def test_reference_vector_t1(work):
     out = last_line(run_gitree("-C", repo, "export-ostree", "test/dir", "--ostree-repo", os.path.join(work, "o"),
                                "--mode", "archive"))
     assert out == "e953e1a1dc1dc84e69bad2ea6725bcdd25047d8401fe9f95477fb2dba574f66d"
+    # exporting the same commit again is a no-op (no new commit parented on the old one)
+    again = last_line(run_gitree("-C", repo, "export-ostree", "test/dir", "--ostree-repo", os.path.join(work, "o")))
+    assert again == out
+    assert ostree(f"--repo={os.path.join(work, 'o')}", "log", "test/dir").count("commit ") == 1
     # bare-user-only forces canonical permissions, as real ostree does
     out = last_line(run_gitree("-C", repo, "export-ostree", "test/dir", "--ostree-repo", os.path.join(work, "u"),
                                "--mode", "bare-user-only"))
