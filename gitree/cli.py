@@ -200,6 +200,52 @@ def deploy(c: Ctx, rev, sysroot, osname, ref, karg):
     click.echo(res.checksum)
 
 
+@cli.group()
+def bundle():
+    """Offline update files (a git bundle inside; docs/bundle.md)."""
+
+
+@bundle.command("create")
+@click.argument("spec", metavar="[OLD..]NEW")
+@click.argument("file")
+@click.option("-b", "--branch", help="Branch the bundle updates (default: NEW, which must then be a branch).")
+@pass_ctx
+def bundle_create(c: Ctx, spec, file, branch):
+    """Write the update from OLD to NEW (or all of NEW) to FILE."""
+    from .bundle import create
+    info = create(c.repo(), spec, file, branch)
+    click.echo(f"bundle: {info.objects} objects, {human_bytes(info.git_bundle_size)} as a git bundle, "
+               f"{human_bytes(info.size)} compressed against {human_bytes(info.reference_bytes)} of "
+               "old objects", err=True)
+    click.echo(f"{info.size} {file}")
+
+
+@bundle.command("apply")
+@click.argument("file")
+@click.option("-b", "--branch", help="Branch to move (default: the one the bundle names).")
+@pass_ctx
+def bundle_apply(c: Ctx, file, branch):
+    """Add FILE's objects, verify the new tree, then move its branch (fast-forward only)."""
+    from .bundle import apply
+    name, old, new = apply(c.repo(), file, branch)
+    click.echo(f"{name}: {old.hex()[:12] if old else '(new)'} -> {new.hex()[:12]}", err=True)
+    click.echo(new.hex())
+
+
+@bundle.command("unwrap")
+@click.argument("file")
+@click.argument("out")
+@pass_ctx
+def bundle_unwrap(c: Ctx, file, out):
+    """Write the plain git bundle inside FILE to OUT (an update needs its base commit in -C REPO)."""
+    from .bundle import unwrap
+    try:
+        repo = c.repo()
+    except GitreeError:
+        repo = None
+    unwrap(repo, file, out)
+
+
 @cli.command()
 @click.option("--window", type=int, default=50, show_default=True, help="git repack --window")
 @click.option("--depth", type=int, default=50, show_default=True, help="git repack --depth")

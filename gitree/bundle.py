@@ -1,0 +1,529 @@
+"""Offline update files: `gitree bundle create OLD..NEW FILE`, `gitree bundle apply FILE`.
+
+A gitree bundle wraps a plain git bundle (v2) whose pack holds whole, uncompressed objects (no deltas,
+zlib level 0), compressed as one zstd frame *against a reference*: the OLD versions of the objects that
+changed, which the receiving repository already has (`zstd --patch-from`). The reference is named by
+positions in a walk of OLD's trees, so the applier rebuilds it byte for byte. The result is smaller than
+per-object zlib and git deltas: the long-range matcher sees whole old and new files together, as bsdiff
+does in an OSTree static delta. Unwrapped (`gitree bundle unwrap`), the file is an ordinary git bundle for
+`git bundle verify/list-heads/unbundle`. The wrapper format is specified in docs/bundle.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import struct
+import subprocess
+import tempfile
+import zlib
+from dataclasses import dataclass
+from typing import BinaryIO, Callable, Iterator
+
+import pygit2
+
+from .errors import BadInput, CorruptObject, GitreeError, NotFound
+from .gittree import MODE_DIR, decode_tree
+from .packwriter import OBJ_BLOB, OBJ_COMMIT, OBJ_TAG, OBJ_TREE, PackWriter, object_id, pack_entry_header
+from .store import Repo
+
+MAGIC = b"# gitree bundle v1\n"
+GIT_BUNDLE_V2 = b"# v2 git bundle\n"
+MIN_WINDOW_LOG, MAX_WINDOW_LOG = 27, 30
+MAX_REFERENCE = 512 << 20     # reference bytes; zstd's window (and the applier's memory) must cover it
+DEFAULT_LEVEL = 19            # zstd level: 22 saves ~1% more for twice the time and 4x the memory
+
+
+@dataclass
+class BundleHeader:
+    base: bytes | None            # OLD commit id: the reference is made from its trees
+    window_log: int
+    reference: list[int]          # positions in walk_objects(base), ascending
+
+
+@dataclass
+class BundleInfo:
+    path: str
+    size: int
+    git_bundle_size: int
+    reference_bytes: int
+    objects: int
+    branch: str
+    old: bytes | None
+    new: bytes
+
+
+# ---------------------------------------------------------------------------------------------
+# Header codec (pure)
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def encode_positions(positions: list[int]) -> bytes:
+    """Ascending positions as LEB128 gaps (the first gap from -1)."""
+    out, prev = bytearray(), -1
+    for p in positions:
+        if p <= prev:
+            raise ValueError("positions must be strictly ascending")
+        out += _varint(p - prev - 1)
+        prev = p
+    return bytes(out)
+
+
+def decode_positions(data: bytes, count: int) -> list[int]:
+    out, prev, pos = [], -1, 0
+    for _ in range(count):
+        n = shift = 0
+        while True:
+            if pos >= len(data) or shift > 63:
+                raise CorruptObject("gitree bundle: truncated reference list")
+            b = data[pos]
+            pos += 1
+            n |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                break
+        prev = prev + 1 + n
+        out.append(prev)
+    if pos != len(data):
+        raise CorruptObject("gitree bundle: trailing bytes in the reference list")
+    return out
+
+
+def encode_header(h: BundleHeader) -> bytes:
+    refs = encode_positions(h.reference)
+    lines = MAGIC
+    if h.base is not None:
+        lines += b"base %s\n" % h.base.hex().encode()
+    lines += b"window-log %d\n" % h.window_log
+    lines += b"reference %d %d\n" % (len(h.reference), len(refs))
+    return lines + refs + b"\n"
+
+
+def read_header(f: BinaryIO) -> BundleHeader:
+    if f.read(len(MAGIC)) != MAGIC:
+        raise BadInput("not a gitree bundle (bad magic)")
+    base, window = None, None
+    while True:
+        line = f.readline(200)
+        if not line.endswith(b"\n"):
+            raise CorruptObject("gitree bundle: truncated header")
+        key, _, val = line[:-1].partition(b" ")
+        try:
+            if key == b"base":
+                base = bytes.fromhex(val.decode("ascii"))
+                if len(base) != 20:
+                    raise ValueError
+            elif key == b"window-log":
+                window = int(val)
+                if not MIN_WINDOW_LOG <= window <= 31:
+                    raise ValueError
+            elif key == b"reference":
+                count, size = (int(x) for x in val.split(b" "))
+                data = f.read(size)
+                if len(data) != size or f.read(1) != b"\n":
+                    raise CorruptObject("gitree bundle: truncated reference list")
+                break
+            else:
+                raise CorruptObject(f"gitree bundle: unknown header line {line[:40]!r}")
+        except (ValueError, UnicodeDecodeError):
+            raise CorruptObject(f"gitree bundle: malformed header line {line[:60]!r}") from None
+    if window is None:
+        raise CorruptObject("gitree bundle: no window-log line")
+    if count and base is None:
+        raise CorruptObject("gitree bundle: a reference without a base commit")
+    return BundleHeader(base, window, decode_positions(data, count))
+
+
+# ---------------------------------------------------------------------------------------------
+# The reference: old objects, found by their position in a walk of the base commit's trees
+
+def walk_objects(repo: Repo, commit: bytes) -> list[tuple[bytes, bytes]]:
+    """(oid, git mode) of every tree and blob reachable from a commit's tree, each once: depth first,
+    pre-order, entries in stored tree order, the top tree first (position 0)."""
+    top = repo.git[pygit2.Oid(raw=commit)].peel(pygit2.Commit).tree_id.raw
+    out, seen = [(top, MODE_DIR)], {top}
+    stack = [iter(decode_tree(repo.read(top, OBJ_TREE, "top tree")))]
+    while stack:
+        ent = next(stack[-1], None)
+        if ent is None:
+            stack.pop()
+            continue
+        mode, _name, oid = ent
+        if oid in seen:
+            continue
+        seen.add(oid)
+        out.append((oid, mode))
+        if mode == MODE_DIR:
+            stack.append(iter(decode_tree(repo.read(oid, OBJ_TREE, oid.hex()))))
+    return out
+
+
+def changed_bases(repo: Repo, old: bytes, new: bytes) -> set[bytes]:
+    """Old objects that new ones replace: same path, or a rename git detects (trees and blobs)."""
+    r = subprocess.run(["git", "--git-dir", repo.path, "diff-tree", "-r", "-t", "-z", "-M50%", "-l20000",
+                        "--no-commit-id", old.hex(), new.hex()], capture_output=True)
+    if r.returncode != 0:
+        raise GitreeError(f"git diff-tree failed: {r.stderr.decode(errors='replace').strip()}")
+    out = set()
+    fields = r.stdout.split(b"\0")
+    i = 0
+    while i < len(fields) - 1:
+        meta = fields[i]
+        status = meta.rsplit(b" ", 1)[-1][:1]
+        parts = meta[1:].split(b" ")
+        i += 3 if status in (b"R", b"C") else 2
+        if status in (b"M", b"R", b"C", b"T") and parts[0] != b"160000":
+            out.add(bytes.fromhex(parts[2].decode()))
+    return out
+
+
+def _write_reference(repo: Repo, objects: list[tuple[bytes, bytes]], positions: list[int], out: BinaryIO) -> int:
+    total = 0
+    for p in positions:
+        if p >= len(objects):
+            raise CorruptObject(f"gitree bundle: reference position {p} beyond the base's {len(objects)} objects")
+        oid, mode = objects[p]
+        data = repo.read(oid, OBJ_TREE if mode == MODE_DIR else OBJ_BLOB, oid.hex())
+        out.write(data)
+        total += len(data)
+    return total
+
+
+# ---------------------------------------------------------------------------------------------
+# create
+
+def _resolve_range(repo: Repo, spec: str, branch: str | None) -> tuple[bytes | None, bytes, str]:
+    old_s, dots, new_s = spec.partition("..")
+    if not dots:
+        old_s, new_s = "", spec
+    new = repo.resolve(new_s).id.raw
+    old = repo.resolve(old_s).id.raw if old_s else None
+    repo.commit_trees(repo.resolve(new_s))  # refuse a non-gitree commit
+    if branch is None:
+        full = f"refs/heads/{new_s}"
+        if full not in repo.git.references:
+            raise GitreeError(f"{new_s} is not a branch name; give the branch to update with --branch")
+        branch = new_s
+    repo.branch_ref(branch)
+    if old is not None:
+        if old == new:
+            raise GitreeError(f"{spec}: nothing to bundle, both ends are {new.hex()}")
+        if not repo.git.descendant_of(pygit2.Oid(raw=new), pygit2.Oid(raw=old)):
+            raise GitreeError(f"{spec}: {new_s} does not descend from {old_s}")
+    return old, new, branch
+
+
+def _run(cmd: list[str], what: str, **kw) -> subprocess.CompletedProcess:
+    r = subprocess.run(cmd, capture_output=True, **kw)
+    if r.returncode != 0:
+        raise GitreeError(f"{what} failed: {r.stderr.decode(errors='replace').strip().splitlines()[-1:]}")
+    return r
+
+
+def create(repo: Repo, spec: str, out_path: str, branch: str | None = None,
+           level: int = DEFAULT_LEVEL) -> BundleInfo:
+    old, new, branch = _resolve_range(repo, spec, branch)
+    tmpdir = tempfile.mkdtemp(prefix="gitree-bundle-", dir=os.path.dirname(os.path.abspath(out_path)) or ".")
+    try:
+        gb = os.path.join(tmpdir, "git.bundle")
+        with open(gb, "wb") as f:
+            f.write(GIT_BUNDLE_V2)
+            if old is not None:
+                subject = repo.git[pygit2.Oid(raw=old)].message.split("\n", 1)[0]
+                f.write(b"-%s %s\n" % (old.hex().encode(), subject.encode("utf-8", "replace")))
+            f.write(b"%s refs/heads/%s\n\n" % (new.hex().encode(), branch.encode()))
+            f.flush()
+            revs = f"{new.hex()}\n" + (f"^{old.hex()}\n" if old else "")
+            # Whole objects, stored uncompressed: the outer compressor sees every byte.
+            r = subprocess.run(["git", "--git-dir", repo.path, "-c", "pack.compression=0", "pack-objects",
+                                "--stdout", "--revs", "--window=0", "--no-reuse-object", "-q"],
+                               input=revs.encode(), stdout=f, stderr=subprocess.PIPE)
+            if r.returncode != 0:
+                raise GitreeError(f"git pack-objects failed: {r.stderr.decode(errors='replace').strip()}")
+        git_size = os.path.getsize(gb)
+        positions: list[int] = []
+        ref_path = os.path.join(tmpdir, "reference")
+        ref_bytes = 0
+        if old is not None:
+            wanted = changed_bases(repo, old, new)
+            objects = walk_objects(repo, old)
+            for i, (oid, mode) in enumerate(objects):
+                if oid in wanted:
+                    size = len(repo.read(oid)) if mode == MODE_DIR else repo.blob_size(oid)
+                    if ref_bytes + size > MAX_REFERENCE:
+                        continue
+                    positions.append(i)
+                    ref_bytes += size
+            with open(ref_path, "wb") as rf:
+                _write_reference(repo, objects, positions, rf)
+        window = max(MIN_WINDOW_LOG, min(MAX_WINDOW_LOG, (ref_bytes + git_size).bit_length()))
+        header = encode_header(BundleHeader(old, window, positions))
+        tmp_out = out_path + ".gitree-tmp"
+        with open(tmp_out, "wb") as fo:
+            fo.write(header)
+            fo.flush()
+            cmd = ["zstd", "-q", "-c", "--ultra", f"-{level}", f"--long={window}", "--check"]
+            cmd += [f"--patch-from={ref_path}"] if positions else ["-T0"]
+            r = subprocess.run(cmd + [gb], stdout=fo, stderr=subprocess.PIPE)
+            if r.returncode != 0:
+                raise GitreeError(f"zstd failed: {r.stderr.decode(errors='replace').strip()}")
+        os.replace(tmp_out, out_path)
+        count = struct.unpack(">I", _pack_count(gb))[0]
+        return BundleInfo(out_path, os.path.getsize(out_path), git_size, ref_bytes, count, branch, old, new)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+        if os.path.exists(out_path + ".gitree-tmp"):
+            os.unlink(out_path + ".gitree-tmp")
+
+
+def _pack_count(git_bundle: str) -> bytes:
+    with open(git_bundle, "rb") as f:
+        while f.readline() not in (b"\n", b""):
+            pass
+        head = f.read(12)
+    return head[8:12]
+
+
+# ---------------------------------------------------------------------------------------------
+# unwrap and apply
+
+class _Unwrapped:
+    """The git bundle inside a gitree bundle, streamed out of zstd."""
+
+    def __init__(self, repo: Repo | None, path: str):
+        try:
+            self.f = open(path, "rb")
+        except OSError as e:
+            raise BadInput(f"cannot read {path}: {e.strerror}") from None
+        self.path = path
+        self.tmpdir = None
+        self.proc = None
+        try:
+            self.header = read_header(self.f)
+            ref = None
+            if self.header.reference:
+                if repo is None or not repo.exists(self.header.base):
+                    raise NotFound(f"{path}: this update applies to commit {self.header.base.hex()}, "
+                                   "which the repository does not have")
+                self.tmpdir = tempfile.mkdtemp(prefix="gitree-unbundle-", dir=repo.path)
+                ref = os.path.join(self.tmpdir, "reference")
+                with open(ref, "wb") as rf:
+                    _write_reference(repo, walk_objects(repo, self.header.base), self.header.reference, rf)
+            os.lseek(self.f.fileno(), self.f.tell(), os.SEEK_SET)  # zstd reads the fd after the header
+            cmd = ["zstd", "-d", "-q", "-c", f"--long={self.header.window_log}"]
+            if ref is not None:
+                cmd.append(f"--patch-from={ref}")
+            self.proc = subprocess.Popen(cmd, stdin=self.f, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            self.stream = self.proc.stdout
+        except BaseException:
+            self.close()
+            raise
+
+    def finish(self) -> None:
+        """Raise unless zstd read the whole frame and verified its checksum."""
+        rest = self.stream.read()
+        err = self.proc.stderr.read()
+        rc = self.proc.wait()
+        if rc != 0 or rest:
+            msg = err.decode(errors="replace").strip().splitlines()
+            raise CorruptObject(f"{self.path}: corrupt bundle ({msg[-1] if msg else 'trailing data'})")
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        for s in (getattr(self.proc, "stdout", None), getattr(self.proc, "stderr", None)):
+            if s is not None:
+                s.close()
+        self.f.close()
+        if self.tmpdir is not None:
+            shutil.rmtree(self.tmpdir, ignore_errors=True)
+
+
+def unwrap(repo: Repo | None, path: str, out: str) -> None:
+    """Write the git bundle inside `path` to `out` (needs the base commit's objects for an update)."""
+    u = _Unwrapped(repo, path)
+    try:
+        with open(out + ".gitree-tmp", "wb") as fo:
+            shutil.copyfileobj(u.stream, fo, 1 << 20)
+        u.finish()
+        os.replace(out + ".gitree-tmp", out)
+    finally:
+        u.close()
+        if os.path.exists(out + ".gitree-tmp"):
+            os.unlink(out + ".gitree-tmp")
+
+
+@dataclass
+class GitBundleHead:
+    prerequisites: list[bytes]
+    refs: list[tuple[bytes, str]]
+
+
+def read_git_bundle_header(read_line: Callable[[], bytes], where: str) -> GitBundleHead:
+    if read_line() != GIT_BUNDLE_V2:
+        raise CorruptObject(f"{where}: not a v2 git bundle inside")
+    pre, refs = [], []
+    while True:
+        line = read_line()
+        if line == b"\n":
+            return GitBundleHead(pre, refs)
+        if not line.endswith(b"\n"):
+            raise CorruptObject(f"{where}: truncated git bundle header")
+        try:
+            if line.startswith(b"-"):
+                pre.append(bytes.fromhex(line[1:41].decode()))
+            else:
+                oid, name = line[:-1].split(b" ", 1)
+                refs.append((bytes.fromhex(oid.decode()), name.decode()))
+        except (ValueError, UnicodeDecodeError):
+            raise CorruptObject(f"{where}: malformed git bundle header line") from None
+
+
+_PACK_TYPES = {OBJ_COMMIT, OBJ_TREE, OBJ_BLOB, OBJ_TAG}
+
+
+def read_pack(read: Callable[[int], bytes], where: str) -> Iterator[tuple[int, bytes]]:
+    """(type, data) of each object of a pack of whole objects; checks the trailer. Deltas are refused."""
+    sha = hashlib.sha1()
+
+    def take(n: int) -> bytes:
+        b = read(n)
+        if len(b) != n:
+            raise CorruptObject(f"{where}: truncated pack")
+        sha.update(b)
+        return b
+
+    head = take(12)
+    if head[:4] != b"PACK" or struct.unpack(">I", head[4:8])[0] not in (2, 3):
+        raise CorruptObject(f"{where}: not a git pack")
+    count = struct.unpack(">I", head[8:12])[0]
+    buf = b""  # bytes read past the end of the previous zlib stream
+    for _ in range(count):
+        if not buf:
+            buf = read(1 << 16)
+        hdr_len, otype, size, shift = 0, 0, 0, 0
+        while True:
+            if hdr_len >= len(buf):
+                more = read(1 << 16)
+                if not more:
+                    raise CorruptObject(f"{where}: truncated pack")
+                buf += more
+            c = buf[hdr_len]
+            if hdr_len == 0:
+                otype, size, shift = (c >> 4) & 7, c & 15, 4
+            else:
+                size |= (c & 0x7F) << shift
+                shift += 7
+            hdr_len += 1
+            if not c & 0x80:
+                break
+        if otype not in _PACK_TYPES:
+            raise CorruptObject(f"{where}: the pack holds a delta or unknown object (type {otype}); "
+                                "gitree bundles hold whole objects")
+        sha.update(buf[:hdr_len])
+        buf = buf[hdr_len:]
+        d = zlib.decompressobj()
+        parts, got = [], 0
+        while not d.eof:
+            if not buf:
+                buf = read(1 << 16)
+                if not buf:
+                    raise CorruptObject(f"{where}: truncated pack")
+            try:
+                part = d.decompress(buf, size + 1 - got)
+            except zlib.error:
+                raise CorruptObject(f"{where}: bad zlib data in the pack") from None
+            used = len(buf) - len(d.unconsumed_tail) - len(d.unused_data)
+            sha.update(buf[:used])
+            buf = d.unconsumed_tail + d.unused_data if d.eof else d.unconsumed_tail
+            got += len(part)
+            parts.append(part)
+            if got > size:
+                raise CorruptObject(f"{where}: pack object larger than its header says")
+        if got != size:
+            raise CorruptObject(f"{where}: pack object size mismatch")
+        yield otype, b"".join(parts)
+    trailer = buf + read(20 - len(buf)) if len(buf) < 20 else buf
+    if trailer[:20] != sha.digest() or len(trailer) != 20 or read(1):
+        raise CorruptObject(f"{where}: pack checksum mismatch or trailing data")
+
+
+def apply(repo: Repo, path: str, branch: str | None = None, level: int = 1) -> tuple[str, bytes | None, bytes]:
+    """Apply a bundle: objects first (verified), the branch moves last. Returns (branch, old tip, new tip)."""
+    u = _Unwrapped(repo, path)
+    pack = None
+    installed = None
+    try:
+        head = read_git_bundle_header(lambda: u.stream.readline(1000), path)
+        for p in head.prerequisites:
+            if not repo.exists(p):
+                raise NotFound(f"{path}: this update needs commit {p.hex()}, which the repository does not have")
+        heads = [(o, n) for o, n in head.refs if n.startswith("refs/heads/")]
+        if len(heads) != 1:
+            raise CorruptObject(f"{path}: the bundle must name exactly one branch")
+        new, refname = heads[0]
+        branch = branch or refname[len("refs/heads/"):]
+        repo.branch_ref(branch)
+        pack = PackWriter(repo.objects_dir)
+        for otype, data in read_pack(u.stream.read, path):
+            oid = object_id(otype, data)
+            if not repo.exists(oid):
+                pack.add_raw(oid, pack_entry_header(otype, len(data)) + zlib.compress(data, level))
+        u.finish()
+        if new not in pack and not repo.exists(new):
+            raise CorruptObject(f"{path}: the bundle lacks its own tip {new.hex()}")
+        with repo.lock():
+            old_tip = repo.branch_tip(branch)
+            installed = pack.install()
+            pack = None
+            commit = repo.git[pygit2.Oid(raw=new)].peel(pygit2.Commit)
+            _verify(repo, commit, path)
+            if old_tip == new:
+                return branch, old_tip, new
+            if old_tip is not None and not repo.git.descendant_of(commit.id, pygit2.Oid(raw=old_tip)):
+                raise GitreeError(f"branch {branch} is at {old_tip.hex()}, which {new.hex()} does not descend "
+                                  "from; nothing was changed")
+            repo.set_branch(branch, new, old_tip, f"gitree: bundle apply {os.path.basename(path)}")
+            installed = None
+        return branch, old_tip, new
+    except BaseException:
+        if pack is not None:
+            pack.abort()
+        if installed is not None:
+            for p in (installed, installed[:-5] + ".idx"):
+                if os.path.exists(p):
+                    os.unlink(p)
+        raise
+    finally:
+        u.close()
+
+
+def _verify(repo: Repo, commit: pygit2.Commit, where: str) -> None:
+    """Every side table of the new tip agrees with its tree, and every object it names exists."""
+    from .entry import Kind
+    problems: list = []
+    try:
+        for e in repo.walk(commit, problems=problems):
+            if e.kind is Kind.FILE and e.hardlink is None and not repo.exists(e.oid):
+                problems.append((e.path, f"missing blob {e.oid.hex()}"))
+    except GitreeError as err:
+        problems.append((b"", str(err)))
+    if problems:
+        p, msg = problems[0]
+        raise CorruptObject(f"{where}: the new tree is incomplete or inconsistent: /{p.decode(errors='replace')}: "
+                            f"{msg}; nothing was changed")
+
+
+__all__ = ["create", "apply", "unwrap", "BundleInfo", "MAGIC"]
