@@ -106,15 +106,17 @@ class TarReader:
         self._pad = 0
         self._global: dict[bytes, bytes] = {}
 
-    def _read_exact(self, n: int) -> bytes:
-        buf = self._read(n)
+    def _read_exact(self, n: int, first: bytes | None = None, what: str = "") -> bytes:
+        """n bytes (of which `first` were already read); a short stream is a truncated archive."""
+        buf = self._read(n) if first is None else first
         if len(buf) < n:
             chunks = [buf]
             got = len(buf)
             while got < n:
                 more = self._read(n - got)
                 if not more:
-                    raise BadInput(f"tar archive truncated at byte {self.pos + got} (expected {n - got} more bytes)")
+                    raise BadInput(f"tar archive truncated at byte {self.pos + got} "
+                                   f"({what or f'expected {n - got} more bytes'})")
                 chunks.append(more)
                 got += len(more)
             buf = b"".join(chunks)
@@ -163,11 +165,7 @@ class TarReader:
             buf = self._read(BLOCK)
             if not buf:
                 raise BadInput(f"tar archive truncated at byte {offset}: no end-of-archive marker")
-            if len(buf) < BLOCK:
-                rest = self._read_exact_after(buf, offset)
-                buf = rest
-            else:
-                self.pos += BLOCK
+            buf = self._read_exact(BLOCK, buf, "partial header")
             if buf == b"\0" * BLOCK:
                 if pax or longname is not None or longlink is not None:
                     raise BadInput(f"tar archive at byte {offset}: extended header without a member")
@@ -211,18 +209,6 @@ class TarReader:
             else:
                 self._remaining, self._pad = hdr.size, -hdr.size % BLOCK
             return hdr
-
-    def _read_exact_after(self, first: bytes, offset: int) -> bytes:
-        chunks = [first]
-        got = len(first)
-        while got < BLOCK:
-            more = self._read(BLOCK - got)
-            if not more:
-                raise BadInput(f"tar archive truncated at byte {offset + got} (partial header)")
-            chunks.append(more)
-            got += len(more)
-        self.pos += BLOCK
-        return b"".join(chunks)
 
     @staticmethod
     def _parse_header(buf: bytes, offset: int) -> TarMember:
