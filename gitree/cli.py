@@ -136,14 +136,20 @@ def diff(c: Ctx, rev1, rev2):
 @click.option("--history", is_flag=True, help="Export the branch's whole first-parent ancestry as a parent chain.")
 @click.option("--strict", is_flag=True, help="Fail on entries OSTree cannot hold instead of skipping them.")
 @click.option("--update-summary", is_flag=True, help="Write the summary file (as ostree summary -u).")
+@click.option("--gpg-sign", "gpg_keys", multiple=True, metavar="KEYID",
+              help="Sign the commits (and the summary, with --update-summary) with this GPG key; repeatable.")
+@click.option("--gpg-homedir", metavar="DIR", help="GnuPG home holding the secret key(s).")
 @pass_ctx
-def export_ostree(c: Ctx, rev, ostree_repo, ref, mode, no_bindings, history, strict, update_summary):
+def export_ostree(c: Ctx, rev, ostree_repo, ref, mode, no_bindings, history, strict, update_summary, gpg_keys,
+                  gpg_homedir):
     """Export REV into a native OSTree repository; prints the OSTree commit checksum last."""
     from .ostree_bridge import export_ostree as run
     from .progress import make_progress
+    from .signing import GpgSigner
+    signers = [GpgSigner(k, gpg_homedir) for k in gpg_keys]
     progress = make_progress("export", c.quiet)
     res = run(c.repo(), rev, ostree_repo, ref, mode, not no_bindings, history, strict, update_summary,
-              progress=progress)
+              progress=progress, signers=signers)
     if progress:
         progress.done()
     click.echo(f"exported {len(res.commits)} commit(s): {res.files_written} files written, "
@@ -198,6 +204,42 @@ def deploy(c: Ctx, rev, sysroot, osname, ref, karg):
     if res.entry is not None:
         click.echo(f"boot entry {res.entry.path}: options {res.entry.options}", err=True)
     click.echo(res.checksum)
+
+
+@cli.command()
+@click.argument("remote")
+@click.argument("branches", nargs=-1)
+@click.option("-f", "--force", is_flag=True, help="Allow non-fast-forward updates on the server.")
+@pass_ctx
+def push(c: Ctx, remote, branches, force):
+    """Push BRANCHES (default: all) to REMOTE, a git remote name or URL, atomically."""
+    from .distribution import push as run
+    run(c.repo(), remote, list(branches), force)
+    click.echo(f"pushed to {remote}", err=True)
+
+
+@cli.command()
+@click.argument("remote")
+@click.argument("branches", nargs=-1)
+@click.option("--depth", type=int, help="Fetch only the newest N commits of each branch (shallow).")
+@pass_ctx
+def fetch(c: Ctx, remote, branches, depth):
+    """Fetch BRANCHES (default: all) from REMOTE into the same branches, fast-forward only."""
+    from .distribution import fetch as run
+    run(c.repo(), remote, list(branches), depth)
+    click.echo(f"fetched from {remote}", err=True)
+
+
+@cli.command()
+@click.argument("url")
+@click.argument("path")
+@click.option("--depth", type=int, help="Only the newest N commits (shallow clone).")
+@click.option("-b", "--branch", help="Make this branch HEAD (default: the server's HEAD).")
+def clone(url, path, depth, branch):
+    """Clone the gitree repository at URL into PATH (bare, gitree config)."""
+    from .distribution import clone as run
+    run(url, path, depth, branch)
+    click.echo(f"cloned {url} into {os.path.abspath(path)}", err=True)
 
 
 @cli.group()

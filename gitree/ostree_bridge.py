@@ -147,6 +147,7 @@ class ExportOptions:
     strict: bool = False
     update_summary: bool = False
     extra_metadata: list[tuple[str, Variant]] = field(default_factory=list)
+    signers: list = field(default_factory=list)  # gitree.signing.Signer: sign each commit and the summary
 
 
 @dataclass
@@ -398,9 +399,16 @@ class Exporter:
             self.pool.shutdown(wait=True, cancel_futures=True)
             with self.repo.lock():
                 self.cache.save()
+        if self.opts.signers:  # before the ref moves: a client never sees an unsigned tip
+            from .signing import sign_commit
+            for csum in written:
+                sign_commit(self.target, csum, self.opts.signers)
         self.target.set_ref(self.opts.ref, written[-1])
         if self.opts.update_summary:
             self.target.write_summary()
+            if self.opts.signers:
+                from .signing import sign_summary
+                sign_summary(self.target, self.opts.signers)
         return ExportResult(written[-1], written, self.skipped, self.files_written, self.files_cached,
                             self.dirs_cached)
 
@@ -416,7 +424,7 @@ class Exporter:
 def export_ostree(repo: Repo, rev: str, ostree_path: str, ref: str | None = None, mode: str = "archive",
                   bindings: bool = True, history: bool = False, strict: bool = False,
                   update_summary: bool = False, warn=_warn, progress=None,
-                  extra_metadata: list | None = None) -> ExportResult:
+                  extra_metadata: list | None = None, signers: list | None = None) -> ExportResult:
     if ref is None:
         ref = _default_ref(repo, rev)
     try:
@@ -432,7 +440,8 @@ def export_ostree(repo: Repo, rev: str, ostree_path: str, ref: str | None = None
             target = OstreeRepo.create(ostree_path, mode or "archive")
     except oc.OstreeFormatError as e:
         raise GitreeError(str(e)) from None
-    opts = ExportOptions(ref, target.mode, bindings, history, strict, update_summary, extra_metadata or [])
+    opts = ExportOptions(ref, target.mode, bindings, history, strict, update_summary, extra_metadata or [],
+                         signers or [])
     ex = Exporter(repo, target, opts, warn, progress)
     try:
         res = ex.run(rev)
