@@ -7,6 +7,7 @@ bootenv.py) is deployed and booted.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import re
@@ -241,6 +242,14 @@ def check_entry(sysroot: str, entry: dict, osname: str, csum: str, vmlinuz: byte
     assert os.path.dirname(target) == os.path.join(sysroot, "ostree", "deploy", osname, "deploy")
 
 
+def remove_sysroot(path: str) -> None:
+    """rm -rf, after clearing the immutable flag ostree admin sets on each deployment's root."""
+    for d in glob.glob(os.path.join(glob.escape(path), "**", "ostree", "deploy", "*", "deploy", "*.*"), recursive=True):
+        if os.path.isdir(d) and not os.path.islink(d):
+            subprocess.run(["chattr", "-i", d], capture_output=True)
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def deploy_sequence(repo: str, work: str, osname: str, branch: str, kver: str) -> dict:
     """Deploy v1, then v2 (loader swap, two entries), undeploy, and roll back to v1; returns timings."""
     sysroot = os.path.join(work, "sysroot")
@@ -295,6 +304,7 @@ def test_deploy_sequence_synthetic(synthetic, work):
     run_gitree("-C", repo, "make-bootable", "os/plain", "--branch", "os/boot")
     run_gitree("-C", repo, "make-bootable", "os/plain", "--branch", "os/boot")
     deploy_sequence(repo, work, "testos", "os/boot", KVER)
+    remove_sysroot(os.path.join(work, "sysroot"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -325,7 +335,7 @@ def test_real_debian_deploy_sequence(debian_bootable, tmpfs_root):
     os.makedirs(work)
     times = deploy_sequence(repo, work, "debian", "debian/boot", kver)
     print(f"\nreal rootfs: first deploy {times['first deploy']:.1f} s, second {times['second deploy']:.1f} s")
-    shutil.rmtree(work)
+    remove_sysroot(work)
 
 
 @pytest.mark.slow
