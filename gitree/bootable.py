@@ -118,7 +118,7 @@ def check_initramfs(repo: Repo, e: Entry) -> None:
     try:
         names = member_names(data)
     except BadInput as err:
-        raise BadInput(f"{display(e.path)}: {err}") from None
+        raise BadInput(f"{display(e.path)}: {err} (--no-initramfs-check skips this check)") from None
     if PREPARE_ROOT not in names:
         raise BadInput(f"initramfs {display(e.path)} has no ostree-prepare-root: install ostree-boot and dracut in "
                        "the rootfs (their scripts regenerate the initramfs) and import it again")
