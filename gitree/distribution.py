@@ -24,7 +24,8 @@ def _git(args: list[str], what: str, cwd: str | None = None) -> str:
         raise GitreeError("git is not installed") from None
     if r.returncode != 0:
         lines = [ln for ln in r.stderr.decode(errors="replace").strip().splitlines() if ln.strip()]
-        useful = [ln for ln in lines if ln.startswith(("fatal:", "error:", " ! "))] or lines
+        useful = [ln for ln in lines if ln.startswith(("fatal:", "error:", " ! "))
+                  and ln.strip() not in ("fatal:", "error:")] or lines
         raise GitreeError(f"{what} failed: {useful[-1].strip() if useful else 'git exited ' + str(r.returncode)}")
     return r.stdout.decode(errors="replace")
 
@@ -50,13 +51,16 @@ def push(repo: Repo, remote: str, branches: list[str] | None = None, force: bool
 
 
 def fetch(repo: Repo, remote: str, branches: list[str] | None = None, depth: int | None = None) -> str:
-    """Fetch branches (default: every branch) from REMOTE into the same branch names, fast-forward only."""
+    """Fetch branches (default: every branch) from REMOTE into the same branch names, fast-forward only
+    (with `depth`, shallow: the server's newest commits replace the local tips)."""
     args = ["--git-dir", repo.path, "fetch", "--atomic", "--no-tags", "--update-head-ok"]
     if depth is not None:
         args.append(f"--depth={depth}")
+    # A shallow fetch cannot prove a fast-forward (the history is cut): it takes the server's tips.
+    refspecs = _branch_refspecs(repo, branches or [], force=depth is not None)
     with repo.lock():
         before = {r: repo.git.references[r].target for r in repo.git.references if r.startswith("refs/heads/")}
-        out = _git(args + [remote, *_branch_refspecs(repo, branches or [])], f"git fetch from {remote}")
+        out = _git(args + [remote, *refspecs], f"git fetch from {remote}")
         for r in repo.git.references:
             if r.startswith("refs/heads/") and repo.git.references[r].target != before.get(r):
                 repo.commit_trees(repo.git[repo.git.references[r].target])
@@ -69,7 +73,7 @@ def clone(url: str, path: str, depth: int | None = None, branch: str | None = No
         raise GitreeError(f"{path} exists and is not an empty directory")
     args = ["clone", "--bare", "--no-tags", "-q"]
     if depth is not None:
-        args.append(f"--depth={depth}")
+        args += [f"--depth={depth}", "--no-single-branch"]  # --depth alone fetches the server's HEAD only
     if branch is not None:
         args += ["--branch", branch]
     created = not os.path.exists(path)
@@ -87,6 +91,8 @@ def clone(url: str, path: str, depth: int | None = None, branch: str | None = No
             raise GitreeError(f"{url} has no branches")
         for r in heads:
             repo.commit_trees(repo.git[repo.git.references[r].target])
+        if repo.git.head_is_unborn:  # the server's HEAD names no branch: follow the first one
+            repo.git.set_head(sorted(heads)[0])
         return repo
     except BaseException:
         if created:
