@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import multiprocessing
 import os
 import stat
 import struct
@@ -160,6 +161,40 @@ class ExportResult:
     dirs_cached: int = 0
 
 
+# Content objects are read from git, hashed, compressed and written by worker processes (the GIL would
+# otherwise serialise the Python around zlib and hashlib), in batches to keep the messaging cheap.
+BATCH_FILES = 32
+_W: dict = {}
+
+
+def _worker_init(repo_path: str, target_path: str) -> None:
+    _W["repo"] = Repo(repo_path)
+    _W["target"] = OstreeRepo(target_path)
+
+
+def _worker_write(jobs: list) -> list[tuple[str, int]]:
+    repo, target = _W["repo"], _W["target"]
+    out = []
+    for meta, blob, where in jobs:
+        if meta.is_symlink:
+            out.append((target.write_content(meta, ()), 0))
+            continue
+        size = repo.blob_size(blob, where)
+        out.append((target.write_content(meta, repo.blob_chunks(blob, size, where)), size))
+    return out
+
+
+class _Slot:
+    """One content object to write: filled in when its batch's job finishes."""
+
+    __slots__ = ("future", "batch", "csum")
+
+    def __init__(self):
+        self.future = None
+        self.batch: list = []
+        self.csum: str | None = None
+
+
 @dataclass
 class _PendingDir:
     path: bytes
@@ -188,10 +223,11 @@ class Exporter:
         self.variant = self.base_variant = b"canonical" if self.canonical else b"full"
         self.xorder: dict[bytes, list[bytes]] | None = None  # set while exporting an imported commit
         self.cache = ExportCache(repo)
-        self.pool = concurrent.futures.ThreadPoolExecutor(WORKERS, thread_name_prefix="gitree-export")
+        self.pool: concurrent.futures.ProcessPoolExecutor | None = None  # started on the first write
+        self.batch: list = []
         self.skipped: list[tuple[bytes, str]] = []
         self.files_written = self.files_cached = self.dirs_cached = 0
-        self.planned_files: dict[bytes, concurrent.futures.Future] = {}
+        self.planned_files: dict[bytes, _Slot] = {}
         self.planned_dirs: dict[bytes, _PendingDir] = {}
         self.resolved: set[bytes] = set()
         self.nbytes = 0
@@ -220,13 +256,6 @@ class Exporter:
         if self.canonical:
             return DirMeta(0, 0, stat.S_IFDIR | (mode & 0o755), ())
         return DirMeta(uid, gid, stat.S_IFDIR | mode, self._xattrs(path, xattrs))
-
-    def _write_content(self, meta: FileMeta, blob: bytes, where: str) -> str:
-        if meta.is_symlink:
-            return self.target.write_content(meta, ())
-        size = self.repo.blob_size(blob, where)
-        self.nbytes += size
-        return self.target.write_content(meta, self.repo.blob_chunks(blob, size, where))
 
     # directories
 
@@ -275,13 +304,39 @@ class Exporter:
                 self.files_cached += 1
                 pending.files.append((name, csum.hex()))
                 continue
-            fut = self.planned_files.get(fkey)
-            if fut is None:
-                fut = self.planned_files[fkey] = self.pool.submit(self._write_content, fmeta, blob, display(cpath))
+            slot = self.planned_files.get(fkey)
+            if slot is None:
+                slot = self.planned_files[fkey] = _Slot()
+                self.batch.append((slot, (fmeta, blob, display(cpath))))
+                if len(self.batch) >= BATCH_FILES:
+                    self._submit()
             else:
                 self.files_cached += 1
-            pending.files.append((name, (fkey, fut)))
+            pending.files.append((name, (fkey, slot)))
         return pending
+
+    def _submit(self) -> None:
+        """Hand the queued content writes to a worker process as one job."""
+        if not self.batch:
+            return
+        if self.pool is None:
+            self.pool = concurrent.futures.ProcessPoolExecutor(
+                WORKERS, mp_context=multiprocessing.get_context("fork"), initializer=_worker_init,
+                initargs=(self.repo.path, str(self.target.path)))
+        slots = [s for s, _ in self.batch]
+        fut = self.pool.submit(_worker_write, [job for _, job in self.batch])
+        for s in slots:
+            s.future, s.batch = fut, slots
+        self.batch = []
+
+    def _resolve(self, slot: "_Slot") -> str:
+        if slot.csum is None:
+            if slot.future is None:
+                self._submit()
+            for s, (csum, size) in zip(slot.batch, slot.future.result(), strict=True):
+                s.csum = csum
+                self.nbytes += size
+        return slot.csum
 
     def _finish(self, p) -> tuple[str, str]:
         if isinstance(p, tuple):
@@ -292,8 +347,8 @@ class Exporter:
         files = []
         for name, v in p.files:
             if isinstance(v, tuple):
-                fkey, fut = v
-                csum = fut.result()
+                fkey, slot = v
+                csum = self._resolve(slot)
                 if fkey not in self.resolved:
                     self.resolved.add(fkey)
                     self.cache.put(b"files", fkey, bytes.fromhex(csum))
@@ -396,7 +451,8 @@ class Exporter:
                 written.append(csum)
                 parent = csum
         finally:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+            if self.pool is not None:
+                self.pool.shutdown(wait=True, cancel_futures=True)
             with self.repo.lock():
                 self.cache.save()
         if self.opts.signers:  # before the ref moves: a client never sees an unsigned tip
