@@ -86,11 +86,6 @@ def split_path(path: bytes) -> list[bytes]:
     return path.split(b"/") if path else []
 
 
-def walk_key(path: bytes) -> list[bytes]:
-    """Sort key giving the canonical walk order: depth first, children by name bytes."""
-    return split_path(path)
-
-
 MAX_DEPTH = 2048          # directory levels; Linux paths are at most 4096 bytes (PATH_MAX)
 _U32 = 1 << 32
 

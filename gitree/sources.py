@@ -296,9 +296,4 @@ def _walk(abs_: bytes, rel: bytes, st, report, seen, dev) -> Iterator[Item]:
         yield e, None, False
 
 
-def check_source_path(src: str) -> None:
-    if not os.path.exists(src):
-        raise BadInput(f"no such file or directory: {src}")
-
-
 __all__ = ["TarInput", "tar_entries", "directory_entries", "DirectoryReport", "UnsafePath"]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
-import errno
 import fcntl
 import os
 import subprocess
@@ -719,19 +718,6 @@ def write_commit(repo: Repo, tree: bytes, parents: list[bytes], message: str, ti
     cid = repo.git.create_commit(None, sig, sig, message, pygit2.Oid(raw=tree),
                                  [pygit2.Oid(raw=p) for p in parents])
     return cid.raw
-
-
-def fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError as e:
-        if e.errno == errno.ENOENT:
-            return
-        raise
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 __all__ = ["Repo", "Importer", "ImportStats", "Progress", "write_commit", "OBJ_COMMIT"]
