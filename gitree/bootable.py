@@ -299,6 +299,8 @@ def make_bootable(repo: Repo, rev: str, branch: str, version: str | None = None,
     repo.branch_ref(branch)
     commit = repo.resolve(rev)
     root = repo.commit_trees(commit)
+    if dict(tree_metadata(repo, commit)).get("ostree.bootable"):
+        raise BadInput(f"{commit.id} is already bootable (made by make-bootable); give its source commit")
     k = find_kernel(repo, commit, kernel)
     if k.initramfs is None:
         raise BadInput(f"kernel {k.version} in {commit.id} has no initramfs (expected /boot/initrd.img-{k.version}, "
