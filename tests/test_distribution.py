@@ -96,7 +96,7 @@ def ostree_objects(repo: str) -> dict[str, int]:
     """objects/XX/REST.SUFFIX -> size, of every object file."""
     out = {}
     for p in glob.glob(os.path.join(repo, "objects", "*", "*")):
-        out[os.path.relpath(p, repo)] = os.path.getsize(p)
+        out[os.path.relpath(p, repo)] = os.lstat(p).st_size
     return out
 
 
@@ -520,3 +520,42 @@ def test_push_clone_fetch_over_git_daemon(work, git_daemon):
     lines = r.stderr.decode().strip().splitlines()
     assert r.returncode != 0 and len(lines) == 1 and lines[0].startswith("gitree: error:"), lines
     assert run_gitree("-C", clone, "checkout", "os/main", "--tar", "-").stdout == want3
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. `ostree admin upgrade` of a sysroot deployed by `gitree deploy`, from an HTTP export
+
+def test_admin_upgrade_over_http(work, http):
+    from test_boot import remove_sysroot, synthetic_rootfs
+    src = synthetic_rootfs(work)
+    repo = os.path.join(work, "g.git")
+    run_gitree("-C", repo, "init")
+    for v in (1, 2):
+        if v == 2:
+            with open(os.path.join(src, "usr", "bin", "new-tool"), "w") as f:
+                f.write("#!fake v2\n")
+        run_gitree("-C", repo, "import-rootfs", src, "--branch", "os/plain", "--timestamp", str(1700000000 + v),
+                   "-m", f"v{v}")
+        run_gitree("-C", repo, "make-bootable", "os/plain", "--branch", "os/boot")
+    sysroot = os.path.join(work, "sysroot")
+    c1 = last_line(run_gitree("-C", repo, "deploy", "--sysroot", sysroot, "--os", "testos", "os/boot~1",
+                              "--ref", "os/boot"))
+    try:
+        served = os.path.join(http.root, "repo")
+        c2 = last_line(run_gitree("-C", repo, "export-ostree", "os/boot", "--ostree-repo", served, "--history",
+                                  "--update-summary"))
+        assert OstreeRepo(served).read_commit(c2).parent == c1   # the export continues the deployed history
+        new = set(ostree_objects(served)) - set(ostree_objects(os.path.join(sysroot, "ostree", "repo")))
+        sh("ostree", "admin", f"--sysroot={sysroot}", "set-origin", "--index=0", "--set=gpg-verify=false", "origin",
+           http.url("repo"), "os/boot")
+        http.mark()
+        sh("ostree", "admin", f"--sysroot={sysroot}", "upgrade", "--os=testos")
+        status = sh("ostree", "admin", f"--sysroot={sysroot}", "status")
+        assert c2 in status and c1 in status and status.index(c2) < status.index(c1)
+        dep = os.path.join(sysroot, "ostree", "deploy", "testos", "deploy", c2 + ".0")
+        assert open(os.path.join(dep, "usr", "bin", "new-tool")).read() == "#!fake v2\n"
+        fetched = {p[len("/repo/"):].replace(".filez", ".file") for p, code in http.requests()
+                   if p.startswith("/repo/objects/") and code == 200}
+        assert fetched and fetched <= {p.replace(".filez", ".file") for p in new}
+    finally:
+        remove_sysroot(sysroot)
