@@ -351,7 +351,7 @@ def static_delta_size(repo: str, frm: str, to: str) -> tuple[int, int, int]:
     sh("ostree", f"--repo={repo}", "static-delta", "generate", f"--from={frm}", f"--to={to}")
     show = sh("ostree", f"--repo={repo}", "static-delta", "show", f"{frm}-{to}")
     fallback_n = int(re.search(r"Number of fallback entries: (\d+)", show).group(1))
-    fallback_b = int(re.search(r"Total Fallback Size: .*?\((\d+) bytes\)", show).group(1))
+    fallback_b = int(re.search(r"Total Fallback Size: (\d+)", show).group(1))
     parts = sum(os.path.getsize(p) for p in glob.glob(os.path.join(repo, "deltas", "**", "*"), recursive=True)
                 if os.path.isfile(p))  # the repository holds this one delta only
     return parts, fallback_n, fallback_b
