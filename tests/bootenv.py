@@ -22,8 +22,11 @@ MARKER = "GITREE-BOOT-MARKER"
 MARKER_SCRIPT = f"""#!/bin/sh
 booted=no
 [ -e /run/ostree-booted ] && booted=yes
+var=no
+[ -s /var/lib/dpkg/status ] && [ -d /root/ ] && [ -d /var/roothome ] && var=yes
 . /usr/lib/os-release
-echo "{MARKER} ostree-booted=$booted id=$ID $(grep -o 'ostree=[^ ]*' /proc/cmdline)" >/dev/console
+echo "{MARKER} ostree-booted=$booted var-from-tmpfiles=$var id=$ID $(grep -o 'ostree=[^ ]*' /proc/cmdline)" \
+    >/dev/console
 """
 MARKER_UNIT = """[Unit]
 Description=gitree boot test marker
@@ -33,7 +36,7 @@ ExecStart=/usr/libexec/gitree-boot-marker
 [Install]
 WantedBy=multi-user.target
 """
-VERSION = 1  # bump when the recipe changes: it names the cached tar
+VERSION = 2  # bump when the recipe changes: it names the cached tar
 
 
 def build_bootable_rootfs() -> str:

@@ -175,6 +175,8 @@ def test_make_bootable_rewrites_the_tree(synthetic):
     # the version counts up on the branch; old commits without ostree-meta stay readable
     run_gitree("-C", repo, "make-bootable", "os/plain", "--branch", "os/boot")
     assert b"version s 1.1\n" in show(repo, f"{b}:ostree-meta")
+    r = run_gitree("-C", repo, "make-bootable", b, "--branch", "again", check=False)
+    assert r.returncode != 0 and "already bootable" in r.stderr.decode()
     run_gitree("-C", repo, "export-ostree", "os/plain", "--ostree-repo", os.path.join(os.path.dirname(repo), "o"))
 
 
@@ -325,7 +327,8 @@ def debian_bootable(tmpfs_root):
     print(f"\nmake-bootable of the real rootfs: {t_make:.1f} s\n{r.stderr.decode()}")
     run_gitree("-C", repo, "make-bootable", "debian/rootfs", "--branch", "debian/boot")
     kver = re.search(rb"kernel (\S+):", r.stderr).group(1).decode()
-    return repo, base, kver
+    yield repo, base, kver
+    remove_sysroot(base)
 
 
 def test_real_debian_deploy_sequence(debian_bootable, tmpfs_root):
@@ -392,6 +395,7 @@ def test_boot_deployment_in_qemu(debian_bootable):
     print(f"\ndeploy {t_deploy:.1f} s, disk image {t_image:.1f} s, boot to marker under TCG {t_boot:.1f} s")
     print(found)
     assert "ostree-booted=yes" in found and "id=debian" in found
+    assert "var-from-tmpfiles=yes" in found  # /var (and /root) filled by gitree-var.conf at first boot
     m = re.search(r"ostree=(\S+)", found)
     assert m and os.path.basename(os.path.realpath(os.path.join(sysroot, m.group(1).lstrip("/")))) \
         .startswith(csum + ".")
