@@ -258,11 +258,13 @@ def deploy_sequence(repo: str, work: str, osname: str, branch: str, kver: str) -
     rel = f"rootfs/usr/lib/modules/{kver}"
     vmlinuz, initramfs = show(repo, f"{branch}:{rel}/vmlinuz"), show(repo, f"{branch}:{rel}/initramfs.img")
     t0 = time.monotonic()
-    r = run_gitree("-C", repo, "deploy", "--sysroot", sysroot, "--os", osname, branch + "~1", "--ref", branch)
+    r = run_gitree("-C", repo, "deploy", "--sysroot", sysroot, "--os", osname, branch + "~1", "--ref", branch,
+                   "--karg", "console=ttyS0", "--karg", "quiet")
     t_first = time.monotonic() - t0
     c1 = last_line(r)
     assert os.readlink(os.path.join(sysroot, "boot", "loader")) == "loader.1"
     (e1,) = entries(sysroot)
+    assert e1["options"].split()[:2] == ["console=ttyS0", "quiet"]
     check_entry(sysroot, e1, osname, c1, vmlinuz, initramfs)
     dep1 = os.path.join(sysroot, "ostree", "deploy", osname, "deploy", c1 + ".0")
     assert os.path.isfile(os.path.join(dep1, "etc", "os-release")) or os.path.islink(
@@ -392,7 +394,8 @@ def test_boot_deployment_in_qemu(debian_bootable):
         q.wait()
     tail = "\n".join(log[-40:])
     assert found is not None, f"no marker after {t_boot:.0f} s; console tail:\n{tail}"
-    print(f"\ndeploy {t_deploy:.1f} s, disk image {t_image:.1f} s, boot to marker under TCG {t_boot:.1f} s")
+    print(f"\ndeploy {t_deploy:.1f} s ({r.stderr.decode().splitlines()[0]}), disk image {t_image:.1f} s, "
+          f"boot to marker under TCG {t_boot:.1f} s")
     print(found)
     assert "ostree-booted=yes" in found and "id=debian" in found
     assert "var-from-tmpfiles=yes" in found  # /var (and /root) filled by gitree-var.conf at first boot
