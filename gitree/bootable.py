@@ -19,6 +19,7 @@ nothing is recompressed):
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass, field
 
 from . import ostreemeta
@@ -294,7 +295,6 @@ def make_bootable(repo: Repo, rev: str, branch: str, version: str | None = None,
                   message: str | None = None, timestamp: int | None = None,
                   check_prepare_root: bool = True) -> BootableResult:
     """Write the bootable form of REV as a new commit on `branch` (its tip becomes the parent)."""
-    import time
     t0 = time.monotonic()
     repo.branch_ref(branch)
     commit = repo.resolve(rev)
