@@ -45,13 +45,9 @@ def import_rootfs(repo: Repo, source: str, branch: str, message: str | None = No
     repo.branch_ref(branch)  # validate the name before any work
     if level is None:
         level = _compression_level(repo)
-    total = None
-    if source != "-":
-        if not os.path.lexists(source):
-            raise BadInput(f"no such file or directory: {source}")
-        if not os.path.isdir(source):
-            total = os.path.getsize(source)
-    progress = make_progress("import", quiet, None if total is None else None)
+    if source != "-" and not os.path.lexists(source):
+        raise BadInput(f"no such file or directory: {source}")
+    progress = make_progress("import", quiet)
     imp = Importer(repo, keep_mtime=keep_mtime, level=level, progress=progress, warn=warn)
     warnings: list[str] = []
     tar_in = None
