@@ -315,9 +315,22 @@ class Exporter:
             pending.files.append((name, (fkey, slot)))
         return pending
 
-    def _submit(self) -> None:
-        """Hand the queued content writes to a worker process as one job."""
+    def _submit(self, final: bool = False) -> None:
+        """Hand the queued content writes to a worker process as one job (a last small batch of a small
+        export is written here: starting processes would cost more than it saves)."""
         if not self.batch:
+            return
+        if final and self.pool is None:
+            fut = concurrent.futures.Future()
+            _W.update(repo=self.repo, target=self.target)
+            try:
+                fut.set_result(_worker_write([job for _, job in self.batch]))
+            finally:
+                _W.clear()
+            slots = [s for s, _ in self.batch]
+            for s in slots:
+                s.future, s.batch = fut, slots
+            self.batch = []
             return
         if self.pool is None:
             self.pool = concurrent.futures.ProcessPoolExecutor(
@@ -332,7 +345,7 @@ class Exporter:
     def _resolve(self, slot: "_Slot") -> str:
         if slot.csum is None:
             if slot.future is None:
-                self._submit()
+                self._submit(final=True)
             for s, (csum, size) in zip(slot.batch, slot.future.result(), strict=True):
                 s.csum = csum
                 self.nbytes += size
