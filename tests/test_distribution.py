@@ -6,6 +6,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import signal
 import re
 import shutil
 import socket
@@ -454,10 +455,11 @@ def git_daemon(work):
     port = free_port()
     proc = subprocess.Popen(["git", "daemon", "--export-all", "--enable=receive-pack", "--reuseaddr",
                              "--listen=127.0.0.1", f"--port={port}", f"--base-path={base}", base],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     wait_port(port)
     yield base, f"git://127.0.0.1:{port}"
-    proc.kill()
+    # `git daemon` runs git-daemon as a child: end the whole process group, not only the wrapper
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
 
 
