@@ -526,7 +526,7 @@ class Bench:
             old, new = self.gitree_commits[i - 1], self.gitree_commits[i]
             path = self.w.sub("scratch", "update.bundle")
             t = self.attempt(f"{self.names[i]}: gitree bundle create",
-                             lambda old=old, new=new, path=path: self.G.bundle_create(old, new, path))
+                             lambda old=old, new=new, path=path: self.G.bundle_create(old, new, path, "main"))
             if t:
                 self.updates["gitree_bundle"][i - 1] = {"bytes": os.path.getsize(path), "time": t.as_dict()}
                 os.unlink(path)
@@ -567,7 +567,7 @@ class Bench:
             cache = stores.ref_oid(self.GX.path, CACHE_REF)
             stores.set_ref(self.GX.path, CACHE_REF, None)
             cmd = py + ["-C", self.GX.path, "export-ostree", self.gitree_commits[i], "--ostree-repo", scratch,
-                        "--mode", "archive"]
+                        "--mode", "archive", "--ref", "main"]
         try:
             self.attempt(f"{self.names[i]}: profile {op} (cProfile)", lambda: stores.run_timed(cmd))
         finally:

@@ -167,8 +167,8 @@ class Gitree:
         lines = out.strip().splitlines()
         return t, lines[-1].strip() if lines else ""
 
-    def bundle_create(self, old: str, new: str, dest: str) -> Timing:
-        return run_timed(self.cmd("bundle", "create", f"{old}..{new}", dest))[0]
+    def bundle_create(self, old: str, new: str, dest: str, branch: str) -> Timing:
+        return run_timed(self.cmd("bundle", "create", "-b", branch, f"{old}..{new}", dest))[0]
 
 
 def gitree_subcommand(name: str) -> tuple[bool, str]:
