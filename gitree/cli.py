@@ -291,11 +291,12 @@ def bundle_unwrap(c: Ctx, file, out):
 @cli.command()
 @click.option("--window", type=int, default=50, show_default=True, help="git repack --window")
 @click.option("--depth", type=int, default=50, show_default=True, help="git repack --depth")
+@click.option("--compression", type=click.IntRange(0, 9), default=9, show_default=True, help="zlib level")
 @pass_ctx
-def gc(c: Ctx, window, depth):
-    """Repack the repository into one delta-compressed pack."""
+def gc(c: Ctx, window, depth, compression):
+    """Repack the repository into one delta-compressed pack (every object recompressed)."""
     repo = c.repo()
-    porcelain.gc(repo, window, depth)
+    porcelain.gc(repo, window, depth, compression)
     click.echo("gc: done", err=True)
 
 

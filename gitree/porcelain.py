@@ -321,8 +321,8 @@ def _subtree(repo: Repo, path: bytes, node, name: bytes, root) -> Iterator[Entry
 # ---------------------------------------------------------------------------------------------
 # gc
 
-def gc(repo: Repo, window: int = 50, depth: int = 50) -> None:
-    """Repack everything into one delta-compressed pack and drop stale temporary packs."""
+def gc(repo: Repo, window: int = 50, depth: int = 50, level: int = 9) -> None:
+    """Repack everything into one delta-compressed pack at zlib `level`, and drop stale temporary packs."""
     import subprocess
     import time
 
@@ -332,7 +332,9 @@ def gc(repo: Repo, window: int = 50, depth: int = 50) -> None:
             p = os.path.join(pack_dir, name)
             if name.startswith("tmp_gitree_") and time.time() - os.path.getmtime(p) > 3600:
                 os.unlink(p)
-        r = subprocess.run(["git", "--git-dir", repo.path, "repack", "-a", "-d", "-f", "-q",
+        # -F recompresses every object (import writes zlib level 1 for speed); -f recomputes deltas
+        r = subprocess.run(["git", "-c", f"pack.compression={level}", "--git-dir", repo.path, "repack", "-a", "-d",
+                            "-F", "-f", "-q",
                             f"--window={window}", f"--depth={depth}"], capture_output=True)
         if r.returncode != 0:
             raise GitreeError(f"git repack failed: {r.stderr.decode(errors='replace').strip()}")
