@@ -126,34 +126,32 @@ def test_truncated_commit(case):
     _assert_refused(_import(g, repo), g, csum)
 
 
-def test_wrong_checksum_of_a_content_object(case):
-    repo, csum, g = case
+def _replace_hello_payload(repo: str, csum: str, payload: bytes) -> str:
+    """Keep hello.txt's .filez header, put `payload` (raw deflate) after it; return the object's checksum."""
     tree = oc.decode_dirtree(open(_obj(repo, _commit(repo, csum).root_tree, "dirtree"), "rb").read())
     fcsum = dict(tree.files)["hello.txt"]
     path = _obj(repo, fcsum, "filez")
     with open(path, "rb") as f:
         data = f.read()
-    # replace the payload with another valid deflate stream of the same length: content differs
     hdr_len = struct.unpack(">I", data[:4])[0] + 8
-    z = zlib.compressobj(6, zlib.DEFLATED, -15)
-    payload = z.compress(b"HELLO WORLD\n") + z.flush()
     with open(path, "wb") as f:
         f.write(data[:hdr_len] + payload)
+    return fcsum
+
+
+def test_wrong_checksum_of_a_content_object(case):
+    repo, csum, g = case
+    # another valid deflate stream of the same length: the content differs from what the name says
+    z = zlib.compressobj(6, zlib.DEFLATED, -15)
+    fcsum = _replace_hello_payload(repo, csum, z.compress(b"HELLO WORLD\n") + z.flush())
     _assert_refused(_import(g, repo), g, fcsum)
 
 
 def test_deflate_bomb_in_filez(case):
     repo, csum, g = case
-    tree = oc.decode_dirtree(open(_obj(repo, _commit(repo, csum).root_tree, "dirtree"), "rb").read())
-    fcsum = dict(tree.files)["hello.txt"]
-    path = _obj(repo, fcsum, "filez")
-    with open(path, "rb") as f:
-        data = f.read()
-    hdr_len = struct.unpack(">I", data[:4])[0] + 8
     z = zlib.compressobj(9, zlib.DEFLATED, -15)
     bomb = b"".join(z.compress(b"\0" * (1 << 20)) for _ in range(512)) + z.flush()  # 512 MiB inflated
-    with open(path, "wb") as f:
-        f.write(data[:hdr_len] + bomb)
+    fcsum = _replace_hello_payload(repo, csum, bomb)
     _assert_refused(_import(g, repo), g, fcsum)
 
 
