@@ -18,7 +18,6 @@ import multiprocessing
 import os
 import stat
 import struct
-import sys
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -33,7 +32,7 @@ from .errors import BadInput, CorruptObject, GitreeError, UnsupportedEntry
 from .gittree import MODE_DIR, MODE_FILE, decode_tree, encode_tree
 from .names import display, esc, unesc
 from .packwriter import OBJ_BLOB, OBJ_TREE
-from .store import TOP_OSTREE, Importer, Repo
+from .store import TOP_OSTREE, Importer, Repo, stderr_warn
 
 CACHE_REF = "refs/gitree/ostree-cache"
 WORKERS = max(2, min(4, os.cpu_count() or 2))
@@ -62,10 +61,6 @@ def decode_xattr_order(data: bytes) -> dict[bytes, list[bytes]]:
         except ValueError:
             raise CorruptObject("ostree/xattr-order: bad escape") from None
     return out
-
-
-def _warn(msg: str) -> None:
-    print(f"gitree: warning: {msg}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -103,7 +98,7 @@ class ExportCache:
                 for i in range(0, len(data), rec):
                     m[data[i:i + 20]] = data[i + 20:i + rec]
         except (CorruptObject, KeyError):
-            _warn("the OSTree export cache is unreadable; rebuilding it")
+            stderr_warn("the OSTree export cache is unreadable; rebuilding it")
             self.maps = {k: {} for k in self.RECORD}
 
     def get(self, table: bytes, key: bytes) -> bytes | None:
@@ -213,7 +208,7 @@ def _ostree_name(name: bytes) -> str | None:
 
 
 class Exporter:
-    def __init__(self, repo: Repo, target: OstreeRepo, opts: ExportOptions, warn=_warn, progress=None):
+    def __init__(self, repo: Repo, target: OstreeRepo, opts: ExportOptions, warn=stderr_warn, progress=None):
         self.repo = repo
         self.target = target
         self.opts = opts
@@ -492,7 +487,7 @@ class Exporter:
 
 def export_ostree(repo: Repo, rev: str, ostree_path: str, ref: str | None = None, mode: str = "archive",
                   bindings: bool = True, history: bool = False, strict: bool = False,
-                  update_summary: bool = False, warn=_warn, progress=None,
+                  update_summary: bool = False, warn=stderr_warn, progress=None,
                   extra_metadata: list | None = None, signers: list | None = None) -> ExportResult:
     if ref is None:
         ref = _default_ref(repo, rev)
@@ -599,7 +594,7 @@ def _commit_chain(src: OstreeRepo, csum: str) -> list[str]:
     return chain
 
 
-def import_ostree(repo: Repo, src_path: str, ref: str, branch: str, warn=_warn, progress=None) -> list[bytes]:
+def import_ostree(repo: Repo, src_path: str, ref: str, branch: str, warn=stderr_warn, progress=None) -> list[bytes]:
     """Import an OSTree commit and its parent chain as gitree commits on `branch` (created or extended)."""
     repo.branch_ref(branch)
     try:

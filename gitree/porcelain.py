@@ -17,13 +17,9 @@ from .names import display
 from .progress import make_progress
 from .sinks import CheckoutReport, DirectoryWriter, write_tar
 from .sources import DirectoryReport, TarInput, directory_entries, tar_entries
-from .store import Importer, ImportStats, Repo
+from .store import Importer, ImportStats, Repo, stderr_warn
 
 Warn = Callable[[str], None]
-
-
-def _stderr_warn(msg: str) -> None:
-    print(f"gitree: warning: {msg}", file=sys.stderr)
 
 
 def init(path: str) -> Repo:
@@ -39,7 +35,7 @@ class ImportResult:
 
 def import_rootfs(repo: Repo, source: str, branch: str, message: str | None = None,
                   timestamp: int | None = None, keep_mtime: bool = False, quiet: bool = True,
-                  one_file_system: bool = True, level: int | None = None, warn: Warn = _stderr_warn
+                  one_file_system: bool = True, level: int | None = None, warn: Warn = stderr_warn
                   ) -> ImportResult:
     """Import a directory, a tar file (any compression) or '-' (a tar on stdin) as a commit on `branch`."""
     repo.branch_ref(branch)  # validate the name before any work

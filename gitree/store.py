@@ -95,6 +95,10 @@ class ImportStats:
     seconds: float = 0.0
 
 
+def stderr_warn(msg: str) -> None:
+    print(f"gitree: warning: {msg}", file=sys.stderr)
+
+
 class Progress:
     """Interface for progress reporting; the CLI passes a terminal bar, tests pass nothing."""
 
@@ -255,8 +259,7 @@ class Repo:
 
     def commit_trees(self, commit: pygit2.Commit) -> tuple[bytes, bytes]:
         """(content root tree id, meta root tree id) of a gitree commit."""
-        top = dict((name, (mode, oid)) for mode, name, oid in
-                   decode_tree(self.read(commit.tree_id.raw, OBJ_TREE, "top tree"), "top"))
+        top = self.top_entries(commit)
         if TOP_ROOTFS not in top or TOP_META not in top or TOP_FORMAT not in top:
             raise NotFound(f"commit {commit.id} is not a gitree commit (no format, rootfs/ and meta/)")
         fmt = self.read(top[TOP_FORMAT][1], OBJ_BLOB, "format")
@@ -447,7 +450,7 @@ class Importer:
         self.keep_mtime = keep_mtime
         self.level = level
         self.progress = progress
-        self.warn = warn or (lambda m: print(f"gitree: warning: {m}", file=sys.stderr))
+        self.warn = warn or stderr_warn
         self.root = Dir()
         self.root_seen = False
         self.pack = PackWriter(repo.objects_dir)
