@@ -35,9 +35,11 @@ class ImportResult:
 
 def import_rootfs(repo: Repo, source: str, branch: str, message: str | None = None,
                   timestamp: int | None = None, keep_mtime: bool = False, quiet: bool = True,
-                  one_file_system: bool = True, level: int | None = None, warn: Warn = stderr_warn
-                  ) -> ImportResult:
-    """Import a directory, a tar file (any compression) or '-' (a tar on stdin) as a commit on `branch`."""
+                  one_file_system: bool = True, level: int | None = None, warn: Warn = stderr_warn,
+                  strict: bool = False) -> ImportResult:
+    """Import a directory, a tar file (any compression) or '-' (a tar on stdin) as a commit on `branch`.
+
+    With `strict`, anything read but not kept (each a warning otherwise) fails the import; nothing moves."""
     repo.branch_ref(branch)  # validate the name before any work
     if level is None:
         level = _compression_level(repo)
@@ -50,7 +52,7 @@ def import_rootfs(repo: Repo, source: str, branch: str, message: str | None = No
     try:
         if source == "-" or not os.path.isdir(source):
             tar_in = TarInput(sys.stdin.buffer if source == "-" else source)
-            items = tar_entries(tar_in)
+            items = tar_entries(tar_in, warnings)
         else:
             report = DirectoryReport()
             items = directory_entries(source, report, one_file_system, exclude=repo.path)
@@ -66,6 +68,8 @@ def import_rootfs(repo: Repo, source: str, branch: str, message: str | None = No
             warnings.extend(report.lines())
         for w in warnings:
             warn(w)
+        if strict and warnings:
+            raise BadInput(f"--strict: {len(warnings)} warning(s) above; nothing was imported")
         msg = message if message is not None else f"Import {os.path.basename(source.rstrip('/')) or source}"
         cid = imp.commit(branch, msg, timestamp,
                          lock_wait=lambda: print("gitree: waiting for another writer to finish...",
@@ -108,7 +112,7 @@ def checkout_dir(repo: Repo, rev: str, dest: str, quiet: bool = True, subpath: b
     return report
 
 
-def checkout_tar(repo: Repo, rev: str, out: str, quiet: bool = True) -> tuple[int, int]:
+def checkout_tar(repo: Repo, rev: str, out: str, quiet: bool = True, sparse: bool = False) -> tuple[int, int]:
     commit = repo.resolve(rev)
     repo.commit_trees(commit)
     progress = make_progress("checkout", quiet)
@@ -116,13 +120,13 @@ def checkout_tar(repo: Repo, rev: str, out: str, quiet: bool = True) -> tuple[in
     sizes = lambda e: repo.blob_size(e.oid, display(e.path))  # noqa: E731
     if out == "-":
         stream = sys.stdout.buffer
-        res = write_tar(repo.walk(commit), stream.write, _chunks_for(repo), sizes, True, tick)
+        res = write_tar(repo.walk(commit), stream.write, _chunks_for(repo), sizes, True, tick, sparse)
         stream.flush()
     else:
         tmp = out + ".gitree-tmp"
         try:
             with open(tmp, "wb") as f:
-                res = write_tar(repo.walk(commit), f.write, _chunks_for(repo), sizes, True, tick)
+                res = write_tar(repo.walk(commit), f.write, _chunks_for(repo), sizes, True, tick, sparse)
             os.replace(tmp, out)
         except BaseException:
             if os.path.exists(tmp):
@@ -357,6 +361,10 @@ def fsck(repo: Repo, revs: list[str] | None = None) -> list[tuple[str, bytes, st
             for e in repo.walk(commit, problems=found):
                 if e.oid is not None and e.hardlink is None and e.kind is Kind.FILE and not repo.exists(e.oid):
                     found.append((e.path, f"missing blob {e.oid.hex()}"))
+                elif e.sparse is not None and e.hardlink is None and e.oid is not None \
+                        and repo.blob_size(e.oid) != e.sparse.data_size:
+                    found.append((e.path, f"blob {e.oid.hex()} does not hold the {e.sparse.data_size} data bytes "
+                                          "of its sparse map"))
         except GitreeError as err:
             found.append((b"", str(err)))
         problems.extend((rev, p, m) for p, m in found)

@@ -21,12 +21,23 @@ from .tarformat import LNKTYPE, TarReader
 
 Item = tuple[Entry, Callable | None, bool]
 
+# (first bytes, format name, decompressor command): recognised by content, never by file name
 _MAGICS = [
     (b"\x1f\x8b", "gzip", ["gzip", "-dc"]),
+    (b"\x1f\x9d", "compress (.Z)", ["gzip", "-dc"]),  # gzip reads LZW .Z files
     (b"\xfd7zXZ\x00", "xz", ["xz", "-dc", "-T2"]),
     (b"\x28\xb5\x2f\xfd", "zstd", ["zstd", "-dc", "-q"]),
     (b"BZh", "bzip2", ["bzip2", "-dc"]),
+    (b"\x04\x22\x4d\x18", "lz4", ["lz4", "-dc"]),
+    (b"\x02\x21\x4c\x18", "lz4 (legacy)", ["lz4", "-dc"]),
+    (b"\x89LZO\x00\r\n\x1a\n", "lzo", ["lzop", "-dc"]),
+    (b"LZIP", "lzip", ["lzip", "-dc"]),
 ]
+_SKIPPABLE_PEEK = 1 << 20  # how far past skippable frames (zstd and lz4 share them) we look for the real one
+
+
+def _is_skippable(head: bytes) -> bool:
+    return len(head) >= 8 and 0x50 <= head[0] <= 0x5F and head[1:4] == b"\x2a\x4d\x18"
 
 
 class TarInput:
@@ -40,6 +51,7 @@ class TarInput:
         self.closed = False
         self._pump = None
         self._pump_error: BaseException | None = None
+        self.format = "tar"
         self.name = source if isinstance(source, str) else "<stdin>"
         if isinstance(source, str):
             try:
@@ -48,13 +60,26 @@ class TarInput:
                 raise BadInput(f"cannot open {source}: {e.strerror}") from None
         else:
             self.raw = source
-        head = self._peek(6)
+        head = self._peek(12)
+        pos = 0
+        while _is_skippable(head[pos:]):
+            pos += 8 + int.from_bytes(head[pos + 4:pos + 8], "little")
+            if pos + 12 > _SKIPPABLE_PEEK:
+                break
+            head += self._peek(pos + 12 - len(head))
+        magic_at = head[pos:] if pos < len(head) else b""
         for magic, fmt, cmd in _MAGICS:
-            if head.startswith(magic):
+            if magic_at.startswith(magic) or (pos and fmt == "zstd" and not magic_at):
                 if shutil.which(cmd[0]) is None:
-                    raise BadInput(f"{self.name} is {fmt}-compressed but '{cmd[0]}' is not installed")
+                    raise BadInput(f"{self.name} is compressed with {fmt}; '{cmd[0]}' is not installed: "
+                                   "decompress it first, or pipe it in")
+                self.format = fmt
                 self._start(cmd, head)
                 return
+        if pos:
+            self.format = "zstd"
+            self._start(["zstd", "-dc", "-q"], head)
+            return
         self._prefix = head
         self.read = self._read_plain
 
@@ -123,18 +148,26 @@ class TarInput:
                 if ok and self._pump_error is not None:
                     raise BadInput(f"{self.name}: read failed: {self._pump_error}")
                 if ok and rc != 0:
-                    raise BadInput(f"{self.name}: decompression failed: {err.splitlines()[-1] if err else rc}")
+                    raise BadInput(f"{self.name}: {self.format} decompression failed: "
+                                   f"{err.splitlines()[-1] if err else rc}")
         finally:
             if self.raw is not sys.stdin.buffer:
                 self.raw.close()
 
 
-def tar_entries(inp: TarInput) -> Iterator[Item]:
+def tar_entries(inp: TarInput, warnings: list[str] | None = None) -> Iterator[Item]:
+    """Entries of a tar; what was read but not kept is appended to `warnings`, one line each."""
     reader = TarReader(inp.read)
+    if warnings is None:
+        warnings = []
     for m in reader:
+        warnings.extend(reader.warnings)
+        warnings.extend(m.warnings)
+        reader.warnings.clear()
         path = normalize_member_path(m.path)
         kind = Kind.from_mode(m.ifmt | m.mode)
-        e = Entry(path, kind, m.mode, m.uid, m.gid, sorted_xattrs(m.xattrs), mtime_ns=m.mtime_ns, size=m.size)
+        e = Entry(path, kind, m.mode, m.uid, m.gid, sorted_xattrs(m.xattrs), mtime_ns=m.mtime_ns, size=m.size,
+                  sparse=m.sparse)
         if m.typeflag == LNKTYPE:
             e.hardlink = normalize_member_path(m.linkname)
             e.size = 0
@@ -148,6 +181,10 @@ def tar_entries(inp: TarInput) -> Iterator[Item]:
             yield e, reader.iter_data, False
         else:
             yield e, None, False
+    warnings.extend(reader.warnings)
+    if reader.end_missing:
+        warnings.append(f"{inp.name}: the archive ends at byte {reader.pos} without its end-of-archive blocks "
+                        f"(truncated?); imported the {reader.members} members it holds")
 
 
 # ---------------------------------------------------------------------------------------------
