@@ -56,11 +56,19 @@ def import_rootfs(repo: Repo, source: str, branch: str, message: str | None = No
         else:
             report = DirectoryReport()
             items = directory_entries(source, report, one_file_system, exclude=repo.path)
-        for entry, data, rereadable in items:
-            try:
-                imp.add(entry, data, rereadable)
-            except OSError as e:
-                raise BadInput(f"{display(entry.path)}: {e.strerror or e}") from None
+        try:
+            for entry, data, rereadable in items:
+                try:
+                    imp.add(entry, data, rereadable)
+                except OSError as e:
+                    raise BadInput(f"{display(entry.path)}: {e.strerror or e}") from None
+        except BadInput as err:
+            why = tar_in.failure() if tar_in is not None else None
+            if why is not None:
+                raise BadInput(why) from None
+            if tar_in is not None and tar_in.format != "tar":
+                raise BadInput(f"{err} (in the {tar_in.format}-compressed stream)") from None
+            raise
         if tar_in is not None:
             closing, tar_in = tar_in, None
             closing.close()

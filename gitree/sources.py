@@ -6,6 +6,7 @@ chunks; for a tar stream it must be consumed before the next entry is taken.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
@@ -17,6 +18,8 @@ from typing import BinaryIO, Callable, Iterator
 from .entry import Entry, Kind, sorted_xattrs
 from .errors import BadInput, UnsafePath
 from .names import display, normalize_member_path
+from .sparse import SparseMap, coarsen
+from .sparse import canonical as sparse_canonical
 from .tarformat import LNKTYPE, TarReader
 
 Item = tuple[Entry, Callable | None, bool]
@@ -124,6 +127,22 @@ class TarInput:
         self._pump = threading.Thread(target=pump, daemon=True)
         self._pump.start()
         self.read = self.proc.stdout.read
+
+    def failure(self) -> str | None:
+        """If a decompressor is running and has failed (or fails once its input is drained), why; the
+        reader's own complaint about a cut stream is then only a consequence."""
+        if self.proc is None or self.closed:
+            return None
+        try:
+            while self.proc.stdout.read(1 << 20):
+                pass
+            rc = self.proc.wait(timeout=60)
+        except (OSError, ValueError, subprocess.TimeoutExpired):
+            return None
+        if rc == 0:
+            return None
+        err = self.proc.stderr.read().decode(errors="replace").strip()
+        return f"{self.name}: {self.format} decompression failed: {err.splitlines()[-1] if err else rc}"
 
     def close(self, ok: bool = True) -> None:
         """Release the input; with ok, check the decompressor finished cleanly. Safe to call twice."""
@@ -249,6 +268,59 @@ def _file_reader(path: bytes, size: int):
     return chunks
 
 
+def _data_segments(path: bytes, size: int) -> list[tuple[int, int]] | None:
+    """Where a file's data lies (SEEK_DATA/SEEK_HOLE), or None if the file system cannot tell."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        segs = []
+        pos = 0
+        while pos < size:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError as e:
+                if e.errno == errno.ENXIO:  # only a hole up to the end
+                    break
+                return None
+            end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+            if end <= start:
+                return None
+            segs.append((start, end - start))
+            pos = end
+        return segs
+    finally:
+        os.close(fd)
+
+
+def _sparse_reader(path: bytes, segs: tuple[tuple[int, int], ...]):
+    def chunks():
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            for off, n in segs:
+                while n > 0:
+                    buf = os.pread(fd, min(n, 1 << 20), off)
+                    if not buf:
+                        return
+                    off += len(buf)
+                    n -= len(buf)
+                    yield buf
+        finally:
+            os.close(fd)
+    return chunks
+
+
+def _sparse_map(path: bytes, st: os.stat_result) -> SparseMap | None:
+    """A file with fewer allocated blocks than its size has holes: its map, if it has holes at all."""
+    if st.st_blocks * 512 >= st.st_size:
+        return None
+    segs = _data_segments(path, st.st_size)
+    if segs is None:
+        return None
+    try:
+        return sparse_canonical(st.st_size, coarsen(segs))
+    except ValueError:
+        return None  # over the logical-size limit: read as an ordinary file, as before
+
+
 def directory_entries(root: str | bytes, report: DirectoryReport, one_file_system: bool = True,
                       exclude: str | None = None) -> Iterator[Item]:
     """Walk a directory tree without following symlinks; entries in canonical order."""
@@ -323,7 +395,12 @@ def _walk(abs_: bytes, rel: bytes, st, report, seen, dev) -> Iterator[Item]:
             if not os.access(cabs, os.R_OK) and os.geteuid() != 0:
                 report.unreadable.append((crel, "permission denied"))
                 continue
-            data = _file_reader(cabs, e.size)
+            smap = _sparse_map(cabs, cst)
+            if smap is not None:
+                e.sparse, e.size = smap, smap.data_size
+                data = _sparse_reader(cabs, smap.segments)
+            else:
+                data = _file_reader(cabs, e.size)
             if cst.st_nlink > 1:
                 seen[(cst.st_dev, cst.st_ino)] = crel
             yield e, data, True

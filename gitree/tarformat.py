@@ -6,6 +6,9 @@ Names, link targets and xattr values stay bytes from end to end.
 from __future__ import annotations
 
 import base64
+import grp
+import pwd
+import re
 import stat
 import struct
 import urllib.parse
@@ -26,7 +29,6 @@ _TYPE_IFMT = {REGTYPE: stat.S_IFREG, AREGTYPE: stat.S_IFREG, CONTTYPE: stat.S_IF
               FIFOTYPE: stat.S_IFIFO}
 # Limits on what an archive can make gitree hold (docs/tar.md, "Limits").
 MAX_PAX_HEADER = 8 << 20        # one pax extended header or GNU long name/link payload
-MAX_GLOBAL_XATTR_BYTES = 16 << 10  # xattrs (names + values) in pax global headers, applied to every member
 XATTR_LIST_MAX = 65536          # Linux: total length of one inode's xattr name list (names + NULs)
 _MAX_META = MAX_PAX_HEADER
 _REFUSED_TYPES = {b"M": "GNU multi-volume continuation", b"N": "GNU old long-name (type N)"}
@@ -144,9 +146,7 @@ def acl_text_to_xattr(text: bytes) -> bytes:
             if tag not in (0x01, 0x04):
                 raise ValueError(f"ACL entry {ent[:40]!r} has a qualifier")
             idtext = parts[3] if len(parts) == 4 else qual
-            if not idtext.isdigit():
-                raise ValueError(f"ACL entry {ent[:40]!r} names a user or group without a numeric id")
-            ident = int(idtext)
+            ident = int(idtext) if idtext.isdigit() else _host_id(tag, idtext)
             if ident >= _ACL_UNDEFINED:
                 raise ValueError(f"ACL id {ident} out of range")
             tag <<= 1  # ACL_USER = 0x02, ACL_GROUP = 0x08
@@ -158,6 +158,41 @@ def acl_text_to_xattr(text: bytes) -> bytes:
     if len(set(keys)) != len(keys):
         raise ValueError("ACL names one entry twice")
     return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", t, p, i) for t, i, p in entries)
+
+
+_ACL_NAMES = {0x01: b"user", 0x02: b"user", 0x04: b"group", 0x08: b"group", 0x10: b"mask", 0x20: b"other"}
+
+
+def acl_xattr_to_text(value: bytes) -> bytes | None:
+    """The POSIX.1e text of a system.posix_acl_* value with numeric qualifiers (what GNU tar and bsdtar
+    both read back), or None if the value is not a well-formed ACL."""
+    if len(value) < 4 or (len(value) - 4) % 8 or value[:4] != struct.pack("<I", 2):
+        return None
+    out = []
+    for off in range(4, len(value), 8):
+        tag, perm, ident = struct.unpack("<HHI", value[off:off + 8])
+        if tag not in _ACL_NAMES or perm > 7:
+            return None
+        qual = b"%d" % ident if tag in (0x02, 0x08) else b""
+        rwx = bytes(c if perm & bit else 0x2D for c, bit in ((0x72, 4), (0x77, 2), (0x78, 1)))
+        out.append(_ACL_NAMES[tag] + b":" + qual + b":" + rwx)
+    text = b",".join(out)
+    try:
+        return text if acl_text_to_xattr(text) == value else None
+    except ValueError:
+        return None
+
+
+def _host_id(tag: int, name: bytes) -> int:
+    """A name in an ACL without its numeric id is resolved in this host's user database, as GNU tar
+    (acl_from_text) does when it extracts; docs/tar.md."""
+    try:
+        if tag == 0x01:
+            return pwd.getpwnam(name.decode("utf-8")).pw_uid
+        return grp.getgrnam(name.decode("utf-8")).gr_gid
+    except (KeyError, UnicodeDecodeError):
+        raise ValueError(f"ACL names {'user' if tag == 1 else 'group'} {name[:40]!r}, unknown on this host "
+                         "and without a numeric id") from None
 
 
 def _sparse_canonical(hdr: "TarMember", realsize: int, segs, offset: int) -> None:
@@ -188,7 +223,6 @@ class TarReader:
         self._remaining = 0
         self._pad = 0
         self._global: dict[bytes, bytes] = {}
-        self._global_xattrs: tuple[tuple[bytes, bytes], ...] = ()  # one shared copy for every member
         self.members = 0
         self.end_missing = False
         self.warnings: list[str] = []
@@ -274,7 +308,10 @@ class TarReader:
                 if tf == PAX_G:
                     self._set_global(recs, offset)
                 else:
-                    pax.extend(recs)
+                    if pax:
+                        self.warnings.append(f"pax header at byte {offset} follows another: the earlier one "
+                                             "is ignored (as GNU tar does)")
+                    pax = recs
                 continue
             if tf in (GNU_LONGNAME, GNU_LONGLINK):
                 data = _cstr(self._read_meta(hdr.size, offset))
@@ -325,7 +362,6 @@ class TarReader:
             return hdr
 
     def _set_global(self, recs, offset: int) -> None:
-        xattrs = dict(self._global_xattrs)
         for key, value in recs:
             if key in (b"path", b"linkpath", b"size") or key.startswith(b"GNU.sparse."):
                 if value:
@@ -333,23 +369,15 @@ class TarReader:
                                          "ignored (it would apply to every member)")
                 continue
             if key.startswith((b"SCHILY.xattr.", b"LIBARCHIVE.xattr.", b"SCHILY.acl.", b"RHT.")):
-                one = TarMember(b"", b"0", 0, 0, 0, 0, 0)
-                self._apply_xattr(one, [(key, value)], offset)
-                for n, v in one.xattrs:
-                    if value:
-                        xattrs[n] = v
-                    else:
-                        xattrs.pop(n, None)
+                # GNU tar fails on them and bsdtar ignores them; applied to every member they would
+                # multiply their size by the member count
+                self.warnings.append(f"pax global header at byte {offset}: {key[:60].decode('latin-1')} "
+                                     "ignored (xattrs and ACLs are kept per member only)")
                 continue
             if value:
                 self._global[key] = value
             else:
                 self._global.pop(key, None)
-        total = sum(len(n) + len(v) for n, v in xattrs.items())
-        if total > MAX_GLOBAL_XATTR_BYTES:
-            raise BadInput(f"pax global header at byte {offset}: xattrs of {total} bytes, over the limit of "
-                           f"{MAX_GLOBAL_XATTR_BYTES} bytes for values applied to every member")
-        self._global_xattrs = tuple(xattrs.items())
 
     @staticmethod
     def _parse_header(buf: bytes, offset: int):
@@ -440,6 +468,7 @@ class TarReader:
     def _apply_xattr(self, hdr: TarMember, recs, offset: int) -> None:
         schily: dict[bytes, bytes] = {}
         other: dict[bytes, bytes] = {}
+        selinux = None
         for key, value in recs:
             if key.startswith(b"SCHILY.xattr."):
                 schily[key[len(b"SCHILY.xattr."):]] = value
@@ -457,8 +486,10 @@ class TarReader:
                     hdr.warnings.append(f"{hdr.display()}: {key.decode()} dropped: {e}")
             elif key == b"RHT.security.selinux":
                 # GNU tar restores it with setfilecon, which stores the label with its NUL
-                other[b"security.selinux"] = value + b"\0"
-        other.update(schily)  # an explicit xattr record wins over a converted one
+                selinux = value + b"\0"
+        other.update(schily)  # an explicit xattr record wins over a converted one...
+        if selinux is not None:
+            other[b"security.selinux"] = selinux  # ...but GNU tar --selinux sets the label last
         hdr.xattrs = list(other.items())
 
     def _apply(self, hdr: TarMember, local: list, longname, longlink, offset: int) -> None:
@@ -466,7 +497,7 @@ class TarReader:
             hdr.path = longname
         if longlink is not None:
             hdr.linkname = longlink
-        hdr.xattrs = list(self._global_xattrs)
+        hdr.xattrs = []
         if not local and not self._global:
             return
         recs = list(self._global.items()) + local
@@ -500,11 +531,13 @@ class TarReader:
                 elif key == b"gid":
                     hdr.gid = int(value)
                 elif key == b"mtime":
-                    ns = _pax_time(value)
+                    ns = _pax_time_exact(value)
                     if ns is None:
-                        hdr.warnings.append(f"{hdr.display()}: malformed pax mtime {value[:40]!r} ignored "
-                                            "(as GNU tar does)")
-                    else:
+                        ns = _pax_time(value)
+                        hdr.warnings.append(f"{hdr.display()}: malformed pax mtime {value[:40]!r}: "
+                                            + ("ignored" if ns is None else "its leading number used")
+                                            + " (as GNU tar does)")
+                    if ns is not None:
                         hdr.mtime_ns = ns
                 elif key == b"SCHILY.devmajor":
                     hdr.devmajor = int(value)
@@ -557,6 +590,12 @@ class TarReader:
 
 
 def _pax_time(value: bytes) -> int | None:
+    """A pax time, or None if malformed. GNU tar still uses the number a malformed value begins with."""
+    m = re.match(rb"-?[0-9]+(\.[0-9]*)?", value)
+    return _pax_time_exact(m.group(0)) if m else None
+
+
+def _pax_time_exact(value: bytes) -> int | None:
     sec, dot, frac = value.partition(b".")
     digits = sec[1:] if sec[:1] == b"-" else sec
     if not digits.isdigit() or (dot and not frac.isdigit()) or len(digits) > 19:
@@ -592,6 +631,8 @@ class TarWriter:
             size = 0
         pax = []
         name = path
+        prefix = b""
+        longs: list[tuple[bytes, bytes]] = []
         sparse_block = b""
         if sparse is not None and typeflag == REGTYPE:
             lines = [b"%d" % len(sparse.segments)] + [b"%d\n%d" % s for s in sparse.segments]
@@ -603,11 +644,25 @@ class TarWriter:
             name = b"./GNUSparseFile.0/" + (base if base.isascii() and len(base) <= 80 else b"sparse")
             size += len(sparse_block)
         elif len(name) > 100 or not name.isascii():
-            pax.append((b"path", name))
-            name = name[:100] if name.isascii() else b"@PaxPath"
+            # A pax path must be UTF-8 unless hdrcharset=BINARY, which GNU tar 1.34 warns about and bsdtar
+            # needs: other bytes go raw into the ustar name/prefix, or else into a GNU long-name member,
+            # which both read without a word.
+            split = None if _is_utf8(name) else _ustar_split(name)
+            if _is_utf8(name):
+                pax.append((b"path", name))
+                name = name[:100] if name.isascii() else b"@PaxPath"
+            elif split is not None:
+                prefix, name = split
+            else:
+                longs.append((GNU_LONGNAME, name))
+                name = b"@LongName"
         if len(linkname) > 100 or not linkname.isascii():
-            pax.append((b"linkpath", linkname))
-            linkname = b"@PaxLink"
+            if _is_utf8(linkname):
+                pax.append((b"linkpath", linkname))
+                linkname = b"@PaxLink"
+            elif len(linkname) > 100:
+                longs.append((GNU_LONGLINK, linkname))
+                linkname = b"@LongLink"
         mtime_s, mtime_frac = divmod(mtime_ns, 1_000_000_000)
         fields = {}
         for key, val, width in ((b"uid", uid, 8), (b"gid", gid, 8), (b"size", size, 12), (b"mtime", mtime_s, 12)):
@@ -626,7 +681,14 @@ class TarWriter:
             pax.append((b"SCHILY.devminor", b"%d" % rdev[1]))
             devmin = _octal(0, 8)
         for xn, xv in xattrs:
-            pax.append((b"SCHILY.xattr." + xn, xv))
+            # ACLs as the SCHILY.acl text both GNU tar (--acls) and bsdtar restore; GNU tar ignores them
+            # as SCHILY.xattr records
+            text = acl_xattr_to_text(xv) if xn in (b"system.posix_acl_access", b"system.posix_acl_default") \
+                else None
+            if text is not None:
+                pax.append((b"SCHILY.acl." + xn.rpartition(b"_")[2], text))
+            else:
+                pax.append((b"SCHILY.xattr." + xn, xv))
         if pax:
             # No hdrcharset record: GNU tar 1.34 warns about the keyword, and both GNU tar and bsdtar take
             # the path and linkpath bytes as they are when they are not UTF-8.
@@ -634,8 +696,13 @@ class TarWriter:
             self._write(self._header(b"././@PaxHeader", 0o644, _octal(0, 8), _octal(0, 8), _octal(len(recs), 12),
                                      _octal(0, 12), PAX_X, b"", _octal(0, 8), _octal(0, 8)))
             self._write(recs + b"\0" * (-len(recs) % BLOCK))
+        for tf, value in longs:
+            body = value + b"\0"
+            self._write(self._header(b"././@LongLink", 0o644, _octal(0, 8), _octal(0, 8), _octal(len(body), 12),
+                                     _octal(0, 12), tf, b"", _octal(0, 8), _octal(0, 8)))
+            self._write(body + b"\0" * (-len(body) % BLOCK))
         self._write(self._header(name, mode, fields[b"uid"], fields[b"gid"], fields[b"size"], fields[b"mtime"],
-                                 typeflag, linkname, devmaj, devmin))
+                                 typeflag, linkname, devmaj, devmin, prefix))
         if sparse_block:
             self._write(sparse_block)
 
@@ -651,8 +718,9 @@ class TarWriter:
         self._write(b"\0" * (BLOCK * 2))
 
     @staticmethod
-    def _header(name, mode, uid, gid, size, mtime, typeflag, linkname, devmaj, devmin) -> bytes:
+    def _header(name, mode, uid, gid, size, mtime, typeflag, linkname, devmaj, devmin, prefix=b"") -> bytes:
         h = bytearray(BLOCK)
+        h[345:345 + len(prefix)] = prefix
         h[0:len(name)] = name
         h[100:108] = b"%07o\0" % (mode & 0o7777)
         h[108:116] = uid
@@ -668,6 +736,16 @@ class TarWriter:
         h[337:345] = devmin
         h[148:156] = b"%06o\0 " % sum(h)
         return bytes(h)
+
+
+def _ustar_split(path: bytes) -> tuple[bytes, bytes] | None:
+    """(prefix, name) for the ustar header fields (155 and 100 bytes), or None if the path does not fit."""
+    if len(path) <= 100:
+        return b"", path
+    for i in range(min(len(path) - 1, 155), 0, -1):
+        if path[i:i + 1] == b"/" and len(path) - i - 1 <= 100 and i > 0:
+            return path[:i], path[i + 1:]
+    return None
 
 
 def _is_utf8(b: bytes) -> bool:
