@@ -172,7 +172,7 @@ def ls(repo: Repo, rev: str, path: str = "", long: bool = False, recursive: bool
         if not long:
             yield name
             continue
-        size = repo.blob_size(e.oid) if e.kind is Kind.FILE else 0
+        size = (e.sparse.size if e.sparse is not None else repo.blob_size(e.oid)) if e.kind is Kind.FILE else 0
         extra = ""
         if e.kind is Kind.SYMLINK:
             extra = " -> " + (e.target or b"").decode("utf-8", "backslashreplace")
@@ -257,6 +257,8 @@ def _row_changes(a: sidetable.Row, b: sidetable.Row) -> list[str]:
                    + (display(b.hardlink) if b.hardlink else "none"))
     if a.mtime_ns != b.mtime_ns:
         out.append("mtime")
+    if a.sparse != b.sparse:
+        out.append("sparse map")
     xa, xb = dict(a.xattrs), dict(b.xattrs)
     for n in sorted(set(xa) | set(xb)):
         if xa.get(n) != xb.get(n):

@@ -463,7 +463,7 @@ class TarReader:
             else:
                 nums.append(int(line))
         hdr.size -= used
-        _sparse_canonical(hdr, self._v1_realsize, list(zip(nums[0::2], nums[1::2])), offset)
+        _sparse_canonical(hdr, self._v1_realsize, list(zip(nums[0::2], nums[1::2], strict=True)), offset)
 
     def _apply_xattr(self, hdr: TarMember, recs, offset: int) -> None:
         schily: dict[bytes, bytes] = {}
@@ -586,7 +586,7 @@ class TarReader:
             nums = [int(x) for x in pairs]
         if len(nums) % 2 or len(nums) > 2 * MAX_SEGMENTS:
             raise BadInput(f"tar member {hdr.display()!r} at byte {offset}: bad GNU sparse map")
-        _sparse_canonical(hdr, realsize, list(zip(nums[0::2], nums[1::2])), offset)
+        _sparse_canonical(hdr, realsize, list(zip(nums[0::2], nums[1::2], strict=True)), offset)
 
 
 def _pax_time(value: bytes) -> int | None:
@@ -635,7 +635,10 @@ class TarWriter:
         longs: list[tuple[bytes, bytes]] = []
         sparse_block = b""
         if sparse is not None and typeflag == REGTYPE:
-            lines = [b"%d" % len(sparse.segments)] + [b"%d\n%d" % s for s in sparse.segments]
+            segs = list(sparse.segments)
+            if not segs or segs[-1][0] + segs[-1][1] < sparse.size:
+                segs.append((sparse.size, 0))  # GNU tar sizes the file by its map's last entry
+            lines = [b"%d" % len(segs)] + [b"%d\n%d" % s for s in segs]
             sparse_block = b"\n".join(lines) + b"\n"
             sparse_block += b"\0" * (-len(sparse_block) % BLOCK)
             pax += [(b"GNU.sparse.major", b"1"), (b"GNU.sparse.minor", b"0"), (b"GNU.sparse.name", path),
