@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import os
 import shutil
 import stat
@@ -557,3 +558,67 @@ def test_side_table_sparse_field_is_canonical():
                 b"gitree-dirtable 2\n. d 755 0 0\nl l 777 0 0 s=100:0+10\n"):      # not a file
         with pytest.raises(CorruptObject):
             sidetable.decode_table(bad)
+
+
+# ---------------------------------------------------------------------------------------------
+# the sparse-map codec: round trip, and only ValueError for anything else
+
+from hypothesis import example, given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from gitree import sparse as sparsemap  # noqa: E402
+
+
+@given(st.lists(st.tuples(st.integers(0, 1 << 20), st.integers(0, 1 << 16)), max_size=20), st.integers(0, 1 << 12))
+@example([(0, 10), (10, 5)], 100)
+@example([], 0)
+def test_sparse_map_round_trip(gaps, tail):
+    segs, pos = [], 0
+    for gap, n in gaps:
+        segs.append((pos + gap, n))
+        pos += gap + n
+    m = sparsemap.canonical(pos + tail, segs)
+    if m is None:
+        return
+    assert sparsemap.decode(sparsemap.encode(m)) == m
+    assert m.data_size == sum(n for _, n in segs)
+    chunks = [bytes([i % 251 + 1]) * n for i, (_, n) in enumerate(m.segments)]
+    logical = b"".join(sparsemap.logical_chunks(m, chunks, chunk=4096)) if m.size < 1 << 22 else None
+    if logical is not None:
+        assert len(logical) == m.size
+        for (off, n), c in zip(m.segments, chunks, strict=True):
+            assert logical[off:off + n] == c
+
+
+@given(st.binary(max_size=60))
+@example(b"100:0+10,5+10")
+@example(b"10:0+01")
+def test_sparse_map_decode_refuses_with_valueerror_only(tok):
+    try:
+        m = sparsemap.decode(tok)
+    except ValueError:
+        return
+    assert sparsemap.encode(m) == tok
+
+
+_SPARSE_V1 = (pax([(b"GNU.sparse.major", b"1"), (b"GNU.sparse.minor", b"0"), (b"GNU.sparse.name", b"s"),
+                   (b"GNU.sparse.realsize", b"4096")])
+              + member(b"GNUSparseFile.0/s", data(b"2\n0\n5\n4000\n3\n") + b"helloabc")
+              + header(b"o", b"S", size=0, magic=b"ustar  \0") + EOA)
+
+
+@given(st.lists(st.tuples(st.integers(0, len(_SPARSE_V1) - 1), st.integers(0, 255)), min_size=1, max_size=8))
+def test_mutated_sparse_archives_fail_only_with_our_errors(flips):
+    from gitree.errors import GitreeError
+    from gitree.tarformat import TarReader
+    buf = bytearray(_SPARSE_V1)
+    for pos, val in flips:
+        buf[pos] = val
+    r = TarReader(io.BytesIO(bytes(buf)).read)
+    try:
+        for m in r:
+            got = b"".join(r.iter_data())
+            if m.sparse is not None:
+                assert len(got) == m.sparse.data_size
+    except GitreeError:
+        pass
