@@ -647,23 +647,25 @@ class TarWriter:
             name = b"./GNUSparseFile.0/" + (base if base.isascii() and len(base) <= 80 else b"sparse")
             size += len(sparse_block)
         elif len(name) > 100 or not name.isascii():
-            # A pax path must be UTF-8 unless hdrcharset=BINARY, which GNU tar 1.34 warns about and bsdtar
-            # needs: other bytes go raw into the ustar name/prefix, or else into a GNU long-name member,
-            # which both read without a word.
-            split = None if _is_utf8(name) else _ustar_split(name)
-            if _is_utf8(name):
+            # Bytes beyond ASCII go raw into the ustar name/prefix fields when they fit: a pax path must be
+            # UTF-8 unless hdrcharset=BINARY (which GNU tar 1.34 warns about), and bsdtar warns when it
+            # cannot convert a pax path to the locale. Longer: a pax path if UTF-8, else a GNU long name.
+            split = _ustar_split(name) if not name.isascii() else None
+            if split is not None:
+                prefix, name = split
+            elif _is_utf8(name):
                 pax.append((b"path", name))
                 name = name[:100] if name.isascii() else b"@PaxPath"
-            elif split is not None:
-                prefix, name = split
             else:
                 longs.append((GNU_LONGNAME, name))
                 name = b"@LongName"
         if len(linkname) > 100 or not linkname.isascii():
-            if _is_utf8(linkname):
+            if len(linkname) <= 100:
+                pass  # raw in the header, as above
+            elif _is_utf8(linkname):
                 pax.append((b"linkpath", linkname))
                 linkname = b"@PaxLink"
-            elif len(linkname) > 100:
+            else:
                 longs.append((GNU_LONGLINK, linkname))
                 linkname = b"@LongLink"
         mtime_s, mtime_frac = divmod(mtime_ns, 1_000_000_000)
