@@ -55,6 +55,7 @@ class TarInput:
         self._pump = None
         self._pump_error: BaseException | None = None
         self.format = "tar"
+        self.eof = False
         self.name = source if isinstance(source, str) else "<stdin>"
         if isinstance(source, str):
             try:
@@ -126,16 +127,20 @@ class TarInput:
 
         self._pump = threading.Thread(target=pump, daemon=True)
         self._pump.start()
-        self.read = self.proc.stdout.read
+        self.read = self._read_proc
+
+    def _read_proc(self, n: int) -> bytes:
+        buf = self.proc.stdout.read(n)
+        if len(buf) < n:  # a buffered pipe read is short only at the end of the stream
+            self.eof = True
+        return buf
 
     def failure(self) -> str | None:
-        """If a decompressor is running and has failed (or fails once its input is drained), why; the
-        reader's own complaint about a cut stream is then only a consequence."""
-        if self.proc is None or self.closed:
-            return None
+        """Why the decompressor failed, if its output ended and it exited with an error: the reader's own
+        complaint about a cut stream is then only a consequence."""
+        if self.proc is None or self.closed or not self.eof:
+            return None  # the reader stopped inside the stream: the fault is in the tar, not the compression
         try:
-            while self.proc.stdout.read(1 << 20):
-                pass
             rc = self.proc.wait(timeout=60)
         except (OSError, ValueError, subprocess.TimeoutExpired):
             return None
