@@ -54,7 +54,7 @@ def init(c: Ctx):
 @click.option("--timestamp", type=int, help="Commit time, UNIX seconds (default: now).")
 @click.option("--keep-mtime", is_flag=True, help="Store modification times (not kept by default).")
 @click.option("--cross-filesystems", is_flag=True, help="Descend into other mounted filesystems.")
-@click.option("--strict", is_flag=True, help="Fail if anything in a tar cannot be kept (otherwise a warning).")
+@click.option("--strict", is_flag=True, help="Fail if anything read cannot be kept (otherwise a warning).")
 @pass_ctx
 def import_rootfs(c: Ctx, source, branch, message, timestamp, keep_mtime, cross_filesystems, strict):
     """Import SOURCE (a directory, a tar file of any compression, or - for a tar on stdin)."""
