@@ -226,6 +226,8 @@ class TarReader:
         self.members = 0
         self.end_missing = False
         self.warnings: list[str] = []
+        self._sparse_v1 = False  # the member's pax header announced GNU sparse 1.0: its map leads its data
+        self._v1_realsize = 0
 
     def _read_exact(self, n: int, first: bytes | None = None, what: str = "") -> bytes:
         """n bytes (of which `first` were already read); a short stream is a truncated archive."""
@@ -356,7 +358,10 @@ class TarReader:
                 hdr.size = 0
             else:
                 self._remaining, self._pad = hdr.size, -hdr.size % BLOCK
-                if hdr.sparse is None and hdr.size and self._sparse_v1:
+                if self._sparse_v1:
+                    if not hdr.size:
+                        raise BadInput(f"tar member {hdr.display()!r} at byte {offset}: GNU sparse 1.0 member "
+                                       "without its map")
                     self._read_sparse_v1(hdr, offset)
             self.members += 1
             return hdr
@@ -420,8 +425,6 @@ class TarReader:
             raise UnsupportedEntry(f"tar member {name.decode('utf-8', 'backslashreplace')!r} at byte {offset}: "
                                    "unsupported type 'S' (GNU sparse) outside a GNU header")
         return hdr, gnu_sparse
-
-    _sparse_v1 = False
 
     def _read_gnu_sparse_ext(self, segs: list, offset: int) -> None:
         while True:
