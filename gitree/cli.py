@@ -54,11 +54,12 @@ def init(c: Ctx):
 @click.option("--timestamp", type=int, help="Commit time, UNIX seconds (default: now).")
 @click.option("--keep-mtime", is_flag=True, help="Store modification times (not kept by default).")
 @click.option("--cross-filesystems", is_flag=True, help="Descend into other mounted filesystems.")
+@click.option("--strict", is_flag=True, help="Fail if anything read cannot be kept (otherwise a warning).")
 @pass_ctx
-def import_rootfs(c: Ctx, source, branch, message, timestamp, keep_mtime, cross_filesystems):
+def import_rootfs(c: Ctx, source, branch, message, timestamp, keep_mtime, cross_filesystems, strict):
     """Import SOURCE (a directory, a tar file of any compression, or - for a tar on stdin)."""
     res = porcelain.import_rootfs(c.repo(), source, branch, message, timestamp, keep_mtime, c.quiet,
-                                  one_file_system=not cross_filesystems)
+                                  one_file_system=not cross_filesystems, strict=strict)
     s = res.stats
     click.echo(f"imported {s.entries} entries, {s.files} files, {human_bytes(s.bytes)} in {s.seconds:.1f} s; "
                f"{s.new_objects} new objects ({human_bytes(s.pack_bytes)})", err=True)
@@ -69,14 +70,15 @@ def import_rootfs(c: Ctx, source, branch, message, timestamp, keep_mtime, cross_
 @click.argument("rev")
 @click.argument("dest", required=False)
 @click.option("--tar", "tar_out", metavar="FILE", help="Write a POSIX pax tar to FILE (- for stdout).")
+@click.option("--sparse", is_flag=True, help="With --tar: write sparse files as GNU sparse 1.0 members.")
 @pass_ctx
-def checkout(c: Ctx, rev, dest, tar_out):
+def checkout(c: Ctx, rev, dest, tar_out, sparse):
     """Write REV's tree to DEST (a new or empty directory), or as a tar with --tar."""
     if (dest is None) == (tar_out is None):
         raise GitreeError("give either DEST or --tar FILE")
     repo = c.repo()
     if tar_out is not None:
-        files, nbytes = porcelain.checkout_tar(repo, rev, tar_out, c.quiet)
+        files, nbytes = porcelain.checkout_tar(repo, rev, tar_out, c.quiet, sparse=sparse)
         click.echo(f"wrote {files} files, {human_bytes(nbytes)}", err=True)
         return
     report = porcelain.checkout_dir(repo, rev, dest, c.quiet)

@@ -9,6 +9,8 @@ import enum
 import stat
 from dataclasses import dataclass, field
 
+from .sparse import SparseMap
+
 
 class Kind(enum.Enum):
     FILE = "f"
@@ -52,6 +54,7 @@ class Entry:
     `mode` holds only the permission bits (07777); the type is `kind`.
     `hardlink` names an earlier path this entry is a hard link to (its own metadata is then the target's).
     `oid` is the git object id of the content (regular file bytes or symlink target) once stored.
+    `sparse` is the map of a sparse regular file; `size` and the blob then hold only its data segments.
     """
 
     path: bytes
@@ -67,6 +70,7 @@ class Entry:
     size: int = 0
     oid: bytes | None = None
     extra: dict = field(default_factory=dict)
+    sparse: SparseMap | None = None
 
     @property
     def name(self) -> bytes:

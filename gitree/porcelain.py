@@ -35,9 +35,11 @@ class ImportResult:
 
 def import_rootfs(repo: Repo, source: str, branch: str, message: str | None = None,
                   timestamp: int | None = None, keep_mtime: bool = False, quiet: bool = True,
-                  one_file_system: bool = True, level: int | None = None, warn: Warn = stderr_warn
-                  ) -> ImportResult:
-    """Import a directory, a tar file (any compression) or '-' (a tar on stdin) as a commit on `branch`."""
+                  one_file_system: bool = True, level: int | None = None, warn: Warn = stderr_warn,
+                  strict: bool = False) -> ImportResult:
+    """Import a directory, a tar file (any compression) or '-' (a tar on stdin) as a commit on `branch`.
+
+    With `strict`, anything read but not kept (each a warning otherwise) fails the import; nothing moves."""
     repo.branch_ref(branch)  # validate the name before any work
     if level is None:
         level = _compression_level(repo)
@@ -50,15 +52,23 @@ def import_rootfs(repo: Repo, source: str, branch: str, message: str | None = No
     try:
         if source == "-" or not os.path.isdir(source):
             tar_in = TarInput(sys.stdin.buffer if source == "-" else source)
-            items = tar_entries(tar_in)
+            items = tar_entries(tar_in, warnings)
         else:
             report = DirectoryReport()
             items = directory_entries(source, report, one_file_system, exclude=repo.path)
-        for entry, data, rereadable in items:
-            try:
-                imp.add(entry, data, rereadable)
-            except OSError as e:
-                raise BadInput(f"{display(entry.path)}: {e.strerror or e}") from None
+        try:
+            for entry, data, rereadable in items:
+                try:
+                    imp.add(entry, data, rereadable)
+                except OSError as e:
+                    raise BadInput(f"{display(entry.path)}: {e.strerror or e}") from None
+        except BadInput as err:
+            why = tar_in.failure() if tar_in is not None else None
+            if why is not None:
+                raise BadInput(why) from None
+            if tar_in is not None and tar_in.format != "tar":
+                raise BadInput(f"{err} (in the {tar_in.format}-compressed stream)") from None
+            raise
         if tar_in is not None:
             closing, tar_in = tar_in, None
             closing.close()
@@ -66,6 +76,8 @@ def import_rootfs(repo: Repo, source: str, branch: str, message: str | None = No
             warnings.extend(report.lines())
         for w in warnings:
             warn(w)
+        if strict and warnings:
+            raise BadInput(f"--strict: {len(warnings)} warning(s) above; nothing was imported")
         msg = message if message is not None else f"Import {os.path.basename(source.rstrip('/')) or source}"
         cid = imp.commit(branch, msg, timestamp,
                          lock_wait=lambda: print("gitree: waiting for another writer to finish...",
@@ -108,7 +120,7 @@ def checkout_dir(repo: Repo, rev: str, dest: str, quiet: bool = True, subpath: b
     return report
 
 
-def checkout_tar(repo: Repo, rev: str, out: str, quiet: bool = True) -> tuple[int, int]:
+def checkout_tar(repo: Repo, rev: str, out: str, quiet: bool = True, sparse: bool = False) -> tuple[int, int]:
     commit = repo.resolve(rev)
     repo.commit_trees(commit)
     progress = make_progress("checkout", quiet)
@@ -116,13 +128,13 @@ def checkout_tar(repo: Repo, rev: str, out: str, quiet: bool = True) -> tuple[in
     sizes = lambda e: repo.blob_size(e.oid, display(e.path))  # noqa: E731
     if out == "-":
         stream = sys.stdout.buffer
-        res = write_tar(repo.walk(commit), stream.write, _chunks_for(repo), sizes, True, tick)
+        res = write_tar(repo.walk(commit), stream.write, _chunks_for(repo), sizes, True, tick, sparse)
         stream.flush()
     else:
         tmp = out + ".gitree-tmp"
         try:
             with open(tmp, "wb") as f:
-                res = write_tar(repo.walk(commit), f.write, _chunks_for(repo), sizes, True, tick)
+                res = write_tar(repo.walk(commit), f.write, _chunks_for(repo), sizes, True, tick, sparse)
             os.replace(tmp, out)
         except BaseException:
             if os.path.exists(tmp):
@@ -160,7 +172,7 @@ def ls(repo: Repo, rev: str, path: str = "", long: bool = False, recursive: bool
         if not long:
             yield name
             continue
-        size = repo.blob_size(e.oid) if e.kind is Kind.FILE else 0
+        size = (e.sparse.size if e.sparse is not None else repo.blob_size(e.oid)) if e.kind is Kind.FILE else 0
         extra = ""
         if e.kind is Kind.SYMLINK:
             extra = " -> " + (e.target or b"").decode("utf-8", "backslashreplace")
@@ -245,6 +257,8 @@ def _row_changes(a: sidetable.Row, b: sidetable.Row) -> list[str]:
                    + (display(b.hardlink) if b.hardlink else "none"))
     if a.mtime_ns != b.mtime_ns:
         out.append("mtime")
+    if a.sparse != b.sparse:
+        out.append("sparse map")
     xa, xb = dict(a.xattrs), dict(b.xattrs)
     for n in sorted(set(xa) | set(xb)):
         if xa.get(n) != xb.get(n):
@@ -357,6 +371,10 @@ def fsck(repo: Repo, revs: list[str] | None = None) -> list[tuple[str, bytes, st
             for e in repo.walk(commit, problems=found):
                 if e.oid is not None and e.hardlink is None and e.kind is Kind.FILE and not repo.exists(e.oid):
                     found.append((e.path, f"missing blob {e.oid.hex()}"))
+                elif e.sparse is not None and e.hardlink is None and e.oid is not None \
+                        and repo.blob_size(e.oid) != e.sparse.data_size:
+                    found.append((e.path, f"blob {e.oid.hex()} does not hold the {e.sparse.data_size} data bytes "
+                                          "of its sparse map"))
         except GitreeError as err:
             found.append((b"", str(err)))
         problems.extend((rev, p, m) for p, m in found)

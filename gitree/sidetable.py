@@ -4,7 +4,10 @@ A table lists the directory itself (row name ".") and every entry in it, sorted 
 
     gitree-dirtable 1
     . d 755 0 0
-    <name> <kind> <mode> <uid> <gid>[ r=MAJ,MIN][ h=LEADER][ t=SEC[.NSEC]][ x=NAME=VALUE]...
+    <name> <kind> <mode> <uid> <gid>[ r=MAJ,MIN][ h=LEADER][ t=SEC[.NSEC]][ s=SPARSEMAP][ x=NAME=VALUE]...
+
+A table with a sparse file (an `s=` field) starts `gitree-dirtable 2` instead; every other table keeps
+version 1, so trees without sparse files have the ids they always had (docs/format.md, 4.6).
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ from dataclasses import dataclass
 from .entry import Entry, Kind, Xattrs, check_fields
 from .errors import CorruptObject
 from .names import esc, unesc
+from . import sparse as sparsemap
 
 MAGIC = b"gitree-dirtable 1\n"
+MAGIC_SPARSE = b"gitree-dirtable 2\n"  # version 1 plus the `s=` field of sparse files
 SELF = b"."
 
 _KINDS = {k.value.encode(): k for k in Kind}
@@ -32,6 +37,7 @@ class Row:
     hardlink: bytes | None = None
     mtime_ns: int | None = None
     xattrs: Xattrs = ()
+    sparse: sparsemap.SparseMap | None = None
 
 
 def _fmt_mtime(ns: int) -> bytes:
@@ -55,6 +61,8 @@ def encode_row(row: Row) -> bytes:
         parts.append(b"h=" + esc(row.hardlink))
     if row.mtime_ns is not None:
         parts.append(b"t=" + _fmt_mtime(row.mtime_ns))
+    if row.sparse is not None:
+        parts.append(b"s=" + sparsemap.encode(row.sparse))
     for name, value in row.xattrs:
         parts.append(b"x=" + esc(name) + b"=" + esc(value))
     return b" ".join(parts) + b"\n"
@@ -62,16 +70,18 @@ def encode_row(row: Row) -> bytes:
 
 def encode_table(self_row: Row, rows: list[Row]) -> bytes:
     """Canonical bytes of one directory's table; `rows` are sorted here."""
-    out = [MAGIC, encode_row(self_row)]
-    out.extend(encode_row(r) for r in sorted(rows, key=lambda r: r.name))
+    body = [encode_row(r) for r in sorted(rows, key=lambda r: r.name)]
+    out = [MAGIC_SPARSE if any(r.sparse is not None for r in rows) else MAGIC, encode_row(self_row)]
+    out.extend(body)
     return b"".join(out)
 
 
 def decode_table(data: bytes, where: str = "") -> tuple[Row, list[Row]]:
     """Parse and validate a table; raise CorruptObject naming `where` on any fault."""
-    if not data.startswith(MAGIC):
+    if not data.startswith((MAGIC, MAGIC_SPARSE)):
         first = data.split(b"\n", 1)[0][:40]
         raise CorruptObject(f"side table {where}: unknown header {first!r}")
+    v2 = data.startswith(MAGIC_SPARSE)
     lines = data[len(MAGIC):].split(b"\n")
     if lines[-1] != b"":
         raise CorruptObject(f"side table {where}: missing final newline")
@@ -94,6 +104,9 @@ def decode_table(data: bytes, where: str = "") -> tuple[Row, list[Row]]:
         rows.append(row)
     if not lines[:-1]:
         raise CorruptObject(f"side table {where}: no row for the directory itself")
+    if v2 != any(r.sparse is not None for r in rows):
+        raise CorruptObject(f"side table {where}: version {2 if v2 else 1} marker with"
+                            f"{'out' if v2 else ''} a sparse file (not in canonical form)")
     return _decode_row(lines[0]), rows
 
 
@@ -111,7 +124,7 @@ def _decode_row(line: bytes) -> Row:
     uid, gid = int(toks[3]), int(toks[4])
     if uid < 0 or gid < 0:
         raise ValueError("negative id")
-    rdev = hardlink = mtime = None
+    rdev = hardlink = mtime = sparse = None
     xattrs = []
     for tok in toks[5:]:
         key, _, val = tok.partition(b"=")
@@ -122,6 +135,10 @@ def _decode_row(line: bytes) -> Row:
             hardlink = unesc(val)
         elif key == b"t":
             mtime = _parse_mtime(val)
+        elif key == b"s":
+            if kind is not Kind.FILE:
+                raise ValueError("sparse map on something that is not a regular file")
+            sparse = sparsemap.decode(val)
         elif key == b"x":
             xn, sep, xv = val.partition(b"=")
             if not sep:
@@ -136,4 +153,4 @@ def _decode_row(line: bytes) -> Row:
     why = check_fields(Entry(name, kind, mode, uid, gid, tuple(xattrs), rdev=rdev))
     if why is not None:
         raise ValueError(why)
-    return Row(name, kind, mode, uid, gid, rdev, hardlink, mtime, tuple(xattrs))
+    return Row(name, kind, mode, uid, gid, rdev, hardlink, mtime, tuple(xattrs), sparse)

@@ -9,6 +9,7 @@ from typing import Callable, Iterable, Iterator
 from .entry import Entry, Kind
 from .errors import GitreeError, UnsafePath
 from .names import display
+from .sparse import logical_chunks
 from .tarformat import TarWriter
 
 ChunksFor = Callable[[Entry], Iterator[bytes]]
@@ -21,8 +22,10 @@ def _tar_name(e: Entry) -> bytes:
 
 
 def write_tar(entries: Iterable[Entry], write, chunks_for: ChunksFor, sizes: Callable[[Entry], int],
-              keep_mtime: bool = False, tick=None) -> tuple[int, int]:
-    """Write every entry as a pax tar member; returns (files, bytes)."""
+              keep_mtime: bool = False, tick=None, sparse: bool = False) -> tuple[int, int]:
+    """Write every entry as a pax tar member; returns (files, bytes).
+
+    A sparse file becomes a GNU sparse 1.0 member with `sparse`, else a plain member of its logical bytes."""
     w = TarWriter(write)
     files = nbytes = 0
     for e in entries:
@@ -33,9 +36,17 @@ def write_tar(entries: Iterable[Entry], write, chunks_for: ChunksFor, sizes: Cal
             continue
         if e.kind is Kind.FILE:
             size = sizes(e)
-            w.add(_tar_name(e), e.kind.ifmt, e.mode, e.uid, e.gid, size=size, mtime_ns=mtime, xattrs=e.xattrs)
+            data = chunks_for(e)
+            if e.sparse is not None:
+                if size != e.sparse.data_size:
+                    raise GitreeError(f"{display(e.path)}: blob holds {size} bytes, its sparse map "
+                                      f"{e.sparse.data_size}")
+                if not sparse:
+                    size, data = e.sparse.size, logical_chunks(e.sparse, data)
+            w.add(_tar_name(e), e.kind.ifmt, e.mode, e.uid, e.gid, size=size, mtime_ns=mtime, xattrs=e.xattrs,
+                  sparse=e.sparse if sparse else None)
             got = 0
-            for chunk in chunks_for(e):
+            for chunk in data:
                 got += len(chunk)
                 w.add_data(chunk)
             if got != size:
@@ -148,12 +159,15 @@ class DirectoryWriter:
             fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                          dir_fd=pfd)
             try:
-                for chunk in self.chunks_for(e):
-                    view = memoryview(chunk)
-                    while view:
-                        n = os.write(fd, view)
-                        view = view[n:]
-                        self.nbytes += n
+                if e.sparse is not None:
+                    self._write_sparse(fd, e)
+                else:
+                    for chunk in self.chunks_for(e):
+                        view = memoryview(chunk)
+                        while view:
+                            n = os.write(fd, view)
+                            view = view[n:]
+                            self.nbytes += n
                 self.files += 1
                 self._meta_fd(fd, e)
             finally:
@@ -170,6 +184,27 @@ class DirectoryWriter:
                 self.report.add(f"{e.kind.name.lower()} node", e.path)
                 return
         self._meta_path(pfd, name, e)
+
+    def _write_sparse(self, fd: int, e: Entry) -> None:
+        """Only the data segments are written, each at its offset; the holes stay holes (the file system
+        allocates nothing for them), and the file is cut to its logical size."""
+        segs = iter(e.sparse.segments)
+        pos = end = 0
+        for chunk in self.chunks_for(e):
+            view = memoryview(chunk)
+            while view:
+                if pos == end:
+                    seg = next(segs, None)
+                    if seg is None:
+                        raise GitreeError(f"{display(e.path)}: blob is longer than its sparse map")
+                    pos, end = seg[0], seg[0] + seg[1]
+                n = os.pwrite(fd, view[:end - pos], pos)
+                view = view[n:]
+                pos += n
+                self.nbytes += n
+        if pos != end or next(segs, None) is not None:
+            raise GitreeError(f"{display(e.path)}: blob is shorter than its sparse map")
+        os.ftruncate(fd, e.sparse.size)
 
     def _open_dir(self, path: bytes) -> int:
         fd = os.open(self.dest, _NOFOLLOW_DIR)

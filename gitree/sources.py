@@ -6,6 +6,7 @@ chunks; for a tar stream it must be consumed before the next entry is taken.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
@@ -17,16 +18,29 @@ from typing import BinaryIO, Callable, Iterator
 from .entry import Entry, Kind, sorted_xattrs
 from .errors import BadInput, UnsafePath
 from .names import display, normalize_member_path
+from .sparse import SparseMap, coarsen
+from .sparse import canonical as sparse_canonical
 from .tarformat import LNKTYPE, TarReader
 
 Item = tuple[Entry, Callable | None, bool]
 
+# (first bytes, format name, decompressor command): recognised by content, never by file name
 _MAGICS = [
     (b"\x1f\x8b", "gzip", ["gzip", "-dc"]),
+    (b"\x1f\x9d", "compress (.Z)", ["gzip", "-dc"]),  # gzip reads LZW .Z files
     (b"\xfd7zXZ\x00", "xz", ["xz", "-dc", "-T2"]),
     (b"\x28\xb5\x2f\xfd", "zstd", ["zstd", "-dc", "-q"]),
     (b"BZh", "bzip2", ["bzip2", "-dc"]),
+    (b"\x04\x22\x4d\x18", "lz4", ["lz4", "-dc"]),
+    (b"\x02\x21\x4c\x18", "lz4 (legacy)", ["lz4", "-dc"]),
+    (b"\x89LZO\x00\r\n\x1a\n", "lzo", ["lzop", "-dc"]),
+    (b"LZIP", "lzip", ["lzip", "-dc"]),
 ]
+_SKIPPABLE_PEEK = 1 << 20  # how far past skippable frames (zstd and lz4 share them) we look for the real one
+
+
+def _is_skippable(head: bytes) -> bool:
+    return len(head) >= 8 and 0x50 <= head[0] <= 0x5F and head[1:4] == b"\x2a\x4d\x18"
 
 
 class TarInput:
@@ -40,6 +54,8 @@ class TarInput:
         self.closed = False
         self._pump = None
         self._pump_error: BaseException | None = None
+        self.format = "tar"
+        self.eof = False
         self.name = source if isinstance(source, str) else "<stdin>"
         if isinstance(source, str):
             try:
@@ -48,13 +64,26 @@ class TarInput:
                 raise BadInput(f"cannot open {source}: {e.strerror}") from None
         else:
             self.raw = source
-        head = self._peek(6)
+        head = self._peek(12)
+        pos = 0
+        while _is_skippable(head[pos:]):
+            pos += 8 + int.from_bytes(head[pos + 4:pos + 8], "little")
+            if pos + 12 > _SKIPPABLE_PEEK:
+                break
+            head += self._peek(pos + 12 - len(head))
+        magic_at = head[pos:] if pos < len(head) else b""
         for magic, fmt, cmd in _MAGICS:
-            if head.startswith(magic):
+            if magic_at.startswith(magic) or (pos and fmt == "zstd" and not magic_at):
                 if shutil.which(cmd[0]) is None:
-                    raise BadInput(f"{self.name} is {fmt}-compressed but '{cmd[0]}' is not installed")
+                    raise BadInput(f"{self.name} is compressed with {fmt}; '{cmd[0]}' is not installed: "
+                                   "decompress it first, or pipe it in")
+                self.format = fmt
                 self._start(cmd, head)
                 return
+        if pos:
+            self.format = "zstd"
+            self._start(["zstd", "-dc", "-q"], head)
+            return
         self._prefix = head
         self.read = self._read_plain
 
@@ -98,7 +127,27 @@ class TarInput:
 
         self._pump = threading.Thread(target=pump, daemon=True)
         self._pump.start()
-        self.read = self.proc.stdout.read
+        self.read = self._read_proc
+
+    def _read_proc(self, n: int) -> bytes:
+        buf = self.proc.stdout.read(n)
+        if len(buf) < n:  # a buffered pipe read is short only at the end of the stream
+            self.eof = True
+        return buf
+
+    def failure(self) -> str | None:
+        """Why the decompressor failed, if its output ended and it exited with an error: the reader's own
+        complaint about a cut stream is then only a consequence."""
+        if self.proc is None or self.closed or not self.eof:
+            return None  # the reader stopped inside the stream: the fault is in the tar, not the compression
+        try:
+            rc = self.proc.wait(timeout=60)
+        except (OSError, ValueError, subprocess.TimeoutExpired):
+            return None
+        if rc == 0:
+            return None
+        err = self.proc.stderr.read().decode(errors="replace").strip()
+        return f"{self.name}: {self.format} decompression failed: {err.splitlines()[-1] if err else rc}"
 
     def close(self, ok: bool = True) -> None:
         """Release the input; with ok, check the decompressor finished cleanly. Safe to call twice."""
@@ -123,18 +172,26 @@ class TarInput:
                 if ok and self._pump_error is not None:
                     raise BadInput(f"{self.name}: read failed: {self._pump_error}")
                 if ok and rc != 0:
-                    raise BadInput(f"{self.name}: decompression failed: {err.splitlines()[-1] if err else rc}")
+                    raise BadInput(f"{self.name}: {self.format} decompression failed: "
+                                   f"{err.splitlines()[-1] if err else rc}")
         finally:
             if self.raw is not sys.stdin.buffer:
                 self.raw.close()
 
 
-def tar_entries(inp: TarInput) -> Iterator[Item]:
+def tar_entries(inp: TarInput, warnings: list[str] | None = None) -> Iterator[Item]:
+    """Entries of a tar; what was read but not kept is appended to `warnings`, one line each."""
     reader = TarReader(inp.read)
+    if warnings is None:
+        warnings = []
     for m in reader:
+        warnings.extend(reader.warnings)
+        warnings.extend(m.warnings)
+        reader.warnings.clear()
         path = normalize_member_path(m.path)
         kind = Kind.from_mode(m.ifmt | m.mode)
-        e = Entry(path, kind, m.mode, m.uid, m.gid, sorted_xattrs(m.xattrs), mtime_ns=m.mtime_ns, size=m.size)
+        e = Entry(path, kind, m.mode, m.uid, m.gid, sorted_xattrs(m.xattrs), mtime_ns=m.mtime_ns, size=m.size,
+                  sparse=m.sparse)
         if m.typeflag == LNKTYPE:
             e.hardlink = normalize_member_path(m.linkname)
             e.size = 0
@@ -148,6 +205,10 @@ def tar_entries(inp: TarInput) -> Iterator[Item]:
             yield e, reader.iter_data, False
         else:
             yield e, None, False
+    warnings.extend(reader.warnings)
+    if reader.end_missing:
+        warnings.append(f"{inp.name}: the archive ends at byte {reader.pos} without its end-of-archive blocks "
+                        f"(truncated?); imported the {reader.members} members it holds")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,6 +271,59 @@ def _file_reader(path: bytes, size: int):
         finally:
             os.close(fd)
     return chunks
+
+
+def _data_segments(path: bytes, size: int) -> list[tuple[int, int]] | None:
+    """Where a file's data lies (SEEK_DATA/SEEK_HOLE), or None if the file system cannot tell."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        segs = []
+        pos = 0
+        while pos < size:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError as e:
+                if e.errno == errno.ENXIO:  # only a hole up to the end
+                    break
+                return None
+            end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+            if end <= start:
+                return None
+            segs.append((start, end - start))
+            pos = end
+        return segs
+    finally:
+        os.close(fd)
+
+
+def _sparse_reader(path: bytes, segs: tuple[tuple[int, int], ...]):
+    def chunks():
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            for off, n in segs:
+                while n > 0:
+                    buf = os.pread(fd, min(n, 1 << 20), off)
+                    if not buf:
+                        return
+                    off += len(buf)
+                    n -= len(buf)
+                    yield buf
+        finally:
+            os.close(fd)
+    return chunks
+
+
+def _sparse_map(path: bytes, st: os.stat_result) -> SparseMap | None:
+    """A file with fewer allocated blocks than its size has holes: its map, if it has holes at all."""
+    if st.st_blocks * 512 >= st.st_size:
+        return None
+    segs = _data_segments(path, st.st_size)
+    if segs is None:
+        return None
+    try:
+        return sparse_canonical(st.st_size, coarsen(segs))
+    except ValueError:
+        return None  # over the logical-size limit: read as an ordinary file, as before
 
 
 def directory_entries(root: str | bytes, report: DirectoryReport, one_file_system: bool = True,
@@ -286,7 +400,12 @@ def _walk(abs_: bytes, rel: bytes, st, report, seen, dev) -> Iterator[Item]:
             if not os.access(cabs, os.R_OK) and os.geteuid() != 0:
                 report.unreadable.append((crel, "permission denied"))
                 continue
-            data = _file_reader(cabs, e.size)
+            smap = _sparse_map(cabs, cst)
+            if smap is not None:
+                e.sparse, e.size = smap, smap.data_size
+                data = _sparse_reader(cabs, smap.segments)
+            else:
+                data = _file_reader(cabs, e.size)
             if cst.st_nlink > 1:
                 seen[(cst.st_dev, cst.st_ino)] = crel
             yield e, data, True

@@ -53,13 +53,14 @@ WORKERS = max(2, min(4, os.cpu_count() or 2))
 class Inode:
     """A non-directory object; shared by every path that is a hard link to it."""
 
-    __slots__ = ("kind", "mode", "uid", "gid", "xattrs", "rdev", "mtime_ns", "oid", "size")
+    __slots__ = ("kind", "mode", "uid", "gid", "xattrs", "rdev", "mtime_ns", "oid", "size", "sparse")
 
     def __init__(self, e: Entry):
         self.kind, self.mode, self.uid, self.gid = e.kind, e.mode, e.uid, e.gid
         self.xattrs, self.rdev, self.mtime_ns = e.xattrs, e.rdev, e.mtime_ns
         self.oid: bytes | None = None
         self.size = e.size
+        self.sparse = e.sparse
 
 
 class Dir:
@@ -82,7 +83,7 @@ class Dir:
 def _row(name: bytes, node, keep_mtime: bool, hardlink: bytes | None = None) -> sidetable.Row:
     return sidetable.Row(name, node.kind, node.mode, node.uid, node.gid,
                          getattr(node, "rdev", None), hardlink,
-                         node.mtime_ns if keep_mtime else None, node.xattrs)
+                         node.mtime_ns if keep_mtime else None, node.xattrs, getattr(node, "sparse", None))
 
 
 @dataclass
@@ -309,7 +310,7 @@ class Repo:
                 return None
             if i == len(parts) - 1:
                 e = Entry(path, row.kind, row.mode, row.uid, row.gid, row.xattrs, rdev=row.rdev,
-                          mtime_ns=row.mtime_ns, hardlink=row.hardlink)
+                          mtime_ns=row.mtime_ns, hardlink=row.hardlink, sparse=row.sparse)
                 c = node.content.get(comp)
                 e.oid = c[1] if c is not None and row.kind is not Kind.DIR else None
                 return e
@@ -390,7 +391,7 @@ class _Walker:
             cpath = path + b"/" + row.name if path else row.name
             seen.add(row.name)
             ent = Entry(cpath, row.kind, row.mode, row.uid, row.gid, row.xattrs, rdev=row.rdev,
-                        mtime_ns=row.mtime_ns, hardlink=row.hardlink)
+                        mtime_ns=row.mtime_ns, hardlink=row.hardlink, sparse=row.sparse)
             c = cmap.get(row.name)
             if row.kind is Kind.DIR:
                 if c is None or c[0] != MODE_DIR:
@@ -424,8 +425,8 @@ class _Walker:
                 lead = self.leaders.get(row.hardlink) or self._outside_leader(row.hardlink)
                 if lead is None:
                     self.fault(cpath, f"hard link to {display(row.hardlink)}, which is not an earlier entry")
-                elif (lead.kind, lead.mode, lead.uid, lead.gid, lead.xattrs, lead.rdev, lead.oid) != \
-                        (ent.kind, ent.mode, ent.uid, ent.gid, ent.xattrs, ent.rdev, ent.oid):
+                elif (lead.kind, lead.mode, lead.uid, lead.gid, lead.xattrs, lead.rdev, lead.oid, lead.sparse) != \
+                        (ent.kind, ent.mode, ent.uid, ent.gid, ent.xattrs, ent.rdev, ent.oid, ent.sparse):
                     self.fault(cpath, f"hard link disagrees with {display(row.hardlink)}")
             else:
                 self.leaders[cpath] = ent
