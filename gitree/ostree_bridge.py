@@ -397,7 +397,9 @@ class Exporter:
         if original is not None:
             data, detached, _ = original
             oc_commit = oc.decode_commit(data)
-            if (oc_commit.root_tree, oc_commit.root_meta) == (root_tree, root_meta) and oc_commit.parent == parent:
+            # a commit imported without its parent (a partial OSTree history) still names that parent
+            same_parent = oc_commit.parent == parent or (parent is None and not commit.parents)
+            if (oc_commit.root_tree, oc_commit.root_meta) == (root_tree, root_meta) and same_parent:
                 csum = self.target.write_metadata(ObjectType.COMMIT, data)
                 if detached is not None:
                     self.target.write_commitmeta(csum, oc.decode_commitmeta(detached))
