@@ -36,6 +36,8 @@ MAX_SYMLINK_TARGET = 4095
 XATTR_NAME_MAX = 255
 XATTR_SIZE_MAX = 65536
 XATTR_LIST_MAX = 65536
+#: The namespaces Linux accepts an xattr name in (with a non-empty rest).
+XATTR_NAMESPACES = (b"security.", b"system.", b"trusted.", b"user.")
 #: Default deflate level of archive repos (``archive.zlib-level``).
 DEFAULT_ZLIB_LEVEL = 6
 
@@ -157,6 +159,9 @@ def _xattrs_from_gv(items: list[tuple[bytes, bytes]]) -> Xattrs:
     for n, v in items:
         if len(n) < 2 or n[-1] != 0 or b"\0" in n[:-1]:
             raise InvalidObject("invalid xattr name (must be non-empty, NUL-terminated, without other NUL)")
+        if not any(n.startswith(ns) and len(n) > len(ns) + 1 for ns in XATTR_NAMESPACES):
+            raise InvalidObject("xattr name outside Linux's namespaces (security., system., trusted., user.) "
+                                "or with an empty suffix")
         if len(n) - 1 > XATTR_NAME_MAX:
             raise InvalidObject(f"xattr name of {len(n) - 1} bytes, longer than XATTR_NAME_MAX ({XATTR_NAME_MAX})")
         if len(v) > XATTR_SIZE_MAX:
