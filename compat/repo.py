@@ -253,16 +253,16 @@ class OstreeRepo:
     # ------------------------------------------------------------------------------------------
     # Object paths
 
-    def _obj(self, checksum: str, objtype: ObjectType) -> str:
+    def _rel(self, checksum: str, objtype: ObjectType) -> str:
+        """``objects/XX/REST.SUFFIX``, relative to the repository."""
         if not ob.is_valid_checksum(checksum):
             raise InvalidObject(f"invalid checksum {checksum!r:.80}")
         objtype = ObjectType(objtype)
         suffix = "filez" if objtype is ObjectType.FILE and self.mode == "archive" else objtype.suffix
-        return f"{self._objdir}/{checksum[:2]}/{checksum[2:]}.{suffix}"
+        return f"objects/{checksum[:2]}/{checksum[2:]}.{suffix}"
 
-    def _rel(self, checksum: str, objtype: ObjectType) -> str:
-        """``objects/XX/REST.SUFFIX`` relative to the repository."""
-        return self._obj(checksum, objtype)[len(self._objdir) - len("objects"):]
+    def _obj(self, checksum: str, objtype: ObjectType) -> str:
+        return f"{self._objdir}/{self._rel(checksum, objtype)[len('objects/'):]}"
 
     def object_path(self, checksum: str, objtype: ObjectType) -> Path:
         """``objects/XX/REST.SUFFIX`` of an object (``.filez`` for content in archive repos)."""
@@ -345,7 +345,6 @@ class OstreeRepo:
             return _read_bounded(fd, limit, limit_name, fail)
         finally:
             os.close(fd)
-
 
     # ------------------------------------------------------------------------------------------
     # Staging

@@ -528,3 +528,23 @@ def test_memory_bounded_on_a_commitmeta_of_tiny_entries(case):
         f.write(data)
     r = _import_limited(g, repo)
     assert r.returncode == 0, r.stderr
+
+
+def test_symlink_object_of_a_bare_repo_retargeted(rich_repo, work):
+    """In a bare repository content symlinks are symlinks: one retargeted at /etc/shadow keeps its name."""
+    src = os.path.join(os.path.dirname(rich_repo[0]), "src")
+    repo = os.path.join(work, "bare")
+    subprocess.run(["ostree", "init", f"--repo={repo}", "--mode=bare"], check=True)
+    csum = subprocess.run(["ostree", f"--repo={repo}", "commit", f"--tree=dir={src}", "-b", "os/main"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    g = os.path.join(work, "g.git")
+    run_gitree("-C", g, "init")
+    link = dict(_etc(repo, csum)[2].files)["localtime"]
+    path = _obj(repo, link, "file")
+    assert os.path.islink(path)
+    os.unlink(path)
+    os.symlink("/etc/shadow", path)
+    assert _ostree_fsck_fails(repo)
+    r = _import(g, repo)
+    _assert_refused(r, g, link, "symlink")
+    assert b"/etc/shadow" not in r.stderr
