@@ -15,6 +15,8 @@ import subprocess
 import pytest
 import zstandard
 from helpers import run_gitree
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_boot import KVER, synthetic_rootfs
 
 from gitree.errors import BadInput
@@ -214,3 +216,21 @@ def test_make_bootable_accepts_a_good_image_within_the_limit(hostile_tree):
     repo = hostile_tree(archive(newc(b"early", b"u")) + COMPRESSORS["zstd"](GOOD))
     r = _make_bootable_limited(repo)
     assert r.returncode == 0, r.stderr
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(kind=st.sampled_from(["plain", *sorted(COMPRESSORS)]), data=st.data())
+def test_mutated_images_read_or_refuse(kind, data):
+    """A mutated image is read, or refused with BadInput: never another exception."""
+    image = bytearray(GOOD if kind == "plain" else COMPRESSORS[kind](GOOD))
+    for _ in range(data.draw(st.integers(1, 4))):
+        at = data.draw(st.integers(0, len(image) - 1))
+        image[at] = data.draw(st.integers(0, 255))
+    if data.draw(st.booleans()):
+        image = image[:data.draw(st.integers(0, len(image)))]
+    try:
+        names = member_names(bytes(image))
+    except BadInput as e:
+        assert "\n" not in str(e)
+    else:
+        assert all(len(n) < MAX_NAME_SIZE for n in names)

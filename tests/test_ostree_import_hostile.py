@@ -548,3 +548,18 @@ def test_symlink_object_of_a_bare_repo_retargeted(rich_repo, work):
     r = _import(g, repo)
     _assert_refused(r, g, link, "symlink")
     assert b"/etc/shadow" not in r.stderr
+
+
+def test_memory_bounded_on_a_large_declared_payload(case):
+    """A .filez of 256 KB inflating to the 256 MiB its header declares: streamed, never held whole (the
+    checksum, checked at the end, then fails)."""
+    repo, csum, g = case
+    fcsum = dict(_root_tree(repo, csum).files)["hello.txt"]
+    z = oc.FilezCompressor(9)
+    size = 256 << 20
+    body = b"".join(z.compress(bytes(1 << 20)) for _ in range(size >> 20)) + z.flush()
+    data = oc.encode_filez_header(oc.FileMeta(0, 0, 0o100644), size) + body
+    assert len(data) < 1 << 20
+    with open(_obj(repo, fcsum, "filez"), "wb") as f:
+        f.write(data)
+    _assert_refused(_import_limited(g, repo), g, fcsum)
