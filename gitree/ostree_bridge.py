@@ -552,30 +552,34 @@ MAX_SHARED_SLACK = 65536
 def _check_tree_size(src: OstreeRepo, root_tree: str) -> None:
     """Refuse a tree deeper than MAX_OSTREE_DEPTH or expanding beyond the sharing limit, before any of it
     is imported. Reads (and verifies) every distinct dirtree once, iteratively."""
-    size: dict[str, tuple[int, int]] = {}  # dirtree -> (entries beneath, levels beneath)
+    size: dict[str, tuple[int, int]] = {}  # dirtree -> (entries beneath, directory levels it spans)
     distinct = 0
-    stack = [(root_tree, None)]
+
+    def too_deep(csum: str) -> BadInput:
+        return BadInput(f"{csum}.dirtree: directories nested deeper than {MAX_OSTREE_DEPTH} levels "
+                        "(MAX_OSTREE_DEPTH)")
+
+    stack: list[tuple[str, int, tuple[int, list[str]] | None]] = [(root_tree, 0, None)]
     while stack:
-        csum, children = stack[-1]
+        csum, depth, expanded = stack[-1]
         if csum in size:
             stack.pop()
             continue
-        if children is None:
-            if len(stack) > MAX_OSTREE_DEPTH + 1:
-                raise BadInput(f"{csum}.dirtree: directories nested deeper than {MAX_OSTREE_DEPTH} levels "
-                               "(MAX_OSTREE_DEPTH)")
+        if expanded is None:
+            if depth > MAX_OSTREE_DEPTH:
+                raise too_deep(root_tree)
             tree = src.read_dirtree(csum)
             distinct += len(tree.files) + len(tree.dirs)
-            children = [t for _, t, _ in tree.dirs]
-            stack[-1] = (csum, (len(tree.files) + len(tree.dirs), children))
-            stack.extend((t, None) for t in children if t not in size)
+            kids = [t for _, t, _ in tree.dirs]
+            stack[-1] = (csum, depth, (len(tree.files) + len(tree.dirs), kids))
+            stack.extend((t, depth + 1, None) for t in kids if t not in size)
             continue
-        own, kids = children
-        entries = own + sum(size[t][0] for t in kids)
-        levels = 1 + max((size[t][1] for t in kids), default=0)
-        size[csum] = (entries, levels)
+        own, kids = expanded
+        size[csum] = (own + sum(size[t][0] for t in kids), 1 + max((size[t][1] for t in kids), default=0))
         stack.pop()
-    total = size[root_tree][0]
+    total, levels = size[root_tree]
+    if levels - 1 > MAX_OSTREE_DEPTH:  # a shared subtree met deeper than where it was first expanded
+        raise too_deep(root_tree)
     if total > MAX_SHARING_FACTOR * distinct + MAX_SHARED_SLACK:
         raise BadInput(f"{root_tree}.dirtree: {len(size)} directory objects expand to {total} entries, more than "
                        f"{MAX_SHARING_FACTOR} times their {distinct} own entries plus {MAX_SHARED_SLACK} "

@@ -15,6 +15,7 @@ from ostreeforge import filez_checksum, obj_path, ostree_commit, replace_object,
 
 import gitree_compat as oc
 from gitree_compat.gvariant import frame
+from gitree.ostree_bridge import MAX_OSTREE_DEPTH
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="building the source tree with owners needs root")
 
@@ -563,3 +564,13 @@ def test_memory_bounded_on_a_large_declared_payload(case):
     with open(_obj(repo, fcsum, "filez"), "wb") as f:
         f.write(data)
     _assert_refused(_import_limited(g, repo), g, fcsum)
+
+
+@pytest.mark.parametrize("depth,fanout", [(MAX_OSTREE_DEPTH, 1), (1, 300), (3, 12)])
+def test_trees_within_the_depth_and_sharing_limits_import(case, depth, fanout):
+    """256 levels deep is allowed (as in ostree); wide directories and some sharing too."""
+    repo, csum, g = case
+    tree = _chain_of_dirtrees(repo, depth, fanout, _commit(repo, csum).root_meta)
+    _point_ref_at_tree(repo, csum, tree)
+    r = _import(g, repo)
+    assert r.returncode == 0, r.stderr
