@@ -39,19 +39,26 @@ class Reader(Protocol):
 
 
 class _Input:
-    """A reader with a pushback buffer (to look at magic numbers), counting the bytes it hands out."""
+    """A reader with a pushback buffer (to look at magic numbers ahead)."""
 
     def __init__(self, f: Reader):
         self.f = f
         self.buf = b""
+        self.off = 0  # bytes of buf already handed out
+
+    @property
+    def buffered(self) -> int:
+        return len(self.buf) - self.off
 
     def read(self, n: int) -> bytes:
-        if self.buf:
-            out, self.buf = self.buf[:n], self.buf[n:]
+        if self.off < len(self.buf):
+            out = self.buf[self.off:self.off + n]
+            self.off += len(out)
             return out
         return self.f.read(n)
 
     def peek(self, n: int) -> bytes:
+        self.buf, self.off = self.buf[self.off:], 0
         while len(self.buf) < n:
             more = self.f.read(n - len(self.buf))
             if not more:
@@ -60,7 +67,7 @@ class _Input:
         return self.buf[:n]
 
     def unread(self, data: bytes) -> None:
-        self.buf = data + self.buf
+        self.buf, self.off = data + self.buf[self.off:], 0
 
 
 class _Chunks:
@@ -113,17 +120,19 @@ class _Inflate:
 
 
 class _Counted:
-    """Counts what a decompressing reader produces against MAX_UNPACKED."""
+    """Counts the bytes a reader produces against MAX_UNPACKED: the image itself (a git blob of a GiB of
+    zeros packs into a few MB) and, separately, what a decompressor makes of it."""
 
-    def __init__(self, f: Reader):
+    def __init__(self, f: Reader, what: str):
         self.f = f
+        self.what = what
         self.total = 0
 
     def read(self, n: int) -> bytes:
         out = self.f.read(n)
         self.total += len(out)
         if self.total > MAX_UNPACKED:
-            raise BadInput(f"initramfs: decompresses to more than {MAX_UNPACKED} bytes (MAX_UNPACKED)")
+            raise BadInput(f"initramfs: {self.what} more than {MAX_UNPACKED} bytes (MAX_UNPACKED)")
         return out
 
 
@@ -162,7 +171,7 @@ def _open_compressed(src: _Input, head: bytes) -> tuple[str, Reader] | None:
     if head.startswith(b"\x28\xb5\x2f\xfd"):
         import zstandard
         d = zstandard.ZstdDecompressor(max_window_size=MAX_DECODER_MEMORY)
-        return "zstd", _Counted(d.stream_reader(src, read_size=_CHUNK, read_across_frames=True))
+        return "zstd", _Counted(d.stream_reader(src, read_size=_CHUNK, read_across_frames=True), "decompresses to")
     return None
 
 
@@ -220,20 +229,21 @@ def scan(data: bytes | Reader | Iterable[bytes], visit: Callable[[bytes], None])
         data = io.BytesIO(data)
     elif not hasattr(data, "read"):
         data = _Chunks(data)
-    src = _Input(data)
-    pos = 0
+    raw = _Counted(data, "the image holds")
+    src = _Input(raw)
     while True:
+        while True:  # zero padding between archives, skipped a block at a time
+            block = src.peek(_CHUNK)
+            rest = block.lstrip(b"\0")
+            src.read(len(block) - len(rest))
+            if rest or not block:
+                break
         head = src.peek(8)
-        while head[:1] == b"\0":  # padding between archives
-            src.read(1)
-            pos += 1
-            head = src.peek(8)
         if not head:
             return
+        pos = raw.total - src.buffered
         if head[:6] in _NEWC:
-            counted = _Counted(src)  # plain archives count against MAX_UNPACKED as well
-            _cpio_names(counted, visit)
-            pos += counted.total
+            _cpio_names(src, visit)
             continue
         if head[:4] == b"0707" or head[:2] in (b"\xc7\x71", b"\x71\xc7"):
             raise BadInput(f"initramfs: a cpio archive at byte {pos} is not in the newc format the kernel reads")

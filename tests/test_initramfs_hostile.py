@@ -234,3 +234,11 @@ def test_mutated_images_read_or_refuse(kind, data):
         assert "\n" not in str(e)
     else:
         assert all(len(n) < MAX_NAME_SIZE for n in names)
+
+
+def test_padding_between_archives_is_skipped_and_counted():
+    """Zero padding between archives is allowed (the kernel skips it) but counts against MAX_UNPACKED: a
+    git blob of a GiB of zeros packs into a few MB."""
+    assert member_names(archive(newc(b"a")) + bytes(1 << 20) + archive(newc(b"b"))) == {b"a", b"b"}
+    with pytest.raises(BadInput, match="the image holds more than .*MAX_UNPACKED"):
+        member_names(iter([archive(newc(b"a"))] + [bytes(1 << 20)] * 1025))
