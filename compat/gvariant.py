@@ -378,10 +378,11 @@ def _dec(t: _Type, buf: bytes, start: int, end: int, depth: int) -> Any:
             s = buf[start:end - 1].decode("utf-8")
         except UnicodeDecodeError:
             raise GVariantError(f"string of type {c!r} is not valid UTF-8") from None
+        # decoded data is never quoted in an error: it may come from a file the reader should not reveal
         if c == "o" and not _is_object_path(s):
-            raise GVariantError(f"invalid object path {s[:80]!r}")
+            raise GVariantError("invalid object path")
         if c == "g" and not _is_signature(s):
-            raise GVariantError(f"invalid signature {s[:80]!r}")
+            raise GVariantError("invalid signature")
         return s
     if depth >= MAX_DEPTH:
         raise GVariantError(f"value nested deeper than {MAX_DEPTH}")
@@ -392,7 +393,10 @@ def _dec(t: _Type, buf: bytes, start: int, end: int, depth: int) -> Any:
         raw_type = buf[sep + 1:end]
         if not raw_type.isascii():
             raise GVariantError("variant type string is not ASCII")
-        ct = _type(raw_type.decode("ascii"))
+        try:
+            ct = _type(raw_type.decode("ascii"))
+        except GVariantError:
+            raise GVariantError("invalid variant type string") from None
         if depth + 1 + ct.depth > MAX_DEPTH:
             raise GVariantError(f"value nested deeper than {MAX_DEPTH}")
         return Variant(ct.sig, _dec(ct, buf, start, sep, depth + 1))

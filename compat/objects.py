@@ -26,8 +26,18 @@ from .gvariant import Variant
 
 Xattrs = tuple[tuple[bytes, bytes], ...]
 
-#: Largest file header accepted by readers (OSTree itself caps metadata at 10 MiB).
-MAX_HEADER_SIZE = 10 * 1024 * 1024
+#: Largest file header (``.filez``) accepted by readers: the fixed fields, a symlink target and the xattrs.
+#: Linux caps one inode's xattr names at 64 KiB in all (XATTR_LIST_MAX) and each value at 64 KiB; 1 MiB
+#: holds more than any file system stores per inode in practice (ext4: one 4 KiB block without ea_inode).
+MAX_HEADER_SIZE = 1024 * 1024
+#: Longest symlink target: Linux's PATH_MAX (4096) less the terminating NUL.
+MAX_SYMLINK_TARGET = 4095
+#: Linux's limits on xattrs (linux/limits.h): XATTR_NAME_MAX, XATTR_SIZE_MAX, XATTR_LIST_MAX.
+XATTR_NAME_MAX = 255
+XATTR_SIZE_MAX = 65536
+XATTR_LIST_MAX = 65536
+#: The namespaces Linux accepts an xattr name in (with a non-empty rest).
+XATTR_NAMESPACES = (b"security.", b"system.", b"trusted.", b"user.")
 #: Default deflate level of archive repos (``archive.zlib-level``).
 DEFAULT_ZLIB_LEVEL = 6
 
@@ -143,10 +153,22 @@ def _xattrs_to_gv(xattrs: Xattrs) -> list[tuple[bytes, bytes]]:
 
 
 def _xattrs_from_gv(items: list[tuple[bytes, bytes]]) -> Xattrs:
+    """xattrs read from an object: names and values within Linux's limits (no data quoted in errors)."""
     out = []
+    listed = 0
     for n, v in items:
         if len(n) < 2 or n[-1] != 0 or b"\0" in n[:-1]:
-            raise InvalidObject(f"invalid xattr name {n!r:.80} (must be non-empty and NUL-terminated)")
+            raise InvalidObject("invalid xattr name (must be non-empty, NUL-terminated, without other NUL)")
+        if not any(n.startswith(ns) and len(n) > len(ns) + 1 for ns in XATTR_NAMESPACES):
+            raise InvalidObject("xattr name outside Linux's namespaces (security., system., trusted., user.) "
+                                "or with an empty suffix")
+        if len(n) - 1 > XATTR_NAME_MAX:
+            raise InvalidObject(f"xattr name of {len(n) - 1} bytes, longer than XATTR_NAME_MAX ({XATTR_NAME_MAX})")
+        if len(v) > XATTR_SIZE_MAX:
+            raise InvalidObject(f"xattr value of {len(v)} bytes, longer than XATTR_SIZE_MAX ({XATTR_SIZE_MAX})")
+        listed += len(n)
+        if listed > XATTR_LIST_MAX:
+            raise InvalidObject(f"xattr names take more than XATTR_LIST_MAX ({XATTR_LIST_MAX}) bytes")
         out.append((n[:-1], v))
     return tuple(out)
 
@@ -172,13 +194,17 @@ class FileMeta:
         if fmt not in (stat.S_IFREG, stat.S_IFLNK) or self.mode & ~(stat.S_IFMT(self.mode) | 0o7777):
             raise InvalidObject(f"content mode {self.mode:#o} is not a regular file or symlink mode")
         if fmt == stat.S_IFLNK:
+            # targets are not quoted in errors: a reader may meet them before the object is verified
             if not self.symlink_target or b"\0" in self.symlink_target:
-                raise InvalidObject(f"invalid symlink target {self.symlink_target!r:.80}")
+                raise InvalidObject("invalid symlink target (empty or containing NUL)")
+            if len(self.symlink_target) > MAX_SYMLINK_TARGET:
+                raise InvalidObject(f"symlink target of {len(self.symlink_target)} bytes, longer than "
+                                    f"MAX_SYMLINK_TARGET ({MAX_SYMLINK_TARGET}, Linux's PATH_MAX less its NUL)")
             try:
                 self.symlink_target.decode("utf-8")
             except UnicodeDecodeError:
                 raise UnsupportedContent(
-                    f"symlink target {self.symlink_target!r:.80} is not valid UTF-8: OSTree cannot store it "
+                    "symlink target is not valid UTF-8: OSTree cannot store it "
                     f"(ostree commit writes {OSTREE_INVALID_UTF8_TARGET.decode()!r} instead)") from None
         elif self.symlink_target:
             raise InvalidObject("a regular file cannot have a symlink target")
@@ -317,7 +343,7 @@ class FilezReader:
         if zero != 0:
             raise InvalidObject("filez header padding is not zero")
         if hlen > MAX_HEADER_SIZE:
-            raise InvalidObject(f"filez header length {hlen} too large")
+            raise InvalidObject(f"filez header length {hlen} too large, more than MAX_HEADER_SIZE ({MAX_HEADER_SIZE})")
         raw = self._read_exact(hlen, "header")
         try:
             size, *rest = gvariant.decode(FILEZ_HEADER_TYPE, raw)

@@ -3,6 +3,13 @@
 Writes are staged in ``tmp/`` and renamed into ``objects/`` (atomic); content is streamed, never held whole.
 Reads verify checksums as they go and raise CorruptObject / MissingObject naming the object.
 Thread-safe for concurrent writers (unique staging names; hashlib and zlib release the GIL).
+
+A repository may come from someone else, so reading trusts nothing in it (docs/security-ostree-input.md):
+every file inside it is opened relative to the repository's directory, one component at a time, without
+following a symlink (only a bare repository's symlink content objects are symlinks, and those are read
+with readlink); what is not a regular file is refused before it is read (a FIFO cannot block, a device
+is never opened); every read is bounded by the limits below; every object is verified against its name,
+symlinks included; and no error message quotes the bytes of a file.
 """
 
 from __future__ import annotations
@@ -12,11 +19,13 @@ import contextlib
 import errno
 import hashlib
 import os
+import posixpath
 import re
 import secrets
 import stat
 import time
-from collections.abc import Iterable, Iterator
+import weakref
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO, Self
 
@@ -43,6 +52,20 @@ _INIT_DIRS = ("extensions", "objects", "refs", "refs/heads", "refs/mirrors", "re
               "tmp/cache")
 _SUFFIX_TYPE = {t.suffix: t for t in ObjectType} | {"filez": ObjectType.FILE}
 
+#: Largest commit, dirtree, dirmeta or detached-metadata (.commitmeta) object read: libostree's hard limit
+#: on metadata objects before 2020 (OSTREE_MAX_METADATA_SIZE; later versions warn above 7 MiB).
+MAX_METADATA_SIZE = 10 * 1024 * 1024
+#: Largest dirmeta object read: fixed fields and xattrs, bounded like a file header.
+MAX_DIRMETA_SIZE = ob.MAX_HEADER_SIZE
+#: Largest ``config`` or ref file read (a ref is 65 bytes; ostree's own configs are a few hundred).
+MAX_SMALL_FILE = 64 * 1024
+#: Ref aliases (symlinks inside refs/heads, ``ostree refs --alias``) followed at most this many times.
+MAX_REF_ALIASES = 8
+
+_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: opening a FIFO that slipped in between the lstat and the open must not wait for a writer.
+_O_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
 _REF_RE = re.compile(r"([\w\d][-._\w\d]*/)*[\w\d][-._\w\d]*", re.ASCII)
 _REMOTE_RE = re.compile(r"[\w\d][-._\w\d]*", re.ASCII)
 _CHUNK = 1 << 20
@@ -52,6 +75,27 @@ def validate_ref_name(ref: str) -> str:
     if not isinstance(ref, str) or not _REF_RE.fullmatch(ref):
         raise RefError(f"invalid ref name {ref!r:.120}")
     return ref
+
+
+def _kind(st_mode: int) -> str:
+    """What a file is, for messages."""
+    return {stat.S_IFLNK: "a symlink", stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO",
+            stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket",
+            stat.S_IFREG: "a regular file"}.get(stat.S_IFMT(st_mode), "an unknown file type")
+
+
+def _read_bounded(fd: int, limit: int, limit_name: str, fail: Callable[[str], Exception]) -> bytes:
+    """Read ``fd`` to its end, refusing more than ``limit`` bytes (the file may grow while read)."""
+    parts = []
+    n = 0
+    while True:
+        b = os.read(fd, min(_CHUNK, limit + 1 - n))
+        if not b:
+            return b"".join(parts)
+        n += len(b)
+        if n > limit:
+            raise fail(f"more than the {limit}-byte limit ({limit_name})")
+        parts.append(b)
 
 
 def _objname(csum: str, objtype: ObjectType) -> str:
@@ -135,22 +179,34 @@ class OstreeRepo:
         self.path = Path(path)
         self.fsync = fsync
         cfg_path = self.path / "config"
-        cfg = configparser.ConfigParser(interpolation=None)
         try:
-            text = cfg_path.read_text(encoding="utf-8")
+            # The repository's own path is the caller's choice and may go through symlinks; nothing inside it may.
+            self._root_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as e:
+            raise BadRepo(f"{self.path}: not an OSTree repository ({e.strerror})") from None
+        weakref.finalize(self, os.close, self._root_fd)
+        try:
+            raw = self._read_file("config", MAX_SMALL_FILE, "MAX_SMALL_FILE",
+                                  lambda msg: BadRepo(f"{cfg_path}: {msg}"))
         except FileNotFoundError:
             raise BadRepo(f"{self.path}: not an OSTree repository (no config)") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise BadRepo(f"{cfg_path}: cannot read: {e}") from None
+        except OSError as e:
+            raise BadRepo(f"{cfg_path}: cannot read: {e.strerror}") from None
+        cfg = configparser.ConfigParser(interpolation=None)
         try:
-            cfg.read_string(text, source=str(cfg_path))
+            cfg.read_string(raw.decode("utf-8"), source=str(cfg_path))
+        except UnicodeDecodeError:
+            raise BadRepo(f"{cfg_path}: not UTF-8 text") from None
         except configparser.Error as e:
-            raise BadRepo(f"{cfg_path}: invalid config: {e}") from None
+            # configparser quotes the offending line: name the line only, never print file contents.
+            where = f" at line {e.lineno}" if isinstance(getattr(e, "lineno", None), int) else ""
+            raise BadRepo(f"{cfg_path}: invalid config{where} ({type(e).__name__})") from None
         if cfg.get("core", "repo_version", fallback=None) != "1":
             raise BadRepo(f"{cfg_path}: unsupported or missing core.repo_version")
         self.config_mode = cfg.get("core", "mode", fallback="bare")
         if self.config_mode not in _CONFIG_MODES:
-            raise BadRepo(f"{cfg_path}: unsupported repository mode {self.config_mode!r}")
+            shown = f" {self.config_mode!r}" if re.fullmatch(r"[a-z0-9-]{1,32}", self.config_mode) else ""
+            raise BadRepo(f"{cfg_path}: unsupported repository mode{shown}")
         #: One of REPO_MODES.
         self.mode: str = _CONFIG_MODES[self.config_mode]
         self.collection_id: str | None = cfg.get("core", "collection-id", fallback=None)
@@ -161,11 +217,15 @@ class OstreeRepo:
             raise BadRepo(f"{cfg_path}: invalid archive.zlib-level") from None
         if not 1 <= self.zlib_level <= 9:
             raise BadRepo(f"{cfg_path}: invalid archive.zlib-level {self.zlib_level}")
-        if not (self.path / "objects").is_dir():
-            raise BadRepo(f"{self.path}: no objects/ directory")
-        (self.path / "tmp").mkdir(exist_ok=True)
+        try:
+            st = os.stat("objects", dir_fd=self._root_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            st = None
+        if st is None or not stat.S_ISDIR(st.st_mode):
+            raise BadRepo(f"{self.path}: no objects/ directory" + ("" if st is None else f" ({_kind(st.st_mode)})"))
         self._objdir = os.fspath(self.path / "objects")
         self._tmpdir = os.fspath(self.path / "tmp")
+        self._tmp_ready = False  # tmp/ is made on the first write: reading a repository writes nothing to it
 
     @classmethod
     def create(cls, path: str | os.PathLike, mode: str = "bare", *, fsync: bool = False,
@@ -193,12 +253,16 @@ class OstreeRepo:
     # ------------------------------------------------------------------------------------------
     # Object paths
 
-    def _obj(self, checksum: str, objtype: ObjectType) -> str:
+    def _rel(self, checksum: str, objtype: ObjectType) -> str:
+        """``objects/XX/REST.SUFFIX``, relative to the repository."""
         if not ob.is_valid_checksum(checksum):
             raise InvalidObject(f"invalid checksum {checksum!r:.80}")
         objtype = ObjectType(objtype)
         suffix = "filez" if objtype is ObjectType.FILE and self.mode == "archive" else objtype.suffix
-        return f"{self._objdir}/{checksum[:2]}/{checksum[2:]}.{suffix}"
+        return f"objects/{checksum[:2]}/{checksum[2:]}.{suffix}"
+
+    def _obj(self, checksum: str, objtype: ObjectType) -> str:
+        return f"{self._objdir}/{self._rel(checksum, objtype)[len('objects/'):]}"
 
     def object_path(self, checksum: str, objtype: ObjectType) -> Path:
         """``objects/XX/REST.SUFFIX`` of an object (``.filez`` for content in archive repos)."""
@@ -223,9 +287,72 @@ class OstreeRepo:
                     yield csum, t
 
     # ------------------------------------------------------------------------------------------
+    # Reading files inside the repository: no symlink followed, only regular files, bounded
+
+    def _parent_dir(self, rel: str, fail: Callable[[str], Exception]) -> tuple[int, str]:
+        """An open fd (caller closes) of the directory holding ``rel``, and its last component.
+
+        Each directory is opened relative to the one before with O_NOFOLLOW, so a symlinked ``objects/``
+        or ``objects/XX`` cannot lead a read out of the repository. FileNotFoundError when one is missing.
+        """
+        *dirs, last = rel.split("/")
+        fd = self._root_fd
+        try:
+            for i, comp in enumerate(dirs):
+                try:
+                    nfd = os.open(comp, _O_DIR, dir_fd=fd)
+                except OSError as e:
+                    if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                        raise fail(f"{'/'.join(dirs[:i + 1])} is a symlink or not a directory (refused)") from None
+                    raise
+                if fd != self._root_fd:
+                    os.close(fd)
+                fd = nfd
+        except BaseException:
+            if fd != self._root_fd:
+                os.close(fd)
+            raise
+        return (fd if fd != self._root_fd else os.dup(fd)), last
+
+    def _open_regular(self, rel: str, fail: Callable[[str], Exception]) -> tuple[int, os.stat_result]:
+        """An open fd (caller closes) of the regular file ``rel``; anything else is refused before it is
+        opened (a FIFO would block, a device could be anything). FileNotFoundError when absent."""
+        pfd, last = self._parent_dir(rel, fail)
+        try:
+            st = os.stat(last, dir_fd=pfd, follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode):
+                raise fail(f"{_kind(st.st_mode)}, not a regular file (refused)")
+            try:
+                fd = os.open(last, _O_FILE, dir_fd=pfd)
+            except OSError as e:
+                if e.errno == errno.ELOOP:
+                    raise fail("replaced by a symlink while being opened (refused)") from None
+                raise
+        finally:
+            os.close(pfd)
+        st2 = os.fstat(fd)
+        if not stat.S_ISREG(st2.st_mode) or (st2.st_dev, st2.st_ino) != (st.st_dev, st.st_ino):
+            os.close(fd)
+            raise fail("replaced while being opened (refused)")
+        return fd, st2
+
+    def _read_file(self, rel: str, limit: int, limit_name: str, fail: Callable[[str], Exception]) -> bytes:
+        """The bytes of the regular file ``rel``, refused if longer than ``limit``."""
+        fd, st = self._open_regular(rel, fail)
+        try:
+            if st.st_size > limit:
+                raise fail(f"{st.st_size} bytes, more than the {limit}-byte limit ({limit_name})")
+            return _read_bounded(fd, limit, limit_name, fail)
+        finally:
+            os.close(fd)
+
+    # ------------------------------------------------------------------------------------------
     # Staging
 
     def _tmp_path(self) -> str:
+        if not self._tmp_ready:
+            os.makedirs(self._tmpdir, exist_ok=True)
+            self._tmp_ready = True
         return f"{self._tmpdir}/gitree-{secrets.token_hex(12)}"
 
     def _commit_tmp(self, tmp: str, dest: str) -> None:
@@ -285,22 +412,30 @@ class OstreeRepo:
         self._commit_tmp(self._write_tmp_file(ob.encode_commitmeta(metadata)), dest)
 
     def read_metadata(self, objtype: ObjectType, checksum: str) -> bytes:
-        """Raw bytes of a metadata object; content-addressed types are verified against ``checksum``."""
+        """Raw bytes of a metadata object (at most MAX_METADATA_SIZE); content-addressed types are verified
+        against ``checksum``."""
         objtype = ObjectType(objtype)
         if objtype is ObjectType.FILE:
             raise InvalidObject("use open_content() for file objects")
-        path = self.object_path(checksum, objtype)
         name = _objname(checksum, objtype)
+        path = str(self.object_path(checksum, objtype))
+
+        def corrupt(msg: str) -> CorruptObject:
+            return CorruptObject(f"{name}: {msg}", checksum=checksum, objtype=objtype.suffix, path=path)
+
+        limit, limit_name = ((MAX_DIRMETA_SIZE, "MAX_DIRMETA_SIZE") if objtype is ObjectType.DIR_META
+                             else (MAX_METADATA_SIZE, "MAX_METADATA_SIZE"))
         try:
-            data = path.read_bytes()
+            data = self._read_file(self._rel(checksum, objtype), limit, limit_name, corrupt)
         except FileNotFoundError:
             raise MissingObject(f"{name}: no such object in {self.path}", checksum=checksum,
                                 objtype=objtype.suffix) from None
+        except OSError as e:
+            raise corrupt(f"cannot read: {e.strerror}") from None
         if objtype in (ObjectType.DIR_TREE, ObjectType.DIR_META, ObjectType.COMMIT):
             actual = hashlib.sha256(data).hexdigest()
             if actual != checksum:
-                raise CorruptObject(f"{name}: corrupted object, hashes to {actual}", checksum=checksum,
-                                    objtype=objtype.suffix, path=str(path))
+                raise corrupt(f"corrupted object, hashes to {actual}")
         return data
 
     def _read_decoded(self, objtype: ObjectType, checksum: str):
@@ -451,38 +586,68 @@ class OstreeRepo:
                 os.fsync(f.fileno())
 
     def open_content(self, checksum: str) -> ContentObject:
-        """Open a content object for streaming reads (see ContentObject)."""
-        path = self._obj(checksum, ObjectType.FILE)
+        """Open a content object for streaming reads (see ContentObject).
+
+        A symlink object (it has no payload) is verified here, before it is returned; a regular file's
+        payload is verified at the end of ``chunks()``.
+        """
+        rel = self._rel(checksum, ObjectType.FILE)
+        path = str(self.object_path(checksum, ObjectType.FILE))
         name = _objname(checksum, ObjectType.FILE)
 
         def corrupt(msg: str) -> CorruptObject:
             return CorruptObject(f"{name}: {msg}", checksum=checksum, objtype="file", path=path)
 
+        def missing() -> MissingObject:
+            return MissingObject(f"{name}: no such object in {self.path}", checksum=checksum, objtype="file")
+
         try:
-            st = os.lstat(path)
+            pfd, last = self._parent_dir(rel, corrupt)
         except FileNotFoundError:
-            raise MissingObject(f"{name}: no such object in {self.path}", checksum=checksum,
-                                objtype="file") from None
-        if stat.S_ISLNK(st.st_mode):
-            if self.mode not in ("bare", "bare-user-only"):
-                raise corrupt(f"unexpected symlink in a {self.mode} repository")
-            target = os.readlink(os.fsencode(path))
-            try:
-                if self.mode == "bare":
-                    meta = FileMeta(st.st_uid, st.st_gid, st.st_mode, target, _read_xattrs(os.fsencode(path), False))
-                else:
-                    meta = FileMeta(0, 0, st.st_mode, target)
-            except InvalidObject as e:
-                raise corrupt(str(e)) from None
-            return ContentObject(checksum, path, meta, 0, None, iter(()))
-        if not stat.S_ISREG(st.st_mode):
-            raise corrupt("not a regular file or symlink")
-        f = open(path, "rb")  # handed to ContentObject, which closes it
+            raise missing() from None
         try:
-            fd = f.fileno()
-            st = os.fstat(fd)
+            try:
+                st = os.stat(last, dir_fd=pfd, follow_symlinks=False)
+            except FileNotFoundError:
+                raise missing() from None
+            if stat.S_ISLNK(st.st_mode):
+                if self.mode not in ("bare", "bare-user-only"):
+                    raise corrupt(f"a symlink, which a {self.mode} repository does not hold (refused)")
+                target = os.readlink(os.fsencode(last), dir_fd=pfd)
+                xattrs: ob.Xattrs = ()
+                if self.mode == "bare":
+                    # the object itself, reached through the already opened directory, not followed
+                    xattrs = _read_xattrs(os.fsencode(f"/proc/self/fd/{pfd}/{last}"), False)
+                try:
+                    meta = FileMeta(st.st_uid if self.mode == "bare" else 0,
+                                    st.st_gid if self.mode == "bare" else 0, st.st_mode, target, xattrs)
+                except (InvalidObject, UnsupportedContent) as e:
+                    raise corrupt(str(e)) from None
+                return self._verified_symlink(checksum, path, meta, corrupt)
+            if not stat.S_ISREG(st.st_mode):
+                raise corrupt(f"{_kind(st.st_mode)}, not a regular file or symlink (refused)")
+            try:
+                fd = os.open(last, _O_FILE, dir_fd=pfd)
+            except OSError as e:
+                if e.errno == errno.ELOOP:
+                    raise corrupt("replaced by a symlink while being opened (refused)") from None
+                raise
+        finally:
+            os.close(pfd)
+        st2 = os.fstat(fd)
+        if not stat.S_ISREG(st2.st_mode) or (st2.st_dev, st2.st_ino) != (st.st_dev, st.st_ino):
+            os.close(fd)
+            raise corrupt("replaced while being opened (refused)")
+        st = st2
+        f = os.fdopen(fd, "rb")  # handed to ContentObject, which closes it
+        try:
             if self.mode == "archive":
                 r = ob.FilezReader(f.read)
+                if r.meta.is_symlink:
+                    for _ in r.chunks():  # refuses a payload after the header
+                        pass
+                    f.close()
+                    return self._verified_symlink(checksum, path, r.meta, corrupt)
                 return ContentObject(checksum, path, r.meta, r.size, f, r.chunks())
             if self.mode == "bare":
                 meta = FileMeta(st.st_uid, st.st_gid, st.st_mode, b"", _read_xattrs(fd))
@@ -495,22 +660,29 @@ class OstreeRepo:
                     raise corrupt(f"missing user.ostreemeta xattr ({e.strerror})") from None
                 uid, gid, mode, xattrs = ob.decode_ostreemeta(raw)
                 if stat.S_ISLNK(mode):
-                    if st.st_size > 65536:
-                        raise corrupt("symlink target too long")
-                    data = f.read()
+                    # the target and its NUL terminator
+                    data = _read_bounded(fd, ob.MAX_SYMLINK_TARGET + 1, "MAX_SYMLINK_TARGET", corrupt)
                     if not data.endswith(b"\0"):
                         raise corrupt("bare-user symlink content is not NUL-terminated")
                     meta = FileMeta(uid, gid, mode, data[:-1], xattrs)
                     f.close()
-                    return ContentObject(checksum, path, meta, 0, None, iter(()))
+                    return self._verified_symlink(checksum, path, meta, corrupt)
                 meta = FileMeta(uid, gid, mode, b"", xattrs)
             return ContentObject(checksum, path, meta, st.st_size, f, _file_chunks(f))
-        except (InvalidObject, GVariantError) as e:
+        except (InvalidObject, GVariantError, UnsupportedContent) as e:
             f.close()
             raise corrupt(str(e)) from None
         except BaseException:
             f.close()
             raise
+
+    @staticmethod
+    def _verified_symlink(checksum: str, path: str, meta: FileMeta,
+                          corrupt: Callable[[str], CorruptObject]) -> ContentObject:
+        actual = ob.ContentHasher(meta).hexdigest()
+        if actual != checksum:
+            raise corrupt(f"corrupted symlink object, hashes to {actual}")
+        return ContentObject(checksum, path, meta, 0, None, iter(()))
 
     def read_content(self, checksum: str) -> tuple[FileMeta, bytes]:
         """Metadata and whole payload of a (small) content object, verified."""
@@ -532,27 +704,63 @@ class OstreeRepo:
     # ------------------------------------------------------------------------------------------
     # Refs
 
-    def _ref_path(self, ref: str) -> Path:
+    def _ref_base(self, ref: str) -> tuple[str, str]:
+        """(directory of the namespace relative to the repository, ref name within it)."""
         remote, sep, name = ref.rpartition(":")
         validate_ref_name(name)
         if sep:
             if not _REMOTE_RE.fullmatch(remote):
                 raise RefError(f"invalid remote name {remote!r:.80}")
-            return self.path / "refs" / "remotes" / remote / name
-        return self.path / "refs" / "heads" / name
+            return f"refs/remotes/{remote}", name
+        return "refs/heads", name
+
+    def _ref_path(self, ref: str) -> Path:
+        base, name = self._ref_base(ref)
+        return self.path / base / name
 
     def resolve_ref(self, ref: str) -> str:
-        """Checksum a ref points to: ``NAME`` (refs/heads) or ``REMOTE:NAME`` (refs/remotes)."""
-        p = self._ref_path(ref)
+        """Checksum a ref points to: ``NAME`` (refs/heads) or ``REMOTE:NAME`` (refs/remotes).
+
+        A ref that is a symlink is an alias (``ostree refs --create=A --alias B``) and is followed only to
+        another ref of the same namespace; any other symlink, or anything but a regular file, is refused.
+        The file's bytes are never quoted in an error.
+        """
+        base, name = self._ref_base(ref)
+
+        def fail(msg: str) -> RefError:
+            return RefError(f"ref {ref!r}: {msg}")
+
+        for _ in range(MAX_REF_ALIASES + 1):
+            rel = f"{base}/{name}"
+            try:
+                pfd, last = self._parent_dir(rel, fail)
+            except (FileNotFoundError, NotADirectoryError):
+                raise RefError(f"ref {ref!r} not found in {self.path}") from None
+            try:
+                st = os.stat(last, dir_fd=pfd, follow_symlinks=False)
+                link = os.readlink(last, dir_fd=pfd) if stat.S_ISLNK(st.st_mode) else None
+            except FileNotFoundError:
+                raise RefError(f"ref {ref!r} not found in {self.path}") from None
+            finally:
+                os.close(pfd)
+            if link is None:
+                break
+            # an alias names another ref relative to the alias's own directory
+            target = posixpath.normpath(posixpath.join(posixpath.dirname(name), link))
+            if link.startswith("/") or target.startswith("../") or not _REF_RE.fullmatch(target):
+                raise fail(f"a symlink that is not an alias to another ref in {base}/ (refused)")
+            name = target
+        else:
+            raise fail(f"more than {MAX_REF_ALIASES} aliases in a row (MAX_REF_ALIASES)")
         try:
-            text = p.read_text(encoding="ascii")
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raw = self._read_file(rel, MAX_SMALL_FILE, "MAX_SMALL_FILE", fail)
+        except (FileNotFoundError, NotADirectoryError):
             raise RefError(f"ref {ref!r} not found in {self.path}") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise RefError(f"ref {ref!r}: cannot read: {e}") from None
-        csum = text.strip()
+        except OSError as e:
+            raise fail(f"cannot read: {e.strerror}") from None
+        csum = raw.strip().decode("ascii", "replace")
         if not ob.is_valid_checksum(csum):
-            raise RefError(f"ref {ref!r} does not contain a checksum: {text[:80]!r}")
+            raise fail("the file does not hold a checksum")
         return csum
 
     def resolve_rev(self, rev: str) -> str:

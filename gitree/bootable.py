@@ -26,7 +26,7 @@ from . import ostreemeta
 from .entry import Entry, Kind
 from .errors import BadInput, GitreeError, NotFound
 from .gittree import MODE_FILE
-from .initramfs import member_names
+from .initramfs import has_member
 from .names import display
 from .packwriter import OBJ_BLOB
 from .store import Importer, Repo
@@ -115,12 +115,15 @@ def find_kernel(repo: Repo, commit, want: str | None = None) -> Kernel:
 
 
 def check_initramfs(repo: Repo, e: Entry) -> None:
-    data = b"".join(repo.blob_chunks(e.oid, None, display(e.path)))
+    """The image is streamed from git and read within gitree.initramfs's limits (it is untrusted input)."""
+    chunks = repo.blob_chunks(e.oid, None, display(e.path))
     try:
-        names = member_names(data)
+        found = has_member(chunks, PREPARE_ROOT)
     except BadInput as err:
         raise BadInput(f"{display(e.path)}: {err} (--no-initramfs-check skips this check)") from None
-    if PREPARE_ROOT not in names:
+    finally:
+        chunks.close()
+    if not found:
         raise BadInput(f"initramfs {display(e.path)} has no ostree-prepare-root: install ostree-boot and dracut in "
                        "the rootfs (their scripts regenerate the initramfs) and import it again")
 

@@ -315,11 +315,21 @@ def fsck(c: Ctx, revs):
     click.echo("fsck: ok", err=True)
 
 
+def _stack_size() -> int:
+    """512 MiB, or an eighth of the address space when it is limited (RLIMIT_AS, as the memory tests set):
+    a reservation that large would otherwise keep the command from starting at all."""
+    import resource
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if soft == resource.RLIM_INFINITY:
+        return 512 << 20
+    return max(8 << 20, min(512 << 20, soft // 8))
+
+
 def main(argv=None) -> int:
     """Run the CLI in a thread with a large stack: trees may be up to MAX_DEPTH directories deep, and
     walking them recurses once per level."""
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 20 * 2048))
-    threading.stack_size(512 << 20)
+    threading.stack_size(_stack_size())
     result: list[int] = []
     t = threading.Thread(target=lambda: result.append(_main(argv)), name="gitree", daemon=True)
     t.start()

@@ -415,7 +415,9 @@ class Exporter:
         if original is not None:
             data, detached, _ = original
             oc_commit = oc.decode_commit(data)
-            if (oc_commit.root_tree, oc_commit.root_meta) == (root_tree, root_meta) and oc_commit.parent == parent:
+            # a commit imported without its parent (a partial OSTree history) still names that parent
+            same_parent = oc_commit.parent == parent or (parent is None and not commit.parents)
+            if (oc_commit.root_tree, oc_commit.root_meta) == (root_tree, root_meta) and same_parent:
                 csum = self.target.write_metadata(ObjectType.COMMIT, data)
                 if detached is not None:
                     self.target.write_commitmeta(csum, oc.decode_commitmeta(detached))
@@ -554,15 +556,88 @@ def _default_ref(repo: Repo, rev: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # Import
 
+#: Deepest directory nesting imported: OSTREE_MAX_RECURSION, beyond which ostree itself refuses to pull or
+#: traverse a commit.
+MAX_OSTREE_DEPTH = 256
+#: A dirtree may appear at several places of a commit (identical directories share one object), so a small
+#: repository can describe a huge tree (each level naming the one below twice doubles it). The entries a
+#: commit expands to may exceed those of its distinct dirtrees at most this many times, plus
+#: MAX_SHARED_SLACK entries; a real root filesystem stays near 1.
+MAX_SHARING_FACTOR = 16
+MAX_SHARED_SLACK = 65536
+
+
+def _check_tree_size(src: OstreeRepo, root_tree: str) -> None:
+    """Refuse a tree deeper than MAX_OSTREE_DEPTH or expanding beyond the sharing limit, before any of it
+    is imported. Reads (and verifies) every distinct dirtree once, iteratively."""
+    size: dict[str, tuple[int, int]] = {}  # dirtree -> (entries beneath, directory levels it spans)
+    distinct = 0
+
+    def too_deep(csum: str) -> BadInput:
+        return BadInput(f"{csum}.dirtree: directories nested deeper than {MAX_OSTREE_DEPTH} levels "
+                        "(MAX_OSTREE_DEPTH)")
+
+    stack: list[tuple[str, int, tuple[int, list[str]] | None]] = [(root_tree, 0, None)]
+    while stack:
+        csum, depth, expanded = stack[-1]
+        if csum in size:
+            stack.pop()
+            continue
+        if expanded is None:
+            if depth > MAX_OSTREE_DEPTH:
+                raise too_deep(root_tree)
+            tree = src.read_dirtree(csum)
+            distinct += len(tree.files) + len(tree.dirs)
+            kids = [t for _, t, _ in tree.dirs]
+            stack[-1] = (csum, depth, (len(tree.files) + len(tree.dirs), kids))
+            stack.extend((t, depth + 1, None) for t in kids if t not in size)
+            continue
+        own, kids = expanded
+        size[csum] = (own + sum(size[t][0] for t in kids), 1 + max((size[t][1] for t in kids), default=0))
+        stack.pop()
+    total, levels = size[root_tree]
+    if levels - 1 > MAX_OSTREE_DEPTH:  # a shared subtree met deeper than where it was first expanded
+        raise too_deep(root_tree)
+    if total > MAX_SHARING_FACTOR * distinct + MAX_SHARED_SLACK:
+        raise BadInput(f"{root_tree}.dirtree: {len(size)} directory objects expand to {total} entries, more than "
+                       f"{MAX_SHARING_FACTOR} times their {distinct} own entries plus {MAX_SHARED_SLACK} "
+                       "(MAX_SHARING_FACTOR)")
+
+
 def _ostree_entries(src: OstreeRepo, root_tree: str, root_meta: str,
                     order: dict[bytes, list[bytes]]) -> Iterator[tuple[Entry, Callable | None]]:
     """Entries of an OSTree tree in canonical order; every object is verified as it is read.
 
-    Objects whose xattrs are not in sorted order (OSTree's tar import keeps libarchive's order) have
-    that order recorded in `order`, so export can reproduce them."""
+    The walk is iterative and its depth and size are checked first (_tree_size). Objects whose xattrs
+    are not in sorted order (OSTree's tar import keeps libarchive's order) have that order recorded in
+    `order`, so export can reproduce them."""
+    _check_tree_size(src, root_tree)
     dm = src.read_dirmeta(root_meta)
     yield Entry(b"", Kind.DIR, dm.mode & 0o7777, dm.uid, dm.gid, _sorted(b"", dm.xattrs, order)), None
-    yield from _ostree_dir(src, b"", root_tree, order)
+    stack = [(b"", _dir_items(src, root_tree))]
+    while stack:
+        path, items = stack[-1]
+        item = next(items, None)
+        if item is None:
+            stack.pop()
+            continue
+        name, kind, c1, c2 = item
+        cpath = path + b"/" + name if path else name
+        if kind == "d":
+            dm = src.read_dirmeta(c2)
+            yield Entry(cpath, Kind.DIR, dm.mode & 0o7777, dm.uid, dm.gid, _sorted(cpath, dm.xattrs, order)), None
+            stack.append((cpath, _dir_items(src, c1)))
+            continue
+        obj = src.open_content(c1)  # a symlink object is verified here, a file's payload as it is read
+        m = obj.meta
+        k = Kind.SYMLINK if m.is_symlink else Kind.FILE
+        e = Entry(cpath, k, m.mode & 0o7777, m.uid, m.gid, _sorted(cpath, m.xattrs, order), size=obj.size)
+        if k is Kind.SYMLINK:
+            e.target = m.symlink_target
+            obj.close()
+            yield e, None
+        else:
+            yield e, obj.chunks
 
 
 def _sorted(path: bytes, xattrs, order: dict[bytes, list[bytes]]):
@@ -573,28 +648,12 @@ def _sorted(path: bytes, xattrs, order: dict[bytes, list[bytes]]):
     return s
 
 
-def _ostree_dir(src: OstreeRepo, path: bytes, tree_csum: str, order) -> Iterator[tuple[Entry, Callable | None]]:
+def _dir_items(src: OstreeRepo, tree_csum: str) -> Iterator[tuple[bytes, str, str, str | None]]:
     tree = src.read_dirtree(tree_csum)
     items = [(n.encode(), "f", c, None) for n, c in tree.files] + \
             [(n.encode(), "d", t, m) for n, t, m in tree.dirs]
     items.sort(key=lambda i: i[0])
-    for name, kind, c1, c2 in items:
-        cpath = path + b"/" + name if path else name
-        if kind == "d":
-            dm = src.read_dirmeta(c2)
-            yield Entry(cpath, Kind.DIR, dm.mode & 0o7777, dm.uid, dm.gid, _sorted(cpath, dm.xattrs, order)), None
-            yield from _ostree_dir(src, cpath, c1, order)
-            continue
-        obj = src.open_content(c1)
-        m = obj.meta
-        k = Kind.SYMLINK if m.is_symlink else Kind.FILE
-        e = Entry(cpath, k, m.mode & 0o7777, m.uid, m.gid, _sorted(cpath, m.xattrs, order), size=obj.size)
-        if k is Kind.SYMLINK:
-            e.target = m.symlink_target
-            obj.close()
-            yield e, None
-        else:
-            yield e, obj.chunks
+    return iter(items)
 
 
 def _commit_chain(src: OstreeRepo, csum: str) -> list[str]:
@@ -633,11 +692,15 @@ def import_ostree(repo: Repo, src_path: str, ref: str, branch: str, warn=stderr_
         try:
             data = src.read_metadata(ObjectType.COMMIT, c_csum)
             commit = oc.decode_commit(data)
-            detached = None
-            cm_path = src.object_path(c_csum, ObjectType.COMMIT_META)
-            if cm_path.exists():
-                detached = cm_path.read_bytes()
-                oc.decode_commitmeta(detached)  # validate
+            try:
+                detached = src.read_metadata(ObjectType.COMMIT_META, c_csum)  # bounded, no symlink followed
+            except oc.MissingObject:
+                detached = None
+            if detached is not None:
+                try:
+                    oc.decode_commitmeta(detached)  # validate
+                except oc.GVariantError as e:
+                    raise BadInput(f"OSTree commit {c_csum}: {c_csum}.commitmeta: {e}") from None
             imp = Importer(repo, level=1, progress=progress, warn=warn)
             order: dict[bytes, list[bytes]] = {}
             try:

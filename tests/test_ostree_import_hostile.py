@@ -11,9 +11,11 @@ import zlib
 
 import pytest
 from helpers import run_gitree
+from ostreeforge import filez_checksum, obj_path, ostree_commit, replace_object, write_object
 
 import gitree_compat as oc
 from gitree_compat.gvariant import frame
+from gitree.ostree_bridge import MAX_OSTREE_DEPTH
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="building the source tree with owners needs root")
 
@@ -29,15 +31,12 @@ def base_repo(tmpfs_root):
     with open(os.path.join(src, "sub", "x"), "w") as f:
         f.write("x\n")
     repo = os.path.join(d, "repo")
-    subprocess.run(["ostree", "init", f"--repo={repo}", "--mode=archive"], check=True)
-    csum = subprocess.run(["ostree", f"--repo={repo}", "commit", f"--tree=dir={src}", "-b", "os/main",
-                           "--timestamp=@0", "-s", "base"], check=True, capture_output=True, text=True).stdout.strip()
-    return repo, csum
+    return repo, ostree_commit(src, repo, "base")
 
 
-@pytest.fixture
-def case(base_repo, work):
-    src, csum = base_repo
+def _copy(made: tuple[str, str], work: str) -> tuple[str, str, str]:
+    """A copy of a made repository to spoil, and an empty gitree repository to import into."""
+    src, csum = made
     repo = os.path.join(work, "ostree")
     shutil.copytree(src, repo, symlinks=True)
     g = os.path.join(work, "g.git")
@@ -45,8 +44,12 @@ def case(base_repo, work):
     return repo, csum, g
 
 
-def _obj(repo: str, csum: str, suffix: str) -> str:
-    return os.path.join(repo, "objects", csum[:2], f"{csum[2:]}.{suffix}")
+@pytest.fixture
+def case(base_repo, work):
+    return _copy(base_repo, work)
+
+
+_obj = obj_path
 
 
 def _commit(repo: str, csum: str) -> oc.Commit:
@@ -54,13 +57,7 @@ def _commit(repo: str, csum: str) -> oc.Commit:
         return oc.decode_commit(f.read())
 
 
-def _write_object(repo: str, data: bytes, suffix: str) -> str:
-    csum = hashlib.sha256(data).hexdigest()
-    path = _obj(repo, csum, suffix)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(data)
-    return csum
+_write_object = write_object
 
 
 def _raw_dirtree(files: list[tuple[bytes, bytes]]) -> bytes:
@@ -83,8 +80,9 @@ def _point_ref_at_tree(repo: str, base: str, tree: str) -> str:
     return csum
 
 
-def _import(g: str, repo: str) -> subprocess.CompletedProcess:
-    return run_gitree("-C", g, "import-ostree", repo, "os/main", "--branch", "imported", check=False)
+def _import(g: str, repo: str, timeout: float | None = None) -> subprocess.CompletedProcess:
+    return run_gitree("-C", g, "import-ostree", repo, "os/main", "--branch", "imported", check=False,
+                      timeout=timeout)
 
 
 def _assert_refused(r, g: str, *needles: str) -> None:
@@ -209,3 +207,370 @@ def test_failure_in_a_later_commit_moves_no_ref(case):
     with open(os.path.join(repo, "refs", "heads", "os", "main"), "w") as f:
         f.write(new + "\n")
     _assert_refused(_import(g, repo), g, "ee" * 32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 9: verify every object, open nothing through a symlink, only regular files, bounded reads,
+# no file contents in errors, xattrs within Linux's rules, bounded depth and sharing, bounded memory.
+
+SECRET = "SECRET-ROOT-ONLY-CONTENT"
+
+
+def _root_tree(repo: str, csum: str) -> oc.DirTree:
+    return oc.decode_dirtree(open(_obj(repo, _commit(repo, csum).root_tree, "dirtree"), "rb").read())
+
+
+@pytest.fixture(scope="module")
+def rich_repo(tmpfs_root):
+    """A real archive repository with a symlink, a subdirectory and xattrs, made by `ostree commit`."""
+    d = os.path.join(tmpfs_root, "hostile-ostree-rich")
+    src = os.path.join(d, "src")
+    os.makedirs(os.path.join(src, "etc"))
+    with open(os.path.join(src, "etc", "motd"), "w") as f:
+        f.write("welcome\n")
+    os.symlink("../usr/share/zoneinfo/UTC", os.path.join(src, "etc", "localtime"))
+    os.setxattr(os.path.join(src, "etc"), "user.note", b"dir")
+    os.setxattr(os.path.join(src, "etc", "motd"), "user.note", b"file")
+    repo = os.path.join(d, "repo")
+    return repo, ostree_commit(src, repo, "rich")
+
+
+@pytest.fixture
+def rich(rich_repo, work):
+    return _copy(rich_repo, work)
+
+
+def _etc(repo: str, csum: str) -> tuple[str, str, oc.DirTree]:
+    (name, tree, meta), = _root_tree(repo, csum).dirs
+    assert name == "etc"
+    return tree, meta, oc.decode_dirtree(open(_obj(repo, tree, "dirtree"), "rb").read())
+
+
+def _ostree_fsck_fails(repo: str) -> bool:
+    return subprocess.run(["ostree", f"--repo={repo}", "fsck"], capture_output=True).returncode != 0
+
+
+def test_rich_repo_imports_and_exports_back(rich, work):
+    repo, csum, g = rich
+    assert _import(g, repo).returncode == 0
+    out = os.path.join(work, "back")
+    r = run_gitree("-C", g, "export-ostree", "imported", "--ostree-repo", out, "--ref", "os/main")
+    assert r.stdout.decode().strip() == csum
+
+
+def test_symlink_object_rewritten_to_etc_shadow(rich):
+    """Issue point 2: the .filez of a symlink now points at /etc/shadow but keeps its name."""
+    repo, csum, g = rich
+    link = dict(_etc(repo, csum)[2].files)["localtime"]
+    path = _obj(repo, link, "filez")
+    meta = oc.FilezReader(open(path, "rb").read).meta
+    evil = oc.FileMeta(meta.uid, meta.gid, meta.mode, b"/etc/shadow", meta.xattrs)
+    with open(path, "wb") as f:
+        f.write(oc.encode_filez_header(evil, 0))
+    assert _ostree_fsck_fails(repo)  # the oracle agrees the object is corrupt
+    r = _import(g, repo)
+    _assert_refused(r, g, link, "symlink")
+    assert b"/etc/shadow" not in r.stderr
+
+
+def test_symlink_object_with_trailing_payload(rich):
+    repo, csum, g = rich
+    link = dict(_etc(repo, csum)[2].files)["localtime"]
+    with open(_obj(repo, link, "filez"), "ab") as f:
+        f.write(b"\x03\x00")  # an empty deflate stream after a symlink's header
+    _assert_refused(_import(g, repo), g, link)
+
+
+def test_dirmeta_rewritten_keeping_its_name(rich):
+    repo, csum, g = rich
+    meta = _etc(repo, csum)[1]
+    with open(_obj(repo, meta, "dirmeta"), "wb") as f:
+        f.write(oc.encode_dirmeta(oc.DirMeta(0, 0, 0o40777)))  # world-writable /etc
+    assert _ostree_fsck_fails(repo)
+    _assert_refused(_import(g, repo), g, meta)
+
+
+def test_ref_symlinked_to_a_root_only_file(case, work):
+    repo, csum, g = case
+    secret = os.path.join(work, "secret")
+    with open(secret, "w") as f:
+        f.write(SECRET + "\n")
+    os.chmod(secret, 0o600)
+    ref = os.path.join(repo, "refs", "heads", "os", "main")
+    os.unlink(ref)
+    os.symlink(secret, ref)
+    r = _import(g, repo)
+    _assert_refused(r, g, "os/main", "symlink")
+    assert SECRET.encode() not in r.stderr
+
+
+def test_ref_alias_is_followed(case):
+    """`ostree refs --alias` makes a ref a symlink to another ref: that one is followed."""
+    repo, csum, g = case
+    subprocess.run(["ostree", f"--repo={repo}", "refs", "--create=a/b/alias", "--alias", "os/main"], check=True)
+    r = run_gitree("-C", g, "import-ostree", repo, "a/b/alias", "--branch", "imported", check=False)
+    assert r.returncode == 0, r.stderr
+
+
+def test_ref_file_with_secret_text(case):
+    """A ref holding text, not a checksum: the text is not echoed."""
+    repo, csum, g = case
+    with open(os.path.join(repo, "refs", "heads", "os", "main"), "w") as f:
+        f.write(SECRET + "\n")
+    r = _import(g, repo)
+    _assert_refused(r, g, "os/main", "checksum")
+    assert SECRET.encode() not in r.stderr
+
+
+def test_config_symlinked_to_a_secret(case, work):
+    repo, csum, g = case
+    secret = os.path.join(work, "secret")
+    with open(secret, "w") as f:
+        f.write(f"[core]\n{SECRET}\n")
+    os.unlink(os.path.join(repo, "config"))
+    os.symlink(secret, os.path.join(repo, "config"))
+    r = _import(g, repo)
+    _assert_refused(r, g, "config", "symlink")
+    assert SECRET.encode() not in r.stderr
+
+
+def test_config_with_garbage_is_not_quoted(case):
+    repo, csum, g = case
+    with open(os.path.join(repo, "config"), "w") as f:
+        f.write(f"{SECRET}\n")
+    r = _import(g, repo)
+    _assert_refused(r, g, "config", "line 1")
+    assert SECRET.encode() not in r.stderr
+
+
+def test_commitmeta_symlinked_to_dev_zero(case):
+    repo, csum, g = case
+    os.symlink("/dev/zero", _obj(repo, csum, "commitmeta"))
+    _assert_refused(_import(g, repo, timeout=60), g, f"{csum}.commitmeta", "symlink")
+
+
+def test_commitmeta_larger_than_the_limit(case):
+    repo, csum, g = case
+    with open(_obj(repo, csum, "commitmeta"), "wb") as f:
+        f.truncate((10 << 20) + 1)  # sparse: the size alone is refused, nothing is read
+    _assert_refused(_import(g, repo), g, f"{csum}.commitmeta", "MAX_METADATA_SIZE")
+
+
+def test_dirtree_larger_than_the_limit(case):
+    repo, csum, g = case
+    tree = _commit(repo, csum).root_tree
+    with open(_obj(repo, tree, "dirtree"), "r+b") as f:
+        f.truncate(64 << 20)
+    _assert_refused(_import(g, repo), g, f"{tree}.dirtree", "MAX_METADATA_SIZE")
+
+
+def test_fifo_in_place_of_a_dirtree(case):
+    repo, csum, g = case
+    tree = _commit(repo, csum).root_tree
+    os.unlink(_obj(repo, tree, "dirtree"))
+    os.mkfifo(_obj(repo, tree, "dirtree"))
+    _assert_refused(_import(g, repo, timeout=60), g, f"{tree}.dirtree", "FIFO")
+
+
+def test_device_in_place_of_a_content_object(case):
+    repo, csum, g = case
+    fcsum = dict(_root_tree(repo, csum).files)["hello.txt"]
+    os.unlink(_obj(repo, fcsum, "filez"))
+    os.mknod(_obj(repo, fcsum, "filez"), 0o20644, os.makedev(1, 5))  # /dev/zero's numbers
+    _assert_refused(_import(g, repo, timeout=60), g, f"{fcsum}.file", "character device")
+
+
+def test_content_object_symlinked_out_of_an_archive_repo(case, work):
+    repo, csum, g = case
+    fcsum = dict(_root_tree(repo, csum).files)["hello.txt"]
+    os.unlink(_obj(repo, fcsum, "filez"))
+    os.symlink("/etc/passwd", _obj(repo, fcsum, "filez"))
+    _assert_refused(_import(g, repo), g, f"{fcsum}.file", "symlink")
+
+
+def test_symlinked_object_directory(case, work):
+    """objects/XX a symlink to a directory elsewhere: refused, even though the object there is intact."""
+    repo, csum, g = case
+    tree = _commit(repo, csum).root_tree
+    sub = os.path.join(repo, "objects", tree[:2])
+    elsewhere = os.path.join(work, "elsewhere")
+    shutil.move(sub, elsewhere)
+    os.symlink(elsewhere, sub)
+    _assert_refused(_import(g, repo), g, f"objects/{tree[:2]}", "symlink")
+
+
+@pytest.mark.parametrize("name,why", [(b"trusted.", "namespace"), (b"foo.bar", "namespace"),
+                                      (b"user." + b"n" * 251, "XATTR_NAME_MAX")])
+def test_dirmeta_xattr_outside_linux_rules(rich, name, why):
+    repo, csum, g = rich
+    meta = _etc(repo, csum)[1]
+    bad = oc.encode_dirmeta(oc.DirMeta(0, 0, 0o40755, ((name, b"v"),)))
+    replace_object(repo, meta, "dirmeta", bad)
+    _assert_refused(_import(g, repo), g, why)
+
+
+def test_file_header_xattr_value_too_large(rich):
+    repo, csum, g = rich
+    motd = dict(_etc(repo, csum)[2].files)["motd"]
+    meta = oc.FileMeta(0, 0, 0o100644, b"", ((b"user.big", b"x" * 65537),))
+    z = oc.FilezCompressor()
+    data = oc.encode_filez_header(meta, 8) + z.compress(b"welcome\n") + z.flush()
+    replace_object(repo, motd, "filez", data, filez_checksum(data))
+    _assert_refused(_import(g, repo), g, "XATTR_SIZE_MAX")
+
+
+def test_symlink_target_longer_than_path_max(rich):
+    repo, csum, g = rich
+    link = dict(_etc(repo, csum)[2].files)["localtime"]
+    meta = oc.FilezReader(open(_obj(repo, link, "filez"), "rb").read).meta
+    header = bytearray(open(_obj(repo, link, "filez"), "rb").read())
+    # build the header by hand: FileMeta itself refuses such a target
+    body = struct.pack(">QIIII", 0, meta.uid, meta.gid, meta.mode, 0) + b"a" * 5000 + b"\0"
+    data = struct.pack(">II", len(frame(body, [len(body)])), 0) + frame(body, [len(body)])
+    assert header != data
+    new = hashlib.sha256(b"any name: the header is refused before hashing" + data).hexdigest()
+    replace_object(repo, link, "filez", data, new)
+    _assert_refused(_import(g, repo), g, "MAX_SYMLINK_TARGET")
+
+
+def _chain_of_dirtrees(repo: str, depth: int, fanout: int, meta: str) -> str:
+    """A dirtree `depth` levels deep whose every level names the level below `fanout` times."""
+    tree = oc.EMPTY_DIRTREE_CHECKSUM
+    _write_object(repo, oc.encode_dirtree([]), "dirtree")
+    for _ in range(depth):
+        tree = _write_object(repo, oc.encode_dirtree([], [(f"d{i}", tree, meta) for i in range(fanout)]),
+                             "dirtree")
+    return tree
+
+
+def test_tree_deeper_than_ostree_allows(case):
+    repo, csum, g = case
+    tree = _chain_of_dirtrees(repo, 300, 1, _commit(repo, csum).root_meta)
+    _point_ref_at_tree(repo, csum, tree)
+    _assert_refused(_import(g, repo), g, "MAX_OSTREE_DEPTH")
+
+
+def test_shared_subtrees_expanding_exponentially(case):
+    """40 dirtree objects describing 2^40 directories: refused before anything is walked."""
+    repo, csum, g = case
+    tree = _chain_of_dirtrees(repo, 40, 2, _commit(repo, csum).root_meta)
+    _point_ref_at_tree(repo, csum, tree)
+    _assert_refused(_import(g, repo, timeout=120), g, "MAX_SHARING_FACTOR")
+
+
+def test_commit_with_no_tmp_dir_is_not_written_to(case):
+    """Importing reads the source: it creates nothing in it (not even tmp/)."""
+    repo, csum, g = case
+    shutil.rmtree(os.path.join(repo, "tmp"))
+    before = sorted(os.walk(repo))
+    assert _import(g, repo).returncode == 0
+    assert sorted(os.walk(repo)) == before
+
+
+# ---------------------------------------------------------------------------------------------
+# Peak memory on hostile inputs of at most 1 MB: under an address-space limit of 300 MiB the command
+# ends with its one refusal line (or succeeds), never with MemoryError.
+
+MEMORY_LIMIT = 300 << 20
+
+
+def _import_limited(g: str, repo: str) -> subprocess.CompletedProcess:
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+
+    return run_gitree("-C", g, "import-ostree", repo, "os/main", "--branch", "imported", check=False,
+                      preexec_fn=limit, timeout=300)
+
+
+def _input_size(repo: str) -> int:
+    return sum(os.lstat(os.path.join(d, f)).st_size for d, _, fs in os.walk(repo) for f in fs)
+
+
+def test_memory_bounded_on_exponential_sharing(case):
+    repo, csum, g = case
+    tree = _chain_of_dirtrees(repo, 40, 2, _commit(repo, csum).root_meta)
+    _point_ref_at_tree(repo, csum, tree)
+    assert _input_size(repo) < 1 << 20
+    _assert_refused(_import_limited(g, repo), g, "MAX_SHARING_FACTOR")
+
+
+def test_memory_bounded_on_a_header_full_of_xattrs(case):
+    repo, csum, g = case
+    fcsum = dict(_root_tree(repo, csum).files)["hello.txt"]
+    xattrs = tuple((b"user.%x" % i, b"") for i in range(60000))  # ~600 KB of names
+    meta = oc.FileMeta(0, 0, 0o100644, b"", xattrs)
+    z = oc.FilezCompressor()
+    data = oc.encode_filez_header(meta, 12) + z.compress(b"hello world\n") + z.flush()
+    assert len(data) < 1 << 20
+    replace_object(repo, fcsum, "filez", data, filez_checksum(data))
+    _assert_refused(_import_limited(g, repo), g, "XATTR_LIST_MAX")
+
+
+def test_memory_bounded_on_a_wide_dirtree(case):
+    """A 1 MB dirtree of 20,000 names sharing one content object imports within the limit."""
+    repo, csum, g = case
+    fcsum = dict(_root_tree(repo, csum).files)["hello.txt"]
+    tree = _write_object(repo, oc.encode_dirtree([(f"{i:06d}", fcsum) for i in range(20000)]),
+                         "dirtree")
+    _point_ref_at_tree(repo, csum, tree)
+    assert _input_size(repo) < 1 << 20
+    r = _import_limited(g, repo)
+    assert r.returncode == 0, r.stderr
+
+
+def test_memory_bounded_on_a_commitmeta_of_tiny_entries(case):
+    repo, csum, g = case
+    md = [(f"k{i}", oc.Variant("y", 0)) for i in range(50000)]
+    data = oc.encode_commitmeta(md)
+    assert len(data) < 1 << 20
+    with open(_obj(repo, csum, "commitmeta"), "wb") as f:
+        f.write(data)
+    r = _import_limited(g, repo)
+    assert r.returncode == 0, r.stderr
+
+
+def test_symlink_object_of_a_bare_repo_retargeted(rich_repo, work):
+    """In a bare repository content symlinks are symlinks: one retargeted at /etc/shadow keeps its name."""
+    src = os.path.join(os.path.dirname(rich_repo[0]), "src")
+    repo = os.path.join(work, "bare")
+    subprocess.run(["ostree", "init", f"--repo={repo}", "--mode=bare"], check=True)
+    csum = subprocess.run(["ostree", f"--repo={repo}", "commit", f"--tree=dir={src}", "-b", "os/main"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    g = os.path.join(work, "g.git")
+    run_gitree("-C", g, "init")
+    link = dict(_etc(repo, csum)[2].files)["localtime"]
+    path = _obj(repo, link, "file")
+    assert os.path.islink(path)
+    os.unlink(path)
+    os.symlink("/etc/shadow", path)
+    assert _ostree_fsck_fails(repo)
+    r = _import(g, repo)
+    _assert_refused(r, g, link, "symlink")
+    assert b"/etc/shadow" not in r.stderr
+
+
+def test_memory_bounded_on_a_large_declared_payload(case):
+    """A .filez of 256 KB inflating to the 256 MiB its header declares: streamed, never held whole (the
+    checksum, checked at the end, then fails)."""
+    repo, csum, g = case
+    fcsum = dict(_root_tree(repo, csum).files)["hello.txt"]
+    z = oc.FilezCompressor(9)
+    size = 256 << 20
+    body = b"".join(z.compress(bytes(1 << 20)) for _ in range(size >> 20)) + z.flush()
+    data = oc.encode_filez_header(oc.FileMeta(0, 0, 0o100644), size) + body
+    assert len(data) < 1 << 20
+    with open(_obj(repo, fcsum, "filez"), "wb") as f:
+        f.write(data)
+    _assert_refused(_import_limited(g, repo), g, fcsum)
+
+
+@pytest.mark.parametrize("depth,fanout", [(MAX_OSTREE_DEPTH, 1), (1, 300), (3, 12)])
+def test_trees_within_the_depth_and_sharing_limits_import(case, depth, fanout):
+    """256 levels deep is allowed (as in ostree); wide directories and some sharing too."""
+    repo, csum, g = case
+    tree = _chain_of_dirtrees(repo, depth, fanout, _commit(repo, csum).root_meta)
+    _point_ref_at_tree(repo, csum, tree)
+    r = _import(g, repo)
+    assert r.returncode == 0, r.stderr
