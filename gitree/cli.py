@@ -194,15 +194,20 @@ def make_bootable(c: Ctx, rev, branch, version, kernel, message, timestamp, no_i
 @click.option("--os", "osname", required=True, metavar="NAME", help="The OSTree stateroot (os-init'd if needed).")
 @click.option("--ref", help="OSTree ref in the sysroot's repository (default: the gitree branch name).")
 @click.option("--karg", multiple=True, help="Kernel argument for the new deployment (repeatable).")
+@click.option("--bootloader", type=click.Choice(["uboot"]),
+              help="Configure ostree's uboot backend (boot/loader/uEnv.txt) and install boot/boot.scr.")
 @pass_ctx
-def deploy(c: Ctx, rev, sysroot, osname, ref, karg):
+def deploy(c: Ctx, rev, sysroot, osname, ref, karg, bootloader):
     """Export bootable REV into PATH/ostree/repo and `ostree admin deploy` it; prints the OSTree commit last."""
     from .deploy import deploy as run
-    res = run(c.repo(), rev, sysroot, osname, ref, tuple(karg))
+    res = run(c.repo(), rev, sysroot, osname, ref, tuple(karg), bootloader=bootloader)
     click.echo(f"deployed {res.ref} in {res.deployment} (export {res.export_seconds:.1f} s, "
                f"ostree admin deploy {res.deploy_seconds:.1f} s)", err=True)
     if res.entry is not None:
         click.echo(f"boot entry {res.entry.path}: options {res.entry.options}", err=True)
+    if bootloader == "uboot":
+        click.echo(f"U-Boot: {os.path.join(sysroot, 'boot', 'loader', 'uEnv.txt')}, "
+                   f"{os.path.join(sysroot, 'boot', 'boot.scr')}", err=True)
     click.echo(res.checksum)
 
 
@@ -311,6 +316,54 @@ def fsck(c: Ctx, revs):
     if problems:
         raise GitreeError(f"fsck found {len(problems)} problem(s)")
     click.echo("fsck: ok", err=True)
+
+
+# --- issue 12: LXC containers running OSTree deployments (gitree/lxc.py) ---------------------------------
+
+@cli.command("lxc-create")
+@click.argument("name")
+@click.argument("rev")
+@click.option("--lxcpath", default="/var/lib/lxc", show_default=True, help="LXC's container directory (lxc-* -P).")
+@click.option("--os", "osname", default="debian", show_default=True, help="The OSTree stateroot in the container.")
+@click.option("--karg", multiple=True, help="Kernel argument the hooks present in /proc/cmdline (repeatable).")
+@click.option("--ref", help="OSTree ref in the container's sysroot (default: the gitree branch name).")
+@pass_ctx
+def lxc_create(c: Ctx, name, rev, lxcpath, osname, karg, ref):
+    """Deploy bootable REV into a new LXC container NAME (its own sysroot, hooks doing the initramfs' work)."""
+    from . import lxc
+    cont, res = lxc.create(c.repo(), name, rev, lxcpath, osname, tuple(karg), ref)
+    click.echo(f"container {name}: {cont.config}; deployment {res.deployment} "
+               f"(export {res.export_seconds:.1f} s, ostree admin deploy {res.deploy_seconds:.1f} s); "
+               f"start with: lxc-start -n {name} -P {lxcpath}", err=True)
+    click.echo(res.checksum)
+
+
+@cli.command("lxc-upgrade")
+@click.argument("name")
+@click.argument("rev")
+@click.option("--lxcpath", default="/var/lib/lxc", show_default=True, help="LXC's container directory (lxc-* -P).")
+@click.option("--karg", multiple=True, help="Replace the kernel arguments (default: keep the current ones).")
+@click.option("--ref", help="OSTree ref in the container's sysroot (default: the gitree branch name).")
+@pass_ctx
+def lxc_upgrade(c: Ctx, name, rev, lxcpath, karg, ref):
+    """Deploy REV into container NAME's sysroot; its next start runs it (the previous one stays for rollback)."""
+    from . import lxc
+    res = lxc.upgrade(c.repo(), name, rev, lxcpath, ref, tuple(karg))
+    click.echo(f"container {name}: deployed {res.deployment}; restart it to run it", err=True)
+    click.echo(res.checksum)
+
+
+@cli.command("lxc-destroy")
+@click.argument("name")
+@click.option("--lxcpath", default="/var/lib/lxc", show_default=True, help="LXC's container directory (lxc-* -P).")
+def lxc_destroy(name, lxcpath):
+    """Stop and remove container NAME, its sysroot and its immutable deployment roots included."""
+    from . import lxc
+    from .store import stderr_warn
+    note = lxc.destroy(name, lxcpath)
+    if note:
+        stderr_warn(note)
+    click.echo(f"container {name} destroyed", err=True)
 
 
 def main(argv=None) -> int:
