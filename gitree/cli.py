@@ -139,9 +139,13 @@ def diff(c: Ctx, rev1, rev2):
 @click.option("--gpg-sign", "gpg_keys", multiple=True, metavar="KEYID",
               help="Sign the commits (and the summary, with --update-summary) with this GPG key; repeatable.")
 @click.option("--gpg-homedir", metavar="DIR", help="GnuPG home holding the secret key(s).")
+@click.option("--collection-id", metavar="ID", help="Collection ID of a new repository (core.collection-id); "
+              "commits get ostree.collection-binding. An existing repository must have this one.")
+@click.option("--ref-binding", "ref_bindings", multiple=True, metavar="REF",
+              help="Another ref for ostree.ref-binding besides --ref (as ostree commit --bind-ref); repeatable.")
 @pass_ctx
 def export_ostree(c: Ctx, rev, ostree_repo, ref, mode, no_bindings, history, strict, update_summary, gpg_keys,
-                  gpg_homedir):
+                  gpg_homedir, collection_id, ref_bindings):
     """Export REV into a native OSTree repository; prints the OSTree commit checksum last."""
     from .ostree_bridge import export_ostree as run
     from .progress import make_progress
@@ -149,7 +153,7 @@ def export_ostree(c: Ctx, rev, ostree_repo, ref, mode, no_bindings, history, str
     signers = [GpgSigner(k, gpg_homedir) for k in gpg_keys]
     progress = make_progress("export", c.quiet)
     res = run(c.repo(), rev, ostree_repo, ref, mode, not no_bindings, history, strict, update_summary,
-              progress=progress, signers=signers)
+              progress=progress, signers=signers, collection_id=collection_id, ref_bindings=tuple(ref_bindings))
     if progress:
         progress.done()
     click.echo(f"exported {len(res.commits)} commit(s): {res.files_written} files written, "
@@ -178,11 +182,20 @@ def import_ostree(c: Ctx, ostree_repo, ref, branch):
 @click.option("-m", "--message", help="Commit message.")
 @click.option("--timestamp", type=int, help="Commit time, UNIX seconds (default: the source commit's).")
 @click.option("--no-initramfs-check", is_flag=True, help="Do not require ostree-prepare-root in the initramfs.")
+@click.option("--metadata", "metadata", multiple=True, metavar="KEY=VALUE",
+              help="More OSTree string metadata (as ostree commit --add-metadata-string); repeatable.")
 @pass_ctx
-def make_bootable(c: Ctx, rev, branch, version, kernel, message, timestamp, no_initramfs_check):
+def make_bootable(c: Ctx, rev, branch, version, kernel, message, timestamp, no_initramfs_check, metadata):
     """Rewrite REV into an OSTree-bootable tree on BRANCH; prints the new commit id last."""
     from .bootable import make_bootable as run
-    res = run(c.repo(), rev, branch, version, kernel, message, timestamp, not no_initramfs_check)
+    pairs = []
+    for m in metadata:
+        key, sep, value = m.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{m!r} is not KEY=VALUE", param_hint="--metadata")
+        pairs.append((key, value))
+    res = run(c.repo(), rev, branch, version, kernel, message, timestamp, not no_initramfs_check,
+              metadata=tuple(pairs))
     for line in res.changes:
         click.echo(f"  {line}", err=True)
     click.echo(res.commit.hex())
