@@ -355,7 +355,8 @@ def lxc_create(c: Ctx, name, rev, lxcpath, osname, karg, ref):
 @click.argument("name")
 @click.argument("rev")
 @click.option("--lxcpath", default="/var/lib/lxc", show_default=True, help="LXC's container directory (lxc-* -P).")
-@click.option("--karg", multiple=True, help="Replace the kernel arguments (default: keep the current ones).")
+@click.option("--karg", multiple=True,
+              help="Kernel argument for the new deployment, replacing one of the same name (default: keep all).")
 @click.option("--ref", help="OSTree ref in the container's sysroot (default: the gitree branch name).")
 @pass_ctx
 def lxc_upgrade(c: Ctx, name, rev, lxcpath, karg, ref):

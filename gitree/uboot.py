@@ -86,6 +86,21 @@ def kernel_arch(path: str) -> str:
     """x86, arm or arm64, from the kernel image's header (bzImage, zImage, arm64 Image)."""
     with open(path, "rb") as f:
         head = f.read(0x210)
+        if head[:2] == b"\x1f\x8b":   # a gzip-compressed arm64 Image (Debian's arm64 vmlinuz): look inside
+            import zlib
+            f.seek(0)
+            d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            head = b""
+            try:
+                while len(head) < 0x40 and not d.eof:
+                    chunk = f.read(4096)
+                    if not chunk:
+                        break
+                    head += d.decompress(chunk, 0x40 - len(head))
+                    while d.unconsumed_tail and len(head) < 0x40:
+                        head += d.decompress(d.unconsumed_tail, 0x40 - len(head))
+            except zlib.error as e:
+                raise BadInput(f"{path}: bad gzip data ({e})") from None
     if len(head) >= 0x206 and head[0x202:0x206] == b"HdrS":
         return "x86"
     if len(head) >= 0x40 and head[0x38:0x3C] == b"ARM\x64":

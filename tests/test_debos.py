@@ -113,8 +113,10 @@ def test_debos_recipe_builds_the_bootable_image(tmpfs_root):
             assert sh("ostree", f"--repo={ostree_repo}", "show", f"--print-metadata-key={key}", csum).strip() == value
         assert os.path.isfile(os.path.join(ostree_repo, "summary"))
         # the deployed sysroot and its image
-        status = sh("ostree", "admin", f"--sysroot={os.path.join(out, 'sysroot')}", "status")
-        assert "* debian " in status and "Version: 12.0" in status, status
+        sysroot = os.path.join(out, "sysroot")
+        deployed = sh("ostree", f"--repo={sysroot}/ostree/repo", "rev-parse", "debian/bookworm").strip()
+        status = sh("ostree", "admin", f"--sysroot={sysroot}", "status")
+        assert f"debian {deployed}.0\n    Version: 12.0" in status, status
         entries = os.listdir(os.path.join(out, "sysroot", "boot", "loader", "entries"))
         with open(os.path.join(out, "sysroot", "boot", "loader", "entries", entries[0])) as f:
             assert "options root=/dev/vda rw console=ttyS0 ostree=/ostree/boot.1/debian/" in f.read()

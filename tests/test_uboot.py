@@ -17,6 +17,7 @@ from bootenv import partitioned_image, run_to_marker
 from helpers import last_line, run_gitree
 from test_boot import remove_sysroot
 
+from gitree.errors import BadInput
 from gitree.uboot import kernel_arch, read_uenv, script_source
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="deploying into a bare OSTree repository needs root")
@@ -32,6 +33,26 @@ def test_uboot_script_per_architecture():
     assert "zboot ${kernel_addr_r} 0 ${gitree_ramdisk_addr} ${gitree_ramdisk_size}" in x86
     assert "bootz ${kernel_addr_r} ${ramdisk_addr_r}:${gitree_ramdisk_size} ${gitree_fdt}" in arm
     assert "booti ${kernel_addr_r} ${ramdisk_addr_r}:${gitree_ramdisk_size} ${gitree_fdt}" in arm64
+
+
+def test_kernel_arch_from_the_header(work):
+    def kernel(name: str, data: bytes) -> str:
+        path = os.path.join(work, name)
+        with open(path, "wb") as f:
+            f.write(data)
+        return path
+
+    image = bytearray(0x1000)
+    image[0x38:0x3C] = b"ARM\x64"
+    zimage = bytearray(0x1000)
+    zimage[0x24:0x28] = (0x016F2818).to_bytes(4, "little")
+    assert kernel_arch(kernel("Image", bytes(image))) == "arm64"
+    gz = subprocess.run(["gzip", "-c"], input=bytes(image), capture_output=True, check=True).stdout
+    assert kernel_arch(kernel("vmlinuz-arm64", gz)) == "arm64"     # Debian's arm64 vmlinuz is gzip
+    assert kernel_arch(kernel("zImage", bytes(zimage))) == "arm"
+    for name, data in (("empty", b""), ("text", b"#!/bin/sh\n" * 100), ("badgz", b"\x1f\x8b" + b"\xff" * 64)):
+        with pytest.raises(BadInput):
+            kernel_arch(kernel(name, data))
 
 
 def uboot_boot(sysroot: str, image: str) -> tuple[str, float, list[str]]:
