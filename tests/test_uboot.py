@@ -13,7 +13,7 @@ import subprocess
 import tempfile
 
 import pytest
-from bootenv import partitioned_image, run_to_marker
+from bootenv import MARKER, partitioned_image, run_to_marker
 from helpers import last_line, run_gitree
 from test_boot import remove_sysroot
 
@@ -55,12 +55,12 @@ def test_kernel_arch_from_the_header(work):
             kernel_arch(kernel(name, data))
 
 
-def uboot_boot(sysroot: str, image: str) -> tuple[str, float, list[str]]:
+def uboot_boot(sysroot: str, image: str, marker: str = MARKER) -> tuple[str, float, list[str]]:
     partitioned_image(sysroot, image)
     cmd = ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "1536", "-bios", UBOOT_ROM,
            "-drive", f"file={image},format=raw,if=virtio", "-nic", "none", "-display", "none", "-serial", "stdio",
            "-monitor", "none", "-no-reboot"]
-    found, seconds, log = run_to_marker(cmd)
+    found, seconds, log = run_to_marker(cmd, marker=marker)
     os.unlink(image)
     tail = "\n".join(log[-40:])
     assert found is not None, f"no marker after {seconds:.0f} s; console tail:\n{tail}"
@@ -98,10 +98,11 @@ def test_uboot_boots_the_deployment_and_the_swapped_uenv(bootable_repo, tmpfs_ro
         with open(os.path.join(sysroot, "boot", "boot.cmd")) as f:
             assert f.read() == script_source("x86")
 
-        found, t1, log = uboot_boot(sysroot, os.path.join(base, "disk.img"))
-        print(f"\nU-Boot boot of version 1 to the marker under TCG: {t1:.1f} s\n{found}")
-        assert "ostree-booted=yes" in found and "var-from-tmpfiles=yes" in found
-        assert booted_deployment(sysroot, found).startswith(c1 + ".")
+        # version 1: as far as the kernel printing the command line U-Boot gave it (the full boot of a
+        # deployment through U-Boot is version 2's below; this saves a TCG boot in CI)
+        found, t1, log = uboot_boot(sysroot, os.path.join(base, "disk.img"), marker="] Command line: ")
+        print(f"\nU-Boot to the kernel of version 1 under TCG: {t1:.1f} s\n{found}")
+        assert found.split("] Command line: ", 1)[1].strip() == env["bootargs"]
         assert any(f"gitree: booting {env['kernel_image']} with {env['bootargs']}" in line for line in log)
 
         # a second deploy: ostree swaps boot/loader to a uEnv.txt whose first entry is the new version
@@ -112,8 +113,10 @@ def test_uboot_boots_the_deployment_and_the_swapped_uenv(bootable_repo, tmpfs_ro
         env2 = read_uenv(sysroot)
         assert env2["bootargs"].startswith(" ".join(KARGS) + " ostree=/ostree/boot.0/debian/")
         assert env2["bootargs2"].split("ostree=")[1].endswith("/1")    # version 1, the rollback entry
-        found, t2, _ = uboot_boot(sysroot, os.path.join(base, "disk.img"))
-        print(f"U-Boot boot of version 2 to the marker under TCG: {t2:.1f} s\n{found}")
+        found, t2, log = uboot_boot(sysroot, os.path.join(base, "disk.img"))
+        print(f"U-Boot boot of version 2 to the deployed systemd's marker under TCG: {t2:.1f} s\n{found}")
+        assert "ostree-booted=yes" in found and "var-from-tmpfiles=yes" in found
         assert booted_deployment(sysroot, found).startswith(c2 + ".")
+        assert any(f"gitree: booting {env2['kernel_image']} with {env2['bootargs']}" in line for line in log)
     finally:
         remove_sysroot(base)
