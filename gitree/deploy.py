@@ -82,6 +82,11 @@ def deploy(repo: Repo, rev: str, sysroot: str, osname: str, ref: str | None = No
     if "ostree.linux" not in meta:
         raise BadInput(f"{rev} is not bootable (no ostree.linux metadata): run 'gitree make-bootable' first")
     used_ref = ref or _ref_of(repo, rev)  # before touching the sysroot
+    if bootloader == "uboot":
+        from . import uboot
+        uboot.commit_kernel_arch(repo, commit, str(meta["ostree.linux"]))   # a kernel U-Boot can boot
+    elif bootloader is not None:
+        raise BadInput(f"unknown boot loader {bootloader!r} (supported: uboot)")
     os.makedirs(sysroot, exist_ok=True)
     ostree_repo = os.path.join(sysroot, "ostree", "repo")
     if not os.path.exists(os.path.join(ostree_repo, "config")):
@@ -89,10 +94,7 @@ def deploy(repo: Repo, rev: str, sysroot: str, osname: str, ref: str | None = No
     if not os.path.isdir(os.path.join(sysroot, "ostree", "deploy", osname, "var")):
         _ostree_admin(f"--sysroot={sysroot}", "os-init", osname)
     if bootloader == "uboot":
-        from . import uboot
         uboot.prepare_sysroot(sysroot)
-    elif bootloader is not None:
-        raise BadInput(f"unknown boot loader {bootloader!r} (supported: uboot)")
     t0 = time.monotonic()
     res = export_ostree(repo, rev, ostree_repo, used_ref, mode="bare", history=True, progress=progress)
     t1 = time.monotonic()

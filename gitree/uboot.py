@@ -25,6 +25,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import zlib
 
 from .errors import BadInput, GitreeError
 
@@ -85,29 +86,47 @@ ARCHES = {"x86": ("x86", _X86, "zboot"), "arm": ("arm", _ARM, "bootz"), "arm64":
 def kernel_arch(path: str) -> str:
     """x86, arm or arm64, from the kernel image's header (bzImage, zImage, arm64 Image)."""
     with open(path, "rb") as f:
-        head = f.read(0x210)
-        if head[:2] == b"\x1f\x8b":   # a gzip-compressed arm64 Image (Debian's arm64 vmlinuz): look inside
-            import zlib
-            f.seek(0)
-            d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            head = b""
-            try:
-                while len(head) < 0x40 and not d.eof:
-                    chunk = f.read(4096)
-                    if not chunk:
+        return kernel_arch_of(iter(lambda: f.read(65536), b""), path)
+
+
+def kernel_arch_of(chunks, where: str) -> str:
+    """kernel_arch of a kernel given as an iterator of byte chunks (a file, or a blob of a gitree commit)."""
+    head = b""
+    for chunk in chunks:
+        head += chunk
+        if len(head) >= 0x210:
+            break
+    if head[:2] == b"\x1f\x8b":   # a gzip-compressed arm64 Image (Debian's arm64 vmlinuz): look inside
+        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        data, head = head, b""
+        try:
+            while len(head) < 0x40:
+                head += d.decompress(data, 0x40 - len(head))
+                data = d.unconsumed_tail
+                if d.eof or len(head) >= 0x40:
+                    break
+                if not data:
+                    data = next(chunks, b"")
+                    if not data:
                         break
-                    head += d.decompress(chunk, 0x40 - len(head))
-                    while d.unconsumed_tail and len(head) < 0x40:
-                        head += d.decompress(d.unconsumed_tail, 0x40 - len(head))
-            except zlib.error as e:
-                raise BadInput(f"{path}: bad gzip data ({e})") from None
+        except zlib.error as e:
+            raise BadInput(f"{where}: bad gzip data ({e})") from None
     if len(head) >= 0x206 and head[0x202:0x206] == b"HdrS":
         return "x86"
     if len(head) >= 0x40 and head[0x38:0x3C] == b"ARM\x64":
         return "arm64"
     if len(head) >= 0x28 and head[0x24:0x28] == (0x016F2818).to_bytes(4, "little"):
         return "arm"
-    raise BadInput(f"{path}: not an x86 bzImage, ARM zImage or arm64 Image; cannot write a U-Boot script for it")
+    raise BadInput(f"{where}: not an x86 bzImage, ARM zImage or arm64 Image; cannot write a U-Boot script for it")
+
+
+def commit_kernel_arch(repo, commit, kver: str) -> str:
+    """kernel_arch of usr/lib/modules/KVER/vmlinuz in a bootable gitree commit (checked before deploying)."""
+    path = f"usr/lib/modules/{kver}/vmlinuz".encode()
+    e = repo.find(repo.commit_trees(commit), path)
+    if e is None:
+        raise BadInput(f"{commit.id} has no /{path.decode()}")
+    return kernel_arch_of(iter(repo.blob_chunks(e.oid, None, "/" + path.decode())), "/" + path.decode())
 
 
 def script_source(arch: str, devtype: str = "virtio") -> str:
@@ -174,4 +193,5 @@ def read_uenv(sysroot: str) -> dict[str, str]:
     return out
 
 
-__all__ = ["prepare_sysroot", "install_script", "kernel_arch", "script_source", "read_uenv", "ARCHES"]
+__all__ = ["prepare_sysroot", "install_script", "kernel_arch", "commit_kernel_arch", "script_source", "read_uenv",
+           "ARCHES"]

@@ -55,13 +55,14 @@ def bootable_repo(tmpfs_root):
     """(repo, kver): the cached bootable Debian rootfs (tests/bootenv.py) imported on debian/rootfs and made
     bootable twice on debian/boot (versions 12.0 and 12.1). Tests deploy from it and never move its branches."""
     import re
+    import time
+
     from bootenv import build_bootable_rootfs
     tar = build_bootable_rootfs()
     base = tempfile.mkdtemp(prefix="bootable-repo-", dir=tmpfs_root)
     repo = os.path.join(base, "g.git")
     run_gitree("-C", repo, "init")
     run_gitree("-C", repo, "import-rootfs", tar, "--branch", "debian/rootfs", "-m", "bookworm bootable")
-    import time
     t0 = time.monotonic()
     r = run_gitree("-C", repo, "make-bootable", "debian/rootfs", "--branch", "debian/boot")
     print(f"\nmake-bootable of the real rootfs: {time.monotonic() - t0:.1f} s\n{r.stderr.decode()}")

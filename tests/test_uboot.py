@@ -15,7 +15,7 @@ import tempfile
 import pytest
 from bootenv import MARKER, partitioned_image, run_to_marker
 from helpers import last_line, run_gitree
-from test_boot import remove_sysroot
+from test_boot import remove_sysroot, synthetic_rootfs
 
 from gitree.errors import BadInput
 from gitree.uboot import kernel_arch, read_uenv, script_source
@@ -53,6 +53,20 @@ def test_kernel_arch_from_the_header(work):
     for name, data in (("empty", b""), ("text", b"#!/bin/sh\n" * 100), ("badgz", b"\x1f\x8b" + b"\xff" * 64)):
         with pytest.raises(BadInput):
             kernel_arch(kernel(name, data))
+
+
+def test_uboot_deploy_refuses_a_kernel_uboot_cannot_boot(work):
+    """The synthetic tree's kernel is text: refused before the sysroot is touched."""
+    repo = os.path.join(work, "g.git")
+    run_gitree("-C", repo, "init")
+    run_gitree("-C", repo, "import-rootfs", synthetic_rootfs(work), "--branch", "os/plain")
+    run_gitree("-C", repo, "make-bootable", "os/plain", "--branch", "os/boot")
+    sysroot = os.path.join(work, "sysroot")
+    r = run_gitree("-C", repo, "deploy", "--sysroot", sysroot, "--os", "t", "--bootloader", "uboot", "os/boot",
+                   check=False)
+    err = r.stderr.decode().strip().splitlines()
+    assert r.returncode != 0 and len(err) == 1 and "not an x86 bzImage, ARM zImage or arm64 Image" in err[0], err
+    assert not os.path.exists(sysroot)
 
 
 def uboot_boot(sysroot: str, image: str, marker: str = MARKER) -> tuple[str, float, list[str]]:
