@@ -33,8 +33,8 @@ SCRIPT_NAME = "boot.scr"
 SOURCE_NAME = "boot.cmd"
 
 # Where the initramfs goes on x86. U-Boot's qemu-x86 default (ramdisk_addr_r=0x4000000, 64 MiB) is
-# overwritten by a current kernel's in-place decompression (its buffer starts at 16 MiB and is larger
-# than 48 MiB), so the x86 script loads the initramfs at 256 MiB unless the board sets gitree_ramdisk_addr.
+# overwritten by a current kernel's in-place decompression (its buffer starts at 16 MiB; bookworm's kernel
+# has init_size 63 MiB), so the x86 script loads the initramfs at 256 MiB unless the board sets gitree_ramdisk_addr.
 X86_RAMDISK_ADDR = "0x10000000"
 
 _COMMON = """\
