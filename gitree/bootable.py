@@ -296,9 +296,14 @@ class _Rewriter:
 
 def make_bootable(repo: Repo, rev: str, branch: str, version: str | None = None, kernel: str | None = None,
                   message: str | None = None, timestamp: int | None = None,
-                  check_prepare_root: bool = True) -> BootableResult:
-    """Write the bootable form of REV as a new commit on `branch` (its tip becomes the parent)."""
+                  check_prepare_root: bool = True, metadata: tuple[tuple[str, str], ...] = ()) -> BootableResult:
+    """Write the bootable form of REV as a new commit on `branch` (its tip becomes the parent).
+    metadata: more string keys for the OSTree commit (ostree commit --add-metadata-string), after the three."""
     t0 = time.monotonic()
+    for key, _ in metadata:
+        if not key or key in ("ostree.linux", "version", "ostree.bootable") or key.startswith("ostree.ref-binding") \
+                or key == "ostree.collection-binding" or sum(1 for k, _ in metadata if k == key) > 1:
+            raise BadInput(f"metadata key {key!r} is empty, repeated or set by make-bootable/export itself")
     repo.branch_ref(branch)
     commit = repo.resolve(rev)
     root = repo.commit_trees(commit)
@@ -331,7 +336,7 @@ def make_bootable(repo: Repo, rev: str, branch: str, version: str | None = None,
             imp.add(Entry(b"usr/etc", Kind.DIR, 0o755))  # ostree needs it in every deployment
         data = rw.tmpfiles()
         imp.add(Entry(TMPFILES, Kind.FILE, 0o644, size=len(data)), lambda: [data])
-        meta = [("ostree.linux", k.version), ("version", version), ("ostree.bootable", True)]
+        meta = [("ostree.linux", k.version), ("version", version), ("ostree.bootable", True), *metadata]
         blob = imp.store(OBJ_BLOB, ostreemeta.encode(meta))
         subject = commit.message.split("\n", 1)[0] or f"{str(commit.id)[:12]}"
         msg = message if message is not None else (
@@ -350,7 +355,8 @@ def make_bootable(repo: Repo, rev: str, branch: str, version: str | None = None,
     changes.append("symlinks: " + ", ".join(f"{display(s)} -> {t.decode()}" for s, (_, t) in INTO_VAR.items())
                    + ", " + ", ".join(f"{display(s)} -> {t.decode()}" for s, t in RUNTIME_LINKS.items()))
     changes.append("empty /sysroot, /var, /boot, /dev")
-    changes.append(f"metadata: ostree.linux={k.version} version={version} ostree.bootable=true")
+    changes.append(f"metadata: ostree.linux={k.version} version={version} ostree.bootable=true"
+                   + "".join(f" {key}={value}" for key, value in metadata))
     return BootableResult(cid, k.version, meta, changes, time.monotonic() - t0)
 
 

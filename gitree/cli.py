@@ -141,9 +141,13 @@ def diff(c: Ctx, rev1, rev2):
 @click.option("--gpg-sign", "gpg_keys", multiple=True, metavar="KEYID",
               help="Sign the commits (and the summary, with --update-summary) with this GPG key; repeatable.")
 @click.option("--gpg-homedir", metavar="DIR", help="GnuPG home holding the secret key(s).")
+@click.option("--collection-id", metavar="ID", help="Collection ID of a new repository (core.collection-id); "
+              "commits get ostree.collection-binding. An existing repository must have this one.")
+@click.option("--ref-binding", "ref_bindings", multiple=True, metavar="REF",
+              help="Another ref for ostree.ref-binding besides --ref (as ostree commit --bind-ref); repeatable.")
 @pass_ctx
 def export_ostree(c: Ctx, rev, ostree_repo, ref, mode, no_bindings, history, strict, update_summary, gpg_keys,
-                  gpg_homedir):
+                  gpg_homedir, collection_id, ref_bindings):
     """Export REV into a native OSTree repository; prints the OSTree commit checksum last."""
     from .ostree_bridge import export_ostree as run
     from .progress import make_progress
@@ -151,7 +155,7 @@ def export_ostree(c: Ctx, rev, ostree_repo, ref, mode, no_bindings, history, str
     signers = [GpgSigner(k, gpg_homedir) for k in gpg_keys]
     progress = make_progress("export", c.quiet)
     res = run(c.repo(), rev, ostree_repo, ref, mode, not no_bindings, history, strict, update_summary,
-              progress=progress, signers=signers)
+              progress=progress, signers=signers, collection_id=collection_id, ref_bindings=tuple(ref_bindings))
     if progress:
         progress.done()
     click.echo(f"exported {len(res.commits)} commit(s): {res.files_written} files written, "
@@ -180,11 +184,20 @@ def import_ostree(c: Ctx, ostree_repo, ref, branch):
 @click.option("-m", "--message", help="Commit message.")
 @click.option("--timestamp", type=int, help="Commit time, UNIX seconds (default: the source commit's).")
 @click.option("--no-initramfs-check", is_flag=True, help="Do not require ostree-prepare-root in the initramfs.")
+@click.option("--metadata", "metadata", multiple=True, metavar="KEY=VALUE",
+              help="More OSTree string metadata (as ostree commit --add-metadata-string); repeatable.")
 @pass_ctx
-def make_bootable(c: Ctx, rev, branch, version, kernel, message, timestamp, no_initramfs_check):
+def make_bootable(c: Ctx, rev, branch, version, kernel, message, timestamp, no_initramfs_check, metadata):
     """Rewrite REV into an OSTree-bootable tree on BRANCH; prints the new commit id last."""
     from .bootable import make_bootable as run
-    res = run(c.repo(), rev, branch, version, kernel, message, timestamp, not no_initramfs_check)
+    pairs = []
+    for m in metadata:
+        key, sep, value = m.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{m!r} is not KEY=VALUE", param_hint="--metadata")
+        pairs.append((key, value))
+    res = run(c.repo(), rev, branch, version, kernel, message, timestamp, not no_initramfs_check,
+              metadata=tuple(pairs))
     for line in res.changes:
         click.echo(f"  {line}", err=True)
     click.echo(res.commit.hex())
@@ -196,15 +209,20 @@ def make_bootable(c: Ctx, rev, branch, version, kernel, message, timestamp, no_i
 @click.option("--os", "osname", required=True, metavar="NAME", help="The OSTree stateroot (os-init'd if needed).")
 @click.option("--ref", help="OSTree ref in the sysroot's repository (default: the gitree branch name).")
 @click.option("--karg", multiple=True, help="Kernel argument for the new deployment (repeatable).")
+@click.option("--bootloader", type=click.Choice(["uboot"]),
+              help="Configure ostree's uboot backend (boot/loader/uEnv.txt) and install boot/boot.scr.")
 @pass_ctx
-def deploy(c: Ctx, rev, sysroot, osname, ref, karg):
+def deploy(c: Ctx, rev, sysroot, osname, ref, karg, bootloader):
     """Export bootable REV into PATH/ostree/repo and `ostree admin deploy` it; prints the OSTree commit last."""
     from .deploy import deploy as run
-    res = run(c.repo(), rev, sysroot, osname, ref, tuple(karg))
+    res = run(c.repo(), rev, sysroot, osname, ref, tuple(karg), bootloader=bootloader)
     click.echo(f"deployed {res.ref} in {res.deployment} (export {res.export_seconds:.1f} s, "
                f"ostree admin deploy {res.deploy_seconds:.1f} s)", err=True)
     if res.entry is not None:
         click.echo(f"boot entry {res.entry.path}: options {res.entry.options}", err=True)
+    if bootloader == "uboot":
+        click.echo(f"U-Boot: {os.path.join(sysroot, 'boot', 'loader', 'uEnv.txt')}, "
+                   f"{os.path.join(sysroot, 'boot', 'boot.scr')}", err=True)
     click.echo(res.checksum)
 
 
@@ -323,6 +341,55 @@ def _stack_size() -> int:
     if soft == resource.RLIM_INFINITY:
         return 512 << 20
     return max(8 << 20, min(512 << 20, soft // 8))
+
+
+# --- issue 12: LXC containers running OSTree deployments (gitree/lxc.py) ---------------------------------
+
+@cli.command("lxc-create")
+@click.argument("name")
+@click.argument("rev")
+@click.option("--lxcpath", default="/var/lib/lxc", show_default=True, help="LXC's container directory (lxc-* -P).")
+@click.option("--os", "osname", default="debian", show_default=True, help="The OSTree stateroot in the container.")
+@click.option("--karg", multiple=True, help="Kernel argument the hooks present in /proc/cmdline (repeatable).")
+@click.option("--ref", help="OSTree ref in the container's sysroot (default: the gitree branch name).")
+@pass_ctx
+def lxc_create(c: Ctx, name, rev, lxcpath, osname, karg, ref):
+    """Deploy bootable REV into a new LXC container NAME (its own sysroot, hooks doing the initramfs' work)."""
+    from . import lxc
+    cont, res = lxc.create(c.repo(), name, rev, lxcpath, osname, tuple(karg), ref)
+    click.echo(f"container {name}: {cont.config}; deployment {res.deployment} "
+               f"(export {res.export_seconds:.1f} s, ostree admin deploy {res.deploy_seconds:.1f} s); "
+               f"start with: lxc-start -n {name} -P {lxcpath}", err=True)
+    click.echo(res.checksum)
+
+
+@cli.command("lxc-upgrade")
+@click.argument("name")
+@click.argument("rev")
+@click.option("--lxcpath", default="/var/lib/lxc", show_default=True, help="LXC's container directory (lxc-* -P).")
+@click.option("--karg", multiple=True,
+              help="Kernel argument for the new deployment, replacing one of the same name (default: keep all).")
+@click.option("--ref", help="OSTree ref in the container's sysroot (default: the gitree branch name).")
+@pass_ctx
+def lxc_upgrade(c: Ctx, name, rev, lxcpath, karg, ref):
+    """Deploy REV into container NAME's sysroot; its next start runs it (the previous one stays for rollback)."""
+    from . import lxc
+    res = lxc.upgrade(c.repo(), name, rev, lxcpath, ref, tuple(karg))
+    click.echo(f"container {name}: deployed {res.deployment}; restart it to run it", err=True)
+    click.echo(res.checksum)
+
+
+@cli.command("lxc-destroy")
+@click.argument("name")
+@click.option("--lxcpath", default="/var/lib/lxc", show_default=True, help="LXC's container directory (lxc-* -P).")
+def lxc_destroy(name, lxcpath):
+    """Stop and remove container NAME, its sysroot and its immutable deployment roots included."""
+    from . import lxc
+    from .store import stderr_warn
+    note = lxc.destroy(name, lxcpath)
+    if note:
+        stderr_warn(note)
+    click.echo(f"container {name} destroyed", err=True)
 
 
 def main(argv=None) -> int:

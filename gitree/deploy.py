@@ -73,7 +73,8 @@ def entry_deployment(sysroot: str, entry: BootEntry) -> str | None:
 
 
 def deploy(repo: Repo, rev: str, sysroot: str, osname: str, ref: str | None = None,
-           kargs: tuple[str, ...] = (), progress=None) -> DeployResult:
+           kargs: tuple[str, ...] = (), progress=None, bootloader: str | None = None) -> DeployResult:
+    """bootloader: None (ostree's own detection) or "uboot" (gitree.uboot: uEnv.txt and a boot script)."""
     if os.geteuid() != 0:
         raise GitreeError("deploy writes a bare OSTree repository (file owners) and must run as root")
     commit = repo.resolve(rev)
@@ -81,12 +82,19 @@ def deploy(repo: Repo, rev: str, sysroot: str, osname: str, ref: str | None = No
     if "ostree.linux" not in meta:
         raise BadInput(f"{rev} is not bootable (no ostree.linux metadata): run 'gitree make-bootable' first")
     used_ref = ref or _ref_of(repo, rev)  # before touching the sysroot
+    if bootloader == "uboot":
+        from . import uboot
+        uboot.commit_kernel_arch(repo, commit, str(meta["ostree.linux"]))   # a kernel U-Boot can boot
+    elif bootloader is not None:
+        raise BadInput(f"unknown boot loader {bootloader!r} (supported: uboot)")
     os.makedirs(sysroot, exist_ok=True)
     ostree_repo = os.path.join(sysroot, "ostree", "repo")
     if not os.path.exists(os.path.join(ostree_repo, "config")):
         _ostree_admin("init-fs", sysroot)
     if not os.path.isdir(os.path.join(sysroot, "ostree", "deploy", osname, "var")):
         _ostree_admin(f"--sysroot={sysroot}", "os-init", osname)
+    if bootloader == "uboot":
+        uboot.prepare_sysroot(sysroot)
     t0 = time.monotonic()
     res = export_ostree(repo, rev, ostree_repo, used_ref, mode="bare", history=True, progress=progress)
     t1 = time.monotonic()
@@ -99,6 +107,8 @@ def deploy(repo: Repo, rev: str, sysroot: str, osname: str, ref: str | None = No
         if target is not None and os.path.basename(target).startswith(res.checksum + "."):
             entry, deployment = e, target
             break
+    if bootloader == "uboot" and entry is not None:
+        uboot.install_script(sysroot, os.path.join(sysroot, "boot", entry.fields["linux"].lstrip("/")))
     return DeployResult(res.checksum, used_ref, deployment, entry, t1 - t0, t2 - t1)
 
 

@@ -16,6 +16,7 @@ import concurrent.futures
 import hashlib
 import multiprocessing
 import os
+import re
 import stat
 import struct
 from dataclasses import dataclass, field
@@ -147,6 +148,7 @@ class ExportOptions:
     update_summary: bool = False
     extra_metadata: list[tuple[str, Variant]] = field(default_factory=list)
     signers: list = field(default_factory=list)  # gitree.signing.Signer: sign each commit and the summary
+    ref_bindings: tuple[str, ...] = ()  # bound besides `ref` (ostree commit --bind-ref)
 
 
 @dataclass
@@ -430,8 +432,10 @@ class Exporter:
         if ostreemeta.BLOB_NAME in top:  # a bootable commit's keys (ostree.linux, version, ...)
             md += ostreemeta.to_variants(ostreemeta.decode(
                 self.repo.read(top[ostreemeta.BLOB_NAME][1], OBJ_BLOB, "ostree-meta")))
-        if self.opts.bindings:
-            md.append(("ostree.ref-binding", Variant("as", [self.opts.ref])))
+        if self.opts.bindings:   # as ostree commit: the sorted refs, and the repository's collection ID
+            md.append(("ostree.ref-binding", Variant("as", sorted({self.opts.ref, *self.opts.ref_bindings}))))
+            if self.target.collection_id:
+                md.append(("ostree.collection-binding", Variant("s", self.target.collection_id)))
         c = Commit(root_tree=root_tree, root_meta=root_meta, metadata=md, parent=parent, subject=subject,
                    body=body, timestamp=commit.commit_time)
         return self.target.write_commit(c)
@@ -501,31 +505,46 @@ class Exporter:
 
     def _commit_key(self, c: pygit2.Commit, parent: str | None) -> bytes:
         return _key(b"commit", self.variant, c.id.raw, (parent or "").encode(),
-                    self.opts.ref.encode() if self.opts.bindings else b"",
+                    "\n".join([self.opts.ref, *sorted(self.opts.ref_bindings)]
+                              + ([f"collection={self.target.collection_id}"] if self.target.collection_id else [])
+                              ).encode() if self.opts.bindings else b"",
                     oc.encode_commitmeta(self.opts.extra_metadata) if self.opts.extra_metadata else b"")
 
 
 def export_ostree(repo: Repo, rev: str, ostree_path: str, ref: str | None = None, mode: str = "archive",
                   bindings: bool = True, history: bool = False, strict: bool = False,
                   update_summary: bool = False, warn=stderr_warn, progress=None,
-                  extra_metadata: list | None = None, signers: list | None = None) -> ExportResult:
+                  extra_metadata: list | None = None, signers: list | None = None,
+                  collection_id: str | None = None, ref_bindings: tuple[str, ...] = ()) -> ExportResult:
     if ref is None:
         ref = _default_ref(repo, rev)
     try:
         oc.validate_ref_name(ref)
     except oc.RefError:
         raise GitreeError(f"invalid OSTree ref name {ref!r} (give one with --ref)") from None
+    if collection_id is not None and (len(collection_id) > 255 or not re.fullmatch(
+            r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+", collection_id)):
+        raise GitreeError(f"invalid collection ID {collection_id!r} (reverse DNS: at least two dot-separated "
+                          "elements of letters, digits and '_', not starting with a digit)")
+    for r in ref_bindings:
+        try:
+            oc.validate_ref_name(r)
+        except oc.RefError:
+            raise GitreeError(f"invalid OSTree ref name {r!r} in --ref-binding") from None
     try:
         if os.path.exists(os.path.join(ostree_path, "config")):
             target = OstreeRepo(ostree_path)
             if mode and target.mode != ("archive" if mode == "archive-z2" else mode):
                 raise GitreeError(f"{ostree_path} is a {target.mode} repository, not {mode}")
+            if collection_id is not None and target.collection_id != collection_id:
+                raise GitreeError(f"{ostree_path} has collection ID {target.collection_id or '(none)'}, "
+                                  f"not {collection_id}")
         else:
-            target = OstreeRepo.create(ostree_path, mode or "archive")
+            target = OstreeRepo.create(ostree_path, mode or "archive", collection_id=collection_id)
     except oc.OstreeFormatError as e:
         raise GitreeError(str(e)) from None
     opts = ExportOptions(ref, target.mode, bindings, history, strict, update_summary, extra_metadata or [],
-                         signers or [])
+                         signers or [], tuple(ref_bindings))
     ex = Exporter(repo, target, opts, warn, progress)
     try:
         res = ex.run(rev)

@@ -62,6 +62,52 @@ def build_bootable_rootfs() -> str:
     return tar
 
 
+def run_to_marker(cmd: list[str], timeout: float = 420, marker: str = MARKER) -> tuple[str | None, float, list[str]]:
+    """Run a qemu command line until `marker` appears on its serial console (stdout): (the marker line or
+    None, seconds, console lines). qemu is killed either way."""
+    import select
+    import time
+    log: list[str] = []
+    found = None
+    t0 = time.monotonic()
+    q = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        buf = b""
+        while found is None and time.monotonic() - t0 < timeout:
+            ready, _, _ = select.select([q.stdout], [], [], 5)
+            if not ready:
+                if q.poll() is not None:
+                    break
+                continue
+            chunk = os.read(q.stdout.fileno(), 65536)
+            if not chunk:
+                break
+            buf += chunk
+            *lines, buf = buf.split(b"\n")
+            for line in lines:
+                text = line.decode("utf-8", "replace").rstrip("\r")
+                log.append(text)
+                if found is None and marker in text:
+                    found = text
+    finally:
+        seconds = time.monotonic() - t0
+        q.kill()
+        q.wait()
+    return found, seconds, log
+
+
+def partitioned_image(sysroot: str, image: str) -> None:
+    """A disk image with an MBR partition table and one bootable ext4 partition (from 1 MiB) holding
+    the sysroot, made by sfdisk and `mke2fs -d` (firmware such as U-Boot's distro boot scans partitions)."""
+    size = int(subprocess.run(["du", "-sb", sysroot], check=True, capture_output=True).stdout.split()[0])
+    mib = (size * 13 // 10 + (256 << 20)) >> 20
+    with open(image, "wb") as f:
+        f.truncate((mib + 1) << 20)
+    subprocess.run(["sfdisk", "-q", image], input=b"start=2048, type=83, bootable\n", check=True)
+    subprocess.run(["mke2fs", "-q", "-t", "ext4", "-d", sysroot, "-L", "root", "-E", "root_owner=0:0,offset=1048576",
+                    image, f"{mib}M"], check=True)
+
+
 def _q(s: str) -> str:
     return "'" + s.replace("'", "'\"'\"'") + "'"
 

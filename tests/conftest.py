@@ -47,3 +47,25 @@ def rootfs_tar():
     """Path of a real Debian rootfs tar built with mmdebstrap from Debian's packages, cached."""
     from gitree.demo import build_rootfs
     return build_rootfs("bookworm", verbose=False)
+
+
+# --- issue 12 (U-Boot, LXC, debos): the bootable Debian tree, imported and made bootable once a session
+@pytest.fixture(scope="session")
+def bootable_repo(tmpfs_root):
+    """(repo, kver): the cached bootable Debian rootfs (tests/bootenv.py) imported on debian/rootfs and made
+    bootable twice on debian/boot (versions 12.0 and 12.1). Tests deploy from it and never move its branches."""
+    import re
+    import time
+
+    from bootenv import build_bootable_rootfs
+    tar = build_bootable_rootfs()
+    base = tempfile.mkdtemp(prefix="bootable-repo-", dir=tmpfs_root)
+    repo = os.path.join(base, "g.git")
+    run_gitree("-C", repo, "init")
+    run_gitree("-C", repo, "import-rootfs", tar, "--branch", "debian/rootfs", "-m", "bookworm bootable")
+    t0 = time.monotonic()
+    r = run_gitree("-C", repo, "make-bootable", "debian/rootfs", "--branch", "debian/boot")
+    print(f"\nmake-bootable of the real rootfs: {time.monotonic() - t0:.1f} s\n{r.stderr.decode()}")
+    run_gitree("-C", repo, "make-bootable", "debian/rootfs", "--branch", "debian/boot")
+    kver = re.search(rb"kernel (\S+):", r.stderr).group(1).decode()
+    return repo, kver

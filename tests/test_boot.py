@@ -11,13 +11,13 @@ import glob
 import hashlib
 import os
 import re
-import select
 import shutil
 import subprocess
+import tempfile
 import time
 
 import pytest
-from bootenv import MARKER, build_bootable_rootfs
+from bootenv import run_to_marker
 from helpers import last_line, run_gitree
 
 from gitree.initramfs import member_names
@@ -315,20 +315,11 @@ def test_deploy_sequence_synthetic(synthetic, work):
 # a real Debian rootfs: deploy and boot
 
 @pytest.fixture(scope="module")
-def debian_bootable(tmpfs_root):
-    """The cached bootable Debian rootfs imported, made bootable twice (versions 12.0 and 12.1)."""
-    tar = build_bootable_rootfs()
-    base = os.path.join(tmpfs_root, "debian-boot")
-    os.makedirs(base)
-    repo = os.path.join(base, "g.git")
-    run_gitree("-C", repo, "init")
-    run_gitree("-C", repo, "import-rootfs", tar, "--branch", "debian/rootfs", "-m", "bookworm bootable")
-    t0 = time.monotonic()
-    r = run_gitree("-C", repo, "make-bootable", "debian/rootfs", "--branch", "debian/boot")
-    t_make = time.monotonic() - t0
-    print(f"\nmake-bootable of the real rootfs: {t_make:.1f} s\n{r.stderr.decode()}")
-    run_gitree("-C", repo, "make-bootable", "debian/rootfs", "--branch", "debian/boot")
-    kver = re.search(rb"kernel (\S+):", r.stderr).group(1).decode()
+def debian_bootable(bootable_repo, tmpfs_root):
+    """The session's bootable Debian repository (conftest.bootable_repo: versions 12.0 and 12.1 on debian/boot),
+    with a directory of this module's own for sysroots and images."""
+    repo, kver = bootable_repo
+    base = tempfile.mkdtemp(prefix="debian-boot-", dir=tmpfs_root)
     yield repo, base, kver
     remove_sysroot(base)
 
@@ -366,32 +357,7 @@ def test_boot_deployment_in_qemu(debian_bootable):
            "-kernel", kernel, "-initrd", initrd, "-append", append,
            "-drive", f"file={image},format=raw,if=virtio", "-nic", "none",
            "-display", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot"]
-    log = []
-    t0 = time.monotonic()
-    q = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    found = None
-    try:
-        buf = b""
-        while time.monotonic() - t0 < 300 and found is None:
-            ready, _, _ = select.select([q.stdout], [], [], 5)
-            if not ready:
-                if q.poll() is not None:
-                    break
-                continue
-            chunk = os.read(q.stdout.fileno(), 65536)
-            if not chunk:
-                break
-            buf += chunk
-            while b"\n" in buf:
-                line, buf = buf.split(b"\n", 1)
-                text = line.decode("utf-8", "replace").rstrip("\r")
-                log.append(text)
-                if MARKER in text:
-                    found = text
-    finally:
-        t_boot = time.monotonic() - t0
-        q.kill()
-        q.wait()
+    found, t_boot, log = run_to_marker(cmd, timeout=300)
     tail = "\n".join(log[-40:])
     assert found is not None, f"no marker after {t_boot:.0f} s; console tail:\n{tail}"
     print(f"\ndeploy {t_deploy:.1f} s ({r.stderr.decode().splitlines()[0]}), disk image {t_image:.1f} s, "
