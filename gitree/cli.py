@@ -139,17 +139,24 @@ def diff(c: Ctx, rev1, rev2):
 @click.option("--gpg-sign", "gpg_keys", multiple=True, metavar="KEYID",
               help="Sign the commits (and the summary, with --update-summary) with this GPG key; repeatable.")
 @click.option("--gpg-homedir", metavar="DIR", help="GnuPG home holding the secret key(s).")
+@click.option("--compression", default="reuse", show_default=True, metavar="reuse|1-9",
+              help="archive repositories: copy each file's deflate stream out of the git pack (reuse), "
+                   "or recompress every file at this zlib level.")
 @pass_ctx
 def export_ostree(c: Ctx, rev, ostree_repo, ref, mode, no_bindings, history, strict, update_summary, gpg_keys,
-                  gpg_homedir):
+                  gpg_homedir, compression):
     """Export REV into a native OSTree repository; prints the OSTree commit checksum last."""
     from .ostree_bridge import export_ostree as run
     from .progress import make_progress
     from .signing import GpgSigner
     signers = [GpgSigner(k, gpg_homedir) for k in gpg_keys]
     progress = make_progress("export", c.quiet)
+    if compression != "reuse":
+        if not compression.isdigit() or not 1 <= int(compression) <= 9:
+            raise click.BadParameter("'reuse' or a zlib level 1-9", param_hint="--compression")
+        compression = int(compression)
     res = run(c.repo(), rev, ostree_repo, ref, mode, not no_bindings, history, strict, update_summary,
-              progress=progress, signers=signers)
+              progress=progress, signers=signers, compression=compression)
     if progress:
         progress.done()
     click.echo(f"exported {len(res.commits)} commit(s): {res.files_written} files written, "
