@@ -75,6 +75,7 @@ class ExportCache:
         finally:
             os.close(top)
         self.secret = self._secret()
+        self._hmac = hmac.new(self.secret, HEADER, hashlib.sha256)  # copied per record: the key schedule once
         self.data = b""
         self.index: dict[bytes, int] = {}
         self.new: dict[bytes, bytes] = {}
@@ -167,7 +168,9 @@ class ExportCache:
         self.index = {data[i:i + KEY_LEN]: i for i in range(len(HEADER), len(data), RECORD)}
 
     def _mac(self, key: bytes, value: bytes) -> bytes:
-        return hmac.digest(self.secret, HEADER + key + value, "sha256")[:MAC_LEN]
+        h = self._hmac.copy()
+        h.update(key + value)
+        return h.digest()[:MAC_LEN]
 
     def get(self, key: bytes) -> bytes | None:
         v = self.new.get(key)

@@ -20,7 +20,6 @@ import multiprocessing
 import os
 import secrets
 import stat
-import zlib
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -35,7 +34,7 @@ from .exportcache import COMMIT, DIRMETA, DIRTREE, FILE, open_cache, record_key
 from .errors import BadInput, CorruptObject, GitreeError, UnsupportedEntry
 from .gittree import MODE_DIR, MODE_FILE, decode_tree, encode_tree
 from .names import display, esc, unesc
-from .packreader import PackSet
+from .packreader import PackSet, inflate_chunks
 from .packwriter import OBJ_BLOB, OBJ_TREE
 from .store import TOP_OSTREE, Importer, Repo, stderr_warn
 
@@ -119,7 +118,6 @@ class ExportResult:
 # a delta, a loose object or a file whose content must be produced (rather than read from the pack as stored)
 # is read through libgit2 and compressed at the target's level.
 BATCH_FILES = 32
-INFLATE_CHUNK = 1 << 20
 _W: dict = {}
 
 
@@ -144,40 +142,78 @@ def _worker_write(jobs: list) -> list[tuple[str, int, bool]]:
         if meta.is_symlink:
             out.append((target.write_content(meta, ()), 0, True))
             continue
-        if compression == COMPRESSION_REUSE and target.mode == "archive":
-            ps = _packs().blob(blob)
-            if ps is not None:
-                csum = known or _hash_raw_deflate(meta, ps.size, ps.raw_deflate, where)
-                _write_filez_raw(target, meta, csum, ps.size, ps.raw_deflate)
-                out.append((csum, ps.size, known is None))
-                continue
-        size = repo.blob_size(blob, where)
-        out.append((target.write_content(meta, repo.blob_chunks(blob, size, where), expected=known), size,
-                    known is None))
+        ps = _packs().blob(blob)
+        if ps is not None and compression == COMPRESSION_REUSE and target.mode == "archive":
+            csum = known or _hash_raw_deflate(meta, ps.size, ps, where)
+            _write_filez_raw(target, meta, csum, ps.size, ps.raw_deflate)
+            out.append((csum, ps.size, known is None))
+            continue
+        if ps is not None:
+            size, chunks = ps.size, inflate_chunks(ps, f"blob of {where}")
+        else:
+            size = repo.blob_size(blob, where)
+            chunks = repo.blob_chunks(blob, size, where)
+        if known is not None and _write_bare_known(target, meta, known, chunks):
+            out.append((known, size, False))
+            continue
+        out.append((target.write_content(meta, chunks, expected=known), size, known is None))
     return out
 
 
-def _hash_raw_deflate(meta: FileMeta, size: int, raw: memoryview, where: str) -> str:
-    """The content checksum of a file whose payload is the raw deflate `raw`, inflated in bounded chunks."""
-    h = oc.ContentHasher(meta)
-    d = zlib.decompressobj(-15)
-    got = 0
+OSTREEMETA_XATTR = b"user.ostreemeta"  # bare-user: the file's real uid, gid, mode and xattrs
+
+
+def _write_bare_known(target: OstreeRepo, meta: FileMeta, csum: str, chunks) -> bool:
+    """Write a regular file into a bare or bare-user repository as `ostree commit` stores it, under a checksum
+    the export cache vouches for (so without hashing it again); False if this is not such a case."""
+    if target.mode == "bare-user":
+        perms = (meta.mode & 0o775) | 0o400
+    elif target.mode == "bare" and meta.xattrs == oc.canonical_xattrs(meta.xattrs):
+        perms = meta.mode & 0o7777
+    else:
+        return False
+    dest = os.fspath(target.object_path(csum, ObjectType.FILE))
+    if os.path.lexists(dest):
+        return True
+    tmp = os.path.join(os.fspath(target.path), "tmp", f"gitree-{secrets.token_hex(12)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
-        for i in range(0, len(raw), INFLATE_CHUNK):
-            buf = d.decompress(raw[i:i + INFLATE_CHUNK], INFLATE_CHUNK)
-            while True:
-                got += len(buf)
-                h.update(buf)
-                if not d.unconsumed_tail:
-                    break
-                buf = d.decompress(d.unconsumed_tail, INFLATE_CHUNK)
-        buf = d.flush()
-        got += len(buf)
+        for c in chunks:
+            mv = memoryview(c)
+            while mv:
+                mv = mv[os.write(fd, mv):]
+        if target.mode == "bare":
+            os.fchown(fd, meta.uid, meta.gid)
+            for n, v in meta.xattrs:
+                os.setxattr(fd, n, v)
+            os.utime(fd, ns=(0, 0))
+        else:
+            os.setxattr(fd, OSTREEMETA_XATTR, oc.encode_ostreemeta(meta))
+        os.fchmod(fd, perms)  # after fchown, which clears setuid/setgid
+        if target.fsync:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    os.close(fd)
+    _install(tmp, dest)
+    return True
+
+
+def _install(tmp: str, dest: str) -> None:
+    try:
+        os.rename(tmp, dest)
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        os.rename(tmp, dest)
+
+
+def _hash_raw_deflate(meta: FileMeta, size: int, ps, where: str) -> str:
+    """The content checksum of a file whose payload is a pack entry's raw deflate, inflated in bounded chunks."""
+    h = oc.ContentHasher(meta)
+    for buf in inflate_chunks(ps, f"blob of {where}"):
         h.update(buf)
-    except zlib.error:
-        raise CorruptObject(f"blob of {where}: bad deflate data in the pack") from None
-    if got != size or not d.eof or d.unused_data:
-        raise CorruptObject(f"blob of {where}: pack entry inflates to {got} bytes, expected {size}")
     return h.hexdigest()
 
 
@@ -200,11 +236,7 @@ def _write_filez_raw(target: OstreeRepo, meta: FileMeta, csum: str, size: int, r
         os.unlink(tmp)
         raise
     os.close(fd)
-    try:
-        os.rename(tmp, dest)
-    except FileNotFoundError:
-        os.makedirs(os.path.dirname(dest), exist_ok=True)
-        os.rename(tmp, dest)
+    _install(tmp, dest)
 
 
 class _Slot:
@@ -248,6 +280,8 @@ class Exporter:
         self.xorder: dict[bytes, list[bytes]] | None = None  # set while exporting an imported commit
         self.cache = open_cache(repo.path, warn) or _NoCache()
         self.prefixes: dict[tuple, bytes] = {}  # file header bytes by metadata (few distinct values per tree)
+        self.objdir = os.path.join(os.fspath(target.path), "objects")
+        self.suffixes: dict[ObjectType, str] = {}
         self.pool: concurrent.futures.ProcessPoolExecutor | None = None  # started on the first write
         self.batch: list = []
         self.skipped: list[tuple[bytes, str]] = []
@@ -295,7 +329,7 @@ class Exporter:
         ht, hm = self.cache.get(dkeys[0]), self.cache.get(dkeys[1])
         if ht is not None and hm is not None:
             t, m = ht.hex(), hm.hex()
-            if self.target.has_object(t, ObjectType.DIR_TREE) and self.target.has_object(m, ObjectType.DIR_META):
+            if self._has(t, ObjectType.DIR_TREE) and self._has(m, ObjectType.DIR_META):
                 self.dirs_cached += 1
                 return t, m
         dkey = dkeys[0]
@@ -327,7 +361,7 @@ class Exporter:
             fkey = record_key(FILE, self._prefix(fmeta), blob)
             csum = self.cache.get(fkey)
             known = csum.hex() if csum is not None else None
-            if known is not None and self.target.has_object(known, ObjectType.FILE):
+            if known is not None and self._has(known, ObjectType.FILE):
                 self.files_cached += 1
                 pending.files.append((name, known))
                 continue
@@ -341,6 +375,14 @@ class Exporter:
                 self.files_cached += 1
             pending.files.append((name, (fkey, slot)))
         return pending
+
+    def _has(self, csum: str, objtype: ObjectType) -> bool:
+        """target.has_object for a checksum that is 64 hex digits by construction (a cache value's hex)."""
+        suffix = self.suffixes.get(objtype)
+        if suffix is None:
+            sample = os.fspath(self.target.object_path("0" * 64, objtype))
+            suffix = self.suffixes[objtype] = "." + sample.rpartition(".")[2]
+        return os.path.lexists(f"{self.objdir}/{csum[:2]}/{csum[2:]}{suffix}")
 
     def _prefix(self, fmeta: FileMeta) -> bytes:
         k = (fmeta.uid, fmeta.gid, fmeta.mode, fmeta.symlink_target, fmeta.xattrs)

@@ -17,6 +17,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 
+from .errors import CorruptObject
 from .packwriter import OBJ_BLOB
 
 IDX_MAGIC = b"\xfftOc\x00\x00\x00\x02"
@@ -200,3 +201,31 @@ class PackSet:
         for p in self.packs:
             p.close()
         self.packs = []
+
+
+def inflate_chunks(ps: PackSlice, where: str, chunk: int = 1 << 20):
+    """The bytes of a whole object, inflated from its raw deflate in chunks of at most `chunk` bytes
+    (zlib releases the GIL: checkout threads inflate in parallel); the length is checked against the header."""
+    d = zlib.decompressobj(-15)
+    raw = ps.raw_deflate
+    got = 0
+    try:
+        for i in range(0, len(raw), chunk):
+            buf = d.decompress(raw[i:i + chunk], chunk)
+            while True:
+                got += len(buf)
+                if got > ps.size:
+                    break
+                if buf:
+                    yield buf
+                if not d.unconsumed_tail:
+                    break
+                buf = d.decompress(d.unconsumed_tail, chunk)
+        buf = d.flush()
+        got += len(buf)
+        if buf and got <= ps.size:
+            yield buf
+    except zlib.error:
+        raise CorruptObject(f"{where}: bad deflate data in the pack") from None
+    if got != ps.size or not d.eof or d.unused_data:
+        raise CorruptObject(f"{where}: pack entry inflates to {got} bytes, expected {ps.size}")

@@ -94,7 +94,17 @@ def _compression_level(repo: Repo) -> int:
 # checkout
 
 def _chunks_for(repo: Repo):
-    return lambda e: repo.blob_chunks(e.oid, None, display(e.path))
+    """A file's bytes: inflated straight from its pack entry when stored whole (CRC-checked, no second copy),
+    else through libgit2 (deltas, loose objects)."""
+    from .packreader import PackSet, inflate_chunks
+    packs = PackSet(repo.objects_dir)
+
+    def chunks(e):
+        ps = packs.blob(e.oid)
+        if ps is None:
+            return repo.blob_chunks(e.oid, None, display(e.path))
+        return inflate_chunks(ps, display(e.path))
+    return chunks
 
 
 def checkout_dir(repo: Repo, rev: str, dest: str, quiet: bool = True, subpath: bytes = b"") -> CheckoutReport:
