@@ -327,6 +327,9 @@ def _subtree(repo: Repo, path: bytes, node, name: bytes, root) -> Iterator[Entry
 # ---------------------------------------------------------------------------------------------
 # gc
 
+GC_MEMORY = ("-c", "pack.windowMemory=100m", "-c", "pack.deltaCacheSize=64m", "-c", "pack.threads=2")
+
+
 def gc(repo: Repo, window: int = 50, depth: int = 50, level: int = 9) -> None:
     """Repack everything into one delta-compressed pack at zlib `level`, and drop stale temporary packs."""
     import subprocess
@@ -338,9 +341,11 @@ def gc(repo: Repo, window: int = 50, depth: int = 50, level: int = 9) -> None:
             p = os.path.join(pack_dir, name)
             if name.startswith("tmp_gitree_") and time.time() - os.path.getmtime(p) > 3600:
                 os.unlink(p)
-        # -F recompresses every object (import writes zlib level 1 for speed); -f recomputes deltas
-        r = subprocess.run(["git", "-c", f"pack.compression={level}", "--git-dir", repo.path, "repack", "-a", "-d",
-                            "-F", "-f", "-q",
+        # -F recompresses every object (import writes zlib level 1 for speed); -f recomputes deltas.
+        # Memory: git's delta window holds up to --window whole objects per thread (kernels, firmware: hundreds
+        # of MiB), and its delta cache 256 MiB; both are bounded here (GC_MEMORY, docs/benchmarks.md).
+        r = subprocess.run(["git", "-c", f"pack.compression={level}", *GC_MEMORY,
+                            "--git-dir", repo.path, "repack", "-a", "-d", "-F", "-f", "-q",
                             f"--window={window}", f"--depth={depth}"], capture_output=True)
         if r.returncode != 0:
             raise GitreeError(f"git repack failed: {r.stderr.decode(errors='replace').strip()}")
