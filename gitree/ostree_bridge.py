@@ -118,6 +118,7 @@ class ExportResult:
 # a delta, a loose object or a file whose content must be produced (rather than read from the pack as stored)
 # is read through libgit2 and compressed at the target's level.
 BATCH_FILES = 32
+INLINE_JOBS = 1024   # an update's few hundred cheap writes are done here: starting processes would cost more
 _W: dict = {}
 
 
@@ -281,6 +282,8 @@ class Exporter:
         self.cache = open_cache(repo.path, warn) or _NoCache()
         self.prefixes: dict[tuple, bytes] = {}  # file header bytes by metadata (few distinct values per tree)
         self.objdir = os.path.join(os.fspath(target.path), "objects")
+        self.inline_jobs = 0
+        self.inline_packs: PackSet | None = None
         self.suffixes: dict[ObjectType, str] = {}
         self.pool: concurrent.futures.ProcessPoolExecutor | None = None  # started on the first write
         self.batch: list = []
@@ -398,14 +401,17 @@ class Exporter:
         export is written here: starting processes would cost more than it saves)."""
         if not self.batch:
             return
-        if final and self.pool is None:
+        cheap = all(job[3] is not None for _, job in self.batch)  # checksums known: copies, no hashing
+        if self.pool is None and (final or (cheap and self.inline_jobs + len(self.batch) <= INLINE_JOBS)):
+            self.inline_jobs += len(self.batch)
             fut = concurrent.futures.Future()
-            _W.update(repo=self.repo, target=self.target, compression=self.opts.compression, packs=None)
+            if self.inline_packs is None:
+                self.inline_packs = PackSet(self.repo.objects_dir)
+            _W.update(repo=self.repo, target=self.target, compression=self.opts.compression,
+                      packs=self.inline_packs)
             try:
                 fut.set_result(_worker_write([job for _, job in self.batch]))
             finally:
-                if _W.get("packs") is not None:
-                    _W["packs"].close()
                 _W.clear()
             slots = [s for s, _ in self.batch]
             for s in slots:
@@ -550,6 +556,8 @@ class Exporter:
         finally:
             if self.pool is not None:
                 self.pool.shutdown(wait=True, cancel_futures=True)
+            if self.inline_packs is not None:
+                self.inline_packs.close()
             self.cache.save()
             self.cache.close()
         if self.opts.signers:  # before the ref moves: a client never sees an unsigned tip
