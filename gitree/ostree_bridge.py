@@ -113,10 +113,12 @@ class ExportResult:
 
 # Content objects are written by worker processes (the GIL would otherwise serialise the Python around zlib
 # and hashlib), in batches to keep the messaging cheap. A job is (meta, blob id, path for messages, checksum the
-# export cache vouches for or None). Into an archive repository with compression "reuse", a blob stored whole in
-# a pack has its raw deflate stream copied into the .filez (inflated only to hash it when no checksum is known);
-# a delta, a loose object or a file whose content must be produced (rather than read from the pack as stored)
-# is read through libgit2 and compressed at the target's level.
+# export cache vouches for or None, produce): `produce` is None when the file's bytes are the blob as stored, or
+# a picklable callable returning (size, chunks) for a file whose content must be produced from its blob.
+# Into an archive repository with compression "reuse", a blob stored whole in a pack has its raw deflate stream
+# copied into the .filez (inflated only to hash it when no checksum is known); a delta, a loose object or a
+# produced file is read (inflated from the pack, or through libgit2) and compressed at the target's level.
+# Bare modes inflate from the pack and, under a checksum the cache vouches for, write without hashing again.
 BATCH_FILES = 32
 INLINE_JOBS = 1024   # an update's few hundred cheap writes are done here: starting processes would cost more
 _W: dict = {}
@@ -139,9 +141,13 @@ def _worker_write(jobs: list) -> list[tuple[str, int, bool]]:
     """(checksum, bytes, whether the checksum was computed here) per job."""
     repo, target, compression = _W["repo"], _W["target"], _W["compression"]
     out = []
-    for meta, blob, where, known in jobs:
+    for meta, blob, where, known, produce in jobs:
         if meta.is_symlink:
             out.append((target.write_content(meta, ()), 0, True))
+            continue
+        if produce is not None:  # content made by a function (not the blob as stored): hashed and compressed
+            size, chunks = produce()
+            out.append((target.write_content(meta, chunks, expected=known), size, known is None))
             continue
         ps = _packs().blob(blob)
         if ps is not None and compression == COMPRESSION_REUSE and target.mode == "archive":
@@ -371,7 +377,7 @@ class Exporter:
             slot = self.planned_files.get(fkey)
             if slot is None:
                 slot = self.planned_files[fkey] = _Slot()
-                self.batch.append((slot, (fmeta, blob, display(cpath), known)))
+                self.batch.append((slot, (fmeta, blob, display(cpath), known, None)))
                 if len(self.batch) >= BATCH_FILES:
                     self._submit()
             else:
