@@ -65,6 +65,7 @@ class ExportCache:
     def __init__(self, git_dir: str, warn):
         self.warn = warn
         self.warned = False
+        self.dfd = -1
         gfd = os.open(git_dir, _DIR_FLAGS)
         try:
             top = _open_dir(gfd, CACHE_DIR[0])
@@ -74,7 +75,11 @@ class ExportCache:
             self.dfd = _open_dir(top, CACHE_DIR[1])
         finally:
             os.close(top)
-        self.secret = self._secret()
+        try:
+            self.secret = self._secret()
+        except BaseException:
+            self.close()
+            raise
         self._hmac = hmac.new(self.secret, HEADER, hashlib.sha256)  # copied per record: the key schedule once
         self.data = b""
         self.index: dict[bytes, int] = {}
@@ -88,7 +93,8 @@ class ExportCache:
             self.dfd = -1
 
     def __del__(self):
-        self.close()
+        if getattr(self, "dfd", -1) >= 0:
+            self.close()
 
     # the secret key
 

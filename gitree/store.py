@@ -26,8 +26,6 @@ from typing import Callable, Iterable, Iterator
 
 import pygit2
 
-import gitree_compat as oc
-
 from . import sidetable
 from .entry import MAX_DEPTH, Entry, Kind, check_fields, split_path
 from .exportcache import FILE, open_cache, record_key
@@ -478,6 +476,7 @@ class Importer:
         k = (inode.uid, inode.gid, inode.mode, inode.xattrs)
         p = self._prefixes.get(k)
         if p is None:
+            import gitree_compat as oc  # here: commands that never import files need not load it
             p = self._prefixes[k] = oc.file_stream_prefix(oc.FileMeta(
                 inode.uid, inode.gid, stat.S_IFREG | inode.mode, b"", oc.canonical_xattrs(inode.xattrs)))
         return p
