@@ -327,7 +327,8 @@ def _subtree(repo: Repo, path: bytes, node, name: bytes, root) -> Iterator[Entry
 # ---------------------------------------------------------------------------------------------
 # gc
 
-GC_MEMORY = ("-c", "pack.windowMemory=100m", "-c", "pack.deltaCacheSize=64m", "-c", "pack.threads=2")
+GC_MEMORY = ("-c", "core.packedGitLimit=128m", "-c", "core.packedGitWindowSize=32m", "-c", "pack.windowMemory=100m",
+             "-c", "pack.deltaCacheSize=64m", "-c", "pack.threads=2")
 
 
 def gc(repo: Repo, window: int = 50, depth: int = 50, level: int = 9) -> None:
@@ -342,8 +343,9 @@ def gc(repo: Repo, window: int = 50, depth: int = 50, level: int = 9) -> None:
             if name.startswith("tmp_gitree_") and time.time() - os.path.getmtime(p) > 3600:
                 os.unlink(p)
         # -F recompresses every object (import writes zlib level 1 for speed); -f recomputes deltas.
-        # Memory: git's delta window holds up to --window whole objects per thread (kernels, firmware: hundreds
-        # of MiB), and its delta cache 256 MiB; both are bounded here (GC_MEMORY, docs/benchmarks.md).
+        # Memory: git maps the packs it reads (core.packedGitLimit, 8 GiB by default: all of a repository's
+        # packs count in its RSS), its delta window holds up to --window whole objects per thread, its delta
+        # cache 256 MiB; all are bounded here (GC_MEMORY; measured in docs/benchmarks.md).
         r = subprocess.run(["git", "-c", f"pack.compression={level}", *GC_MEMORY,
                             "--git-dir", repo.path, "repack", "-a", "-d", "-F", "-f", "-q",
                             f"--window={window}", f"--depth={depth}"], capture_output=True)
