@@ -152,9 +152,10 @@ def _worker_write(jobs: list) -> list[tuple[str, int, bool]]:
         ps = _packs().blob(blob)
         if ps is not None and compression == COMPRESSION_REUSE and target.mode == "archive":
             csum = known or _hash_raw_deflate(meta, ps.size, ps, where)
-            _write_filez_raw(target, meta, csum, ps.size, ps.raw_deflate)
-            out.append((csum, ps.size, known is None))
-            continue
+            if _write_filez_raw(target, meta, csum, ps):
+                out.append((csum, ps.size, known is None))
+                continue
+            ps = None  # the entry fails its CRC-32: read the object through libgit2 instead
         if ps is not None:
             size, chunks = ps.size, inflate_chunks(ps, f"blob of {where}")
         else:
@@ -224,26 +225,33 @@ def _hash_raw_deflate(meta: FileMeta, size: int, ps, where: str) -> str:
     return h.hexdigest()
 
 
-def _write_filez_raw(target: OstreeRepo, meta: FileMeta, csum: str, size: int, raw: memoryview) -> None:
-    """Stage `header + raw` in the target's tmp/ and rename it to objects/XX/REST.filez (unless present)."""
+def _write_filez_raw(target: OstreeRepo, meta: FileMeta, csum: str, ps) -> bool:
+    """Stage the .filez header and the pack entry's raw deflate (copied by the kernel) in the target's tmp/ and
+    rename it to objects/XX/REST.filez (unless present). False if the entry fails its CRC-32 (nothing written)."""
     dest = os.fspath(target.object_path(csum, ObjectType.FILE))
     if os.path.lexists(dest):
-        return
+        return True
     tmp = os.path.join(os.fspath(target.path), "tmp", f"gitree-{secrets.token_hex(12)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     try:
-        for part in (memoryview(oc.encode_filez_header(meta, size)), raw):
-            while part:
-                part = part[os.write(fd, part):]
-        os.fchmod(fd, 0o644)
-        if target.fsync:
-            os.fsync(fd)
+        part = memoryview(oc.encode_filez_header(meta, ps.size))
+        while part:
+            part = part[os.write(fd, part):]
+        ok = ps.verified_copy(fd)
+        if ok:
+            os.fchmod(fd, 0o644)
+            if target.fsync:
+                os.fsync(fd)
     except BaseException:
         os.close(fd)
         os.unlink(tmp)
         raise
     os.close(fd)
+    if not ok:
+        os.unlink(tmp)
+        return False
     _install(tmp, dest)
+    return True
 
 
 class _Slot:

@@ -19,7 +19,8 @@ from helpers import last_line, run_gitree
 from test_ostree_bridge import build_t1, fresh_ostree, ostree, ostree_commit
 
 from gitree import exportcache as ec
-from gitree.packreader import PackSet, parse_entry_header, zlib_to_raw
+from gitree.errors import CorruptObject
+from gitree.packreader import PackSet, inflate_chunks, parse_entry_header, zlib_to_raw
 from gitree.packwriter import pack_entry_header
 from gitree.store import Repo
 
@@ -287,7 +288,8 @@ def test_pack_reader_reads_whole_objects_and_refuses_deltas_and_damage(work):
             deltas += 1
             continue
         whole += 1
-        data = zlib.decompress(bytes(s.raw_deflate), -15)
+        data = zlib.decompress(s.read_raw(), -15)
+        assert s.verify() and b"".join(inflate_chunks(s, "t", 1000)) == data
         assert data == r[oid].data and s.size == len(data)
     assert whole >= 3 and deltas >= 1
     assert ps.blob(b"\0" * 20) is None
@@ -298,11 +300,17 @@ def test_pack_reader_reads_whole_objects_and_refuses_deltas_and_damage(work):
     data = bytearray(open(path, "rb").read())
     big = PackSet(os.path.join(g, "objects")).blob(blobs[-1].raw)
     assert big is not None
-    off = data.find(bytes(big.raw_deflate[:16]))
+    off = data.find(big.read_raw()[:16])
     data[off + 5] ^= 0x40
     os.chmod(path, 0o644)
     open(path, "wb").write(data)
-    assert PackSet(os.path.join(g, "objects")).blob(blobs[-1].raw) is None
+    bad = PackSet(os.path.join(g, "objects")).blob(blobs[-1].raw)
+    assert not bad.verify()
+    out = os.open(os.path.join(work, "copy"), os.O_WRONLY | os.O_CREAT, 0o600)
+    assert not bad.verified_copy(out) and os.fstat(out).st_size == 0
+    os.close(out)
+    with pytest.raises(CorruptObject):
+        b"".join(inflate_chunks(bad, "t"))
 
 
 def test_entry_header_and_zlib_framing_round_trip():
