@@ -143,6 +143,10 @@ class PackFile:
             os.close(self.fd)
             self.fd = -1
 
+    def __del__(self):  # a PackSet dropped without close() (a checkout's chunk source) gives its descriptors back
+        if getattr(self, "fd", -1) >= 0:
+            self.close()
+
     def _find(self, oid: bytes) -> int | None:
         lo = self.fanout[oid[0] - 1] if oid[0] else 0
         hi = self.fanout[oid[0]]
