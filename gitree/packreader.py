@@ -32,16 +32,21 @@ READ_CHUNK = 1 << 20
 
 @dataclass(frozen=True)
 class PackSlice:
-    """A whole (non-delta) object in a pack: its raw deflate stream is bytes [start, end) of the pack file `fd`;
-    the entry is [entry_start, end + 4) (header, 2-byte zlib header, raw deflate, Adler-32), with CRC-32 `crc`."""
+    """A whole (non-delta) object in a pack: its raw deflate stream is bytes [start, end) of the pack file;
+    the entry is [entry_start, end + 4) (header, 2-byte zlib header, raw deflate, Adler-32), with CRC-32 `crc`.
+    It keeps its PackFile (and so the open descriptor) alive."""
 
     otype: int
     size: int
-    fd: int
+    pack: "PackFile"
     entry_start: int
     start: int
     end: int
     crc: int
+
+    @property
+    def fd(self) -> int:
+        return self.pack.fd
 
     def raw_chunks(self, n: int = READ_CHUNK):
         for pos in range(self.start, self.end, n):
@@ -198,7 +203,7 @@ class PackFile:
         if end - off < hlen + 6 or len(head) < hlen + 2 or not plain_zlib_header(head[hlen], head[hlen + 1]):
             return None
         crc = struct.unpack_from(">I", self.idx, self.crcs_at + 4 * i)[0]
-        return PackSlice(otype, size, self.fd, off, off + hlen + 2, end - 4, crc)
+        return PackSlice(otype, size, self, off, off + hlen + 2, end - 4, crc)
 
 
 class PackSet:
