@@ -19,6 +19,9 @@ STORE_LABELS = {
     "ostree_bare_user": "OSTree bare-user (ostree commit)",
     "gitree_ostree_archive": "OSTree archive (gitree export-ostree)",
     "gitree_ostree_bare_user": "OSTree bare-user (gitree export-ostree)",
+    "ostree_archive_cold": "OSTree archive, this version alone (ostree commit)",
+    "gitree_ostree_archive_cold_reuse": "OSTree archive, this version alone (export-ostree --compression reuse)",
+    "gitree_ostree_archive_cold_level6": "OSTree archive, this version alone (export-ostree --compression 6)",
 }
 UPDATE_LABELS = {
     "git_thin_pack": "git thin pack (pack-objects --thin B ^A)",
@@ -124,8 +127,13 @@ def markdown(r: dict, plots_prefix: str = "") -> str:
     rows = []
     for tg in r["targets"]:
         met = {True: "**met**", False: "**missed**", None: "not checked"}[tg["met"]]
-        if "worst" in tg and "ratio" in tg["worst"]:
-            got = f"worst {tg['worst']['ratio']}x ({tg['worst'].get('version') or tg['worst'].get('step')})"
+        if tg["target"] == "archive_size_reuse_and_level6" and tg.get("per_version"):
+            got = "; ".join(f"{p['version']}: OSTree {mib(p['ostree_du'])} MiB, reuse {mib(p['reuse_du'])} MiB "
+                            f"({p['reuse_ratio']}x), level 6 {mib(p['level6_du'])} MiB ({p['level6_ratio']}x)"
+                            for p in tg["per_version"])
+        elif "worst" in tg and "ratio" in tg["worst"]:
+            got = f"{tg.get('metric', 'wall')}: worst {tg['worst']['ratio']}x " \
+                  f"({tg['worst'].get('version') or tg['worst'].get('step')})"
             if "per_version" in tg:
                 got += "; " + ", ".join(f"{k} {v}x" for k, v in tg["per_version"].items())
             if "per_step" in tg:
@@ -133,7 +141,9 @@ def markdown(r: dict, plots_prefix: str = "") -> str:
         elif "ratio" in tg:
             got = f"{tg['ratio']}x ({mib(tg['gitree_packed_du'])} vs {mib(tg['ostree_archive_du'])} MiB)"
         elif "peak_rss_mib" in tg:
-            got = f"{tg['peak_rss_mib']:.0f} MiB ({tg['version']})"
+            got = f"{tg['peak_rss_mib']:.0f} MiB ({tg.get('version', 'whole series')})"
+            if "packed_du" in tg:
+                got += f", packed {mib(tg['packed_du'])} MiB"
         else:
             got = tg.get("why", "")
         rows.append([tg.get("description") or tg["target"], f"{tg['limit']}", got, met])
@@ -169,10 +179,12 @@ def markdown(r: dict, plots_prefix: str = "") -> str:
                  cell(f, lambda v: f"{v['meta_percent_of_du']}%")])
     L += table(["repository, version", "meta KiB", "meta objects", "% of objects", "% of du"], rows)
 
-    L += ["gitree export-ostree keeps a cache in the gitree repository (ref refs/gitree/ostree-cache: git "
-          "trees and blobs to OSTree checksums). Its objects, not counted in the sizes above, after each version:", ""]
-    L += table(["export cache"] + V, [["MiB on disk / objects"] + [
-        cell(c, lambda c: f"{mib(c['disk_bytes'])} / {c['objects']}") for c in r["export_cache"]]])
+    L += ["gitree export-ostree keeps a cache beside the git repository's objects (gitree/ostree-cache/records: "
+          "git trees and blobs to OSTree checksums, authenticated). Its size, not counted above, after each "
+          "version (the exports' repository):", ""]
+    L += table(["export cache"] + V, [["MiB on disk / records"] + [
+        cell(c, lambda c: f"{mib(c['disk_bytes'])} / {c.get('records', c.get('objects'))}")
+        for c in r["export_cache"]]])
 
     L += ["## What plain git drops", "",
           "Plain git stores content only. Counted from each tar: everything below is lost by `git add -A` "

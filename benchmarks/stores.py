@@ -103,6 +103,13 @@ def set_ref(git_dir: str, ref: str, oid: str | None) -> None:
         subprocess.run(["git", "--git-dir", git_dir, "update-ref", "-d", ref], capture_output=True)
 
 
+def export_cache_bytes(git_dir: str) -> dict:
+    """Size and record count of gitree's OSTree export cache (gitree/ostree-cache/records in the git dir)."""
+    path = os.path.join(git_dir, "gitree", "ostree-cache", "records")
+    size = os.path.getsize(path) if os.path.exists(path) else 0
+    return {"disk_bytes": size, "records": max(0, (size - 16) // 68)}
+
+
 def ref_only_bytes(git_dir: str, ref: str) -> dict:
     """On-disk bytes and count of the objects reachable from `ref` and from no branch."""
     if not ref_oid(git_dir, ref):
@@ -156,9 +163,11 @@ class Gitree:
     def checkout_tar(self, rev: str, dest: str) -> Timing:
         return run_timed(self.cmd("checkout", rev, "--tar", dest))[0]
 
-    def export_ostree(self, rev: str, ostree_repo: str, mode: str, ref: str | None, history: bool
-                      ) -> tuple[Timing, str]:
+    def export_ostree(self, rev: str, ostree_repo: str, mode: str, ref: str | None, history: bool,
+                      compression: str | None = None) -> tuple[Timing, str]:
         args = ["export-ostree", rev, "--ostree-repo", ostree_repo, "--mode", mode]
+        if compression:
+            args += ["--compression", compression]
         if ref:
             args += ["--ref", ref]
         if history:

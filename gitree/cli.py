@@ -145,17 +145,25 @@ def diff(c: Ctx, rev1, rev2):
               "commits get ostree.collection-binding. An existing repository must have this one.")
 @click.option("--ref-binding", "ref_bindings", multiple=True, metavar="REF",
               help="Another ref for ostree.ref-binding besides --ref (as ostree commit --bind-ref); repeatable.")
+@click.option("--compression", default="reuse", show_default=True, metavar="reuse|1-9",
+              help="archive repositories: copy each file's deflate stream out of the git pack (reuse), "
+                   "or recompress every file at this zlib level.")
 @pass_ctx
 def export_ostree(c: Ctx, rev, ostree_repo, ref, mode, no_bindings, history, strict, update_summary, gpg_keys,
-                  gpg_homedir, collection_id, ref_bindings):
+                  gpg_homedir, collection_id, ref_bindings, compression):
     """Export REV into a native OSTree repository; prints the OSTree commit checksum last."""
     from .ostree_bridge import export_ostree as run
     from .progress import make_progress
     from .signing import GpgSigner
     signers = [GpgSigner(k, gpg_homedir) for k in gpg_keys]
     progress = make_progress("export", c.quiet)
+    if compression != "reuse":
+        if not compression.isdigit() or not 1 <= int(compression) <= 9:
+            raise click.BadParameter("'reuse' or a zlib level 1-9", param_hint="--compression")
+        compression = int(compression)
     res = run(c.repo(), rev, ostree_repo, ref, mode, not no_bindings, history, strict, update_summary,
-              progress=progress, signers=signers, collection_id=collection_id, ref_bindings=tuple(ref_bindings))
+              progress=progress, signers=signers, collection_id=collection_id, ref_bindings=tuple(ref_bindings),
+              compression=compression)
     if progress:
         progress.done()
     click.echo(f"exported {len(res.commits)} commit(s): {res.files_written} files written, "

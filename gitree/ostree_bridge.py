@@ -1,9 +1,11 @@
 """The bridge between gitree commits and native OSTree commits, over gitree_compat's public API.
 
 Export walks a gitree commit directory by directory and writes dirtree/dirmeta/content objects whose
-checksums equal what `ostree commit` computes for the same tree. A cache kept in the git repository
-(ref refs/gitree/ostree-cache) maps git trees and blobs (with their metadata) to OSTree checksums, so a
-later export skips unchanged directories without reading them, and never rehashes an unchanged file.
+checksums equal what `ostree commit` computes for the same tree. The export cache (gitree/exportcache.py: a
+file store under the git directory, every record authenticated) maps git trees and blobs (with their metadata)
+to OSTree checksums, so a later export skips unchanged directories without reading them, and never rehashes an
+unchanged file; import-rootfs records each file's checksum there as the bytes pass through. Into an archive
+repository a file's `.filez` body is, by default, the raw deflate stream copied out of its git pack entry.
 
 Import reads an OSTree commit chain (verifying every object) into gitree commits, and keeps the
 original commit and detached-metadata bytes in the commit's `ostree/` subtree so that export
@@ -13,12 +15,13 @@ reproduces every original checksum bit for bit.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import hashlib
 import multiprocessing
 import os
 import re
+import secrets
 import stat
-import struct
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -29,16 +32,20 @@ from gitree_compat import Commit, DirMeta, FileMeta, ObjectType, OstreeRepo, Var
 
 from . import ostreemeta
 from .entry import Entry, Kind
+from .exportcache import COMMIT, DIRMETA, DIRTREE, FILE, open_cache, record_key
 from .errors import BadInput, CorruptObject, GitreeError, UnsupportedEntry
 from .gittree import MODE_DIR, MODE_FILE, decode_tree, encode_tree
 from .names import display, esc, unesc
+from .packreader import PackSet, inflate_chunks
 from .packwriter import OBJ_BLOB, OBJ_TREE
 from .sparse import SparseMap
 from .sparse import encode as sparse_encode
 from .sparse import logical_chunks as sparse_logical_chunks
 from .store import TOP_OSTREE, Importer, Repo, stderr_warn
 
-CACHE_REF = "refs/gitree/ostree-cache"
+CACHE_REF = "refs/gitree/ostree-cache"   # the old cache (git objects any transport could plant): deleted
+COMPRESSION_REUSE = "reuse"
+DEFAULT_COMPRESSION = COMPRESSION_REUSE  # docs/ostree-bridge.md, "Compression": chosen by measurement
 WORKERS = max(2, min(4, os.cpu_count() or 2))
 
 # Names in the ostree/ subtree of an imported commit (docs/ostree-bridge.md).
@@ -67,72 +74,20 @@ def decode_xattr_order(data: bytes) -> dict[bytes, list[bytes]]:
     return out
 
 
-# ---------------------------------------------------------------------------------------------
-# The cache: git object ids (+ metadata) -> OSTree checksums, stored as git blobs.
+class _NoCache:
+    """Stands in when the cache cannot be opened: every lookup misses."""
 
-class ExportCache:
-    """Three maps with 20-byte keys: files -> content checksum, dirs -> (dirtree, dirmeta), commits."""
+    def get(self, key: bytes) -> None:
+        return None
 
-    RECORD = {b"files": 32, b"dirs": 64, b"commits": 32}
-
-    def __init__(self, repo: Repo):
-        self.repo = repo
-        self.maps: dict[bytes, dict[bytes, bytes]] = {k: {} for k in self.RECORD}
-        self.loaded_tree: bytes | None = None
-        self.dirty = False
-        self._load()
-
-    def _load(self) -> None:
-        try:
-            ref = self.repo.git.references[CACHE_REF]
-        except KeyError:
-            return
-        try:
-            commit = self.repo.git[ref.target]
-            self.loaded_tree = commit.tree_id.raw
-            for _mode, name, oid in decode_tree(self.repo.read(self.loaded_tree, OBJ_TREE)):
-                size = self.RECORD.get(name)
-                if size is None:
-                    continue
-                data = self.repo.read(oid, OBJ_BLOB)
-                rec = 20 + size
-                if len(data) % rec:
-                    raise CorruptObject("export cache blob has a partial record")
-                m = self.maps[name]
-                for i in range(0, len(data), rec):
-                    m[data[i:i + 20]] = data[i + 20:i + rec]
-        except (CorruptObject, KeyError):
-            stderr_warn("the OSTree export cache is unreadable; rebuilding it")
-            self.maps = {k: {} for k in self.RECORD}
-
-    def get(self, table: bytes, key: bytes) -> bytes | None:
-        return self.maps[table].get(key)
-
-    def put(self, table: bytes, key: bytes, value: bytes) -> None:
-        if self.maps[table].get(key) != value:
-            self.maps[table][key] = value
-            self.dirty = True
+    def put(self, key: bytes, value: bytes) -> None:
+        pass
 
     def save(self) -> None:
-        if not self.dirty:
-            return
-        entries = []
-        for name, m in self.maps.items():
-            data = b"".join(k + m[k] for k in sorted(m))
-            entries.append((MODE_FILE, name, self.repo.git.create_blob(data).raw))
-        tree = self.repo.git.odb.write(pygit2.enums.ObjectType.TREE, encode_tree(entries))
-        sig = pygit2.Signature("gitree", "gitree@localhost", 0, 0)
-        cid = self.repo.git.create_commit(None, sig, sig, "gitree OSTree export cache\n", tree, [])
-        self.repo.git.create_reference_direct(CACHE_REF, cid, True, message="gitree: export cache")
-        self.dirty = False
+        pass
 
-
-def _key(*parts: bytes) -> bytes:
-    h = hashlib.sha1()
-    for p in parts:
-        h.update(struct.pack(">I", len(p)))
-        h.update(p)
-    return h.digest()
+    def close(self) -> None:
+        pass
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,6 +104,7 @@ class ExportOptions:
     extra_metadata: list[tuple[str, Variant]] = field(default_factory=list)
     signers: list = field(default_factory=list)  # gitree.signing.Signer: sign each commit and the summary
     ref_bindings: tuple[str, ...] = ()  # bound besides `ref` (ostree commit --bind-ref)
+    compression: str | int = DEFAULT_COMPRESSION  # archive .filez bodies: "reuse" (pack deflate) or zlib 1-9
 
 
 @dataclass
@@ -161,31 +117,147 @@ class ExportResult:
     dirs_cached: int = 0
 
 
-# Content objects are read from git, hashed, compressed and written by worker processes (the GIL would
-# otherwise serialise the Python around zlib and hashlib), in batches to keep the messaging cheap.
+# Content objects are written by worker processes (the GIL would otherwise serialise the Python around zlib
+# and hashlib), in batches to keep the messaging cheap. A job is (meta, blob id, path for messages, checksum the
+# export cache vouches for or None, produce): `produce` is None when the file's bytes are the blob as stored, or
+# a picklable callable returning (size, chunks) for a file whose content must be produced from its blob.
+# Into an archive repository with compression "reuse", a blob stored whole in a pack has its raw deflate stream
+# copied into the .filez (inflated only to hash it when no checksum is known); a delta, a loose object or a
+# produced file is read (inflated from the pack, or through libgit2) and compressed at the target's level.
+# Bare modes inflate from the pack and, under a checksum the cache vouches for, write without hashing again.
 BATCH_FILES = 32
+INLINE_JOBS = 1024   # an update's few hundred cheap writes are done here: starting processes would cost more
 _W: dict = {}
 
 
-def _worker_init(repo_path: str, target_path: str) -> None:
+def _worker_init(repo_path: str, target_path: str, compression) -> None:
     _W["repo"] = Repo(repo_path)
     _W["target"] = OstreeRepo(target_path)
+    _W["compression"] = compression
+    _W["packs"] = None
 
 
-def _worker_write(jobs: list) -> list[tuple[str, int]]:
-    repo, target = _W["repo"], _W["target"]
+def _packs() -> PackSet:
+    if _W.get("packs") is None:
+        _W["packs"] = PackSet(_W["repo"].objects_dir)
+    return _W["packs"]
+
+
+def _worker_write(jobs: list) -> list[tuple[str, int, bool]]:
+    """(checksum, bytes, whether the checksum was computed here) per job."""
+    repo, target, compression = _W["repo"], _W["target"], _W["compression"]
     out = []
-    for meta, blob, where, *sparse in jobs:
+    for meta, blob, where, known, produce in jobs:
         if meta.is_symlink:
-            out.append((target.write_content(meta, ()), 0))
+            out.append((target.write_content(meta, ()), 0, True))
             continue
-        if sparse and sparse[0] is not None:
-            out.append((target.write_content(meta, sparse_file_content(repo, blob, sparse[0], where)),
-                        sparse[0].size))
+        if produce is not None:  # content made by a function (not the blob as stored): hashed and compressed
+            size, chunks = produce()
+            out.append((target.write_content(meta, chunks, expected=known), size, known is None))
             continue
-        size = repo.blob_size(blob, where)
-        out.append((target.write_content(meta, repo.blob_chunks(blob, size, where)), size))
+        ps = _packs().blob(blob)
+        if ps is not None and compression == COMPRESSION_REUSE and target.mode == "archive":
+            csum = known or _hash_raw_deflate(meta, ps.size, ps, where)
+            if _write_filez_raw(target, meta, csum, ps):
+                out.append((csum, ps.size, known is None))
+                continue
+            ps = None  # the entry fails its CRC-32: read the object through libgit2 instead
+        if ps is not None:
+            size, chunks = ps.size, inflate_chunks(ps, f"blob of {where}")
+        else:
+            size = repo.blob_size(blob, where)
+            chunks = repo.blob_chunks(blob, size, where)
+        if known is not None and _write_bare_known(target, meta, known, chunks):
+            out.append((known, size, False))
+            continue
+        out.append((target.write_content(meta, chunks, expected=known), size, known is None))
     return out
+
+
+OSTREEMETA_XATTR = b"user.ostreemeta"  # bare-user: the file's real uid, gid, mode and xattrs
+
+
+def _write_bare_known(target: OstreeRepo, meta: FileMeta, csum: str, chunks) -> bool:
+    """Write a regular file into a bare or bare-user repository as `ostree commit` stores it, under a checksum
+    the export cache vouches for (so without hashing it again); False if this is not such a case."""
+    if target.mode == "bare-user":
+        perms = (meta.mode & 0o775) | 0o400
+    elif target.mode == "bare" and meta.xattrs == oc.canonical_xattrs(meta.xattrs):
+        perms = meta.mode & 0o7777
+    else:
+        return False
+    dest = os.fspath(target.object_path(csum, ObjectType.FILE))
+    if os.path.lexists(dest):
+        return True
+    tmp = os.path.join(os.fspath(target.path), "tmp", f"gitree-{secrets.token_hex(12)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        for c in chunks:
+            mv = memoryview(c)
+            while mv:
+                mv = mv[os.write(fd, mv):]
+        if target.mode == "bare":
+            os.fchown(fd, meta.uid, meta.gid)
+            for n, v in meta.xattrs:
+                os.setxattr(fd, n, v)
+            os.utime(fd, ns=(0, 0))
+        else:
+            os.setxattr(fd, OSTREEMETA_XATTR, oc.encode_ostreemeta(meta))
+        os.fchmod(fd, perms)  # after fchown, which clears setuid/setgid
+        if target.fsync:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    os.close(fd)
+    _install(tmp, dest)
+    return True
+
+
+def _install(tmp: str, dest: str) -> None:
+    try:
+        os.rename(tmp, dest)
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        os.rename(tmp, dest)
+
+
+def _hash_raw_deflate(meta: FileMeta, size: int, ps, where: str) -> str:
+    """The content checksum of a file whose payload is a pack entry's raw deflate, inflated in bounded chunks."""
+    h = oc.ContentHasher(meta)
+    for buf in inflate_chunks(ps, f"blob of {where}"):
+        h.update(buf)
+    return h.hexdigest()
+
+
+def _write_filez_raw(target: OstreeRepo, meta: FileMeta, csum: str, ps) -> bool:
+    """Stage the .filez header and the pack entry's raw deflate (copied by the kernel) in the target's tmp/ and
+    rename it to objects/XX/REST.filez (unless present). False if the entry fails its CRC-32 (nothing written)."""
+    dest = os.fspath(target.object_path(csum, ObjectType.FILE))
+    if os.path.lexists(dest):
+        return True
+    tmp = os.path.join(os.fspath(target.path), "tmp", f"gitree-{secrets.token_hex(12)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        part = memoryview(oc.encode_filez_header(meta, ps.size))
+        while part:
+            part = part[os.write(fd, part):]
+        ok = ps.verified_copy(fd)
+        if ok:
+            os.fchmod(fd, 0o644)
+            if target.fsync:
+                os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    os.close(fd)
+    if not ok:
+        os.unlink(tmp)
+        return False
+    _install(tmp, dest)
+    return True
 
 
 def sparse_file_content(repo: Repo, blob: bytes, smap: SparseMap, where: str) -> Iterator[bytes]:
@@ -198,21 +270,27 @@ def sparse_file_content(repo: Repo, blob: bytes, smap: SparseMap, where: str) ->
     return sparse_logical_chunks(smap, repo.blob_chunks(blob, size, where))
 
 
+def _produce_sparse(blob: bytes, smap: SparseMap, where: str) -> tuple[int, Iterator[bytes]]:
+    """A content job's `produce` for a sparse file (picklable: it runs in a worker process)."""
+    return smap.size, sparse_file_content(_W["repo"], blob, smap, where)
+
+
 class _Slot:
     """One content object to write: filled in when its batch's job finishes."""
 
-    __slots__ = ("future", "batch", "csum")
+    __slots__ = ("future", "batch", "csum", "hashed")
 
     def __init__(self):
         self.future = None
         self.batch: list = []
         self.csum: str | None = None
+        self.hashed = False
 
 
 @dataclass
 class _PendingDir:
     path: bytes
-    dkey: bytes
+    dkeys: tuple[bytes, bytes]   # cache keys of its dirtree and dirmeta
     self_row: object
     files: list = field(default_factory=list)   # (name, checksum | (cache key, future))
     dirs: list = field(default_factory=list)    # (name, (dirtree, dirmeta) | _PendingDir)
@@ -236,7 +314,12 @@ class Exporter:
         self.canonical = target.mode == "bare-user-only"
         self.variant = self.base_variant = b"canonical" if self.canonical else b"full"
         self.xorder: dict[bytes, list[bytes]] | None = None  # set while exporting an imported commit
-        self.cache = ExportCache(repo)
+        self.cache = open_cache(repo.path, warn) or _NoCache()
+        self.prefixes: dict[tuple, bytes] = {}  # file header bytes by metadata (few distinct values per tree)
+        self.objdir = os.path.join(os.fspath(target.path), "objects")
+        self.inline_jobs = 0
+        self.inline_packs: PackSet | None = None
+        self.suffixes: dict[ObjectType, str] = {}
         self.pool: concurrent.futures.ProcessPoolExecutor | None = None  # started on the first write
         self.batch: list = []
         self.skipped: list[tuple[bytes, str]] = []
@@ -280,19 +363,20 @@ class Exporter:
     def _plan(self, path: bytes, content: bytes, meta: bytes):
         """Queue the content writes of a whole subtree without waiting (so both cores stay busy);
         returns (dirtree, dirmeta) for a cached directory, else a _PendingDir for _finish."""
-        dkey = _key(b"dir", self.variant, content, meta)
-        hit = self.cache.get(b"dirs", dkey)
-        if hit is not None:
-            t, m = hit[:32].hex(), hit[32:].hex()
-            if self.target.has_object(t, ObjectType.DIR_TREE) and self.target.has_object(m, ObjectType.DIR_META):
+        dkeys = (record_key(DIRTREE, self.variant, content, meta), record_key(DIRMETA, self.variant, content, meta))
+        ht, hm = self.cache.get(dkeys[0]), self.cache.get(dkeys[1])
+        if ht is not None and hm is not None:
+            t, m = ht.hex(), hm.hex()
+            if self._has(t, ObjectType.DIR_TREE) and self._has(m, ObjectType.DIR_META):
                 self.dirs_cached += 1
                 return t, m
+        dkey = dkeys[0]
         same = self.planned_dirs.get(dkey)
         if same is not None:  # an identical subtree elsewhere in this export
             self.dirs_cached += 1
             return same
         node = self.repo.read_dir(path, content, meta)
-        pending = self.planned_dirs[dkey] = _PendingDir(path, dkey, node.self_row)
+        pending = self.planned_dirs[dkey] = _PendingDir(path, dkeys, node.self_row)
         for row in node.rows:
             cpath = path + b"/" + row.name if path else row.name
             name = _ostree_name(row.name)
@@ -312,17 +396,20 @@ class Exporter:
                 self._skip(cpath, "symlink whose target is empty or not valid UTF-8")
                 continue
             fmeta = self._file_meta(cpath, row.kind, row.mode, row.uid, row.gid, row.xattrs, target)
-            fkey = _key(b"file", oc.file_stream_prefix(fmeta), blob,
-                        *((b"sparse", sparse_encode(row.sparse)) if row.sparse is not None else ()))
-            csum = self.cache.get(b"files", fkey)
-            if csum is not None and self.target.has_object(csum.hex(), ObjectType.FILE):
+            fkey = record_key(FILE, self._prefix(fmeta), blob,
+                              *((b"sparse", sparse_encode(row.sparse)) if row.sparse is not None else ()))
+            csum = self.cache.get(fkey)
+            known = csum.hex() if csum is not None else None
+            if known is not None and self._has(known, ObjectType.FILE):
                 self.files_cached += 1
-                pending.files.append((name, csum.hex()))
+                pending.files.append((name, known))
                 continue
             slot = self.planned_files.get(fkey)
             if slot is None:
                 slot = self.planned_files[fkey] = _Slot()
-                self.batch.append((slot, (fmeta, blob, display(cpath), row.sparse)))
+                produce = (functools.partial(_produce_sparse, blob, row.sparse, display(cpath))
+                           if row.sparse is not None else None)
+                self.batch.append((slot, (fmeta, blob, display(cpath), known, produce)))
                 if len(self.batch) >= BATCH_FILES:
                     self._submit()
             else:
@@ -330,14 +417,36 @@ class Exporter:
             pending.files.append((name, (fkey, slot)))
         return pending
 
+    def _has(self, csum: str, objtype: ObjectType) -> bool:
+        """target.has_object for a checksum that is 64 hex digits by construction (a cache value's hex)."""
+        suffix = self.suffixes.get(objtype)
+        if suffix is None:
+            sample = os.fspath(self.target.object_path("0" * 64, objtype))
+            suffix = self.suffixes[objtype] = "." + sample.rpartition(".")[2]
+        return os.path.lexists(f"{self.objdir}/{csum[:2]}/{csum[2:]}{suffix}")
+
+    def _prefix(self, fmeta: FileMeta) -> bytes:
+        k = (fmeta.uid, fmeta.gid, fmeta.mode, fmeta.symlink_target, fmeta.xattrs)
+        p = self.prefixes.get(k)
+        if p is None:
+            if len(self.prefixes) > 4096:
+                self.prefixes.clear()
+            p = self.prefixes[k] = oc.file_stream_prefix(fmeta)
+        return p
+
     def _submit(self, final: bool = False) -> None:
         """Hand the queued content writes to a worker process as one job (a last small batch of a small
         export is written here: starting processes would cost more than it saves)."""
         if not self.batch:
             return
-        if final and self.pool is None:
+        cheap = all(job[3] is not None for _, job in self.batch)  # checksums known: copies, no hashing
+        if self.pool is None and (final or (cheap and self.inline_jobs + len(self.batch) <= INLINE_JOBS)):
+            self.inline_jobs += len(self.batch)
             fut = concurrent.futures.Future()
-            _W.update(repo=self.repo, target=self.target)
+            if self.inline_packs is None:
+                self.inline_packs = PackSet(self.repo.objects_dir)
+            _W.update(repo=self.repo, target=self.target, compression=self.opts.compression,
+                      packs=self.inline_packs)
             try:
                 fut.set_result(_worker_write([job for _, job in self.batch]))
             finally:
@@ -350,7 +459,7 @@ class Exporter:
         if self.pool is None:
             self.pool = concurrent.futures.ProcessPoolExecutor(
                 WORKERS, mp_context=multiprocessing.get_context("fork"), initializer=_worker_init,
-                initargs=(self.repo.path, str(self.target.path)))
+                initargs=(self.repo.path, str(self.target.path), self.opts.compression))
         slots = [s for s, _ in self.batch]
         fut = self.pool.submit(_worker_write, [job for _, job in self.batch])
         for s in slots:
@@ -361,8 +470,9 @@ class Exporter:
         if slot.csum is None:
             if slot.future is None:
                 self._submit(final=True)
-            for s, (csum, size) in zip(slot.batch, slot.future.result(), strict=True):
+            for s, (csum, size, hashed) in zip(slot.batch, slot.future.result(), strict=True):
                 s.csum = csum
+                s.hashed = hashed
                 self.nbytes += size
         return slot.csum
 
@@ -379,7 +489,8 @@ class Exporter:
                 csum = self._resolve(slot)
                 if fkey not in self.resolved:
                     self.resolved.add(fkey)
-                    self.cache.put(b"files", fkey, bytes.fromhex(csum))
+                    if slot.hashed:
+                        self.cache.put(fkey, bytes.fromhex(csum))
                     self.files_written += 1
                 if self.progress:
                     self.progress.update(self.files_written, self.nbytes, p.path)
@@ -388,7 +499,8 @@ class Exporter:
         r = p.self_row
         m = self.target.write_dirmeta(self._dir_meta(p.path, r.mode, r.uid, r.gid, r.xattrs))
         t = self.target.write_dirtree(files, dirs)
-        self.cache.put(b"dirs", p.dkey, bytes.fromhex(t) + bytes.fromhex(m))
+        self.cache.put(p.dkeys[0], bytes.fromhex(t))
+        self.cache.put(p.dkeys[1], bytes.fromhex(m))
         p.result = (t, m)
         return t, m
 
@@ -453,6 +565,7 @@ class Exporter:
 
     def run(self, rev: str) -> ExportResult:
         tip = self.repo.resolve(rev)
+        self._drop_old_cache_ref()
         chain = [tip]
         if self.opts.history:
             c = tip
@@ -468,25 +581,27 @@ class Exporter:
                 parent = None
         written = []
         try:
-            if parent is not None and self.cache.get(b"commits", self._commit_key(tip, self._parent_of(parent))) \
+            if parent is not None and self.cache.get(self._commit_key(tip, self._parent_of(parent))) \
                     == bytes.fromhex(parent):
                 # the ref already names the export of REV: exporting again changes nothing
                 chain, written = [], [parent]
             for c in chain:
                 ckey = self._commit_key(c, parent)
-                hit = self.cache.get(b"commits", ckey)
+                hit = self.cache.get(ckey)
                 if hit is not None and self.target.has_object(hit.hex(), ObjectType.COMMIT):
                     csum = hit.hex()
                 else:
                     csum = self.export_commit(c, parent)
-                    self.cache.put(b"commits", ckey, bytes.fromhex(csum))
+                    self.cache.put(ckey, bytes.fromhex(csum))
                 written.append(csum)
                 parent = csum
         finally:
             if self.pool is not None:
                 self.pool.shutdown(wait=True, cancel_futures=True)
-            with self.repo.lock():
-                self.cache.save()
+            if self.inline_packs is not None:
+                self.inline_packs.close()
+            self.cache.save()
+            self.cache.close()
         if self.opts.signers:  # before the ref moves: a client never sees an unsigned tip
             from .signing import sign_commit
             for csum in written:
@@ -500,14 +615,21 @@ class Exporter:
         return ExportResult(written[-1], written, self.skipped, self.files_written, self.files_cached,
                             self.dirs_cached)
 
+    def _drop_old_cache_ref(self) -> None:
+        """The cache once lived in git objects under CACHE_REF, where a bundle or fetch could plant it."""
+        if self.repo.git.references.get(CACHE_REF) is not None:
+            with self.repo.lock():
+                self.repo.git.references.delete(CACHE_REF)
+            self.warn(f"ignored and deleted {CACHE_REF} (the export cache now lives in gitree/ostree-cache/)")
+
     def _parent_of(self, csum: str) -> str | None:
         return self.target.read_commit(csum).parent
 
     def _commit_key(self, c: pygit2.Commit, parent: str | None) -> bytes:
-        return _key(b"commit", self.variant, c.id.raw, (parent or "").encode(),
-                    "\n".join([self.opts.ref, *sorted(self.opts.ref_bindings)]
-                              + ([f"collection={self.target.collection_id}"] if self.target.collection_id else [])
-                              ).encode() if self.opts.bindings else b"",
+        return record_key(COMMIT, self.variant, c.id.raw, (parent or "").encode(),
+                          "\n".join([self.opts.ref, *sorted(self.opts.ref_bindings)]
+                                    + ([f"collection={self.target.collection_id}"] if self.target.collection_id
+                                       else [])).encode() if self.opts.bindings else b"",
                     oc.encode_commitmeta(self.opts.extra_metadata) if self.opts.extra_metadata else b"")
 
 
@@ -515,7 +637,10 @@ def export_ostree(repo: Repo, rev: str, ostree_path: str, ref: str | None = None
                   bindings: bool = True, history: bool = False, strict: bool = False,
                   update_summary: bool = False, warn=stderr_warn, progress=None,
                   extra_metadata: list | None = None, signers: list | None = None,
-                  collection_id: str | None = None, ref_bindings: tuple[str, ...] = ()) -> ExportResult:
+                  collection_id: str | None = None, ref_bindings: tuple[str, ...] = (),
+                  compression: str | int = DEFAULT_COMPRESSION) -> ExportResult:
+    if compression != COMPRESSION_REUSE and not (isinstance(compression, int) and 1 <= compression <= 9):
+        raise GitreeError(f"--compression must be 'reuse' or a zlib level 1-9, not {compression!r}")
     if ref is None:
         ref = _default_ref(repo, rev)
     try:
@@ -543,8 +668,10 @@ def export_ostree(repo: Repo, rev: str, ostree_path: str, ref: str | None = None
             target = OstreeRepo.create(ostree_path, mode or "archive", collection_id=collection_id)
     except oc.OstreeFormatError as e:
         raise GitreeError(str(e)) from None
+    if isinstance(compression, int):
+        target.zlib_level = compression
     opts = ExportOptions(ref, target.mode, bindings, history, strict, update_summary, extra_metadata or [],
-                         signers or [], tuple(ref_bindings))
+                         signers or [], tuple(ref_bindings), compression)
     ex = Exporter(repo, target, opts, warn, progress)
     try:
         res = ex.run(rev)

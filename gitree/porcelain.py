@@ -106,7 +106,17 @@ def _compression_level(repo: Repo) -> int:
 # checkout
 
 def _chunks_for(repo: Repo):
-    return lambda e: repo.blob_chunks(e.oid, None, display(e.path))
+    """A file's bytes: inflated straight from its pack entry when stored whole (CRC-checked, no second copy),
+    else through libgit2 (deltas, loose objects)."""
+    from .packreader import PackSet, inflate_chunks
+    packs = PackSet(repo.objects_dir)
+
+    def chunks(e):
+        ps = packs.blob(e.oid)
+        if ps is None:
+            return repo.blob_chunks(e.oid, None, display(e.path))
+        return inflate_chunks(ps, display(e.path))
+    return chunks
 
 
 def checkout_dir(repo: Repo, rev: str, dest: str, quiet: bool = True, subpath: bytes = b"") -> CheckoutReport:
@@ -331,6 +341,10 @@ def _subtree(repo: Repo, path: bytes, node, name: bytes, root) -> Iterator[Entry
 # ---------------------------------------------------------------------------------------------
 # gc
 
+GC_MEMORY = ("-c", "core.packedGitLimit=128m", "-c", "core.packedGitWindowSize=32m", "-c", "pack.windowMemory=100m",
+             "-c", "pack.deltaCacheSize=64m", "-c", "pack.threads=2")
+
+
 def gc(repo: Repo, window: int = 50, depth: int = 50, level: int = 9) -> None:
     """Repack everything into one delta-compressed pack at zlib `level`, and drop stale temporary packs."""
     import subprocess
@@ -342,9 +356,12 @@ def gc(repo: Repo, window: int = 50, depth: int = 50, level: int = 9) -> None:
             p = os.path.join(pack_dir, name)
             if name.startswith("tmp_gitree_") and time.time() - os.path.getmtime(p) > 3600:
                 os.unlink(p)
-        # -F recompresses every object (import writes zlib level 1 for speed); -f recomputes deltas
-        r = subprocess.run(["git", "-c", f"pack.compression={level}", "--git-dir", repo.path, "repack", "-a", "-d",
-                            "-F", "-f", "-q",
+        # -F recompresses every object (import writes zlib level 1 for speed); -f recomputes deltas.
+        # Memory: git maps the packs it reads (core.packedGitLimit, 8 GiB by default: all of a repository's
+        # packs count in its RSS), its delta window holds up to --window whole objects per thread, its delta
+        # cache 256 MiB; all are bounded here (GC_MEMORY; measured in docs/benchmarks.md).
+        r = subprocess.run(["git", "-c", f"pack.compression={level}", *GC_MEMORY,
+                            "--git-dir", repo.path, "repack", "-a", "-d", "-F", "-f", "-q",
                             f"--window={window}", f"--depth={depth}"], capture_output=True)
         if r.returncode != 0:
             raise GitreeError(f"git repack failed: {r.stderr.decode(errors='replace').strip()}")

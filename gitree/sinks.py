@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import errno
 import os
 from typing import Callable, Iterable, Iterator
@@ -78,6 +80,12 @@ class CheckoutReport:
 
 
 _NOFOLLOW_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# File contents are written by threads (inflating and write(2) release the GIL), in batches to keep the per-file
+# cost of handing work over small; at most WRITE_BATCHES * BATCH_FILES files are open and waiting.
+WRITERS = 2
+BATCH_FILES = 32
+BATCH_BYTES = 1 << 20
+WRITE_BATCHES = 4
 
 
 def _proc_path(dirfd: int, name: bytes) -> bytes:
@@ -101,6 +109,10 @@ class DirectoryWriter:
         self.files = self.nbytes = 0
         self.stack: list[tuple[bytes, int, Entry]] = []  # (path, fd, entry) of open directories
         self.inodes: dict[bytes, tuple[bytes, bytes]] = {}  # leader path -> (parent path, name)
+        self.pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self.batch: list[tuple[int, Entry]] = []   # created files (open descriptors) whose content is pending
+        self.batch_bytes = 0
+        self.writing: collections.deque = collections.deque()  # futures of submitted batches
 
     def run(self, entries: Iterable[Entry]) -> CheckoutReport:
         if os.path.lexists(self.dest):
@@ -118,12 +130,72 @@ class DirectoryWriter:
                     raise GitreeError(f"{display(e.path)}: {err.strerror or err}") from None
                 except (ValueError, OverflowError) as err:
                     raise GitreeError(f"{display(e.path)}: cannot create: {err}") from None
+            self._submit()
+            self._wait(0)
             while self.stack:
                 self._close_dir()
         finally:
+            for fd, _ in self.batch:
+                os.close(fd)
+            self.batch = []
+            if self.pool is not None:
+                self.pool.shutdown(wait=True, cancel_futures=True)
+                for fut in self.writing:  # a cancelled batch still owns its open descriptors
+                    if fut.cancelled():
+                        for fd, _ in fut.gitree_batch:
+                            os.close(fd)
             for _, fd, _ in self.stack:
                 os.close(fd)
         return self.report
+
+    def _submit(self) -> None:
+        if not self.batch:
+            return
+        if self.pool is None:
+            self.pool = concurrent.futures.ThreadPoolExecutor(WRITERS, thread_name_prefix="gitree-checkout")
+        batch, self.batch, self.batch_bytes = self.batch, [], 0
+        fut = self.pool.submit(self._write_batch, batch)
+        fut.gitree_batch = batch
+        self.writing.append(fut)
+        self._wait(WRITE_BATCHES)
+
+    def _wait(self, keep: int) -> None:
+        while len(self.writing) > keep:
+            for path, nbytes in self.writing.popleft().result():
+                self.files += 1
+                self.nbytes += nbytes
+                if self.tick:
+                    self.tick(self.files, self.nbytes, path)
+
+    def _write_batch(self, batch: list[tuple[int, Entry]]) -> list[tuple[bytes, int]]:
+        """Content and metadata of created files; every descriptor of the batch is closed, whatever happens."""
+        out = []
+        it = iter(batch)
+        try:
+            for fd, e in it:
+                try:
+                    n = 0
+                    if e.sparse is not None:
+                        n = self._write_sparse(fd, e)
+                    else:
+                        for chunk in self.chunks_for(e):
+                            view = memoryview(chunk)
+                            while view:
+                                k = os.write(fd, view)
+                                view = view[k:]
+                                n += k
+                    self._meta_fd(fd, e)
+                except OSError as err:
+                    raise GitreeError(f"{display(e.path)}: {err.strerror or err}") from None
+                except (ValueError, OverflowError) as err:
+                    raise GitreeError(f"{display(e.path)}: cannot write: {err}") from None
+                finally:
+                    os.close(fd)
+                out.append((e.path, n))
+        finally:
+            for fd, _ in it:
+                os.close(fd)
+        return out
 
     def _parent_fd(self, path: bytes) -> int:
         parent = path.rpartition(b"/")[0] if b"/" in path else b""
@@ -158,22 +230,10 @@ class DirectoryWriter:
         if e.kind is Kind.FILE:
             fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                          dir_fd=pfd)
-            try:
-                if e.sparse is not None:
-                    self._write_sparse(fd, e)
-                else:
-                    for chunk in self.chunks_for(e):
-                        view = memoryview(chunk)
-                        while view:
-                            n = os.write(fd, view)
-                            view = view[n:]
-                            self.nbytes += n
-                self.files += 1
-                self._meta_fd(fd, e)
-            finally:
-                os.close(fd)
-            if self.tick:
-                self.tick(self.files, self.nbytes, e.path)
+            self.batch.append((fd, e))
+            self.batch_bytes += e.size or 0
+            if len(self.batch) >= BATCH_FILES or self.batch_bytes >= BATCH_BYTES:
+                self._submit()
             return
         if e.kind is Kind.SYMLINK:
             os.symlink(e.target, name, dir_fd=pfd)
@@ -185,11 +245,11 @@ class DirectoryWriter:
                 return
         self._meta_path(pfd, name, e)
 
-    def _write_sparse(self, fd: int, e: Entry) -> None:
+    def _write_sparse(self, fd: int, e: Entry) -> int:
         """Only the data segments are written, each at its offset; the holes stay holes (the file system
-        allocates nothing for them), and the file is cut to its logical size."""
+        allocates nothing for them), and the file is cut to its logical size. Returns the bytes written."""
         segs = iter(e.sparse.segments)
-        pos = end = 0
+        pos = end = written = 0
         for chunk in self.chunks_for(e):
             view = memoryview(chunk)
             while view:
@@ -201,10 +261,11 @@ class DirectoryWriter:
                 n = os.pwrite(fd, view[:end - pos], pos)
                 view = view[n:]
                 pos += n
-                self.nbytes += n
+                written += n
         if pos != end or next(segs, None) is not None:
             raise GitreeError(f"{display(e.path)}: blob is shorter than its sparse map")
         os.ftruncate(fd, e.sparse.size)
+        return written
 
     def _open_dir(self, path: bytes) -> int:
         fd = os.open(self.dest, _NOFOLLOW_DIR)

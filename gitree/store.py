@@ -14,7 +14,9 @@ import collections
 import concurrent.futures
 import contextlib
 import fcntl
+import hashlib
 import os
+import stat
 import subprocess
 import sys
 import threading
@@ -26,6 +28,7 @@ import pygit2
 
 from . import sidetable
 from .entry import MAX_DEPTH, Entry, Kind, check_fields, split_path
+from .exportcache import FILE, open_cache, record_key
 from .errors import BadInput, CorruptObject, GitreeError, NotFound, RepoLocked, UnsafePath
 from .gittree import MODE_DIR, MODE_EXEC, MODE_FILE, MODE_LINK, decode_tree, encode_tree
 from .names import check_name, display, fs_name, git_name
@@ -462,20 +465,52 @@ class Importer:
         self.batch_bytes = 0
         self.stats = ImportStats()
         self._t0 = time.monotonic()
+        # OSTree content checksums of the files, computed while their bytes pass through anyway, for the
+        # export cache (keyed as export-ostree keys them: file header bytes + blob id); saved with the commit.
+        self.checksums: dict[bytes, bytes] = {}
+        self._prefixes: dict[tuple, bytes] = {}
 
     # objects
+
+    def _file_prefix(self, inode: Inode) -> bytes:
+        """The OSTree file header export-ostree hashes for this file (sorted xattrs, empty values dropped)."""
+        k = (inode.uid, inode.gid, inode.mode, inode.xattrs)
+        p = self._prefixes.get(k)
+        if p is None:
+            import gitree_compat as oc  # here: commands that never import files need not load it
+            p = self._prefixes[k] = oc.file_stream_prefix(oc.FileMeta(
+                inode.uid, inode.gid, stat.S_IFREG | inode.mode, b"", oc.canonical_xattrs(inode.xattrs)))
+        return p
+
+    def _record_checksum(self, prefix: bytes, oid: bytes, digest: bytes) -> None:
+        self.checksums[record_key(FILE, prefix, oid)] = digest
+
+    def _save_checksums(self) -> None:
+        if not self.checksums:
+            return
+        cache = open_cache(self.repo.path, self.warn)
+        if cache is None:
+            return
+        try:
+            for k, v in self.checksums.items():
+                cache.put(k, v)
+            cache.save()
+        finally:
+            cache.close()
 
     def _exists(self, oid: bytes) -> bool:
         return oid in self.pack or self.repo.exists(oid)
 
-    def _hash_job(self, datas: list[bytes]) -> list[tuple[bytes, bytes | None]]:
+    def _hash_job(self, datas: list[bytes], prefixes: list[bytes]) -> list[tuple[bytes, bytes | None, bytes]]:
         out = []
-        for data in datas:
+        for data, prefix in zip(datas, prefixes, strict=True):
+            h = hashlib.sha256(prefix)
+            h.update(data)
             oid = object_id(OBJ_BLOB, data)
             if self._exists(oid):
-                out.append((oid, None))
+                out.append((oid, None, h.digest()))
             else:
-                out.append(hash_and_compress(OBJ_BLOB, data, self.level))
+                out.append((*hash_and_compress(OBJ_BLOB, data, self.level), h.digest()))
         return out
 
     def _submit_batch(self) -> None:
@@ -483,7 +518,9 @@ class Importer:
         if not self.batch:
             return
         inodes = [i for i, _ in self.batch]
-        fut = self.pool.submit(self._hash_job, [d for _, d in self.batch])
+        prefixes = [self._file_prefix(i) for i in inodes]
+        fut = self.pool.submit(self._hash_job, [d for _, d in self.batch], prefixes)
+        inodes = list(zip(inodes, prefixes, strict=True))
         self.pending.append((inodes, self.batch_bytes, fut))
         self.pending_bytes += self.batch_bytes
         self.batch, self.batch_bytes = [], 0
@@ -499,10 +536,11 @@ class Importer:
         while self.pending and (self.pending_bytes > limit_bytes or len(self.pending) > limit_count):
             inodes, size, fut = self.pending.popleft()
             self.pending_bytes -= size
-            for inode, (oid, entry) in zip(inodes, fut.result(), strict=True):
+            for (inode, prefix), (oid, entry, digest) in zip(inodes, fut.result(), strict=True):
                 if entry is not None:
                     self.pack.add_raw(oid, entry)
                 inode.oid = oid
+                self._record_checksum(prefix, oid, digest)
 
     # tree building
 
@@ -587,20 +625,30 @@ class Importer:
             if self.batch_bytes >= BATCH_BYTES or len(self.batch) >= BATCH_FILES:
                 self._submit_batch()
         else:
+            prefix = self._file_prefix(inode)
+            csum = hashlib.sha256(prefix)
             if rereadable:
-                import hashlib
                 from .packwriter import object_header
                 h = hashlib.sha1(object_header(OBJ_BLOB, size))
                 for chunk in data():
                     h.update(chunk)
+                    csum.update(chunk)
                 if self._exists(h.digest()):
                     inode.oid = h.digest()
+                    self._record_checksum(prefix, inode.oid, csum.digest())
                     self._tick(e.path)
                     return
+                csum = hashlib.sha256(prefix)
+
+            def hashed():
+                for chunk in data():
+                    csum.update(chunk)
+                    yield chunk
             try:
-                inode.oid = self.pack.add_stream(OBJ_BLOB, size, data(), self.level, self._exists)
+                inode.oid = self.pack.add_stream(OBJ_BLOB, size, hashed(), self.level, self._exists)
             except ValueError as err:
                 raise BadInput(f"{display(e.path)}: {err}") from None
+            self._record_checksum(prefix, inode.oid, csum.digest())
         self._tick(e.path)
 
     def _tick(self, path: bytes) -> None:
@@ -666,6 +714,7 @@ class Importer:
         except BaseException:
             self.abort()
             raise
+        self._save_checksums()
         self.stats.seconds = time.monotonic() - self._t0
         return cid
 
@@ -688,6 +737,7 @@ class Importer:
         except BaseException:
             self.abort()
             raise
+        self._save_checksums()
         self.stats.seconds = time.monotonic() - self._t0
         if self.progress is not None:
             self.progress.done()

@@ -63,10 +63,14 @@ def test_every_metric_present(quick_results):
         assert all(_produced(v) for v in r["ostree_agreement"][mode])
     assert all(_produced(v) for v in r["git_plain_drops"] + r["export_cache"])
     names = {t["target"] for t in r["targets"]}
-    assert names == {"import_vs_ostree_commit", "import_vs_git_add_commit", "export_cold_vs_ostree_commit",
-                     "export_incremental_vs_cold", "packed_vs_ostree_archive", "git_thin_pack_vs_static_delta",
-                     "gitree_bundle_vs_static_delta", "gitree_import_peak_rss",
+    assert names == {"import_cpu_vs_ostree_commit", "import_vs_git_add_commit", "export_cold_cpu_vs_ostree_commit",
+                     "export_cold_wall_vs_ostree_commit", "export_incremental_vs_cold",
+                     "export_bare_user_cold_vs_ostree_commit", "checkout_dir_vs_ostree_checkout",
+                     "archive_size_reuse_and_level6", "gitree_gc_peak_rss", "packed_vs_ostree_archive",
+                     "git_thin_pack_vs_static_delta", "gitree_bundle_vs_static_delta", "gitree_import_peak_rss",
                      "gitree_export_archive_cold_peak_rss"}
+    sizes = next(t for t in r["targets"] if t["target"] == "archive_size_reuse_and_level6")
+    assert len(sizes["per_version"]) == len(versions)
     for t in r["targets"]:
         assert t["met"] in (True, False, None)
         assert t["met"] is not None or t.get("why"), t

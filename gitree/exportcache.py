@@ -1,0 +1,249 @@
+"""The OSTree export cache: git objects (+ the metadata OSTree hashes) -> OSTree checksums.
+
+A local file store under the git directory, `$GIT_DIR/gitree/ostree-cache/`, outside refs/ and objects/: no git
+transport writes there, and gitree's fetch, clone and bundle apply never do. Every record carries an HMAC-SHA256
+(truncated to 16 bytes) under a per-repository secret key (`key`, 32 random bytes, mode 0600), so a record copied
+from elsewhere, planted or edited fails its MAC: it is dropped with one warning and rebuilt by the export.
+Format and trust argument: docs/ostree-bridge.md, "The export cache and its trust"; docs/format.md.
+
+Files in the cache directory:
+    key        32 random bytes (created once, O_EXCL|O_NOFOLLOW, mode 0600; never copied by clone or bundle)
+    records    HEADER then fixed-size records sorted by key: key (20) | value (32) | mac (16)
+    lock       flock'ed while `records` is rewritten (write a new file, fsync, rename)
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import hmac
+import os
+import stat
+import struct
+
+from .errors import GitreeError
+
+CACHE_DIR = ("gitree", "ostree-cache")
+MAGIC = b"gitreeOC"
+VERSION = 1
+KEY_LEN, VALUE_LEN, MAC_LEN = 20, 32, 16
+RECORD = KEY_LEN + VALUE_LEN + MAC_LEN
+HEADER = MAGIC + struct.pack(">HHI", VERSION, RECORD, 0)   # 16 bytes
+SECRET_LEN = 32
+MAX_RECORDS = 1 << 20          # 68 MiB: beyond this a save starts the cache over with this run's records
+
+# Record kinds (the first part hashed into a key).
+FILE, DIRTREE, DIRMETA, COMMIT = b"file", b"dirtree", b"dirmeta", b"commit"
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def record_key(kind: bytes, *parts: bytes) -> bytes:
+    """The 20-byte key of a record: BLAKE2b over the kind and the length-prefixed parts."""
+    h = hashlib.blake2b(digest_size=KEY_LEN)
+    for p in (kind, *parts):
+        h.update(struct.pack(">I", len(p)))
+        h.update(p)
+    return h.digest()
+
+
+def _open_dir(parent_fd: int | None, name: str) -> int:
+    """Open (creating, mode 0700) a real directory, never through a symlink."""
+    try:
+        os.mkdir(name, 0o700, dir_fd=parent_fd)
+    except FileExistsError:
+        pass
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    except OSError as e:
+        raise GitreeError(f"export cache directory {name}: {e.strerror} (not a directory, or a symlink?)") from None
+
+
+class ExportCache:
+    """Lookups verify the record's MAC; `put` collects new records; `save` merges them in, atomically."""
+
+    def __init__(self, git_dir: str, warn):
+        self.warn = warn
+        self.warned = False
+        self.dfd = -1
+        gfd = os.open(git_dir, _DIR_FLAGS)
+        try:
+            top = _open_dir(gfd, CACHE_DIR[0])
+        finally:
+            os.close(gfd)
+        try:
+            self.dfd = _open_dir(top, CACHE_DIR[1])
+        finally:
+            os.close(top)
+        try:
+            self.secret = self._secret()
+        except BaseException:
+            self.close()
+            raise
+        self._hmac = hmac.new(self.secret, HEADER, hashlib.sha256)  # copied per record: the key schedule once
+        self.data = b""
+        self.index: dict[bytes, int] = {}
+        self.new: dict[bytes, bytes] = {}
+        self.bad: set[bytes] = set()
+        self._load()
+
+    def close(self) -> None:
+        if self.dfd >= 0:
+            os.close(self.dfd)
+            self.dfd = -1
+
+    def __del__(self):
+        if getattr(self, "dfd", -1) >= 0:
+            self.close()
+
+    # the secret key
+
+    def _secret(self) -> bytes:
+        try:
+            fd = os.open("key", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=self.dfd)
+        except FileNotFoundError:
+            return self._new_secret()
+        except OSError:  # a symlink (ELOOP) or worse: not ours
+            fd = -1
+        if fd >= 0:
+            try:
+                st = os.fstat(fd)
+                data = os.read(fd, SECRET_LEN + 1) if stat.S_ISREG(st.st_mode) else b""
+            finally:
+                os.close(fd)
+            if len(data) == SECRET_LEN and st.st_uid == os.geteuid() and not st.st_mode & 0o077:
+                return data
+        self._note("its key file is not a private 32-byte file of this user; making a new key")
+        try:
+            os.unlink("key", dir_fd=self.dfd)
+        except OSError as e:
+            raise GitreeError(f"cannot replace its key file: {e.strerror}") from None
+        return self._new_secret()
+
+    def _new_secret(self) -> bytes:
+        secret = os.urandom(SECRET_LEN)
+        tmp = f"key.tmp.{os.getpid()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                     dir_fd=self.dfd)
+        try:
+            os.write(fd, secret)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            # link() never replaces: of two processes creating the key at once, one key wins for both
+            os.link(tmp, "key", src_dir_fd=self.dfd, dst_dir_fd=self.dfd, follow_symlinks=False)
+        except FileExistsError:
+            os.unlink(tmp, dir_fd=self.dfd)
+            return self._secret()
+        os.unlink(tmp, dir_fd=self.dfd)
+        os.fsync(self.dfd)
+        return secret
+
+    # records
+
+    def _note(self, why: str) -> None:
+        if not self.warned:
+            self.warned = True
+            self.warn(f"the OSTree export cache: {why}; dropped records are rebuilt by this export")
+
+    def _read_records(self) -> bytes:
+        try:
+            fd = os.open("records", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=self.dfd)
+        except FileNotFoundError:
+            return b""
+        except OSError:
+            self._note("its records file is not a regular file")
+            return b""
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_size > len(HEADER) + MAX_RECORDS * RECORD:
+                self._note("its records file is not a regular file of at most the documented size")
+                return b""
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                data = f.read()
+        finally:
+            os.close(fd)
+        if data[:len(HEADER)] != HEADER or (len(data) - len(HEADER)) % RECORD:
+            self._note("its records file has an unknown header or a partial record")
+            return b""
+        return data
+
+    def _load(self) -> None:
+        self.data = data = self._read_records()
+        self.index = {data[i:i + KEY_LEN]: i for i in range(len(HEADER), len(data), RECORD)}
+
+    def _mac(self, key: bytes, value: bytes) -> bytes:
+        h = self._hmac.copy()
+        h.update(key + value)
+        return h.digest()[:MAC_LEN]
+
+    def get(self, key: bytes) -> bytes | None:
+        v = self.new.get(key)
+        if v is not None:
+            return v
+        off = self.index.get(key)
+        if off is None or key in self.bad:
+            return None
+        value = self.data[off + KEY_LEN:off + KEY_LEN + VALUE_LEN]
+        if not hmac.compare_digest(self.data[off + KEY_LEN + VALUE_LEN:off + RECORD], self._mac(key, value)):
+            self.bad.add(key)
+            self._note("a record fails its authentication (planted, edited or copied from elsewhere)")
+            return None
+        return value
+
+    def put(self, key: bytes, value: bytes) -> None:
+        if len(value) != VALUE_LEN:
+            raise ValueError("an export cache value is 32 bytes")
+        if self.get(key) != value:
+            self.new[key] = value
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self.new or self.bad)
+
+    def save(self) -> None:
+        """Merge the new records into the file as it is now (another export may have saved meanwhile)."""
+        if not self.dirty:
+            return
+        lfd = os.open("lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=self.dfd)
+        try:
+            fcntl.flock(lfd, fcntl.LOCK_EX)
+            cur = self._read_records()
+            recs = {cur[i:i + KEY_LEN]: cur[i:i + RECORD] for i in range(len(HEADER), len(cur), RECORD)}
+            for k in self.bad:
+                if recs.get(k) == self.data[self.index[k]:self.index[k] + RECORD]:
+                    del recs[k]
+            if len(recs) + len(self.new) > MAX_RECORDS:
+                recs = {}
+            for k, v in self.new.items():
+                recs[k] = k + v + self._mac(k, v)
+            tmp = f"records.tmp.{os.getpid()}"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                         dir_fd=self.dfd)
+            try:
+                with os.fdopen(fd, "wb", closefd=False) as f:
+                    f.write(HEADER)
+                    f.write(b"".join(recs[k] for k in sorted(recs)))
+                os.fsync(fd)
+            except BaseException:
+                os.close(fd)
+                os.unlink(tmp, dir_fd=self.dfd)
+                raise
+            os.close(fd)
+            os.rename(tmp, "records", src_dir_fd=self.dfd, dst_dir_fd=self.dfd)
+            os.fsync(self.dfd)
+        finally:
+            os.close(lfd)
+        self.new.clear()
+        self.bad.clear()
+        self._load()
+
+
+def open_cache(git_dir: str, warn) -> ExportCache | None:
+    """The repository's cache, or None (with a warning) if it cannot be opened: exports then run uncached."""
+    try:
+        return ExportCache(git_dir, warn)
+    except (GitreeError, OSError) as e:
+        warn(f"the OSTree export cache cannot be used ({e}); exporting without it")
+        return None

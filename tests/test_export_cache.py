@@ -1,0 +1,325 @@
+"""The OSTree export cache (gitree/exportcache.py) and the pack reader export copies deflate streams with.
+
+The attacks of issue 9 point 1 (a planted cache makes export ship an older tree) against the real `ostree commit`
+as the oracle: whatever is planted, copied or edited, the export equals `ostree commit` of the tree and fsck is clean.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import struct
+import subprocess
+import zlib
+
+import pygit2
+import pytest
+from helpers import last_line, run_gitree
+from test_ostree_bridge import build_t1, fresh_ostree, ostree, ostree_commit
+
+from gitree import exportcache as ec
+from gitree.errors import CorruptObject
+from gitree.packreader import PackSet, inflate_chunks, parse_entry_header, zlib_to_raw
+from gitree.packwriter import pack_entry_header
+from gitree.store import Repo
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="ostree commit of arbitrary owners needs root")
+
+SUDO_OLD = b"#!/bin/sh\necho old vulnerable sudo\n" * 50
+SUDO_NEW = b"#!/bin/sh\necho fixed sudo\n" * 50
+
+
+def _two_versions(work):
+    """A repository with v1 (old sudo) exported to an archive repo, and v2 (new sudo) imported; the tree dir."""
+    src = os.path.join(work, "tree")
+    os.makedirs(src)
+    build_t1(src)
+    sudo = os.path.join(src, "bin", "sudo")
+    with open(sudo, "wb") as f:
+        f.write(SUDO_OLD)
+    os.chmod(sudo, 0o4755)
+    repo = os.path.join(work, "g.git")
+    target = os.path.join(work, "o")
+    run_gitree("-C", repo, "init")
+    run_gitree("-C", repo, "import-rootfs", src, "-b", "os", "--timestamp", "100", "-m", "v1")
+    run_gitree("-C", repo, "export-ostree", "os", "--ostree-repo", target)
+    with open(sudo, "wb") as f:
+        f.write(SUDO_NEW)
+    os.chmod(sudo, 0o4755)
+    run_gitree("-C", repo, "import-rootfs", src, "-b", "os", "--timestamp", "200", "-m", "v2")
+    return repo, target, src
+
+
+def _want(work, src, mode="archive"):
+    real = fresh_ostree(os.path.join(work, f"real-{mode}"), mode)
+    c = ostree_commit(real, src, "os", 200, "v2")
+    return ostree(f"--repo={real}", "ls", "-C", c, "/").split()[4:6]  # root dirtree, dirmeta
+
+
+def _root(target, rev="os"):
+    return ostree(f"--repo={target}", "ls", "-C", rev, "/").split()[4:6]
+
+
+def _v1_root_and_v2_trees(repo, target):
+    g = pygit2.Repository(repo)
+    v2 = g.revparse_single("os").peel(pygit2.Commit)
+    top = {e.name: e.id.raw for e in v2.tree}
+    old_root = ostree(f"--repo={target}", "ls", "-C", "os", "/").split()[4:6]
+    return top["rootfs"], top["meta"], old_root
+
+
+def _old_style_key(*parts: bytes) -> bytes:
+    h = hashlib.sha1()
+    for p in parts:
+        h.update(struct.pack(">I", len(p)))
+        h.update(p)
+    return h.digest()
+
+
+def test_planted_cache_ref_is_ignored_and_deleted(work):
+    """Issue 9 point 1: refs/gitree/ostree-cache mapping v2's root to v1's objects (as a bundle could plant it)."""
+    repo, target, src = _two_versions(work)
+    content, meta, (old_tree, old_meta) = _v1_root_and_v2_trees(repo, target)
+    g = pygit2.Repository(repo)
+    dirs = g.create_blob(_old_style_key(b"dir", b"full", content, meta) + bytes.fromhex(old_tree)
+                         + bytes.fromhex(old_meta))
+    tb = g.TreeBuilder()
+    tb.insert("dirs", dirs, pygit2.enums.FileMode.BLOB)
+    sig = pygit2.Signature("gitree", "gitree@localhost", 0, 0)
+    cid = g.create_commit(None, sig, sig, "gitree OSTree export cache\n", tb.write(), [])
+    # the attacker's route: a bundle naming that ref (refused or not by bundle apply, it must not matter)
+    attacker = os.path.join(work, "attacker.git")
+    subprocess.run(["git", "clone", "-q", "--bare", repo, attacker], check=True)
+    pygit2.Repository(attacker).create_reference_direct("refs/gitree/ostree-cache", cid, True)
+    bundle = os.path.join(work, "planted.bundle")
+    made = run_gitree("-C", attacker, "bundle", "create", "os", bundle, "--branch", "refs/gitree/ostree-cache",
+                      check=False)
+    if made.returncode == 0:
+        run_gitree("-C", repo, "bundle", "apply", bundle, check=False)
+    g.create_reference_direct("refs/gitree/ostree-cache", cid, True)  # and planted directly, in any case
+    r = run_gitree("-C", repo, "export-ostree", "os", "--ostree-repo", target)
+    assert "ignored and deleted refs/gitree/ostree-cache" in r.stderr.decode()
+    assert pygit2.Repository(repo).references.get("refs/gitree/ostree-cache") is None
+    assert _root(target) == _want(work, src) != [old_tree, old_meta]
+    ostree(f"--repo={target}", "fsck")
+
+
+def _plant(repo: str, key: bytes, value: bytes, mac: bytes) -> None:
+    """Insert one record into the cache file, keeping it sorted (as an attacker with write access could)."""
+    path = os.path.join(repo, *ec.CACHE_DIR, "records")
+    data = open(path, "rb").read()
+    recs = {data[i:i + ec.KEY_LEN]: data[i:i + ec.RECORD] for i in range(len(ec.HEADER), len(data), ec.RECORD)}
+    recs[key] = key + value + mac
+    with open(path, "wb") as f:
+        f.write(ec.HEADER + b"".join(recs[k] for k in sorted(recs)))
+
+
+@pytest.mark.parametrize("forgery", ["attacker-key", "random-mac", "copied-cache-without-key"])
+def test_forged_records_cannot_make_export_ship_a_wrong_tree(work, forgery):
+    repo, target, src = _two_versions(work)
+    content, meta, (old_tree, old_meta) = _v1_root_and_v2_trees(repo, target)
+    attacker_key = os.urandom(32)
+    forged = {ec.record_key(ec.DIRTREE, b"full", content, meta): bytes.fromhex(old_tree),
+              ec.record_key(ec.DIRMETA, b"full", content, meta): bytes.fromhex(old_meta)}
+    for k, v in forged.items():
+        mac = hmac.digest(attacker_key, ec.HEADER + k + v, "sha256")[:ec.MAC_LEN] if forgery != "random-mac" \
+            else os.urandom(ec.MAC_LEN)
+        _plant(repo, k, v, mac)
+    if forgery == "copied-cache-without-key":
+        # the whole directory arrives from elsewhere, its records made under a key this repository never had
+        with open(os.path.join(repo, *ec.CACHE_DIR, "key"), "wb") as f:
+            f.write(attacker_key)
+        os.chmod(os.path.join(repo, *ec.CACHE_DIR, "key"), 0o644)  # not private: replaced by a new key
+    r = run_gitree("-C", repo, "export-ostree", "os", "--ostree-repo", target)
+    err = r.stderr.decode()
+    assert err.count("OSTree export cache") == 1, err
+    assert _root(target) == _want(work, src) != [old_tree, old_meta]
+    ostree(f"--repo={target}", "fsck")
+    # the forged records were dropped and the cache rebuilt: the next export is silent and all cached
+    r = run_gitree("-C", repo, "export-ostree", "os", "--ostree-repo", os.path.join(work, "o2"))
+    assert "OSTree export cache" not in r.stderr.decode()
+
+
+def test_tampered_cache_file_is_detected_and_rebuilt(work):
+    repo, target, src = _two_versions(work)
+    path = os.path.join(repo, *ec.CACHE_DIR, "records")
+    data = bytearray(open(path, "rb").read())
+    assert len(data) > len(ec.HEADER) + 10 * ec.RECORD
+    for i in range(len(ec.HEADER), len(data), ec.RECORD):  # flip one bit in every value
+        data[i + ec.KEY_LEN] ^= 1
+    open(path, "wb").write(data)
+    fresh = os.path.join(work, "fresh")
+    r = run_gitree("-C", repo, "export-ostree", "os", "--ostree-repo", fresh)
+    assert r.stderr.decode().count("fails its authentication") == 1
+    assert _root(fresh) == _want(work, src)
+    ostree(f"--repo={fresh}", "fsck")
+    r = run_gitree("-C", repo, "export-ostree", "os", "--ostree-repo", os.path.join(work, "fresh2"))
+    assert "OSTree export cache" not in r.stderr.decode()
+    # a file that is not a cache at all is dropped whole, with one line
+    open(path, "wb").write(b"garbage" * 100)
+    r = run_gitree("-C", repo, "export-ostree", "os", "--ostree-repo", os.path.join(work, "fresh3"))
+    assert r.stderr.decode().count("OSTree export cache") == 1
+    assert _root(os.path.join(work, "fresh3")) == _want(work, src)
+
+
+def test_key_file_is_private_and_never_followed(work):
+    repo = Repo.init(os.path.join(work, "g.git"))
+    d = os.path.join(repo.path, *ec.CACHE_DIR)
+    c = ec.ExportCache(repo.path, warn=lambda m: None)
+    c.put(ec.record_key(ec.FILE, b"x"), b"\1" * 32)
+    c.save()
+    c.close()
+    st = os.lstat(os.path.join(d, "key"))
+    assert st.st_size == 32 and st.st_mode & 0o777 == 0o600
+    assert os.stat(d).st_mode & 0o777 == 0o700
+    # a key replaced by a symlink to some other file is not read through: a new key, old records dropped
+    secret = os.path.join(work, "secret")
+    open(secret, "wb").write(b"s" * 32)
+    os.unlink(os.path.join(d, "key"))
+    os.symlink(secret, os.path.join(d, "key"))
+    msgs = []
+    c = ec.ExportCache(repo.path, warn=msgs.append)
+    assert c.get(ec.record_key(ec.FILE, b"x")) is None
+    assert len(msgs) == 1 and not os.path.islink(os.path.join(d, "key"))
+    assert open(secret, "rb").read() == b"s" * 32
+    c.close()
+
+
+def test_concurrent_saves_merge(work):
+    repo = Repo.init(os.path.join(work, "g.git"))
+    a = ec.ExportCache(repo.path, warn=pytest.fail)
+    b = ec.ExportCache(repo.path, warn=pytest.fail)
+    ka, kb = ec.record_key(ec.FILE, b"a"), ec.record_key(ec.FILE, b"b")
+    a.put(ka, b"a" * 32)
+    b.put(kb, b"b" * 32)
+    a.save()
+    b.save()
+    c = ec.ExportCache(repo.path, warn=pytest.fail)
+    assert (c.get(ka), c.get(kb)) == (b"a" * 32, b"b" * 32)
+    for x in (a, b, c):
+        x.close()
+
+
+def test_import_records_checksums_that_export_uses(work):
+    """import-rootfs hashes as it writes; the export then writes every file without reading it (raw deflate)."""
+    src = os.path.join(work, "tree")
+    os.makedirs(src)
+    build_t1(src)
+    with open(os.path.join(src, "big.bin"), "wb") as f:
+        f.write(os.urandom(1 << 20) + b"\0" * (3 << 20))
+    repo = os.path.join(work, "g.git")
+    run_gitree("-C", repo, "init")
+    run_gitree("-C", repo, "import-rootfs", src, "-b", "b", "--timestamp", "5", "-m", "s")
+    c = ec.ExportCache(repo, warn=pytest.fail)
+    files = [k for k in c.index]
+    assert len(files) == 6  # the six regular files of T1 plus big.bin, less the duplicate empty/none
+    c.close()
+    real = fresh_ostree(os.path.join(work, "real"), "archive")
+    want = ostree_commit(real, src, "b", 5, "s")
+    for mode in ("archive", "bare-user", "bare"):
+        out = os.path.join(work, f"o-{mode}")
+        assert last_line(run_gitree("-C", repo, "export-ostree", "b", "--ostree-repo", out, "--mode", mode)) == \
+            want
+        ostree(f"--repo={out}", "fsck")
+
+
+@pytest.mark.parametrize("level", ["reuse", "1", "6", "9"])
+def test_compression_choices_give_the_same_commit(work, level):
+    src = os.path.join(work, "tree")
+    os.makedirs(src)
+    build_t1(src)
+    with open(os.path.join(src, "text"), "wb") as f:
+        f.write(b"".join(b"line %d of a compressible file\n" % i for i in range(50000)))
+    repo = os.path.join(work, "g.git")
+    run_gitree("-C", repo, "init")
+    run_gitree("-C", repo, "import-rootfs", src, "-b", "b", "--timestamp", "5", "-m", "s")
+    real = fresh_ostree(os.path.join(work, "real"), "archive")
+    want = ostree_commit(real, src, "b", 5, "s")
+    out = os.path.join(work, "o")
+    assert last_line(run_gitree("-C", repo, "export-ostree", "b", "--ostree-repo", out,
+                                "--compression", level)) == want
+    ostree(f"--repo={out}", "fsck")
+    co = os.path.join(work, "co")
+    ostree(f"--repo={out}", "checkout", "-U", "b", co)
+    assert open(os.path.join(co, "text"), "rb").read() == open(os.path.join(src, "text"), "rb").read()
+    bad = run_gitree("-C", repo, "export-ostree", "b", "--ostree-repo", out, "--compression", "11", check=False)
+    assert bad.returncode != 0 and "--compression" in bad.stderr.decode()
+
+
+def test_export_without_cached_checksums_hashes_the_pack_stream(work):
+    """No cache at all (deleted): reuse inflates each pack entry once to hash it, and still copies raw deflate."""
+    src = os.path.join(work, "tree")
+    os.makedirs(src)
+    build_t1(src)
+    repo = os.path.join(work, "g.git")
+    run_gitree("-C", repo, "init")
+    run_gitree("-C", repo, "import-rootfs", src, "-b", "b", "--timestamp", "5", "-m", "s")
+    import shutil
+    shutil.rmtree(os.path.join(repo, "gitree"))
+    real = fresh_ostree(os.path.join(work, "real"), "archive")
+    out = os.path.join(work, "o")
+    assert last_line(run_gitree("-C", repo, "export-ostree", "b", "--ostree-repo", out)) == \
+        ostree_commit(real, src, "b", 5, "s")
+    ostree(f"--repo={out}", "fsck")
+
+
+# ---------------------------------------------------------------------------------------------
+# The pack reader, against packs written by git itself
+
+def test_pack_reader_reads_whole_objects_and_refuses_deltas_and_damage(work):
+    g = os.path.join(work, "p.git")
+    subprocess.run(["git", "init", "-q", "--bare", g], check=True)
+    r = pygit2.Repository(g)
+    base = os.urandom(4000)
+    blobs = [r.create_blob(base + b"v%d" % i) for i in range(6)]  # similar: git repack makes deltas
+    blobs += [r.create_blob(b""), r.create_blob(b"x" * 100000)]
+    tb = r.TreeBuilder()
+    for i, oid in enumerate(blobs):
+        tb.insert(f"f{i}", oid, pygit2.enums.FileMode.BLOB)
+    sig = pygit2.Signature("t", "t@t", 0, 0)
+    r.create_commit("refs/heads/main", sig, sig, "m", tb.write(), [])
+    subprocess.run(["git", "--git-dir", g, "repack", "-a", "-d", "-f", "-q", "--window=10"], check=True)
+    ps = PackSet(os.path.join(g, "objects"))
+    whole = deltas = 0
+    for oid in blobs:
+        s = ps.blob(oid.raw)
+        if s is None:
+            deltas += 1
+            continue
+        whole += 1
+        data = zlib.decompress(s.read_raw(), -15)
+        assert s.verify() and b"".join(inflate_chunks(s, "t", 1000)) == data
+        assert data == r[oid].data and s.size == len(data)
+    assert whole >= 3 and deltas >= 1
+    assert ps.blob(b"\0" * 20) is None
+    ps.close()
+    # a flipped bit in an entry fails its CRC-32: never handed out
+    pack = [p for p in os.listdir(os.path.join(g, "objects", "pack")) if p.endswith(".pack")][0]
+    path = os.path.join(g, "objects", "pack", pack)
+    data = bytearray(open(path, "rb").read())
+    big = PackSet(os.path.join(g, "objects")).blob(blobs[-1].raw)
+    assert big is not None
+    off = data.find(big.read_raw()[:16])
+    data[off + 5] ^= 0x40
+    os.chmod(path, 0o644)
+    open(path, "wb").write(data)
+    bad = PackSet(os.path.join(g, "objects")).blob(blobs[-1].raw)
+    assert not bad.verify()
+    out = os.open(os.path.join(work, "copy"), os.O_WRONLY | os.O_CREAT, 0o600)
+    assert not bad.verified_copy(out) and os.fstat(out).st_size == 0
+    os.close(out)
+    with pytest.raises(CorruptObject):
+        b"".join(inflate_chunks(bad, "t"))
+
+
+def test_entry_header_and_zlib_framing_round_trip():
+    for otype, size in ((3, 0), (3, 15), (3, 16), (1, 1 << 40), (2, 123456789)):
+        h = pack_entry_header(otype, size)
+        assert parse_entry_header(h + b"tail", 0, len(h) + 4) == (otype, size, len(h))
+    assert parse_entry_header(b"\xff" * 20, 0, 20) is None
+    for payload in (b"", b"abc" * 1000):
+        z = zlib.compress(payload, 1)
+        assert zlib.decompress(bytes(zlib_to_raw(z)), -15) == payload
+    assert zlib_to_raw(b"\x78\x9c" + b"\0" * 10) is not None
+    assert zlib_to_raw(b"\x78\xbb" + b"\0" * 10) is None   # FDICT / bad check bits
