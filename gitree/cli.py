@@ -314,10 +314,11 @@ def fsck(c: Ctx, revs):
 
 
 def main(argv=None) -> int:
-    """Run the CLI in a thread with a large stack: trees may be up to MAX_DEPTH directories deep, and
-    walking them recurses once per level."""
-    sys.setrecursionlimit(max(sys.getrecursionlimit(), 20 * 2048))
-    threading.stack_size(512 << 20)
+    """Run the CLI in a thread (so Ctrl-C can clean up), with the default stack: the git reader, the
+    writers and diff walk trees iteratively, whatever their depth. The recursion limit only leaves
+    room for a generator per level of a tree at the depth limit."""
+    from .entry import MAX_DEPTH
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 2 * MAX_DEPTH + 1000))
     result: list[int] = []
     t = threading.Thread(target=lambda: result.append(_main(argv)), name="gitree", daemon=True)
     t.start()

@@ -100,9 +100,9 @@ def check_fields(e: "Entry") -> str | None:
         return "symlink target is empty or contains NUL"
     if e.rdev is not None and not (0 <= e.rdev[0] < 4096 and 0 <= e.rdev[1] < (1 << 20)):
         return f"device number {e.rdev[0]},{e.rdev[1]} out of Linux's range (major < 4096, minor < 2^20)"
-    for name, value in e.xattrs:
-        if not name or b"\0" in name or len(name) > 255:
-            return f"xattr name {name!r} is empty, too long or contains NUL"
-        if len(value) > 65536:
-            return f"xattr {name!r} value is longer than 64 KiB"
+    if e.kind is Kind.SYMLINK and e.target is not None and len(e.target) > 4095:
+        return "symlink target is longer than 4095 bytes (Linux's PATH_MAX less the NUL)"
+    if e.xattrs:
+        from .xattrs import check_xattrs  # imported here: xattrs -> limits -> entry
+        return check_xattrs(e.xattrs, e.kind is Kind.DIR)
     return None
