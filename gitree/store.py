@@ -45,6 +45,7 @@ STREAM_BLOB = 32 << 20        # blobs larger than this are read through `git cat
 BATCH_BYTES = 4 << 20         # small files are hashed and compressed in batches of this many bytes...
 BATCH_FILES = 512             # ...or this many files
 WORKERS = max(2, min(4, os.cpu_count() or 2))
+_TYPE_NAMES = {OBJ_BLOB: "blob", OBJ_TREE: "tree", OBJ_COMMIT: "commit"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,10 +162,14 @@ class Repo:
             os.close(fd)
 
     def branch_ref(self, branch: str) -> str:
-        name = branch if branch.startswith("refs/") else "refs/heads/" + branch
-        if not pygit2.reference_is_valid_name(name):
-            raise GitreeError(f"invalid branch name: {branch}")
-        return name
+        """refs/heads/<branch>: the only refs gitree moves for data (imports, bundles, fetches, clones).
+        The name follows git's check-ref-format --branch; refs/<anything else> is refused, so nothing that
+        arrives can create or move a ref gitree keeps for itself."""
+        name = branch[len("refs/heads/"):] if branch.startswith("refs/heads/") else branch
+        if not name or name == "HEAD" or name.startswith(("-", "refs/")) \
+                or not pygit2.reference_is_valid_name("refs/heads/" + name):
+            raise GitreeError(f"invalid branch name: {branch} (only branches, refs/heads/<name>, are written)")
+        return "refs/heads/" + name
 
     def branch_tip(self, branch: str) -> bytes | None:
         try:
@@ -218,14 +223,18 @@ class Repo:
             raise CorruptObject(f"object {oid.hex()} ({where}) has the wrong type")
         return data
 
-    def blob_size(self, oid: bytes, where: str = "") -> int:
+    def object_size(self, oid: bytes, expect: int, where: str = "") -> int:
+        """An object's size from its header, checking that it exists and has type `expect`."""
         try:
             otype, size = self._thread_git().odb.read_header(pygit2.Oid(raw=oid))
         except KeyError:
             raise CorruptObject(f"missing object {oid.hex()} ({where})") from None
-        if int(otype) != OBJ_BLOB:
-            raise CorruptObject(f"object {oid.hex()} ({where}) is not a blob")
+        if int(otype) != expect:
+            raise CorruptObject(f"object {oid.hex()} ({where}) is not a {_TYPE_NAMES[expect]}")
         return size
+
+    def blob_size(self, oid: bytes, where: str = "") -> int:
+        return self.object_size(oid, OBJ_BLOB, where)
 
     def blob_chunks(self, oid: bytes, size: int | None = None, where: str = "") -> Iterator[bytes]:
         """A blob's bytes; large blobs are streamed by git itself, never held whole in memory."""
@@ -259,12 +268,7 @@ class Repo:
 
     def read_bounded(self, oid: bytes, expect: int, limit: int, where: str = "") -> bytes:
         """An object's bytes, refused from its header (before it is inflated) when larger than `limit`."""
-        try:
-            otype, size = self._thread_git().odb.read_header(pygit2.Oid(raw=oid))
-        except KeyError:
-            raise CorruptObject(f"missing object {oid.hex()} ({where})") from None
-        if int(otype) != expect:
-            raise CorruptObject(f"object {oid.hex()} ({where}) has the wrong type")
+        size = self.object_size(oid, expect, where)
         if size > limit:
             raise CorruptObject(f"object {oid.hex()} ({where}) is {size} bytes, more than the limit of {limit}")
         return self.read(oid, expect, where)
