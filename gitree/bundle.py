@@ -449,9 +449,12 @@ def read_pack(read: Callable[[int], bytes], where: str) -> Iterator[tuple[int, i
                 part = d.decompress(buf, min(_READ * 16, size + 1 - got))
             except zlib.error:
                 raise CorruptObject(f"{where}: bad zlib data in the pack") from None
-            used = len(buf) - len(d.unconsumed_tail) - len(d.unused_data)
+            # at the end of the stream CPython leaves the rest of the input in unused_data (and a copy in
+            # unconsumed_tail when max_length also stopped it); before it, in unconsumed_tail
+            rest = d.unused_data if d.eof else d.unconsumed_tail
+            used = len(buf) - len(rest)
             sha.update(buf[:used])
-            buf = d.unconsumed_tail + d.unused_data if d.eof else d.unconsumed_tail
+            buf = rest
             got += len(part)
             if got > size:
                 raise CorruptObject(f"{where}: pack object larger than its header says")

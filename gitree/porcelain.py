@@ -268,7 +268,9 @@ def _slash(kind: Kind) -> str:
 
 def _diff_dir(repo: Repo, path: bytes, a: tuple[bytes, bytes], b: tuple[bytes, bytes], roots) -> Iterator[str]:
     """Compare two directories and everything under them: an explicit stack, one frame per level."""
+    from .store import _Walker
     stack: list = []
+    readers = (_Walker(repo, None, roots[0]), _Walker(repo, None, roots[1]))
 
     def enter(p: bytes, x: tuple[bytes, bytes], y: tuple[bytes, bytes]):
         na, nb = repo.read_dir(p, *x), repo.read_dir(p, *y)
@@ -291,6 +293,10 @@ def _diff_dir(repo: Repo, path: bytes, a: tuple[bytes, bytes], b: tuple[bytes, b
             continue
         p = dpath + b"/" + name if dpath else name
         x, y = ra.get(name), rb.get(name)
+        # every non-directory row of a directory diff reads is checked as the walk checks it
+        for reader, node, row in ((readers[0], na, x), (readers[1], nb, y)):
+            if row is not None and row.kind is not Kind.DIR:
+                reader.entry(p, node, row)
         if x is not None and y is not None and x.kind is Kind.DIR and y.kind is Kind.DIR:
             ca, cb = (na.content[name][1], na.meta[name]), (nb.content[name][1], nb.meta[name])
             if ca != cb:

@@ -538,38 +538,45 @@ class _Walker:
                 continue
             cpath = dpath + b"/" + row.name if dpath else row.name
             self._tick()
-            ent = Entry(cpath, row.kind, row.mode, row.uid, row.gid, row.xattrs, rdev=row.rdev,
-                        mtime_ns=row.mtime_ns, hardlink=row.hardlink)
-            c = node.content.get(row.name)
             if row.kind is Kind.DIR:
-                if base_depth + len(stack) + 1 > limits.MAX_TREE_DEPTH:
+                if base_depth + len(stack) > limits.MAX_TREE_DEPTH:
                     self.fault(cpath[:200], f"deeper than {limits.MAX_TREE_DEPTH} directory levels (the depth limit)")
                     continue
-                child = self._read(cpath, c[1], node.meta[row.name])
+                child = self._read(cpath, node.content[row.name][1], node.meta[row.name])
                 if child is None:
                     continue
                 r = child.self_row
                 yield Entry(cpath, Kind.DIR, r.mode, r.uid, r.gid, r.xattrs, mtime_ns=r.mtime_ns)
                 stack.append((cpath, child, iter(child.rows)))
                 continue
-            if c is not None:
-                ent.oid = c[1]
-            if row.kind is Kind.SYMLINK:
-                try:
-                    ent.target = self.repo.read_bounded(c[1], OBJ_BLOB, limits.SYMLINK_MAX, display(cpath))
-                except CorruptObject as e:
-                    self.fault(cpath, str(e))
-                    continue
-                why = check_fields(ent)
-                if why is not None:
-                    self.fault(cpath, why)
-                    continue
-            if row.hardlink is not None:
-                why = self._check_link(cpath, ent)
-                if why is not None:
-                    self.fault(cpath, why)
-                    continue
-            yield ent
+            ent = self.entry(cpath, node, row)
+            if ent is not None:
+                yield ent
+
+    def entry(self, path: bytes, node: DirNode, row: sidetable.Row) -> Entry | None:
+        """The entry of a non-directory row of a validated directory: its symlink target read (bounded)
+        and checked, its hard link checked. None after a fault (with `problems`)."""
+        ent = Entry(path, row.kind, row.mode, row.uid, row.gid, row.xattrs, rdev=row.rdev,
+                    mtime_ns=row.mtime_ns, hardlink=row.hardlink)
+        c = node.content.get(row.name)
+        if c is not None:
+            ent.oid = c[1]
+        if row.kind is Kind.SYMLINK:
+            try:
+                ent.target = self.repo.read_bounded(c[1], OBJ_BLOB, limits.SYMLINK_MAX, display(path))
+            except CorruptObject as e:
+                self.fault(path, str(e))
+                return None
+            why = check_fields(ent)
+            if why is not None:
+                self.fault(path, why)
+                return None
+        if row.hardlink is not None:
+            why = self._check_link(path, ent)
+            if why is not None:
+                self.fault(path, why)
+                return None
+        return ent
 
     def _check_link(self, path: bytes, ent: Entry) -> str | None:
         target = ent.hardlink
