@@ -182,7 +182,7 @@ def changed_bases(repo: Repo, old: bytes, new: bytes) -> set[bytes]:
     r = subprocess.run(["git", "--git-dir", repo.path, "diff-tree", "-r", "-t", "-z", "-M50%", "-l20000",
                         "--no-commit-id", old.hex(), new.hex()], capture_output=True)
     if r.returncode != 0:
-        raise GitreeError(f"git diff-tree failed: {r.stderr.decode(errors='replace').strip()}")
+        raise GitreeError(f"git diff-tree failed: {_last_line(r.stderr)}")
     out = set()
     fields = r.stdout.split(b"\0")
     i = 0
@@ -220,7 +220,7 @@ def _resolve_range(repo: Repo, spec: str, branch: str | None) -> tuple[bytes | N
         old_s, new_s = "", spec
     new = repo.resolve(new_s).id.raw
     old = repo.resolve(old_s).id.raw if old_s else None
-    repo.commit_trees(repo.resolve(new_s))  # refuse a non-gitree commit
+    repo.verify(repo.resolve(new_s))  # gitree writes no bundle its own reader would refuse
     if branch is None:
         full = f"refs/heads/{new_s}"
         if full not in repo.git.references:
@@ -233,6 +233,11 @@ def _resolve_range(repo: Repo, spec: str, branch: str | None) -> tuple[bytes | N
         if not repo.git.descendant_of(pygit2.Oid(raw=new), pygit2.Oid(raw=old)):
             raise GitreeError(f"{spec}: {new_s} does not descend from {old_s}")
     return old, new, branch
+
+
+def _last_line(stderr: bytes) -> str:
+    lines = [ln for ln in stderr.decode(errors="replace").splitlines() if ln.strip()]
+    return lines[-1].strip() if lines else "no message"
 
 
 def _run(cmd: list[str], what: str, **kw) -> subprocess.CompletedProcess:
@@ -261,7 +266,7 @@ def create(repo: Repo, spec: str, out_path: str, branch: str | None = None,
                                 "--stdout", "--revs", "--window=0", "--no-reuse-object", "-q"],
                                input=revs.encode(), stdout=f, stderr=subprocess.PIPE)
             if r.returncode != 0:
-                raise GitreeError(f"git pack-objects failed: {r.stderr.decode(errors='replace').strip()}")
+                raise GitreeError(f"git pack-objects failed: {_last_line(r.stderr)}")
         git_size = os.path.getsize(gb)
         positions: list[int] = []
         ref_path = os.path.join(tmpdir, "reference")
@@ -287,7 +292,7 @@ def create(repo: Repo, spec: str, out_path: str, branch: str | None = None,
             cmd += [f"--patch-from={ref_path}"] if positions else ["-T0"]
             r = subprocess.run(cmd + [gb], stdout=fo, stderr=subprocess.PIPE)
             if r.returncode != 0:
-                raise GitreeError(f"zstd failed: {r.stderr.decode(errors='replace').strip()}")
+                raise GitreeError(f"zstd failed: {_last_line(r.stderr)}")
         count = struct.unpack(">I", _pack_count(gb))[0]
         return BundleInfo(out_path, os.path.getsize(out_path), git_size, ref_bytes, count, branch, old, new)
     finally:

@@ -18,6 +18,7 @@ import zlib
 import pygit2
 import pytest
 from helpers import GITREE, last_line, run_gitree
+from test_safety import refs
 
 from gitree import limits
 from gitree.bundle import MAGIC as BUNDLE_MAGIC
@@ -35,14 +36,6 @@ def git(repo: str, *args: str, input: bytes | None = None) -> str:
     r = subprocess.run(["git", "--git-dir", repo, *args], capture_output=True, input=input)
     assert r.returncode == 0, r.stderr.decode()
     return r.stdout.decode().strip()
-
-
-def refs(repo: str) -> dict[str, str]:
-    g = pygit2.Repository(repo)
-    out = {name: str(g.references[name].target) for name in g.references}
-    with open(os.path.join(repo, "HEAD")) as f:
-        out["<HEAD>"] = f.read()
-    return out
 
 
 def tree_snapshot(root: str) -> dict[str, tuple]:
@@ -120,7 +113,7 @@ def make_tar(path: str, members) -> str:
     w = TarWriter(buf.write)
     for m in members:
         name, ifmt, mode = m[0], m[1], m[2]
-        kw = m[3] if len(m) > 3 else {}
+        kw = dict(m[3]) if len(m) > 3 else {}
         data = kw.pop("data", b"")
         if ifmt == stat.S_IFREG:
             kw["size"] = len(data)
