@@ -304,7 +304,7 @@ def gc(c: Ctx, window, depth, compression):
 @click.argument("revs", nargs=-1)
 @pass_ctx
 def fsck(c: Ctx, revs):
-    """Verify side tables against trees and that every object exists (default: every branch)."""
+    """Read commits as every command does and list every fault (default: every commit of every branch)."""
     problems = porcelain.fsck(c.repo(), list(revs))
     for rev, path, msg in problems:
         click.echo(f"{rev}: {'/' + path.decode('utf-8', 'backslashreplace')}: {msg}")

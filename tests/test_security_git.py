@@ -702,3 +702,41 @@ def test_executable_bit_agreement_is_checked(work, base):
     run_gitree("-C", repo, "fsck", commit(repo, root))
     root = root_with(repo, cid, [b"lnk l 777 0 0"], [(MODE_LINK, b"lnk", blob(g, b""))])
     assert_one_error(run_gitree("-C", repo, "ls", "-R", commit(repo, root), check=False), "symlink target")
+
+
+def test_checkout_beyond_the_descriptor_window_round_trips(work, base):
+    """Directories deeper than the writer's descriptor window (closed, then reopened through `..` when the
+    walk climbs back) get their files, siblings and metadata exactly as a tar checkout describes them."""
+    from helpers import dir_summary, tar_summary
+    repo, _ = base
+    members = [(b"./", stat.S_IFDIR, 0o755)]
+    path = b"."
+    for level in range(80):
+        path += b"/l%02d" % level
+        members.append((path + b"/", stat.S_IFDIR, 0o750 if level % 3 else 0o555, {"uid": level}))
+        members.append((path + b"/f", stat.S_IFREG, 0o640, {"data": b"%d" % level}))
+        if level % 10 == 9:
+            members.append((path + b"/h", stat.S_IFREG, 0o640, {"linkname": b"./l00/f", "hardlink": True}))
+    members.append((b"./zz/", stat.S_IFDIR, 0o700))
+    members.append((b"./zz/last", stat.S_IFREG, 0o600, {"data": b"after the climb"}))
+    tar = os.path.join(work, "wide.tar")
+    buf = io.BytesIO()
+    w = TarWriter(buf.write)
+    for m in members:
+        kw = dict(m[3]) if len(m) > 3 else {}
+        data, uid = kw.pop("data", b""), kw.pop("uid", 0)
+        if m[1] == stat.S_IFREG and not kw.get("hardlink"):
+            kw["size"] = len(data)
+        w.add(m[0], m[1], m[2], uid, 0, **kw)
+        if kw.get("size"):
+            w.add_data(data)
+            w.pad(len(data))
+    w.close()
+    with open(tar, "wb") as f:
+        f.write(buf.getvalue())
+    rev = last_line(run_gitree("-C", repo, "import-rootfs", tar, "-b", "wide"))
+    dest, out = os.path.join(work, "dest"), os.path.join(work, "out.tar")
+    r = run_limited("-C", repo, "checkout", rev, dest, nofile=48)
+    assert r.returncode == 0, r.stderr.decode()
+    run_gitree("-C", repo, "checkout", rev, "--tar", out)
+    assert dir_summary(dest) == tar_summary(out)
