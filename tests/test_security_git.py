@@ -404,7 +404,11 @@ def _check_deep_checkout(repo: str, rev: str, dest: str) -> None:
     os.close(fd)
     assert st_f.st_ino == st_h.st_ino and st_f.st_size == 6
     assert len(f) > 4096
-    r = run_limited("-C", repo, "fsck", rev, nofile=64)
+    for args in (["fsck", rev], ["diff", "main", rev], ["ls", "-R", rev],
+                 ["export-ostree", rev, "--ostree-repo", os.path.join(os.path.dirname(dest), "o"), "--ref", "d"]):
+        r = run_limited("-C", repo, *args, nofile=64)
+        assert r.returncode == 0, r.stderr.decode()
+    r = subprocess.run(["ostree", "--repo=" + os.path.join(os.path.dirname(dest), "o"), "fsck"], capture_output=True)
     assert r.returncode == 0, r.stderr.decode()
 
 
