@@ -358,7 +358,6 @@ class DirNode:
     rows: list[sidetable.Row]
     content: dict[bytes, tuple[bytes, bytes]]  # name -> (git mode, oid)
     meta: dict[bytes, bytes]                    # subdirectory name -> meta tree oid
-    faults: list[str]                           # kept for callers; read_dir raises instead
     _by_name: dict[bytes, sidetable.Row] | None = None
 
     def row(self, name: bytes) -> sidetable.Row | None:
@@ -423,13 +422,11 @@ def read_dir(repo: "Repo", path: bytes, content_oid: bytes, meta_oid: bytes) -> 
     del data
     if len(rows) > limits.MAX_DIR_ENTRIES:
         raise TreeFault(path, f"more than {limits.MAX_DIR_ENTRIES} entries in one directory")
-    ndirs = 0
     for row in rows:
         cpath = path + b"/" + row.name if path else row.name
         c = cmap.get(row.name)
         kname = row.kind.name.lower()
         if row.kind is Kind.DIR:
-            ndirs += 1
             if c is None or c[0] != MODE_DIR:
                 raise TreeFault(cpath, "directory in the side table but not in the tree")
             if row.name not in mmap:
@@ -453,7 +450,7 @@ def read_dir(repo: "Repo", path: bytes, content_oid: bytes, meta_oid: bytes) -> 
         if name not in seen:
             raise TreeFault(path + b"/" + name if path else name, "in the "
                                 f"{'content' if name in cmap else 'meta'} tree but not in the side table")
-    return DirNode(self_row, rows, cmap, mmap, [])
+    return DirNode(self_row, rows, cmap, mmap)
 
 
 def _lookup(repo: "Repo", root: tuple[bytes, bytes], path: bytes, cache: dict) -> Entry | None:
@@ -505,6 +502,8 @@ class _Walker:
     def fault(self, path: bytes, msg: str | CorruptObject) -> None:
         if isinstance(msg, TreeFault):
             path, msg = msg.path, msg.detail
+        elif isinstance(msg, CorruptObject) and self.problems is None:
+            raise msg  # its message already names the object
         if self.problems is None:
             raise TreeFault(path, str(msg))
         self.problems.append((path, str(msg)))

@@ -18,6 +18,7 @@ import io
 import os
 import shutil
 import stat
+import subprocess
 import tempfile
 
 import pygit2
@@ -25,7 +26,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from test_safety import refs as all_refs
-from test_security_git import BASE_MEMBERS, _wrap, make_tar
+from test_security_git import BASE_MEMBERS, _wrap, hostile_bundle, make_tar
 
 from gitree.cli import _main
 from gitree.gittree import decode_tree
@@ -228,7 +229,14 @@ def _run_all(world, rev: str, scratch: str, note=event) -> None:
         assert refs(repo) == before_refs
     gtb = os.path.join(scratch, "m.gtb")
     rc, _, err = cli("-C", repo, "bundle", "create", rev, gtb, "--branch", "m")
-    if check_outcome(rc, err, "bundle create"):
+    results["bundle create"] = check_outcome(rc, err, "bundle create")
+    try:  # the same commit as an attacker would bundle it (git's pack of whatever the trees hold)
+        hostile = hostile_bundle(repo, rev, b"refs/heads/m")
+    except subprocess.CalledProcessError:  # git itself cannot pack the mutant
+        hostile = None
+    if hostile is not None:
+        with open(gtb, "wb") as f:
+            f.write(hostile)
         other = os.path.join(scratch, "other.git")
         assert cli("-C", other, "init")[0] == 0
         rc, _, err = cli("-C", other, "bundle", "apply", gtb)

@@ -198,9 +198,13 @@ def assert_refused_everywhere(work: str, repo: str, rev: str, *words: str, base_
     after = tree_snapshot(work)
     assert {k: v for k, v in after.items() if not k.startswith(("ostree", "repo.git"))} == \
         {k: v for k, v in outside.items() if not k.startswith(("ostree", "repo.git"))}
-    # the same commit carried in a bundle is refused by the receiving side too, before any ref moves
+    # gitree writes no bundle of it; one made by hand is refused by the receiving side before any ref moves
     gtb = os.path.join(work, "evil.gtb")
-    run_gitree("-C", repo, "bundle", "create", rev, gtb, "--branch", "evil")
+    assert_one_error(run_gitree("-C", repo, "bundle", "create", rev, gtb, "--branch", "evil", check=False),
+                     *words)
+    assert not os.path.lexists(gtb)
+    with open(gtb, "wb") as f:
+        f.write(hostile_bundle(repo, rev))
     other = os.path.join(work, "other.git")
     if not os.path.exists(other):
         run_gitree("-C", other, "init")
@@ -442,6 +446,14 @@ def test_200_mb_side_table_is_refused_from_its_header(work, base):
 
 # ---------------------------------------------------------------------------------------------
 # bundles
+
+
+def hostile_bundle(repo: str, rev: str, ref: bytes = b"refs/heads/evil") -> bytes:
+    """A gitree bundle of `rev` made as an attacker would, without gitree's own checks: a git bundle
+    header, the pack git writes for the commit, wrapped."""
+    pack = subprocess.run(["git", "--git-dir", repo, "pack-objects", "--stdout", "--revs", "-q"],
+                          input=rev.encode() + b"\n", capture_output=True, check=True).stdout
+    return _wrap(b"# v2 git bundle\n" + rev.encode() + b" " + ref + b"\n\n" + pack)
 
 
 def _wrap(git_bundle: bytes, window_log: int = 27) -> bytes:
