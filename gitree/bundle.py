@@ -203,7 +203,7 @@ def _write_reference(repo: Repo, objects: list[tuple[bytes, bytes]], positions: 
             raise CorruptObject(f"gitree bundle: reference position {p} beyond the base's {len(objects)} objects")
         oid, mode = objects[p]
         otype = OBJ_TREE if mode == MODE_DIR else OBJ_BLOB
-        total += repo.git.odb.read_header(pygit2.Oid(raw=oid))[1]
+        total += repo.object_size(oid, otype, oid.hex())
         if total > MAX_REFERENCE:
             raise CorruptObject(f"gitree bundle: the reference is larger than the limit of {MAX_REFERENCE} bytes")
         data = repo.read(oid, otype, oid.hex())
@@ -576,8 +576,12 @@ def apply(repo: Repo, path: str, branch: str | None = None, level: int = 1) -> t
             if commit.id.raw not in commits:
                 commits.append(commit.id.raw)
             for cid in commits:
-                c = repo.git[pygit2.Oid(raw=cid)].peel(pygit2.Commit)
-                for parent in c.parent_ids:
+                try:
+                    c = repo.git[pygit2.Oid(raw=cid)].peel(pygit2.Commit)
+                    parents = list(c.parent_ids)
+                except (KeyError, ValueError, pygit2.GitError):
+                    raise CorruptObject(f"{path}: commit {cid.hex()} is malformed; nothing was changed") from None
+                for parent in parents:
                     if not repo.exists(parent.raw):
                         raise CorruptObject(f"{path}: commit {c.id} has parent {parent}, which neither the bundle "
                                             "nor the repository holds; nothing was changed")

@@ -60,16 +60,19 @@ def verify_incoming(repo: Repo, tips: list[bytes], known: list[bytes], where: st
     """Read every commit reachable from `tips` but not from `known` (commits already verified: the local
     branches) as fsck does: the format marker, every side table against its tree, names, xattrs, hard
     links, blobs."""
-    walker = repo.git.walk(None, pygit2.enums.SortMode.TOPOLOGICAL)
-    for t in tips:
-        walker.push(pygit2.Oid(raw=t))
-    for k in known:
-        walker.hide(pygit2.Oid(raw=k))
-    for commit in walker:
-        try:
-            repo.verify(commit)
-        except GitreeError as e:
-            raise CorruptObject(f"{where}: commit {commit.id} is refused: {e}; no branch was changed") from None
+    try:
+        walker = repo.git.walk(None, pygit2.enums.SortMode.TOPOLOGICAL)
+        for t in tips:
+            walker.push(pygit2.Oid(raw=t))
+        for k in known:
+            walker.hide(pygit2.Oid(raw=k))
+        for commit in walker:
+            try:
+                repo.verify(commit)
+            except GitreeError as e:
+                raise CorruptObject(f"{where}: commit {commit.id} is refused: {e}; no branch was changed") from None
+    except (KeyError, ValueError, pygit2.GitError) as e:
+        raise CorruptObject(f"{where}: the history is malformed ({e}); no branch was changed") from None
 
 
 def _drop_quarantine(repo: Repo) -> None:
@@ -86,7 +89,8 @@ def fetch(repo: Repo, remote: str, branches: list[str] | None = None, depth: int
     git fetches into a quarantine namespace; every new commit is verified; then all branches move in one
     transaction, or none does."""
     # --refmap= : no opportunistic update of the branches remote.<name>.fetch maps (they move only below)
-    args = ["--git-dir", repo.path, "fetch", "--no-tags", "--no-write-fetch-head", "--refmap="]
+    args = ["--git-dir", repo.path, "-c", "transfer.fsckObjects=true", "fetch", "--no-tags", "--no-write-fetch-head",
+            "--refmap="]
     if depth is not None:
         args.append(f"--depth={depth}")
     ns = f"{QUARANTINE}{os.getpid()}-{secrets.token_hex(4)}/"
@@ -128,7 +132,7 @@ def clone(url: str, path: str, depth: int | None = None, branch: str | None = No
     """A bare clone of a gitree repository, set up as `gitree init` would (shallow with `depth`)."""
     if os.path.lexists(path) and not (os.path.isdir(path) and not os.listdir(path)):
         raise GitreeError(f"{path} exists and is not an empty directory")
-    args = ["clone", "--bare", "--no-tags", "-q"]
+    args = ["-c", "transfer.fsckObjects=true", "clone", "--bare", "--no-tags", "-q"]
     if depth is not None:
         args += [f"--depth={depth}", "--no-single-branch"]  # --depth alone fetches the server's HEAD only
     if branch is not None:

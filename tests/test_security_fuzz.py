@@ -26,11 +26,13 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from test_safety import refs as all_refs
-from test_security_git import BASE_MEMBERS, _wrap, hostile_bundle, make_tar
+from test_security_git import BASE_MEMBERS, _pack, _wrap, hostile_bundle, make_tar
 
+from gitree.bundle import read_pack
 from gitree.cli import _main
 from gitree.gittree import decode_tree
 from gitree.names import git_name
+from gitree.packwriter import object_id
 
 SETTINGS = settings(max_examples=int(os.environ.get("GITREE_FUZZ_EXAMPLES", "50")), deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
@@ -289,7 +291,7 @@ def test_mutated_bundle_bytes(world, data):
         assert cli("-C", repo, "bundle", "create", "main", gtb)[0] == 0
     with open(gtb, "rb") as f:
         raw = f.read()
-    where = data.draw(st.sampled_from(["header", "anywhere", "inner", "inner"]))
+    where = data.draw(st.sampled_from(["header", "anywhere", "inner", "object", "object"]))
     if where == "header":
         head = raw[:80]
         mutated = data.draw(byte_edit(head)) + raw[80:]
@@ -301,8 +303,21 @@ def test_mutated_bundle_bytes(world, data):
             assert cli("-C", repo, "bundle", "unwrap", gtb, plain)[0] == 0
         with open(plain, "rb") as f:
             inner = f.read()
-        cut = data.draw(st.sampled_from([120, len(inner)]))
-        inner = data.draw(byte_edit(inner[:cut])) + inner[cut:]
+        if where == "inner":
+            cut = data.draw(st.sampled_from([120, len(inner)]))
+            inner = data.draw(byte_edit(inner[:cut])) + inner[cut:]
+        else:  # one object's bytes (a commit, tree, table or file), in a pack whose checksums hold
+            head, _, pack = inner.partition(b"\n\n")
+            objects = [(t, b"".join(ch)) for t, _, ch in read_pack(io.BytesIO(pack).read, "base")]
+            i = data.draw(st.integers(0, len(objects) - 1))
+            t, body = objects[i]
+            body = data.draw(byte_edit(body))
+            new_type = data.draw(st.sampled_from([t, t, t, 1, 2, 3]))
+            objects[i] = (new_type, body)
+            if t == 1:  # the tip: the ref names the mutated commit, so apply reads it
+                old_id = head.split(b"\n")[1].split(b" ")[0]
+                head = head.replace(old_id, object_id(new_type, body).hex().encode())
+            inner = head + b"\n\n" + _pack([(t, len(b), b) for t, b in objects])
         mutated = _wrap(inner)
     scratch = _scratch(world)
     try:
