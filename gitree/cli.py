@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 import threading
 import traceback
@@ -333,6 +334,14 @@ def main(argv=None) -> int:
     return result[0] if result else 70
 
 
+_LINE_BREAKING = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029]")
+
+
+def one_line(msg: str) -> str:
+    """An error message as one line: names from a tree may hold newlines and other control characters."""
+    return _LINE_BREAKING.sub(lambda m: f"\\x{ord(m.group()):02x}", msg)
+
+
 def _main(argv=None) -> int:
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
@@ -341,12 +350,12 @@ def _main(argv=None) -> int:
         click.echo("gitree: interrupted", err=True)
         return 130
     except click.ClickException as e:
-        click.echo(f"gitree: error: {e.format_message()}", err=True)
+        click.echo(f"gitree: error: {one_line(e.format_message())}", err=True)
         return e.exit_code
     except GitreeError as e:
         if debug:
             traceback.print_exc()
-        click.echo(f"gitree: error: {e}", err=True)
+        click.echo(f"gitree: error: {one_line(str(e))}", err=True)
         return e.exit_code
     except KeyboardInterrupt:
         click.echo("gitree: interrupted", err=True)
@@ -357,12 +366,12 @@ def _main(argv=None) -> int:
         if debug:
             traceback.print_exc()
         where = f" {e.filename!r}" if e.filename else ""
-        click.echo(f"gitree: error: {e.strerror or e}{where}", err=True)
+        click.echo(f"gitree: error: {one_line(f'{e.strerror or e}{where}')}", err=True)
         return 1
     except Exception as e:  # an internal fault: still one line unless --debug
         if debug:
             traceback.print_exc()
-        click.echo(f"gitree: internal error: {type(e).__name__}: {e} (rerun with --debug)", err=True)
+        click.echo(f"gitree: internal error: {type(e).__name__}: {one_line(str(e))} (rerun with --debug)", err=True)
         return 70
     return 0
 

@@ -347,6 +347,7 @@ class TreeFault(CorruptObject):
 
 
 _EXPECT_GIT_MODE = {Kind.DIR: MODE_DIR, Kind.SYMLINK: MODE_LINK}
+_GIT_MODES = frozenset((MODE_DIR, MODE_FILE, MODE_EXEC, MODE_LINK))
 
 
 @dataclass
@@ -378,6 +379,9 @@ def _decode_dir_tree(repo: "Repo", oid: bytes, path: bytes, what: str) -> dict[b
     out: dict[bytes | None, tuple[bytes, bytes]] = {}
     prev = None
     for mode, gname, eoid in decode_tree(data, where):
+        if mode not in _GIT_MODES:
+            raise TreeFault(path, f"{what} tree entry {gname[:80]!r} has git mode {mode[:16]!r}, which gitree "
+                                  "never writes")
         key = _tree_order_key(mode, gname)
         if prev is not None and key <= prev:
             raise TreeFault(path, f"{what} tree entries are repeated or not in git's order ({gname!r})")

@@ -763,3 +763,11 @@ def test_checkout_beyond_the_descriptor_window_round_trips(work, base):
     assert r.returncode == 0, r.stderr.decode()
     run_gitree("-C", repo, "checkout", rev, "--tar", out)
     assert dir_summary(dest) == tar_summary(out)
+
+
+def test_a_name_with_a_newline_still_gives_one_error_line(work, base):
+    """Linux names may hold newlines and control characters; an error naming one stays one line."""
+    repo, cid = base
+    root = root_with(repo, cid, [b"a%0Ab%1C f 644 0 0"], [])
+    r = run_gitree("-C", repo, "checkout", commit(repo, root), os.path.join(work, "d"), check=False)
+    assert_one_error(r, "/a\\x0ab\\x1c")
