@@ -23,14 +23,16 @@ from typing import BinaryIO, Callable, Iterator
 
 import pygit2
 
-from .errors import BadInput, CorruptObject, GitreeError, NotFound
+from . import limits
+from .errors import BadInput, CorruptObject, GitreeError, NotFound, UnsafePath
+from .outfile import atomic_output
 from .gittree import MODE_DIR, decode_tree
 from .packwriter import OBJ_BLOB, OBJ_COMMIT, OBJ_TAG, OBJ_TREE, PackWriter, object_id, pack_entry_header
 from .store import Repo
 
 MAGIC = b"# gitree bundle v1\n"
 GIT_BUNDLE_V2 = b"# v2 git bundle\n"
-MIN_WINDOW_LOG, MAX_WINDOW_LOG = 27, 30
+MIN_WINDOW_LOG, MAX_WINDOW_LOG = 27, limits.MAX_ZSTD_WINDOW_LOG
 MAX_REFERENCE = 512 << 20     # reference bytes; zstd's window (and the applier's memory) must cover it
 DEFAULT_LEVEL = 19            # zstd level: 22 saves ~1% more for twice the time and 4x the memory
 
@@ -81,6 +83,8 @@ def encode_positions(positions: list[int]) -> bytes:
 
 
 def decode_positions(data: bytes, count: int) -> list[int]:
+    if count > len(data):  # every position takes at least one byte
+        raise CorruptObject("gitree bundle: truncated reference list")
     out, prev, pos = [], -1, 0
     for _ in range(count):
         n = shift = 0
@@ -126,10 +130,14 @@ def read_header(f: BinaryIO) -> BundleHeader:
                     raise ValueError
             elif key == b"window-log":
                 window = int(val)
-                if not MIN_WINDOW_LOG <= window <= 31:
-                    raise ValueError
+                if not MIN_WINDOW_LOG <= window <= MAX_WINDOW_LOG:
+                    raise CorruptObject(f"gitree bundle: window-log {window} is outside {MIN_WINDOW_LOG}.."
+                                        f"{MAX_WINDOW_LOG} (the decompressor's memory limit)")
             elif key == b"reference":
                 count, size = (int(x) for x in val.split(b" "))
+                if not 0 <= count <= limits.MAX_REFERENCE_POSITIONS or not 0 <= size <= 10 * count:
+                    raise CorruptObject(f"gitree bundle: a reference list of {count} objects in {size} bytes is "
+                                        f"beyond the limit of {limits.MAX_REFERENCE_POSITIONS} objects")
                 data = f.read(size)
                 if len(data) != size or f.read(1) != b"\n":
                     raise CorruptObject("gitree bundle: truncated reference list")
@@ -174,7 +182,7 @@ def changed_bases(repo: Repo, old: bytes, new: bytes) -> set[bytes]:
     r = subprocess.run(["git", "--git-dir", repo.path, "diff-tree", "-r", "-t", "-z", "-M50%", "-l20000",
                         "--no-commit-id", old.hex(), new.hex()], capture_output=True)
     if r.returncode != 0:
-        raise GitreeError(f"git diff-tree failed: {r.stderr.decode(errors='replace').strip()}")
+        raise GitreeError(f"git diff-tree failed: {_last_line(r.stderr)}")
     out = set()
     fields = r.stdout.split(b"\0")
     i = 0
@@ -194,9 +202,12 @@ def _write_reference(repo: Repo, objects: list[tuple[bytes, bytes]], positions: 
         if p >= len(objects):
             raise CorruptObject(f"gitree bundle: reference position {p} beyond the base's {len(objects)} objects")
         oid, mode = objects[p]
-        data = repo.read(oid, OBJ_TREE if mode == MODE_DIR else OBJ_BLOB, oid.hex())
+        otype = OBJ_TREE if mode == MODE_DIR else OBJ_BLOB
+        total += repo.object_size(oid, otype, oid.hex())
+        if total > MAX_REFERENCE:
+            raise CorruptObject(f"gitree bundle: the reference is larger than the limit of {MAX_REFERENCE} bytes")
+        data = repo.read(oid, otype, oid.hex())
         out.write(data)
-        total += len(data)
     return total
 
 
@@ -209,19 +220,24 @@ def _resolve_range(repo: Repo, spec: str, branch: str | None) -> tuple[bytes | N
         old_s, new_s = "", spec
     new = repo.resolve(new_s).id.raw
     old = repo.resolve(old_s).id.raw if old_s else None
-    repo.commit_trees(repo.resolve(new_s))  # refuse a non-gitree commit
+    repo.verify(repo.resolve(new_s))  # gitree writes no bundle its own reader would refuse
     if branch is None:
         full = f"refs/heads/{new_s}"
         if full not in repo.git.references:
             raise GitreeError(f"{new_s} is not a branch name; give the branch to update with --branch")
         branch = new_s
-    repo.branch_ref(branch)
+    branch = repo.branch_ref(branch)[len("refs/heads/"):]
     if old is not None:
         if old == new:
             raise GitreeError(f"{spec}: nothing to bundle, both ends are {new.hex()}")
         if not repo.git.descendant_of(pygit2.Oid(raw=new), pygit2.Oid(raw=old)):
             raise GitreeError(f"{spec}: {new_s} does not descend from {old_s}")
     return old, new, branch
+
+
+def _last_line(stderr: bytes) -> str:
+    lines = [ln for ln in stderr.decode(errors="replace").splitlines() if ln.strip()]
+    return lines[-1].strip() if lines else "no message"
 
 
 def _run(cmd: list[str], what: str, **kw) -> subprocess.CompletedProcess:
@@ -240,7 +256,7 @@ def create(repo: Repo, spec: str, out_path: str, branch: str | None = None,
         with open(gb, "wb") as f:
             f.write(GIT_BUNDLE_V2)
             if old is not None:
-                subject = repo.git[pygit2.Oid(raw=old)].message.split("\n", 1)[0]
+                subject = repo.git[pygit2.Oid(raw=old)].message.split("\n", 1)[0][:200]
                 f.write(b"-%s %s\n" % (old.hex().encode(), subject.encode("utf-8", "replace")))
             f.write(b"%s refs/heads/%s\n\n" % (new.hex().encode(), branch.encode()))
             f.flush()
@@ -250,7 +266,7 @@ def create(repo: Repo, spec: str, out_path: str, branch: str | None = None,
                                 "--stdout", "--revs", "--window=0", "--no-reuse-object", "-q"],
                                input=revs.encode(), stdout=f, stderr=subprocess.PIPE)
             if r.returncode != 0:
-                raise GitreeError(f"git pack-objects failed: {r.stderr.decode(errors='replace').strip()}")
+                raise GitreeError(f"git pack-objects failed: {_last_line(r.stderr)}")
         git_size = os.path.getsize(gb)
         positions: list[int] = []
         ref_path = os.path.join(tmpdir, "reference")
@@ -269,22 +285,18 @@ def create(repo: Repo, spec: str, out_path: str, branch: str | None = None,
                 _write_reference(repo, objects, positions, rf)
         window = max(MIN_WINDOW_LOG, min(MAX_WINDOW_LOG, (ref_bytes + git_size).bit_length()))
         header = encode_header(BundleHeader(old, window, positions))
-        tmp_out = out_path + ".gitree-tmp"
-        with open(tmp_out, "wb") as fo:
+        with atomic_output(out_path) as fo:
             fo.write(header)
             fo.flush()
             cmd = ["zstd", "-q", "-c", "--ultra", f"-{level}", f"--long={window}", "--check"]
             cmd += [f"--patch-from={ref_path}"] if positions else ["-T0"]
             r = subprocess.run(cmd + [gb], stdout=fo, stderr=subprocess.PIPE)
             if r.returncode != 0:
-                raise GitreeError(f"zstd failed: {r.stderr.decode(errors='replace').strip()}")
-        os.replace(tmp_out, out_path)
+                raise GitreeError(f"zstd failed: {_last_line(r.stderr)}")
         count = struct.unpack(">I", _pack_count(gb))[0]
         return BundleInfo(out_path, os.path.getsize(out_path), git_size, ref_bytes, count, branch, old, new)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
-        if os.path.exists(out_path + ".gitree-tmp"):
-            os.unlink(out_path + ".gitree-tmp")
 
 
 def _pack_count(git_bundle: str) -> bytes:
@@ -355,14 +367,20 @@ def unwrap(repo: Repo | None, path: str, out: str) -> None:
     """Write the git bundle inside `path` to `out` (needs the base commit's objects for an update)."""
     u = _Unwrapped(repo, path)
     try:
-        with open(out + ".gitree-tmp", "wb") as fo:
-            shutil.copyfileobj(u.stream, fo, 1 << 20)
-        u.finish()
-        os.replace(out + ".gitree-tmp", out)
+        with atomic_output(out) as fo:
+            got = 0
+            while True:
+                buf = u.stream.read(1 << 20)
+                if not buf:
+                    break
+                got += len(buf)
+                if got > limits.MAX_BUNDLE_BYTES:
+                    raise CorruptObject(f"{path}: the git bundle inside is larger than the limit of "
+                                        f"{limits.MAX_BUNDLE_BYTES} bytes")
+                fo.write(buf)
+            u.finish()
     finally:
         u.close()
-        if os.path.exists(out + ".gitree-tmp"):
-            os.unlink(out + ".gitree-tmp")
 
 
 @dataclass
@@ -372,6 +390,8 @@ class GitBundleHead:
 
 
 def read_git_bundle_header(read_line: Callable[[], bytes], where: str) -> GitBundleHead:
+    """The prerequisite and ref lines of a v2 git bundle: at most MAX_BUNDLE_HEADER_LINES of them, each
+    at most MAX_BUNDLE_HEADER_LINE bytes (`read_line` must read no more than that plus one)."""
     if read_line() != GIT_BUNDLE_V2:
         raise CorruptObject(f"{where}: not a v2 git bundle inside")
     pre, refs = [], []
@@ -379,24 +399,41 @@ def read_git_bundle_header(read_line: Callable[[], bytes], where: str) -> GitBun
         line = read_line()
         if line == b"\n":
             return GitBundleHead(pre, refs)
-        if not line.endswith(b"\n"):
-            raise CorruptObject(f"{where}: truncated git bundle header")
+        if not line.endswith(b"\n") or len(line) > limits.MAX_BUNDLE_HEADER_LINE:
+            raise CorruptObject(f"{where}: truncated git bundle header, or a line longer than "
+                                f"{limits.MAX_BUNDLE_HEADER_LINE} bytes")
+        if len(pre) + len(refs) >= limits.MAX_BUNDLE_HEADER_LINES:
+            raise CorruptObject(f"{where}: the git bundle names more than {limits.MAX_BUNDLE_HEADER_LINES} "
+                                "prerequisites and refs (the limit)")
         try:
             if line.startswith(b"-"):
-                pre.append(bytes.fromhex(line[1:41].decode()))
+                oid = bytes.fromhex(line[1:41].decode())
+                if len(oid) != 20 or line[41:42] not in (b" ", b"\n"):
+                    raise ValueError
+                pre.append(oid)
             else:
-                oid, name = line[:-1].split(b" ", 1)
-                refs.append((bytes.fromhex(oid.decode()), name.decode()))
+                oid_hex, name = line[:-1].split(b" ", 1)
+                oid = bytes.fromhex(oid_hex.decode())
+                if len(oid) != 20:
+                    raise ValueError
+                refs.append((oid, name.decode()))
         except (ValueError, UnicodeDecodeError):
             raise CorruptObject(f"{where}: malformed git bundle header line") from None
 
 
 _PACK_TYPES = {OBJ_COMMIT, OBJ_TREE, OBJ_BLOB, OBJ_TAG}
+_MAX_SIZE = {OBJ_COMMIT: limits.MAX_META_BYTES, OBJ_TAG: limits.MAX_META_BYTES, OBJ_TREE: limits.MAX_TREE_BYTES,
+             OBJ_BLOB: limits.MAX_BUNDLE_BLOB}
+_READ = 1 << 16
+STREAM_OBJECT = 8 << 20   # objects larger than this are streamed into the pack, never held whole
 
 
-def read_pack(read: Callable[[int], bytes], where: str) -> Iterator[tuple[int, bytes]]:
-    """(type, data) of each object of a pack of whole objects; checks the trailer. Deltas are refused."""
+def read_pack(read: Callable[[int], bytes], where: str) -> Iterator[tuple[int, int, Iterator[bytes]]]:
+    """(type, size, chunks) of each object of a pack of whole objects; each `chunks` must be consumed
+    before the next object. Sizes are checked against the limits from each object's header, before it is
+    inflated; the trailer is checked at the end. Deltas are refused."""
     sha = hashlib.sha1()
+    state = {"buf": b"", "total": 0}
 
     def take(n: int) -> bytes:
         b = read(n)
@@ -405,18 +442,50 @@ def read_pack(read: Callable[[int], bytes], where: str) -> Iterator[tuple[int, b
         sha.update(b)
         return b
 
+    def inflate(size: int) -> Iterator[bytes]:
+        d = zlib.decompressobj()
+        buf, got = state["buf"], 0
+        while not d.eof:
+            if not buf:
+                buf = read(_READ)
+                if not buf:
+                    raise CorruptObject(f"{where}: truncated pack")
+            try:
+                part = d.decompress(buf, min(_READ * 16, size + 1 - got))
+            except zlib.error:
+                raise CorruptObject(f"{where}: bad zlib data in the pack") from None
+            # at the end of the stream CPython leaves the rest of the input in unused_data (and a copy in
+            # unconsumed_tail when max_length also stopped it); before it, in unconsumed_tail
+            rest = d.unused_data if d.eof else d.unconsumed_tail
+            used = len(buf) - len(rest)
+            sha.update(buf[:used])
+            buf = rest
+            got += len(part)
+            if got > size:
+                raise CorruptObject(f"{where}: pack object larger than its header says")
+            if part:
+                yield part
+            if not used and not part and not d.eof and buf:
+                raise CorruptObject(f"{where}: bad zlib data in the pack")  # pragma: no cover - zlib stalls
+        if got != size:
+            raise CorruptObject(f"{where}: pack object size mismatch")
+        state["buf"] = buf
+
     head = take(12)
     if head[:4] != b"PACK" or struct.unpack(">I", head[4:8])[0] not in (2, 3):
         raise CorruptObject(f"{where}: not a git pack")
     count = struct.unpack(">I", head[8:12])[0]
-    buf = b""  # bytes read past the end of the previous zlib stream
+    if count > limits.MAX_BUNDLE_OBJECTS:
+        raise CorruptObject(f"{where}: the pack holds {count} objects, more than the limit of "
+                            f"{limits.MAX_BUNDLE_OBJECTS}")
     for _ in range(count):
+        buf = state["buf"]
         if not buf:
-            buf = read(1 << 16)
+            buf = read(_READ)
         hdr_len, otype, size, shift = 0, 0, 0, 0
         while True:
             if hdr_len >= len(buf):
-                more = read(1 << 16)
+                more = read(_READ)
                 if not more:
                     raise CorruptObject(f"{where}: truncated pack")
                 buf += more
@@ -429,56 +498,68 @@ def read_pack(read: Callable[[int], bytes], where: str) -> Iterator[tuple[int, b
             hdr_len += 1
             if not c & 0x80:
                 break
+            if hdr_len > 10:
+                raise CorruptObject(f"{where}: malformed pack object header")
         if otype not in _PACK_TYPES:
             raise CorruptObject(f"{where}: the pack holds a delta or unknown object (type {otype}); "
                                 "gitree bundles hold whole objects")
+        if size > _MAX_SIZE[otype]:
+            raise CorruptObject(f"{where}: a pack object of {size} bytes is larger than the limit of "
+                                f"{_MAX_SIZE[otype]} for its type")
+        state["total"] += size
+        if state["total"] > limits.MAX_BUNDLE_BYTES:
+            raise CorruptObject(f"{where}: the pack's objects total more than the limit of "
+                                f"{limits.MAX_BUNDLE_BYTES} bytes")
         sha.update(buf[:hdr_len])
-        buf = buf[hdr_len:]
-        d = zlib.decompressobj()
-        parts, got = [], 0
-        while not d.eof:
-            if not buf:
-                buf = read(1 << 16)
-                if not buf:
-                    raise CorruptObject(f"{where}: truncated pack")
-            try:
-                part = d.decompress(buf, size + 1 - got)
-            except zlib.error:
-                raise CorruptObject(f"{where}: bad zlib data in the pack") from None
-            used = len(buf) - len(d.unconsumed_tail) - len(d.unused_data)
-            sha.update(buf[:used])
-            buf = d.unconsumed_tail + d.unused_data if d.eof else d.unconsumed_tail
-            got += len(part)
-            parts.append(part)
-            if got > size:
-                raise CorruptObject(f"{where}: pack object larger than its header says")
-        if got != size:
-            raise CorruptObject(f"{where}: pack object size mismatch")
-        yield otype, b"".join(parts)
+        state["buf"] = buf[hdr_len:]
+        chunks = inflate(size)
+        yield otype, size, chunks
+        for _ in chunks:  # whatever the consumer left
+            pass
+    buf = state["buf"]
     trailer = buf + read(20 - len(buf)) if len(buf) < 20 else buf
     if trailer[:20] != sha.digest() or len(trailer) != 20 or read(1):
         raise CorruptObject(f"{where}: pack checksum mismatch or trailing data")
 
 
+def _incoming_branch(repo: Repo, refname: str, where: str) -> str:
+    """The branch a ref that arrives names: only refs/heads/<valid branch name> may arrive."""
+    if not refname.startswith("refs/heads/"):
+        raise UnsafePath(f"{where}: the bundle names {refname!r}; only branches (refs/heads/...) can arrive")
+    try:
+        repo.branch_ref(refname)
+    except GitreeError:
+        raise UnsafePath(f"{where}: the bundle names {refname!r}, which is not a valid branch name") from None
+    return refname[len("refs/heads/"):]
+
+
 def apply(repo: Repo, path: str, branch: str | None = None, level: int = 1) -> tuple[str, bytes | None, bytes]:
-    """Apply a bundle: objects first (verified), the branch moves last. Returns (branch, old tip, new tip)."""
+    """Apply a bundle: objects first, every incoming commit read and verified as fsck does, the branch
+    moves last. Returns (branch, old tip, new tip)."""
     u = _Unwrapped(repo, path)
     pack = None
     installed = None
     try:
-        head = read_git_bundle_header(lambda: u.stream.readline(1000), path)
+        head = read_git_bundle_header(lambda: u.stream.readline(limits.MAX_BUNDLE_HEADER_LINE + 1), path)
         for p in head.prerequisites:
             if not repo.exists(p):
                 raise NotFound(f"{path}: this update needs commit {p.hex()}, which the repository does not have")
-        heads = [(o, n) for o, n in head.refs if n.startswith("refs/heads/")]
-        if len(heads) != 1:
+        if len(head.refs) != 1:
             raise CorruptObject(f"{path}: the bundle must name exactly one branch")
-        new, refname = heads[0]
-        branch = branch or refname[len("refs/heads/"):]
+        new, refname = head.refs[0]
+        name = _incoming_branch(repo, refname, path)
+        branch = branch or name
         repo.branch_ref(branch)
         pack = PackWriter(repo.objects_dir)
-        for otype, data in read_pack(u.stream.read, path):
+        commits: list[bytes] = []
+        for otype, size, chunks in read_pack(u.stream.read, path):
+            if otype == OBJ_BLOB and size > STREAM_OBJECT:
+                pack.add_stream(otype, size, chunks, level, repo.exists)
+                continue
+            data = b"".join(chunks)
             oid = object_id(otype, data)
+            if otype == OBJ_COMMIT:
+                commits.append(oid)
             if not repo.exists(oid):
                 pack.add_raw(oid, pack_entry_header(otype, len(data)) + zlib.compress(data, level))
         u.finish()
@@ -488,8 +569,23 @@ def apply(repo: Repo, path: str, branch: str | None = None, level: int = 1) -> t
             old_tip = repo.branch_tip(branch)
             installed = pack.install()
             pack = None
-            commit = repo.git[pygit2.Oid(raw=new)].peel(pygit2.Commit)
-            _verify(repo, commit, path)
+            try:
+                commit = repo.git[pygit2.Oid(raw=new)].peel(pygit2.Commit)
+            except (KeyError, ValueError, pygit2.GitError):
+                raise CorruptObject(f"{path}: the bundle's tip {new.hex()} is not a commit") from None
+            if commit.id.raw not in commits:
+                commits.append(commit.id.raw)
+            for cid in commits:
+                try:
+                    c = repo.git[pygit2.Oid(raw=cid)].peel(pygit2.Commit)
+                    parents = list(c.parent_ids)
+                except (KeyError, ValueError, pygit2.GitError):
+                    raise CorruptObject(f"{path}: commit {cid.hex()} is malformed; nothing was changed") from None
+                for parent in parents:
+                    if not repo.exists(parent.raw):
+                        raise CorruptObject(f"{path}: commit {c.id} has parent {parent}, which neither the bundle "
+                                            "nor the repository holds; nothing was changed")
+                _verify(repo, c, path)
             if old_tip == new:
                 return branch, old_tip, new
             if old_tip is not None and not repo.git.descendant_of(commit.id, pygit2.Oid(raw=old_tip)):
@@ -511,19 +607,12 @@ def apply(repo: Repo, path: str, branch: str | None = None, level: int = 1) -> t
 
 
 def _verify(repo: Repo, commit: pygit2.Commit, where: str) -> None:
-    """Every side table of the new tip agrees with its tree, and every object it names exists."""
-    from .entry import Kind
-    problems: list = []
+    """The commit reads as fsck reads it: format marker, every side table against its tree, every name,
+    xattr and hard link, every blob present."""
     try:
-        for e in repo.walk(commit, problems=problems):
-            if e.kind is Kind.FILE and e.hardlink is None and not repo.exists(e.oid):
-                problems.append((e.path, f"missing blob {e.oid.hex()}"))
+        repo.verify(commit)
     except GitreeError as err:
-        problems.append((b"", str(err)))
-    if problems:
-        p, msg = problems[0]
-        raise CorruptObject(f"{where}: the new tree is incomplete or inconsistent: /{p.decode(errors='replace')}: "
-                            f"{msg}; nothing was changed")
+        raise CorruptObject(f"{where}: commit {commit.id} is refused: {err}; nothing was changed") from None
 
 
 __all__ = ["create", "apply", "unwrap", "BundleInfo", "MAGIC"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 import threading
 import traceback
@@ -332,23 +333,13 @@ def gc(c: Ctx, window, depth, compression):
 @click.argument("revs", nargs=-1)
 @pass_ctx
 def fsck(c: Ctx, revs):
-    """Verify side tables against trees and that every object exists (default: every branch)."""
+    """Read commits as every command does and list every fault (default: every commit of every branch)."""
     problems = porcelain.fsck(c.repo(), list(revs))
     for rev, path, msg in problems:
         click.echo(f"{rev}: {'/' + path.decode('utf-8', 'backslashreplace')}: {msg}")
     if problems:
         raise GitreeError(f"fsck found {len(problems)} problem(s)")
     click.echo("fsck: ok", err=True)
-
-
-def _stack_size() -> int:
-    """512 MiB, or an eighth of the address space when it is limited (RLIMIT_AS, as the memory tests set):
-    a reservation that large would otherwise keep the command from starting at all."""
-    import resource
-    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
-    if soft == resource.RLIM_INFINITY:
-        return 512 << 20
-    return max(8 << 20, min(512 << 20, soft // 8))
 
 
 # --- issue 12: LXC containers running OSTree deployments (gitree/lxc.py) ---------------------------------
@@ -401,10 +392,11 @@ def lxc_destroy(name, lxcpath):
 
 
 def main(argv=None) -> int:
-    """Run the CLI in a thread with a large stack: trees may be up to MAX_DEPTH directories deep, and
-    walking them recurses once per level."""
-    sys.setrecursionlimit(max(sys.getrecursionlimit(), 20 * 2048))
-    threading.stack_size(_stack_size())
+    """Run the CLI in a thread (so Ctrl-C can clean up), with the default stack: the git reader, the
+    writers and diff walk trees iteratively, whatever their depth. The recursion limit only leaves
+    room for a generator per level of a tree at the depth limit."""
+    from .entry import MAX_DEPTH
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 2 * MAX_DEPTH + 1000))
     result: list[int] = []
     t = threading.Thread(target=lambda: result.append(_main(argv)), name="gitree", daemon=True)
     t.start()
@@ -419,6 +411,14 @@ def main(argv=None) -> int:
     return result[0] if result else 70
 
 
+_LINE_BREAKING = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029]")
+
+
+def one_line(msg: str) -> str:
+    """An error message as one line: names from a tree may hold newlines and other control characters."""
+    return _LINE_BREAKING.sub(lambda m: f"\\x{ord(m.group()):02x}", msg)
+
+
 def _main(argv=None) -> int:
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
@@ -427,12 +427,12 @@ def _main(argv=None) -> int:
         click.echo("gitree: interrupted", err=True)
         return 130
     except click.ClickException as e:
-        click.echo(f"gitree: error: {e.format_message()}", err=True)
+        click.echo(f"gitree: error: {one_line(e.format_message())}", err=True)
         return e.exit_code
     except GitreeError as e:
         if debug:
             traceback.print_exc()
-        click.echo(f"gitree: error: {e}", err=True)
+        click.echo(f"gitree: error: {one_line(str(e))}", err=True)
         return e.exit_code
     except KeyboardInterrupt:
         click.echo("gitree: interrupted", err=True)
@@ -443,12 +443,12 @@ def _main(argv=None) -> int:
         if debug:
             traceback.print_exc()
         where = f" {e.filename!r}" if e.filename else ""
-        click.echo(f"gitree: error: {e.strerror or e}{where}", err=True)
+        click.echo(f"gitree: error: {one_line(f'{e.strerror or e}{where}')}", err=True)
         return 1
     except Exception as e:  # an internal fault: still one line unless --debug
         if debug:
             traceback.print_exc()
-        click.echo(f"gitree: internal error: {type(e).__name__}: {e} (rerun with --debug)", err=True)
+        click.echo(f"gitree: internal error: {type(e).__name__}: {one_line(str(e))} (rerun with --debug)", err=True)
         return 70
     return 0
 

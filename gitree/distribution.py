@@ -10,16 +10,19 @@ rehashing, so taking it from a server would let the server choose what an export
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import subprocess
 
-from .errors import BadInput, GitreeError
+import pygit2
+
+from .errors import BadInput, CorruptObject, GitreeError, UnsafePath
 from .store import Repo
 
 
-def _git(args: list[str], what: str, cwd: str | None = None) -> str:
+def _git(args: list[str], what: str, cwd: str | None = None, input: bytes | None = None) -> str:
     try:
-        r = subprocess.run(["git", *args], capture_output=True, cwd=cwd)
+        r = subprocess.run(["git", *args], capture_output=True, cwd=cwd, input=input)
     except FileNotFoundError:
         raise GitreeError("git is not installed") from None
     if r.returncode != 0:
@@ -50,20 +53,78 @@ def push(repo: Repo, remote: str, branches: list[str] | None = None, force: bool
                  *_branch_refspecs(repo, branches or [], force)], f"git push to {remote}")
 
 
+QUARANTINE = "refs/gitree-fetch/"   # where a fetch lands before it is verified; never read as a branch
+
+
+def verify_incoming(repo: Repo, tips: list[bytes], known: list[bytes], where: str) -> None:
+    """Read every commit reachable from `tips` but not from `known` (commits already verified: the local
+    branches) as fsck does: the format marker, every side table against its tree, names, xattrs, hard
+    links, blobs."""
+    try:
+        walker = repo.git.walk(None, pygit2.enums.SortMode.TOPOLOGICAL)
+        for t in tips:
+            walker.push(pygit2.Oid(raw=t))
+        for k in known:
+            walker.hide(pygit2.Oid(raw=k))
+        for commit in walker:
+            try:
+                repo.verify(commit)
+            except GitreeError as e:
+                raise CorruptObject(f"{where}: commit {commit.id} is refused: {e}; no branch was changed") from None
+    except (KeyError, ValueError, pygit2.GitError) as e:
+        raise CorruptObject(f"{where}: the history is malformed ({e}); no branch was changed") from None
+
+
+def _drop_quarantine(repo: Repo) -> None:
+    stale = [r for r in repo.git.references if r.startswith(QUARANTINE)]
+    if stale:
+        _git(["--git-dir", repo.path, "update-ref", "--stdin"], "cleaning up fetched refs",
+             input="".join(f"delete {r}\n" for r in stale).encode())
+
+
 def fetch(repo: Repo, remote: str, branches: list[str] | None = None, depth: int | None = None) -> str:
     """Fetch branches (default: every branch) from REMOTE into the same branch names, fast-forward only
-    (with `depth`, shallow: the server's newest commits replace the local tips)."""
-    args = ["--git-dir", repo.path, "fetch", "--atomic", "--no-tags", "--update-head-ok"]
+    (with `depth`, shallow: the server's newest commits replace the local tips).
+
+    git fetches into a quarantine namespace; every new commit is verified; then all branches move in one
+    transaction, or none does."""
+    # --refmap= : no opportunistic update of the branches remote.<name>.fetch maps (they move only below)
+    args = ["--git-dir", repo.path, "-c", "transfer.fsckObjects=true", "fetch", "--no-tags", "--no-write-fetch-head",
+            "--refmap="]
     if depth is not None:
         args.append(f"--depth={depth}")
-    # A shallow fetch cannot prove a fast-forward (the history is cut): it takes the server's tips.
-    refspecs = _branch_refspecs(repo, branches or [], force=depth is not None)
+    ns = f"{QUARANTINE}{os.getpid()}-{secrets.token_hex(4)}/"
+    if branches:
+        refspecs = [f"+{ref}:{ns}{ref[len('refs/heads/'):]}" for ref in (repo.branch_ref(b) for b in branches)]
+    else:
+        refspecs = [f"+refs/heads/*:{ns}*"]
     with repo.lock():
-        before = {r: repo.git.references[r].target for r in repo.git.references if r.startswith("refs/heads/")}
-        out = _git(args + [remote, *refspecs], f"git fetch from {remote}")
-        for r in repo.git.references:
-            if r.startswith("refs/heads/") and repo.git.references[r].target != before.get(r):
-                repo.commit_trees(repo.git[repo.git.references[r].target])
+        _drop_quarantine(repo)  # left by a fetch that was killed
+        try:
+            out = _git(args + [remote, *refspecs], f"git fetch from {remote}")
+            incoming = {r[len(ns):]: repo.git.references[r].target.raw
+                        for r in repo.git.references if r.startswith(ns)}
+            updates = []
+            for name, new in sorted(incoming.items()):
+                ref = repo.branch_ref(name)
+                old = repo.branch_tip(name)
+                if old == new:
+                    continue
+                if old is not None and depth is None and \
+                        not repo.git.descendant_of(pygit2.Oid(raw=new), pygit2.Oid(raw=old)):
+                    raise GitreeError(f"git fetch from {remote}: branch {name} on the server is not a fast-forward "
+                                      "of the local one; no branch was changed")
+                updates.append((ref, new, old))
+            local = [repo.git.references[r].target.raw for r in repo.git.references if r.startswith("refs/heads/")]
+            verify_incoming(repo, [new for _, new, _ in updates], local, f"fetch from {remote}")
+            if updates:
+                zero = "0" * 40
+                _git(["--git-dir", repo.path, "update-ref", "-m", f"gitree: fetch from {remote}", "--stdin"],
+                     "moving the fetched branches",
+                     input="".join(f"update {ref} {new.hex()} {old.hex() if old else zero}\n"
+                                   for ref, new, old in updates).encode())
+        finally:
+            _drop_quarantine(repo)
     return out
 
 
@@ -71,7 +132,7 @@ def clone(url: str, path: str, depth: int | None = None, branch: str | None = No
     """A bare clone of a gitree repository, set up as `gitree init` would (shallow with `depth`)."""
     if os.path.lexists(path) and not (os.path.isdir(path) and not os.listdir(path)):
         raise GitreeError(f"{path} exists and is not an empty directory")
-    args = ["clone", "--bare", "--no-tags", "-q"]
+    args = ["-c", "transfer.fsckObjects=true", "clone", "--bare", "--no-tags", "-q"]
     if depth is not None:
         args += [f"--depth={depth}", "--no-single-branch"]  # --depth alone fetches the server's HEAD only
     if branch is not None:
@@ -89,8 +150,12 @@ def clone(url: str, path: str, depth: int | None = None, branch: str | None = No
         heads = [r for r in repo.git.references if r.startswith("refs/heads/")]
         if not heads:
             raise GitreeError(f"{url} has no branches")
-        for r in heads:
-            repo.commit_trees(repo.git[repo.git.references[r].target])
+        for r in list(repo.git.references):
+            if not r.startswith("refs/heads/"):
+                raise UnsafePath(f"clone of {url}: the server sent {r}; only branches can arrive")
+            repo.branch_ref(r)
+        # every commit is read as fsck reads it before the clone is kept (a failure removes it)
+        verify_incoming(repo, [repo.git.references[r].target.raw for r in heads], [], f"clone of {url}")
         if repo.git.head_is_unborn:  # the server's HEAD names no branch: follow the first one
             repo.git.set_head(sorted(heads)[0])
         return repo

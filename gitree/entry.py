@@ -92,10 +92,6 @@ def split_path(path: bytes) -> list[bytes]:
 
 MAX_DEPTH = 2048          # directory levels; Linux paths are at most 4096 bytes (PATH_MAX)
 _U32 = 1 << 32
-# Linux accepts an xattr name only in one of these namespaces, with a non-empty rest (fs/xattr.c), and lists
-# at most XATTR_LIST_MAX bytes of names (each with its NUL) per inode.
-XATTR_NAMESPACES = (b"security.", b"system.", b"trusted.", b"user.")
-XATTR_LIST_MAX = 65536
 
 
 def check_fields(e: "Entry") -> str | None:
@@ -108,16 +104,9 @@ def check_fields(e: "Entry") -> str | None:
         return "symlink target is empty or contains NUL"
     if e.rdev is not None and not (0 <= e.rdev[0] < 4096 and 0 <= e.rdev[1] < (1 << 20)):
         return f"device number {e.rdev[0]},{e.rdev[1]} out of Linux's range (major < 4096, minor < 2^20)"
-    listed = 0
-    for name, value in e.xattrs:
-        if not name or b"\0" in name or len(name) > 255:
-            return f"xattr name {name[:80]!r} is empty, too long or contains NUL"
-        if not any(name.startswith(ns) and len(name) > len(ns) for ns in XATTR_NAMESPACES):
-            return (f"xattr name {name[:80]!r} is not in a Linux namespace (security., system., trusted., user.) "
-                    "or has an empty suffix")
-        if len(value) > 65536:
-            return f"xattr {name!r} value is longer than 64 KiB"
-        listed += len(name) + 1
-        if listed > XATTR_LIST_MAX:
-            return f"xattr names take more than {XATTR_LIST_MAX} bytes (XATTR_LIST_MAX)"
+    if e.kind is Kind.SYMLINK and e.target is not None and len(e.target) > 4095:
+        return "symlink target is longer than 4095 bytes (Linux's PATH_MAX less the NUL)"
+    if e.xattrs:
+        from .xattrs import check_xattrs  # imported here: xattrs -> limits -> entry
+        return check_xattrs(e.xattrs, e.kind is Kind.DIR)
     return None

@@ -41,6 +41,8 @@ def fs_name(gname: bytes) -> bytes:
 def check_name(name: bytes, path: bytes = b"") -> None:
     if not name or name in (b".", b"..") or b"/" in name or b"\0" in name:
         raise UnsafePath(f"invalid file name {name!r} in {display(path)}")
+    if len(name) > 255:
+        raise UnsafePath(f"file name {name[:40]!r}... in {display(path[:200])} is longer than 255 bytes (NAME_MAX)")
 
 
 # Side-table token escaping: bytes 0x21..0x7e except '%' and '=' stand for themselves, every other

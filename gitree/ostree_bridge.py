@@ -512,6 +512,7 @@ class Exporter:
     # commits
 
     def export_commit(self, commit: pygit2.Commit, parent: str | None) -> str:
+        self.repo.verify(commit)  # the git reader's checks, as fsck: a tree fsck refuses is never exported
         content, meta = self.repo.commit_trees(commit)
         top = self.repo.top_entries(commit)
         original = None

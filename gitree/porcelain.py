@@ -9,11 +9,14 @@ import sys
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
+import pygit2
+
 from . import sidetable
-from .entry import Entry, Kind
-from .errors import BadInput, GitreeError, NotFound
+from .entry import MAX_DEPTH, Entry, Kind, split_path
+from .errors import BadInput, CorruptObject, GitreeError, NotFound
 from .gittree import MODE_DIR
 from .names import display
+from .outfile import atomic_output
 from .progress import make_progress
 from .sinks import CheckoutReport, DirectoryWriter, write_tar
 from .sources import DirectoryReport, TarInput, directory_entries, tar_entries
@@ -121,7 +124,9 @@ def _chunks_for(repo: Repo):
 
 def checkout_dir(repo: Repo, rev: str, dest: str, quiet: bool = True, subpath: bytes = b"") -> CheckoutReport:
     commit = repo.resolve(rev)
-    repo.commit_trees(commit)  # refuse a non-gitree commit before DEST is created
+    # The whole tree is read and validated before DEST is created: a tree fsck refuses is never
+    # half written (the second read is of objects already in the page cache).
+    repo.verify(commit)
     progress = make_progress("checkout", quiet)
     w = DirectoryWriter(dest, _chunks_for(repo), keep_mtime=True, tick=progress.update if progress else None)
     report = w.run(repo.walk(commit, subpath))
@@ -137,19 +142,13 @@ def checkout_tar(repo: Repo, rev: str, out: str, quiet: bool = True, sparse: boo
     tick = progress.update if progress else None
     sizes = lambda e: repo.blob_size(e.oid, display(e.path))  # noqa: E731
     if out == "-":
+        repo.verify(commit)  # nothing is written for a tree the reader refuses: a stream cannot be taken back
         stream = sys.stdout.buffer
         res = write_tar(repo.walk(commit), stream.write, _chunks_for(repo), sizes, True, tick, sparse)
         stream.flush()
     else:
-        tmp = out + ".gitree-tmp"
-        try:
-            with open(tmp, "wb") as f:
-                res = write_tar(repo.walk(commit), f.write, _chunks_for(repo), sizes, True, tick, sparse)
-            os.replace(tmp, out)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_output(out) as f:
+            res = write_tar(repo.walk(commit), f.write, _chunks_for(repo), sizes, True, tick, sparse)
     if progress:
         progress.done()
     return res
@@ -292,21 +291,42 @@ def _slash(kind: Kind) -> str:
 
 
 def _diff_dir(repo: Repo, path: bytes, a: tuple[bytes, bytes], b: tuple[bytes, bytes], roots) -> Iterator[str]:
+    """Compare two directories and everything under them: an explicit stack, one frame per level."""
+    from .store import _Walker
+    stack: list = []
+    readers = (_Walker(repo, None, roots[0]), _Walker(repo, None, roots[1]))
+
+    def enter(p: bytes, x: tuple[bytes, bytes], y: tuple[bytes, bytes]):
+        na, nb = repo.read_dir(p, *x), repo.read_dir(p, *y)
+        if na.self_row != nb.self_row:
+            ch = _row_changes(na.self_row, nb.self_row)
+            if ch:
+                yield f"M {display(p)}  " + "; ".join(ch)
+        ra = {r.name: r for r in na.rows}
+        rb = {r.name: r for r in nb.rows}
+        stack.append((p, na, nb, ra, rb, iter(sorted(set(ra) | set(rb)))))
+
     if a == b:
         return
-    na, nb = repo.read_dir(path, *a), repo.read_dir(path, *b)
-    if na.self_row != nb.self_row:
-        ch = _row_changes(na.self_row, nb.self_row)
-        if ch:
-            yield f"M {display(path)}  " + "; ".join(ch)
-    ra = {r.name: r for r in na.rows}
-    rb = {r.name: r for r in nb.rows}
-    for name in sorted(set(ra) | set(rb)):
-        p = path + b"/" + name if path else name
+    yield from enter(path, a, b)
+    while stack:
+        dpath, na, nb, ra, rb, names = stack[-1]
+        name = next(names, None)
+        if name is None:
+            stack.pop()
+            continue
+        p = dpath + b"/" + name if dpath else name
         x, y = ra.get(name), rb.get(name)
+        # every non-directory row of a directory diff reads is checked as the walk checks it
+        for reader, node, row in ((readers[0], na, x), (readers[1], nb, y)):
+            if row is not None and row.kind is not Kind.DIR:
+                reader.entry(p, node, row)
         if x is not None and y is not None and x.kind is Kind.DIR and y.kind is Kind.DIR:
-            yield from _diff_dir(repo, p, (na.content[name][1], na.meta[name]), (nb.content[name][1], nb.meta[name]),
-                                 roots)
+            ca, cb = (na.content[name][1], na.meta[name]), (nb.content[name][1], nb.meta[name])
+            if ca != cb:
+                if len(stack) + len(split_path(path)) >= MAX_DEPTH:
+                    raise CorruptObject(f"{display(p[:200])}: deeper than {MAX_DEPTH} directory levels")
+                yield from enter(p, ca, cb)
             continue
         if x is not None and y is not None and x.kind is y.kind:
             ch = _row_changes(x, y)
@@ -325,15 +345,14 @@ def _diff_dir(repo: Repo, path: bytes, a: tuple[bytes, bytes], b: tuple[bytes, b
         if x is not None and x.kind is Kind.DIR:
             for e in _subtree(repo, p, na, name, roots[0]):
                 yield f"D {display(e.path)}{_slash(e.kind)}"
-        if y is not None:
-            if y.kind is Kind.DIR:
-                for e in _subtree(repo, p, nb, name, roots[1]):
-                    yield f"A {display(e.path)}{_slash(e.kind)}"
+        if y is not None and y.kind is Kind.DIR:
+            for e in _subtree(repo, p, nb, name, roots[1]):
+                yield f"A {display(e.path)}{_slash(e.kind)}"
 
 
 def _subtree(repo: Repo, path: bytes, node, name: bytes, root) -> Iterator[Entry]:
     from .store import _Walker
-    it = _Walker(repo, None, root, path).walk_dir(path, node.content[name][1], node.meta[name])
+    it = _Walker(repo, None, root).walk_dir(path, node.content[name][1], node.meta[name])
     next(it, None)  # the directory itself is already reported
     yield from it
 
@@ -371,29 +390,27 @@ def gc(repo: Repo, window: int = 50, depth: int = 50, level: int = 9) -> None:
 # fsck
 
 def fsck(repo: Repo, revs: list[str] | None = None) -> list[tuple[str, bytes, str]]:
-    """Check that side tables agree with their trees and every object exists. Returns problems."""
-    if not revs:
-        revs = [r for r in repo.git.references if r.startswith("refs/heads/")]
-        if not revs:
+    """Read commits as every command does (the store's validating reader, to the end rather than to the
+    first fault) and check every file's blob exists. REVs: those commits; none: every commit of every
+    branch, history included. Returns problems."""
+    if revs:
+        commits = [(rev, repo.resolve(rev)) for rev in revs]
+    else:
+        heads = sorted(r for r in repo.git.references if r.startswith("refs/heads/"))
+        if not heads:
             raise NotFound("no branches to check")
+        commits = []
+        for ref in heads:
+            walker = repo.git.walk(repo.git.references[ref].target, pygit2.enums.SortMode.TOPOLOGICAL)
+            commits.extend((str(c.id) if c.id != repo.git.references[ref].target else ref, c) for c in walker)
     problems: list[tuple[str, bytes, str]] = []
     checked: set[bytes] = set()
-    for rev in revs:
-        commit = repo.resolve(rev)
+    for rev, commit in commits:
         if commit.id.raw in checked:
             continue
         checked.add(commit.id.raw)
         found: list = []
-        try:
-            for e in repo.walk(commit, problems=found):
-                if e.oid is not None and e.hardlink is None and e.kind is Kind.FILE and not repo.exists(e.oid):
-                    found.append((e.path, f"missing blob {e.oid.hex()}"))
-                elif e.sparse is not None and e.hardlink is None and e.oid is not None \
-                        and repo.blob_size(e.oid) != e.sparse.data_size:
-                    found.append((e.path, f"blob {e.oid.hex()} does not hold the {e.sparse.data_size} data bytes "
-                                          "of its sparse map"))
-        except GitreeError as err:
-            found.append((b"", str(err)))
+        repo.verify(commit, found)
         problems.extend((rev, p, m) for p, m in found)
     return problems
 

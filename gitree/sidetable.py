@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from .entry import Entry, Kind, Xattrs, check_fields
 from .errors import CorruptObject
+from .limits import MAX_DIR_ENTRIES, NAME_MAX
 from .names import esc, unesc
 from . import sparse as sparsemap
 
@@ -85,6 +86,8 @@ def decode_table(data: bytes, where: str = "") -> tuple[Row, list[Row]]:
     lines = data[len(MAGIC):].split(b"\n")
     if lines[-1] != b"":
         raise CorruptObject(f"side table {where}: missing final newline")
+    if len(lines) > MAX_DIR_ENTRIES + 2:
+        raise CorruptObject(f"side table {where}: more than {MAX_DIR_ENTRIES} rows (the limit of one directory)")
     rows = []
     prev = None
     for lineno, line in enumerate(lines[:-1], 2):
@@ -115,8 +118,10 @@ def _decode_row(line: bytes) -> Row:
     if len(toks) < 5:
         raise ValueError("short row")
     name = SELF if toks[0] == SELF else unesc(toks[0])
-    if not name or b"/" in name or name == b"..":
-        raise ValueError(f"bad name {toks[0]!r}")
+    if not name or b"/" in name or b"\0" in name or name == b".." or (name == b"." and toks[0] != SELF):
+        raise ValueError(f"bad name {toks[0][:80]!r}")
+    if len(name) > NAME_MAX:
+        raise ValueError(f"name longer than {NAME_MAX} bytes")
     kind = _KINDS[toks[1]]
     mode = int(toks[2], 8)
     if not 0 <= mode <= 0o7777:

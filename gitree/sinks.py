@@ -79,6 +79,7 @@ class CheckoutReport:
                 + ", ".join(display(p) for p in paths[:3]) for what, paths in sorted(self.failed.items())]
 
 
+FD_WINDOW = 32  # directory descriptors a checkout keeps open, whatever the depth
 _NOFOLLOW_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # File contents are written by threads (inflating and write(2) release the GIL), in batches to keep the per-file
 # cost of handing work over small; at most WRITE_BATCHES * BATCH_FILES files are open and waiting.
@@ -107,8 +108,9 @@ class DirectoryWriter:
         self.report = CheckoutReport()
         self.is_root = os.geteuid() == 0
         self.files = self.nbytes = 0
-        self.stack: list[tuple[bytes, int, Entry]] = []  # (path, fd, entry) of open directories
-        self.inodes: dict[bytes, tuple[bytes, bytes]] = {}  # leader path -> (parent path, name)
+        # [path, fd or None, entry, (st_dev, st_ino)] of the directories being written, root first; only the
+        # deepest FD_WINDOW (and the root) keep a descriptor, so any depth needs a bounded number of fds
+        self.stack: list[list] = []
         self.pool: concurrent.futures.ThreadPoolExecutor | None = None
         self.batch: list[tuple[int, Entry]] = []   # created files (open descriptors) whose content is pending
         self.batch_bytes = 0
@@ -144,8 +146,9 @@ class DirectoryWriter:
                     if fut.cancelled():
                         for fd, _ in fut.gitree_batch:
                             os.close(fd)
-            for _, fd, _ in self.stack:
-                os.close(fd)
+            for frame in self.stack:
+                if frame[1] is not None:
+                    os.close(frame[1])
         return self.report
 
     def _submit(self) -> None:
@@ -207,13 +210,13 @@ class DirectoryWriter:
 
     def _add(self, e: Entry) -> None:
         if e.path == b"":
-            fd = os.open(self.dest, _NOFOLLOW_DIR)
-            self.stack.append((b"", fd, e))
+            self._push(b"", os.open(self.dest, _NOFOLLOW_DIR), e)
             return
         pfd = self._parent_fd(e.path)
         name = e.name
         if e.hardlink is not None:
-            ppath, lname = self.inodes[e.hardlink]
+            # the reader guarantees the leader is an earlier entry that is neither a directory nor a link
+            ppath, _, lname = e.hardlink.rpartition(b"/")
             src_fd = self._open_dir(ppath)
             try:
                 os.link(lname, name, src_dir_fd=src_fd, dst_dir_fd=pfd, follow_symlinks=False)
@@ -222,11 +225,8 @@ class DirectoryWriter:
             return
         if e.kind is Kind.DIR:
             os.mkdir(name, 0o700, dir_fd=pfd)
-            fd = os.open(name, _NOFOLLOW_DIR, dir_fd=pfd)
-            self.stack.append((e.path, fd, e))
+            self._push(e.path, os.open(name, _NOFOLLOW_DIR, dir_fd=pfd), e)
             return
-        parent = e.path.rpartition(b"/")[0] if b"/" in e.path else b""
-        self.inodes[e.path] = (parent, name)
         if e.kind is Kind.FILE:
             fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                          dir_fd=pfd)
@@ -275,9 +275,27 @@ class DirectoryWriter:
             fd = nfd
         return fd
 
+    def _push(self, path: bytes, fd: int, e: Entry) -> None:
+        st = os.fstat(fd)
+        self.stack.append([path, fd, e, (st.st_dev, st.st_ino)])
+        old = len(self.stack) - 1 - FD_WINDOW
+        if old > 0 and self.stack[old][1] is not None:
+            os.close(self.stack[old][1])
+            self.stack[old][1] = None
+
     def _close_dir(self) -> None:
-        path, fd, e = self.stack.pop()
+        path, fd, e, _ = self.stack.pop()
         try:
+            parent = self.stack[-1] if self.stack else None
+            if parent is not None and parent[1] is None:
+                # reopen the parent through "..", before this directory's own mode can forbid the lookup,
+                # and make sure it is the same directory
+                pfd = os.open(b"..", _NOFOLLOW_DIR, dir_fd=fd)
+                st = os.fstat(pfd)
+                if (st.st_dev, st.st_ino) != parent[3]:
+                    os.close(pfd)
+                    raise UnsafePath(f"{display(parent[0])}: the directory was moved during the checkout")
+                parent[1] = pfd
             self._meta_fd(fd, e)
         finally:
             os.close(fd)

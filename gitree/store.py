@@ -26,7 +26,7 @@ from typing import Callable, Iterable, Iterator
 
 import pygit2
 
-from . import sidetable
+from . import limits, sidetable
 from .entry import MAX_DEPTH, Entry, Kind, check_fields, split_path
 from .exportcache import FILE, open_cache, record_key
 from .errors import BadInput, CorruptObject, GitreeError, NotFound, RepoLocked, UnsafePath
@@ -48,6 +48,7 @@ STREAM_BLOB = 32 << 20        # blobs larger than this are read through `git cat
 BATCH_BYTES = 4 << 20         # small files are hashed and compressed in batches of this many bytes...
 BATCH_FILES = 512             # ...or this many files
 WORKERS = max(2, min(4, os.cpu_count() or 2))
+_TYPE_NAMES = {OBJ_BLOB: "blob", OBJ_TREE: "tree", OBJ_COMMIT: "commit"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,10 +166,14 @@ class Repo:
             os.close(fd)
 
     def branch_ref(self, branch: str) -> str:
-        name = branch if branch.startswith("refs/") else "refs/heads/" + branch
-        if not pygit2.reference_is_valid_name(name):
-            raise GitreeError(f"invalid branch name: {branch}")
-        return name
+        """refs/heads/<branch>: the only refs gitree moves for data (imports, bundles, fetches, clones).
+        The name follows git's check-ref-format --branch; refs/<anything else> is refused, so nothing that
+        arrives can create or move a ref gitree keeps for itself."""
+        name = branch[len("refs/heads/"):] if branch.startswith("refs/heads/") else branch
+        if not name or name == "HEAD" or name.startswith(("-", "refs/")) \
+                or not pygit2.reference_is_valid_name("refs/heads/" + name):
+            raise GitreeError(f"invalid branch name: {branch} (only branches, refs/heads/<name>, are written)")
+        return "refs/heads/" + name
 
     def branch_tip(self, branch: str) -> bytes | None:
         try:
@@ -222,14 +227,18 @@ class Repo:
             raise CorruptObject(f"object {oid.hex()} ({where}) has the wrong type")
         return data
 
-    def blob_size(self, oid: bytes, where: str = "") -> int:
+    def object_size(self, oid: bytes, expect: int, where: str = "") -> int:
+        """An object's size from its header, checking that it exists and has type `expect`."""
         try:
             otype, size = self._thread_git().odb.read_header(pygit2.Oid(raw=oid))
         except KeyError:
             raise CorruptObject(f"missing object {oid.hex()} ({where})") from None
-        if int(otype) != OBJ_BLOB:
-            raise CorruptObject(f"object {oid.hex()} ({where}) is not a blob")
+        if int(otype) != expect:
+            raise CorruptObject(f"object {oid.hex()} ({where}) is not a {_TYPE_NAMES[expect]}")
         return size
+
+    def blob_size(self, oid: bytes, where: str = "") -> int:
+        return self.object_size(oid, OBJ_BLOB, where)
 
     def blob_chunks(self, oid: bytes, size: int | None = None, where: str = "") -> Iterator[bytes]:
         """A blob's bytes; large blobs are streamed by git itself, never held whole in memory."""
@@ -259,187 +268,343 @@ class Repo:
         if rc != 0 or got != size:
             raise CorruptObject(f"cannot read blob {oid.hex()} ({where}): {err.decode(errors='replace').strip()}")
 
-    # -- reading a commit ------------------------------------------------------------------
+    # -- reading a commit: the one validating reader (docs/security.md, "The git reader") ----------
+
+    def read_bounded(self, oid: bytes, expect: int, limit: int, where: str = "") -> bytes:
+        """An object's bytes, refused from its header (before it is inflated) when larger than `limit`."""
+        size = self.object_size(oid, expect, where)
+        if size > limit:
+            raise CorruptObject(f"object {oid.hex()} ({where}) is {size} bytes, more than the limit of {limit}")
+        return self.read(oid, expect, where)
 
     def commit_trees(self, commit: pygit2.Commit) -> tuple[bytes, bytes]:
         """(content root tree id, meta root tree id) of a gitree commit."""
         top = self.top_entries(commit)
         if TOP_ROOTFS not in top or TOP_META not in top or TOP_FORMAT not in top:
             raise NotFound(f"commit {commit.id} is not a gitree commit (no format, rootfs/ and meta/)")
-        fmt = self.read(top[TOP_FORMAT][1], OBJ_BLOB, "format")
+        if top[TOP_FORMAT][0] != MODE_FILE or top[TOP_ROOTFS][0] != MODE_DIR or top[TOP_META][0] != MODE_DIR:
+            raise CorruptObject(f"commit {commit.id}: format, rootfs/ or meta/ has the wrong type")
+        fmt = self.read_bounded(top[TOP_FORMAT][1], OBJ_BLOB, limits.MAX_META_BYTES, "format")
         if fmt != FORMAT_BLOB:
             raise CorruptObject(f"commit {commit.id} has gitree format {fmt[:32]!r}; this gitree reads {FORMAT_BLOB!r}")
         return top[TOP_ROOTFS][1], top[TOP_META][1]
 
     def top_entries(self, commit: pygit2.Commit) -> dict[bytes, tuple[bytes, bytes]]:
-        return {name: (mode, oid) for mode, name, oid in
-                decode_tree(self.read(commit.tree_id.raw, OBJ_TREE, "top tree"), "top")}
+        data = self.read_bounded(commit.tree_id.raw, OBJ_TREE, limits.MAX_META_BYTES, "top tree")
+        out: dict[bytes, tuple[bytes, bytes]] = {}
+        for mode, name, oid in decode_tree(data, "top"):
+            if name in out:
+                raise CorruptObject(f"commit {commit.id}: top tree names {name!r} twice")
+            out[name] = (mode, oid)
+        return out
 
     def read_dir(self, path: bytes, content_oid: bytes, meta_oid: bytes) -> "DirNode":
         return read_dir(self, path, content_oid, meta_oid)
 
     def walk(self, commit: pygit2.Commit, subpath: bytes = b"",
              problems: list | None = None) -> Iterator[Entry]:
-        """Every entry of a commit in canonical order (depth first, names sorted by bytes).
+        """Every entry of a commit in canonical order (depth first, names sorted by bytes), validated.
 
-        With `problems` given, inconsistencies are appended as (path, message) and the walk goes on;
-        otherwise the first raises CorruptObject.
+        With `problems` given, faults are appended as (path, message) and the walk goes on past them
+        (a faulty directory is not entered); otherwise the first raises CorruptObject.
         """
-        content, meta = self.commit_trees(commit)
+        root = self.commit_trees(commit)
+        content, meta = root
         prefix = b""
         for comp in split_path(subpath):
-            c = {fs_name(n): (m, o) for m, n, o in decode_tree(self.read(content, OBJ_TREE), display(prefix))}
-            mt = {fs_name(n): (m, o) for m, n, o in decode_tree(self.read(meta, OBJ_TREE), display(prefix))}
-            if comp not in c or c[comp][0] != MODE_DIR or comp not in mt:
+            node = self.read_dir(prefix, content, meta)
+            row = node.row(comp)
+            if row is None or row.kind is not Kind.DIR:
                 raise NotFound(f"no directory {display(subpath)} in {commit.id}")
-            content, meta = c[comp][1], mt[comp][1]
+            content, meta = node.content[comp][1], node.meta[comp]
             prefix = prefix + b"/" + comp if prefix else comp
-        root = self.commit_trees(commit)
-        yield from _Walker(self, problems, root, prefix).walk_dir(prefix, content, meta)
+        yield from _Walker(self, problems, root).walk_dir(prefix, content, meta)
+
+    def verify(self, commit: pygit2.Commit, problems: list | None = None) -> None:
+        """Read a whole commit as every command does (fsck's check): raise CorruptObject on the first
+        fault, or with `problems` given, collect every fault. Also checks every file's blob exists."""
+        try:
+            for e in self.walk(commit, problems=problems):
+                if e.kind is Kind.FILE and e.hardlink is None:
+                    try:
+                        size = self.blob_size(e.oid, display(e.path))
+                        if e.sparse is not None and size != e.sparse.data_size:
+                            raise CorruptObject(f"blob {e.oid.hex()} does not hold the {e.sparse.data_size} data "
+                                                "bytes of its sparse map")
+                    except CorruptObject as err:
+                        if problems is None:
+                            raise CorruptObject(f"{display(e.path)}: {err}") from None
+                        problems.append((e.path, str(err)))
+        except GitreeError as err:
+            if problems is None:
+                raise
+            problems.append((b"", str(err)))
 
     def find(self, root: tuple[bytes, bytes], path: bytes) -> Entry | None:
-        """The entry at `path` below root (content tree, meta tree), or None."""
-        content, meta = root
-        parts = split_path(path)
-        if not parts:
-            node = self.read_dir(b"", content, meta)
-            r = node.self_row
-            return Entry(b"", Kind.DIR, r.mode, r.uid, r.gid, r.xattrs, mtime_ns=r.mtime_ns)
-        for i, comp in enumerate(parts):
-            node = self.read_dir(b"/".join(parts[:i]), content, meta)
-            rows = {r.name: r for r in node.rows}
-            row = rows.get(comp)
-            if row is None:
-                return None
-            if i == len(parts) - 1:
-                e = Entry(path, row.kind, row.mode, row.uid, row.gid, row.xattrs, rdev=row.rdev,
-                          mtime_ns=row.mtime_ns, hardlink=row.hardlink, sparse=row.sparse)
-                c = node.content.get(comp)
-                e.oid = c[1] if c is not None and row.kind is not Kind.DIR else None
-                return e
-            if row.kind is not Kind.DIR or comp not in node.content or comp not in node.meta:
-                return None
-            content, meta = node.content[comp][1], node.meta[comp]
-        return None
+        """The entry at `path` below root (content tree, meta tree), or None. Reads through read_dir."""
+        return _lookup(self, root, path, {})
+
+
+class TreeFault(CorruptObject):
+    """A fault at one path of a stored tree."""
+
+    def __init__(self, path: bytes, detail: str):
+        super().__init__(f"{display(path)}: {detail}")
+        self.path, self.detail = path, detail
+
+
+_EXPECT_GIT_MODE = {Kind.DIR: MODE_DIR, Kind.SYMLINK: MODE_LINK}
+_GIT_MODES = frozenset((MODE_DIR, MODE_FILE, MODE_EXEC, MODE_LINK))
 
 
 @dataclass
 class DirNode:
-    """One directory as stored: its table rows and its content and meta tree entries by real name."""
+    """One directory as stored, validated: its table rows and its content and meta tree entries by
+    real name."""
 
     self_row: sidetable.Row
     rows: list[sidetable.Row]
     content: dict[bytes, tuple[bytes, bytes]]  # name -> (git mode, oid)
     meta: dict[bytes, bytes]                    # subdirectory name -> meta tree oid
-    faults: list[str]
+    _by_name: dict[bytes, sidetable.Row] | None = None
+
+    def row(self, name: bytes) -> sidetable.Row | None:
+        if self._by_name is None:
+            self._by_name = {r.name: r for r in self.rows}
+        return self._by_name.get(name)
+
+
+def _tree_order_key(mode: bytes, name: bytes) -> bytes:
+    return name + b"/" if mode == MODE_DIR else name
+
+
+def _decode_dir_tree(repo: "Repo", oid: bytes, path: bytes, what: str) -> dict[bytes | None, tuple[bytes, bytes]]:
+    """A directory's content or meta tree by real name: sizes bounded, names canonical (one stored form
+    per name, so no aliases), git's order, no duplicates."""
+    where = display(path)
+    data = repo.read_bounded(oid, OBJ_TREE, limits.MAX_TREE_BYTES, f"{what} tree of {where}")
+    out: dict[bytes | None, tuple[bytes, bytes]] = {}
+    prev = None
+    for mode, gname, eoid in decode_tree(data, where):
+        if mode not in _GIT_MODES:
+            raise TreeFault(path, f"{what} tree entry {gname[:80]!r} has git mode {mode[:16]!r}, which gitree "
+                                  "never writes")
+        key = _tree_order_key(mode, gname)
+        if prev is not None and key <= prev:
+            raise TreeFault(path, f"{what} tree entries are repeated or not in git's order ({gname!r})")
+        prev = key
+        if what == "meta" and gname == TABLE_NAME:
+            name = None  # the table: a directory named .gitree is stored escaped, so it cannot collide
+        else:
+            name = fs_name(gname)
+            if git_name(name) != gname:
+                raise TreeFault(path, f"{what} tree name {gname!r} is not the canonical stored form of "
+                                    f"{name!r} (an alias)")
+            try:
+                check_name(name, path)
+            except UnsafePath as e:
+                raise TreeFault(path, f"{what} tree: {e}") from None
+        if name in out:
+            raise TreeFault(path, f"{what} tree names {name!r} twice")
+        out[name] = (mode, eoid)
+        if len(out) > limits.MAX_DIR_ENTRIES + 1:
+            raise TreeFault(path, f"more than {limits.MAX_DIR_ENTRIES} entries in one directory")
+    return out
 
 
 def read_dir(repo: "Repo", path: bytes, content_oid: bytes, meta_oid: bytes) -> DirNode:
+    """Read and validate one directory: its content tree, meta tree and side table must agree on every
+    name and kind. Raises CorruptObject naming the directory on the first fault."""
     where = display(path)
-    content = decode_tree(repo.read(content_oid, OBJ_TREE, where), where)
-    meta = decode_tree(repo.read(meta_oid, OBJ_TREE, where), where)
-    faults = []
-    cmap = {fs_name(gname): (mode, oid) for mode, gname, oid in content}
+    cmap = _decode_dir_tree(repo, content_oid, path, "content")
+    mtree = _decode_dir_tree(repo, meta_oid, path, "meta")
+    table = mtree.pop(None, None)
+    if table is None:
+        raise TreeFault(path, "directory has no side table")
+    if table[0] != MODE_FILE:
+        raise TreeFault(path, "the side table is not a regular blob")
     mmap: dict[bytes, bytes] = {}
-    table_oid = None
-    for mode, gname, oid in meta:
-        if gname == TABLE_NAME:
-            table_oid = oid
-        elif mode == MODE_DIR:
-            mmap[fs_name(gname)] = oid
-        else:
-            faults.append(f"unexpected entry {gname!r} in the meta tree")
-    if table_oid is None:
-        raise CorruptObject(f"{where}: directory has no side table")
-    self_row, rows = sidetable.decode_table(repo.read(table_oid, OBJ_BLOB, where), where)
-    return DirNode(self_row, rows, cmap, mmap, faults)
+    for name, (mode, oid) in mtree.items():
+        if mode != MODE_DIR:
+            raise TreeFault(path, f"unexpected entry {git_name(name)!r} in the meta tree")
+        mmap[name] = oid
+    data = repo.read_bounded(table[1], OBJ_BLOB, limits.MAX_TABLE_BYTES, f"side table of {where}")
+    self_row, rows = sidetable.decode_table(data, where)
+    del data
+    if len(rows) > limits.MAX_DIR_ENTRIES:
+        raise TreeFault(path, f"more than {limits.MAX_DIR_ENTRIES} entries in one directory")
+    for row in rows:
+        cpath = path + b"/" + row.name if path else row.name
+        c = cmap.get(row.name)
+        kname = row.kind.name.lower()
+        if row.kind is Kind.DIR:
+            if c is None or c[0] != MODE_DIR:
+                raise TreeFault(cpath, "directory in the side table but not in the tree")
+            if row.name not in mmap:
+                raise TreeFault(cpath, "directory has no node in the meta tree")
+            if row.hardlink is not None:
+                raise TreeFault(cpath, "a directory cannot be a hard link")
+            continue
+        if row.name in mmap:
+            raise TreeFault(cpath, f"{kname} has a node in the meta tree")
+        if row.kind in (Kind.FILE, Kind.SYMLINK):
+            want = _EXPECT_GIT_MODE.get(row.kind) or (MODE_EXEC if row.mode & 0o100 else MODE_FILE)
+            if c is None:
+                raise TreeFault(cpath, f"{kname} in the side table but not in the tree")
+            if c[0] != want:
+                raise TreeFault(cpath, f"git mode {c[0].decode(errors='replace')} disagrees with "
+                                    f"the side table ({kname} {row.mode:o})")
+        elif c is not None:
+            raise TreeFault(cpath, f"{kname} must not appear in the content tree")
+    seen = {r.name for r in rows}
+    for name in list(cmap) + list(mmap):
+        if name not in seen:
+            raise TreeFault(path + b"/" + name if path else name, "in the "
+                                f"{'content' if name in cmap else 'meta'} tree but not in the side table")
+    return DirNode(self_row, rows, cmap, mmap)
+
+
+def _lookup(repo: "Repo", root: tuple[bytes, bytes], path: bytes, cache: dict) -> Entry | None:
+    """The entry at `path` from the root, read through read_dir (`cache`: directory path -> DirNode)."""
+    content, meta = root
+    parts = split_path(path)
+    dpath = b""
+    for i in range(len(parts) + 1):
+        node = cache.get(dpath)
+        if node is None:
+            node = read_dir(repo, dpath, content, meta)
+            if len(cache) >= 64:
+                cache.clear()
+            cache[dpath] = node
+        if i == len(parts):
+            r = node.self_row
+            return Entry(path, Kind.DIR, r.mode, r.uid, r.gid, r.xattrs, mtime_ns=r.mtime_ns)
+        comp = parts[i]
+        row = node.row(comp)
+        if row is None:
+            return None
+        if row.kind is not Kind.DIR:
+            if i != len(parts) - 1:
+                return None
+            e = Entry(path, row.kind, row.mode, row.uid, row.gid, row.xattrs, rdev=row.rdev,
+                      mtime_ns=row.mtime_ns, hardlink=row.hardlink, sparse=row.sparse)
+            c = node.content.get(comp)
+            e.oid = c[1] if c is not None else None
+            return e
+        content, meta = node.content[comp][1], node.meta[comp]
+        dpath = dpath + b"/" + comp if dpath else comp
+    return None
 
 
 class _Walker:
-    """Walks one directory subtree. `root` and `prefix` let it resolve hard links whose leader lies
-    outside the walked subtree."""
+    """Walks one directory subtree iteratively (an explicit stack, one open listing per level).
 
-    def __init__(self, repo: Repo, problems: list | None, root: tuple[bytes, bytes] | None = None,
-                 prefix: bytes = b""):
+    Hard links are checked against their leader, looked up from `root` (so a leader outside the walked
+    subtree is found too): it must come earlier in canonical order, be neither a directory nor a hard
+    link itself, and have the same metadata and content."""
+
+    def __init__(self, repo: Repo, problems: list | None, root: tuple[bytes, bytes]):
         self.repo = repo
         self.problems = problems
         self.root = root
-        self.prefix = prefix
-        self.leaders: dict[bytes, Entry] = {}
+        self.count = 0
+        self._dirs: dict = {}
 
-    def _outside_leader(self, path: bytes) -> Entry | None:
-        if self.root is None or not self.prefix or path == self.prefix or path.startswith(self.prefix + b"/"):
-            return None
-        lead = self.repo.find(self.root, path)
-        return lead if lead is not None and lead.hardlink is None else None
-
-    def fault(self, path: bytes, msg: str) -> None:
+    def fault(self, path: bytes, msg: str | CorruptObject) -> None:
+        if isinstance(msg, TreeFault):
+            path, msg = msg.path, msg.detail
+        elif isinstance(msg, CorruptObject) and self.problems is None:
+            raise msg  # its message already names the object
         if self.problems is None:
-            raise CorruptObject(f"{display(path)}: {msg}")
-        self.problems.append((path, msg))
+            raise TreeFault(path, str(msg))
+        self.problems.append((path, str(msg)))
+
+    def _read(self, path: bytes, content: bytes, meta: bytes) -> DirNode | None:
+        try:
+            return self.repo.read_dir(path, content, meta)
+        except CorruptObject as e:
+            self.fault(path, e)
+            return None
+
+    def _tick(self) -> None:
+        self.count += 1
+        if self.count > limits.MAX_COMMIT_ENTRIES:
+            raise CorruptObject(f"the tree has more than {limits.MAX_COMMIT_ENTRIES} entries (the limit of one walk)")
 
     def walk_dir(self, path: bytes, content_oid: bytes, meta_oid: bytes) -> Iterator[Entry]:
-        try:
-            node = self.repo.read_dir(path, content_oid, meta_oid)
-        except CorruptObject as e:
-            self.fault(path, str(e))
+        node = self._read(path, content_oid, meta_oid)
+        if node is None:
             return
-        for msg in node.faults:
-            self.fault(path, msg)
-        self_row, rows, cmap, mmap = node.self_row, node.rows, node.content, node.meta
-        yield Entry(path, Kind.DIR, self_row.mode, self_row.uid, self_row.gid, self_row.xattrs,
-                    mtime_ns=self_row.mtime_ns)
-        seen = set()
-        for row in rows:
-            cpath = path + b"/" + row.name if path else row.name
-            seen.add(row.name)
-            ent = Entry(cpath, row.kind, row.mode, row.uid, row.gid, row.xattrs, rdev=row.rdev,
-                        mtime_ns=row.mtime_ns, hardlink=row.hardlink, sparse=row.sparse)
-            c = cmap.get(row.name)
-            if row.kind is Kind.DIR:
-                if c is None or c[0] != MODE_DIR:
-                    self.fault(cpath, "directory in the side table but not in the tree")
-                    continue
-                if row.name not in mmap:
-                    self.fault(cpath, "directory has no node in the meta tree")
-                    continue
-                if row.hardlink is not None:
-                    self.fault(cpath, "a directory cannot be a hard link")
-                yield from self.walk_dir(cpath, c[1], mmap[row.name])
+        base_depth = len(split_path(path))
+        r = node.self_row
+        self._tick()
+        yield Entry(path, Kind.DIR, r.mode, r.uid, r.gid, r.xattrs, mtime_ns=r.mtime_ns)
+        stack: list[tuple[bytes, DirNode, Iterator[sidetable.Row]]] = [(path, node, iter(node.rows))]
+        while stack:
+            dpath, node, rows = stack[-1]
+            row = next(rows, None)
+            if row is None:
+                stack.pop()
                 continue
-            if row.kind in (Kind.FILE, Kind.SYMLINK):
-                want = MODE_LINK if row.kind is Kind.SYMLINK else (MODE_EXEC if row.mode & 0o100 else MODE_FILE)
-                if c is None:
-                    self.fault(cpath, f"{row.kind.name.lower()} in the side table but not in the tree")
+            cpath = dpath + b"/" + row.name if dpath else row.name
+            self._tick()
+            if row.kind is Kind.DIR:
+                if base_depth + len(stack) > limits.MAX_TREE_DEPTH:
+                    self.fault(cpath[:200], f"deeper than {limits.MAX_TREE_DEPTH} directory levels (the depth limit)")
                     continue
-                if c[0] != want:
-                    self.fault(cpath, f"git mode {c[0].decode()} disagrees with the side table "
-                                      f"({row.kind.name.lower()} {row.mode:o})")
-                ent.oid = c[1]
-                if row.kind is Kind.SYMLINK:
-                    try:
-                        ent.target = self.repo.read(c[1], OBJ_BLOB, display(cpath))
-                    except CorruptObject as e:
-                        self.fault(cpath, str(e))
-                        continue
-            elif c is not None:
-                self.fault(cpath, f"{row.kind.name.lower()} must not appear in the content tree")
-            if row.hardlink is not None:
-                lead = self.leaders.get(row.hardlink) or self._outside_leader(row.hardlink)
-                if lead is None:
-                    self.fault(cpath, f"hard link to {display(row.hardlink)}, which is not an earlier entry")
-                elif (lead.kind, lead.mode, lead.uid, lead.gid, lead.xattrs, lead.rdev, lead.oid, lead.sparse) != \
-                        (ent.kind, ent.mode, ent.uid, ent.gid, ent.xattrs, ent.rdev, ent.oid, ent.sparse):
-                    self.fault(cpath, f"hard link disagrees with {display(row.hardlink)}")
-            else:
-                self.leaders[cpath] = ent
-            yield ent
-        for name in cmap:
-            if name not in seen:
-                self.fault(path + b"/" + name if path else name, "in the tree but not in the side table")
-        for name in mmap:
-            if name not in seen:
-                self.fault(path + b"/" + name if path else name, "in the meta tree but not in the side table")
+                child = self._read(cpath, node.content[row.name][1], node.meta[row.name])
+                if child is None:
+                    continue
+                r = child.self_row
+                yield Entry(cpath, Kind.DIR, r.mode, r.uid, r.gid, r.xattrs, mtime_ns=r.mtime_ns)
+                stack.append((cpath, child, iter(child.rows)))
+                continue
+            ent = self.entry(cpath, node, row)
+            if ent is not None:
+                yield ent
+
+    def entry(self, path: bytes, node: DirNode, row: sidetable.Row) -> Entry | None:
+        """The entry of a non-directory row of a validated directory: its symlink target read (bounded)
+        and checked, its hard link checked. None after a fault (with `problems`)."""
+        ent = Entry(path, row.kind, row.mode, row.uid, row.gid, row.xattrs, rdev=row.rdev,
+                    mtime_ns=row.mtime_ns, hardlink=row.hardlink, sparse=row.sparse)
+        c = node.content.get(row.name)
+        if c is not None:
+            ent.oid = c[1]
+        if row.kind is Kind.SYMLINK:
+            try:
+                ent.target = self.repo.read_bounded(c[1], OBJ_BLOB, limits.SYMLINK_MAX, display(path))
+            except CorruptObject as e:
+                self.fault(path, str(e))
+                return None
+            why = check_fields(ent)
+            if why is not None:
+                self.fault(path, why)
+                return None
+        if row.hardlink is not None:
+            why = self._check_link(path, ent)
+            if why is not None:
+                self.fault(path, why)
+                return None
+        return ent
+
+    def _check_link(self, path: bytes, ent: Entry) -> str | None:
+        target = ent.hardlink
+        parts = split_path(target)
+        if not parts or any(not p or p in (b".", b"..") or b"\0" in p for p in parts) or len(parts) > MAX_DEPTH:
+            return f"hard link to {target[:200]!r}, which is not a path inside the tree"
+        if parts >= split_path(path):
+            return f"hard link to {display(target)}, which is not an earlier entry"
+        try:
+            lead = _lookup(self.repo, self.root, target, self._dirs)
+        except CorruptObject as e:
+            return f"hard link to {display(target)}: {e}"
+        if lead is None or lead.kind is Kind.DIR or lead.hardlink is not None:
+            return f"hard link to {display(target)}, which is not an earlier entry"
+        if (lead.kind, lead.mode, lead.uid, lead.gid, lead.xattrs, lead.rdev, lead.oid, lead.sparse) != \
+                (ent.kind, ent.mode, ent.uid, ent.gid, ent.xattrs, ent.rdev, ent.oid, ent.sparse):
+            return f"hard link disagrees with {display(target)}"
+        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -669,24 +834,43 @@ class Importer:
         top = [(MODE_FILE, TOP_FORMAT, fmt), (MODE_DIR, TOP_META, meta), (MODE_DIR, TOP_ROOTFS, content)]
         return self.store(OBJ_TREE, encode_tree(top + list(extra_top)))
 
-    def _count(self, d: Dir, counts) -> None:
-        for node in d.children.values():
-            if isinstance(node, Dir):
-                self._count(node, counts)
-            else:
-                counts[id(node)] += 1
+    def _count(self, root: Dir, counts) -> None:
+        todo = [root]
+        while todo:
+            for node in todo.pop().children.values():
+                if isinstance(node, Dir):
+                    todo.append(node)
+                else:
+                    counts[id(node)] += 1
 
-    def _write_dir(self, d: Dir, path: bytes, counts, leaders) -> tuple[bytes, bytes]:
-        centries, mentries, rows = [], [], []
-        for name in sorted(d.children):
+    def _write_dir(self, root: Dir, path: bytes, counts, leaders) -> tuple[bytes, bytes]:
+        """Write a directory's trees and tables, children first, without recursion: a frame per open
+        directory, visited in canonical order (which decides which path of an inode leads)."""
+        def frame(d: Dir, p: bytes):
+            return (d, p, iter(sorted(d.children)), [], [], [])
+
+        stack = [frame(root, path)]
+        while True:
+            d, dpath, names, centries, mentries, rows = stack[-1]
+            name = next(names, None)
+            if name is None:
+                table = sidetable.encode_table(_row(sidetable.SELF, d, self.keep_mtime), rows)
+                mentries.append((MODE_FILE, TABLE_NAME, self.store(OBJ_BLOB, table)))
+                c, m = self.store(OBJ_TREE, encode_tree(centries)), self.store(OBJ_TREE, encode_tree(mentries))
+                stack.pop()
+                if not stack:
+                    return c, m
+                parent = stack[-1]
+                gname = git_name(d_name := dpath.rpartition(b"/")[2])
+                parent[3].append((MODE_DIR, gname, c))
+                parent[4].append((MODE_DIR, gname, m))
+                parent[5].append(_row(d_name, d, self.keep_mtime))
+                continue
             node = d.children[name]
-            cpath = path + b"/" + name if path else name
+            cpath = dpath + b"/" + name if dpath else name
             gname = git_name(name)
             if isinstance(node, Dir):
-                c, m = self._write_dir(node, cpath, counts, leaders)
-                centries.append((MODE_DIR, gname, c))
-                mentries.append((MODE_DIR, gname, m))
-                rows.append(_row(name, node, self.keep_mtime))
+                stack.append(frame(node, cpath))
                 continue
             hl = None
             if counts[id(node)] > 1:
@@ -698,9 +882,6 @@ class Importer:
                 centries.append((MODE_EXEC if node.mode & 0o100 else MODE_FILE, gname, node.oid))
             elif node.kind is Kind.SYMLINK:
                 centries.append((MODE_LINK, gname, node.oid))
-        table = sidetable.encode_table(_row(sidetable.SELF, d, self.keep_mtime), rows)
-        mentries.append((MODE_FILE, TABLE_NAME, self.store(OBJ_BLOB, table)))
-        return self.store(OBJ_TREE, encode_tree(centries)), self.store(OBJ_TREE, encode_tree(mentries))
 
     def commit_object(self, message: str, timestamp: int | None, parents: list[bytes], extra_top=(),
                       author: tuple[str, str] | None = None) -> bytes:

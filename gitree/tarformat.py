@@ -15,6 +15,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 
 from .errors import BadInput, UnsupportedEntry
+from .limits import XATTR_LIST_MAX
 from .sparse import MAX_SEGMENTS, SparseMap
 from .sparse import canonical as sparse_canonical
 
@@ -29,7 +30,6 @@ _TYPE_IFMT = {REGTYPE: stat.S_IFREG, AREGTYPE: stat.S_IFREG, CONTTYPE: stat.S_IF
               FIFOTYPE: stat.S_IFIFO}
 # Limits on what an archive can make gitree hold (docs/tar.md, "Limits").
 MAX_PAX_HEADER = 8 << 20        # one pax extended header or GNU long name/link payload
-XATTR_LIST_MAX = 65536          # Linux: total length of one inode's xattr name list (names + NULs)
 _MAX_META = MAX_PAX_HEADER
 _REFUSED_TYPES = {b"M": "GNU multi-volume continuation", b"N": "GNU old long-name (type N)"}
 # pax keywords that carry nothing a root filesystem tree keeps (times other than mtime, names of owners:
