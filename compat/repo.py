@@ -4,7 +4,7 @@ Writes are staged in ``tmp/`` and renamed into ``objects/`` (atomic); content is
 Reads verify checksums as they go and raise CorruptObject / MissingObject naming the object.
 Thread-safe for concurrent writers (unique staging names; hashlib and zlib release the GIL).
 
-A repository may come from someone else, so reading trusts nothing in it (docs/security-ostree-input.md):
+A repository may come from someone else, so reading trusts nothing in it (docs/security.md, "OSTree input and initramfs"):
 every file inside it is opened relative to the repository's directory, one component at a time, without
 following a symlink (only a bare repository's symlink content objects are symlinks, and those are read
 with readlink); what is not a regular file is refused before it is read (a FIFO cannot block, a device

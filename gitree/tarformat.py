@@ -31,6 +31,11 @@ _TYPE_IFMT = {REGTYPE: stat.S_IFREG, AREGTYPE: stat.S_IFREG, CONTTYPE: stat.S_IF
 # Limits on what an archive can make gitree hold (docs/tar.md, "Limits").
 MAX_PAX_HEADER = 8 << 20        # one pax extended header or GNU long name/link payload
 _MAX_META = MAX_PAX_HEADER
+# The pax keywords a global header may set for every following member; any other is ignored with one warning
+# per header (xattrs, ACLs, names and sizes have no meaning for every member, and copies would multiply).
+_GLOBAL_KEYS = frozenset((b"uid", b"gid", b"uname", b"gname", b"mtime", b"atime", b"ctime", b"hdrcharset",
+                          b"charset", b"comment"))
+_GLOBAL_NAMES = ", ".join(sorted(k.decode() for k in _GLOBAL_KEYS))
 _REFUSED_TYPES = {b"M": "GNU multi-volume continuation", b"N": "GNU old long-name (type N)"}
 # pax keywords that carry nothing a root filesystem tree keeps (times other than mtime, names of owners:
 # gitree stores numeric ids as GNU tar --numeric-owner does when extracting as root)
@@ -367,22 +372,31 @@ class TarReader:
             return hdr
 
     def _set_global(self, recs, offset: int) -> None:
+        """Keep the keywords a global header may set for every member; the first ignored one is warned
+        about by name, the rest counted in one more line (a header of many records must not make as many
+        warnings, nor copies per member)."""
+        ignored = 0
         for key, value in recs:
-            if key in (b"path", b"linkpath", b"size") or key.startswith(b"GNU.sparse."):
+            if key in _GLOBAL_KEYS:
                 if value:
-                    self.warnings.append(f"pax global header at byte {offset}: {key.decode('latin-1')} "
-                                         "ignored (it would apply to every member)")
+                    self._global[key] = value
+                else:
+                    self._global.pop(key, None)
+                continue
+            if not value and (key in (b"path", b"linkpath", b"size") or key.startswith(b"GNU.sparse.")):
+                continue  # an empty value only deletes a keyword: nothing is lost
+            ignored += 1
+            if ignored > 1:
                 continue
             if key.startswith((b"SCHILY.xattr.", b"LIBARCHIVE.xattr.", b"SCHILY.acl.", b"RHT.")):
-                # GNU tar fails on them and bsdtar ignores them; applied to every member they would
-                # multiply their size by the member count
-                self.warnings.append(f"pax global header at byte {offset}: {key[:60].decode('latin-1')} "
-                                     "ignored (xattrs and ACLs are kept per member only)")
-                continue
-            if value:
-                self._global[key] = value
+                why = "xattrs and ACLs are kept per member only (GNU tar fails on them, bsdtar ignores them)"
+            elif key in (b"path", b"linkpath", b"size") or key.startswith(b"GNU.sparse."):
+                why = "it would apply to every member"
             else:
-                self._global.pop(key, None)
+                why = f"only {_GLOBAL_NAMES} apply to every member"
+            self.warnings.append(f"pax global header at byte {offset}: {key[:60].decode('latin-1')} ignored ({why})")
+        if ignored > 1:
+            self.warnings.append(f"pax global header at byte {offset}: {ignored - 1} more keyword(s) ignored")
 
     @staticmethod
     def _parse_header(buf: bytes, offset: int):
