@@ -6,6 +6,7 @@ import collections
 import concurrent.futures
 import errno
 import os
+import resource
 from typing import Callable, Iterable, Iterator
 
 from .entry import Entry, Kind
@@ -89,6 +90,16 @@ BATCH_BYTES = 1 << 20
 WRITE_BATCHES = 4
 
 
+def _batch_files() -> int:
+    """Files per write batch: BATCH_FILES, fewer when the descriptor limit is low, so that the pending files
+    ((WRITE_BATCHES + 1) batches), the directory window and the packs stay under RLIMIT_NOFILE."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return BATCH_FILES
+    spare = (soft - FD_WINDOW - 16) // 2  # half of what the window and the process's own files leave
+    return max(1, min(BATCH_FILES, spare // (WRITE_BATCHES + 1)))
+
+
 def _proc_path(dirfd: int, name: bytes) -> bytes:
     return b"/proc/self/fd/%d/" % dirfd + name
 
@@ -115,6 +126,7 @@ class DirectoryWriter:
         self.batch: list[tuple[int, Entry]] = []   # created files (open descriptors) whose content is pending
         self.batch_bytes = 0
         self.writing: collections.deque = collections.deque()  # futures of submitted batches
+        self.batch_files = _batch_files()
 
     def run(self, entries: Iterable[Entry]) -> CheckoutReport:
         if os.path.lexists(self.dest):
@@ -232,7 +244,7 @@ class DirectoryWriter:
                          dir_fd=pfd)
             self.batch.append((fd, e))
             self.batch_bytes += e.size or 0
-            if len(self.batch) >= BATCH_FILES or self.batch_bytes >= BATCH_BYTES:
+            if len(self.batch) >= self.batch_files or self.batch_bytes >= BATCH_BYTES:
                 self._submit()
             return
         if e.kind is Kind.SYMLINK:
