@@ -250,8 +250,31 @@ def decode_file_header(data: bytes) -> FileMeta:
     return _meta_from_header(*gvariant.decode(FILE_HEADER_TYPE, data))
 
 
+class ZeroRun(int):
+    """A run of this many zero bytes in a payload stream (a hole of a sparse file). Writers that accept
+    ``Iterable[bytes | ZeroRun]`` hash and store it without the bytes ever existing: an archive object gets
+    deflate blocks made once per level and repeated, a bare object gets a hole."""
+
+    __slots__ = ()
+
+
+ZERO_BLOCK = 1 << 20
+_ZEROS = bytes(ZERO_BLOCK)
+_ZERO_DEFLATE: dict[int, bytes] = {}
+
+
+def zero_deflate_block(level: int) -> bytes:
+    """Raw deflate of ZERO_BLOCK zero bytes, ended by a full flush: byte-aligned, not final, and referring to
+    nothing before it, so it may be spliced between two full flushes of any raw deflate stream."""
+    b = _ZERO_DEFLATE.get(level)
+    if b is None:
+        z = zlib.compressobj(level, zlib.DEFLATED, -15)
+        b = _ZERO_DEFLATE[level] = z.compress(_ZEROS) + z.flush(zlib.Z_FULL_FLUSH)
+    return b
+
+
 class ContentHasher:
-    """Streaming checksum of a content object: feed the payload with ``update``."""
+    """Streaming checksum of a content object: feed the payload with ``update`` (or ``update_zeros``)."""
 
     __slots__ = ("_h",)
 
@@ -260,6 +283,12 @@ class ContentHasher:
 
     def update(self, data: bytes | bytearray | memoryview) -> None:
         self._h.update(data)
+
+    def update_zeros(self, n: int) -> None:
+        full, rest = divmod(n, ZERO_BLOCK)
+        for _ in range(full):
+            self._h.update(_ZEROS)
+        self._h.update(_ZEROS[:rest])
 
     def digest(self) -> bytes:
         return self._h.digest()
@@ -295,13 +324,27 @@ def encode_filez_header(meta: FileMeta, size: int) -> bytes:
 class FilezCompressor:
     """Raw deflate (no zlib header) as archive repos store payloads; ``flush`` once at the end."""
 
-    __slots__ = ("_z",)
+    __slots__ = ("_z", "_level")
 
     def __init__(self, level: int = DEFAULT_ZLIB_LEVEL) -> None:
         self._z = zlib.compressobj(level, zlib.DEFLATED, -15)
+        self._level = level
 
     def compress(self, data: bytes | bytearray | memoryview) -> bytes:
         return self._z.compress(data)
+
+    def compress_zeros(self, n: int) -> Iterator[bytes]:
+        """The deflate of n zero bytes: whole blocks spliced from zero_deflate_block after a full flush
+        (the stream stays valid: nothing after a full flush refers to what came before it), the rest
+        compressed as usual."""
+        full, rest = divmod(n, ZERO_BLOCK)
+        if full:
+            yield self._z.flush(zlib.Z_FULL_FLUSH)
+            block = zero_deflate_block(self._level)
+            for _ in range(full):
+                yield block
+        if rest:
+            yield self._z.compress(_ZEROS[:rest])
 
     def flush(self) -> bytes:
         return self._z.flush()

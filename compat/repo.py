@@ -4,7 +4,8 @@ Writes are staged in ``tmp/`` and renamed into ``objects/`` (atomic); content is
 Reads verify checksums as they go and raise CorruptObject / MissingObject naming the object.
 Thread-safe for concurrent writers (unique staging names; hashlib and zlib release the GIL).
 
-A repository may come from someone else, so reading trusts nothing in it (docs/security.md, "OSTree input and initramfs"):
+A repository may come from someone else, so reading trusts nothing in it (docs/security.md, "OSTree input and
+initramfs"):
 every file inside it is opened relative to the repository's directory, one component at a time, without
 following a symlink (only a bare repository's symlink content objects are symlinks, and those are read
 with readlink); what is not a regular file is refused before it is read (a FIFO cannot block, a device
@@ -529,7 +530,10 @@ class OstreeRepo:
 
         def hashed() -> Iterator[bytes]:
             for c in chunks:
-                h.update(c)
+                if isinstance(c, ob.ZeroRun):
+                    h.update_zeros(c)
+                else:
+                    h.update(c)
                 yield c
 
         if self.mode == "archive":
@@ -546,10 +550,19 @@ class OstreeRepo:
                     owner: FileMeta | None = None) -> None:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
+            hole = False
             for c in chunks:
+                if isinstance(c, ob.ZeroRun):  # a hole stays a hole
+                    if c:
+                        os.lseek(fd, c, os.SEEK_CUR)
+                        hole = True
+                    continue
+                hole = hole and not c
                 mv = memoryview(c)
                 while mv:
                     mv = mv[os.write(fd, mv):]
+            if hole:
+                os.ftruncate(fd, os.lseek(fd, 0, os.SEEK_CUR))
             if owner is not None:
                 os.fchown(fd, owner.uid, owner.gid)
                 for n, v in owner.xattrs:
@@ -571,6 +584,11 @@ class OstreeRepo:
             if not meta.is_symlink:
                 z = ob.FilezCompressor(self.zlib_level)
                 for c in chunks:
+                    if isinstance(c, ob.ZeroRun):
+                        size += c
+                        for out in z.compress_zeros(c):
+                            f.write(out)
+                        continue
                     size += len(c)
                     out = z.compress(c)
                     if out:

@@ -261,13 +261,14 @@ def _write_filez_raw(target: OstreeRepo, meta: FileMeta, csum: str, ps) -> bool:
 
 
 def sparse_file_content(repo: Repo, blob: bytes, smap: SparseMap, where: str) -> Iterator[bytes]:
-    """The logical bytes of a sparse file (OSTree has no sparse files): its blob's data segments placed by
-    its map, the holes streamed as zeros. Costs the logical size in time and in the written object
-    (compressed in archive mode, where zeros shrink ~1000x), never in memory."""
+    """The logical content of a sparse file (OSTree has no sparse files): its blob's data segments placed by
+    its map, each hole a ZeroRun. The checksum still hashes every logical byte (SHA-256 over the zeros,
+    about 1.7 GB/s here); the archive object gets precomputed deflate blocks for the holes, a bare object
+    keeps them as holes. Never the logical size in memory."""
     size = repo.blob_size(blob, where)
     if size != smap.data_size:
         raise CorruptObject(f"{where}: blob holds {size} bytes, its sparse map {smap.data_size}")
-    return sparse_logical_chunks(smap, repo.blob_chunks(blob, size, where))
+    return sparse_logical_chunks(smap, repo.blob_chunks(blob, size, where), hole=oc.ZeroRun)
 
 
 def _produce_sparse(blob: bytes, smap: SparseMap, where: str) -> tuple[int, Iterator[bytes]]:

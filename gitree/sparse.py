@@ -88,8 +88,9 @@ def _nat(b: bytes) -> int:
     return int(b)
 
 
-def logical_chunks(m: SparseMap, data: Iterable[bytes], chunk: int = 1 << 20) -> Iterator[bytes]:
-    """The file's logical bytes: data segments from `data` (their concatenation) with the holes as zeros.
+def logical_chunks(m: SparseMap, data: Iterable[bytes], chunk: int = 1 << 20, hole=None) -> Iterator[bytes]:
+    """The file's logical bytes: data segments from `data` (their concatenation) with the holes as zeros,
+    or, with `hole` given, as one `hole(length)` item per hole (a writer that knows them skips the bytes).
     Streams; memory stays at one chunk whatever the logical size."""
     it = iter(data)
     buf = memoryview(b"")
@@ -108,11 +109,17 @@ def logical_chunks(m: SparseMap, data: Iterable[bytes], chunk: int = 1 << 20) ->
             n -= len(piece)
             yield bytes(piece)
 
+    def gap(n: int) -> Iterator:
+        if hole is None:
+            yield from zeros(n, chunk)
+        elif n:
+            yield hole(n)
+
     for off, n in m.segments:
-        yield from zeros(off - pos, chunk)
+        yield from gap(off - pos)
         yield from take(n)
         pos = off + n
-    yield from zeros(m.size - pos, chunk)
+    yield from gap(m.size - pos)
     if buf or next(it, b"") != b"":
         raise ValueError("sparse file data is longer than its map")
 
