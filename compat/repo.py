@@ -227,6 +227,7 @@ class OstreeRepo:
         self._objdir = os.fspath(self.path / "objects")
         self._tmpdir = os.fspath(self.path / "tmp")
         self._tmp_ready = False  # tmp/ is made on the first write: reading a repository writes nothing to it
+        self._layout_checked = False
 
     @classmethod
     def create(cls, path: str | os.PathLike, mode: str = "bare", *, fsync: bool = False,
@@ -266,7 +267,9 @@ class OstreeRepo:
         return f"{self._objdir}/{self._rel(checksum, objtype)[len('objects/'):]}"
 
     def object_path(self, checksum: str, objtype: ObjectType) -> Path:
-        """``objects/XX/REST.SUFFIX`` of an object (``.filez`` for content in archive repos)."""
+        """``objects/XX/REST.SUFFIX`` of an object (``.filez`` for content in archive repos), for a writer
+        outside this class (so the write layout is checked first)."""
+        self.check_write_layout()
         return Path(self._obj(checksum, objtype))
 
     def has_object(self, checksum: str, objtype: ObjectType) -> bool:
@@ -350,8 +353,32 @@ class OstreeRepo:
     # ------------------------------------------------------------------------------------------
     # Staging
 
+    def check_write_layout(self) -> None:
+        """Before the first write: every directory a write goes through (tmp/, objects/ and each objects/XX,
+        refs/ and its namespaces) must be a real directory, not a symlink, so that a repository prepared by
+        someone else cannot send an object or a ref elsewhere. Raises BadRepo naming the directory."""
+        if self._layout_checked:
+            return
+        for rel in _INIT_DIRS:
+            self._require_dir_or_absent(rel)
+        with os.scandir(self._objdir) as it:
+            for e in it:
+                if len(e.name) == 2 and not e.is_dir(follow_symlinks=False):
+                    raise BadRepo(f"{self.path}: objects/{e.name} is not a directory (a symlink?): "
+                                  "refusing to write through it")
+        self._layout_checked = True
+
+    def _require_dir_or_absent(self, rel: str) -> None:
+        try:
+            st = os.stat(rel, dir_fd=self._root_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISDIR(st.st_mode):
+            raise BadRepo(f"{self.path}: {rel} is {_kind(st.st_mode)}, not a directory: refusing to write through it")
+
     def _tmp_path(self) -> str:
         if not self._tmp_ready:
+            self.check_write_layout()
             os.makedirs(self._tmpdir, exist_ok=True)
             self._tmp_ready = True
         return f"{self._tmpdir}/gitree-{secrets.token_hex(12)}"
@@ -419,7 +446,7 @@ class OstreeRepo:
         if objtype is ObjectType.FILE:
             raise InvalidObject("use open_content() for file objects")
         name = _objname(checksum, objtype)
-        path = str(self.object_path(checksum, objtype))
+        path = self._obj(checksum, objtype)
 
         def corrupt(msg: str) -> CorruptObject:
             return CorruptObject(f"{name}: {msg}", checksum=checksum, objtype=objtype.suffix, path=path)
@@ -446,7 +473,7 @@ class OstreeRepo:
         except (GVariantError, InvalidObject) as e:
             raise CorruptObject(f"{_objname(checksum, objtype)}: {e}", checksum=checksum,
                                 objtype=objtype.suffix,
-                                path=str(self.object_path(checksum, objtype))) from None
+                                path=self._obj(checksum, objtype)) from None
 
     def read_dirtree(self, checksum: str) -> DirTree:
         return self._read_decoded(ObjectType.DIR_TREE, checksum)
@@ -610,7 +637,7 @@ class OstreeRepo:
         payload is verified at the end of ``chunks()``.
         """
         rel = self._rel(checksum, ObjectType.FILE)
-        path = str(self.object_path(checksum, ObjectType.FILE))
+        path = self._obj(checksum, ObjectType.FILE)
         name = _objname(checksum, ObjectType.FILE)
 
         def corrupt(msg: str) -> CorruptObject:
@@ -810,6 +837,9 @@ class OstreeRepo:
         if not ob.is_valid_checksum(checksum):
             raise RefError(f"invalid checksum {checksum!r:.80} for ref {ref!r}")
         p = self._ref_path(ref)
+        parts = p.relative_to(self.path).parts
+        for i in range(1, len(parts)):  # refs/heads/a/b: no directory on the way may be a symlink
+            self._require_dir_or_absent("/".join(parts[:i]))
         tmp = self._write_tmp_file(f"{checksum}\n".encode("ascii"))
         try:
             p.parent.mkdir(parents=True, exist_ok=True)

@@ -323,3 +323,40 @@ def test_entry_header_and_zlib_framing_round_trip():
         assert zlib.decompress(bytes(zlib_to_raw(z)), -15) == payload
     assert zlib_to_raw(b"\x78\x9c" + b"\0" * 10) is not None
     assert zlib_to_raw(b"\x78\xbb" + b"\0" * 10) is None   # FDICT / bad check bits
+
+
+@pytest.mark.parametrize("plant", ["objects-xx", "tmp", "refs-heads", "ref-parent"])
+def test_export_into_a_prepared_repository_never_writes_through_its_symlinks(work, plant):
+    """A target OSTree repository made by someone else, with a symlink where a directory belongs
+    (objects/XX, tmp/, refs/heads, a ref's parent directory), is refused in one line before anything is
+    written; nothing lands in the directory the symlink names."""
+    import subprocess
+    src = os.path.join(work, "tree")
+    os.makedirs(os.path.join(src, "etc"))
+    with open(os.path.join(src, "etc", "os-release"), "w") as f:
+        f.write("ID=test\n")
+    repo = os.path.join(work, "repo.git")
+    run_gitree("-C", repo, "init")
+    run_gitree("-C", repo, "import-rootfs", src, "-b", "main")
+    outside = os.path.join(work, "outside")
+    os.mkdir(outside)
+    target = os.path.join(work, "target")
+    subprocess.run(["ostree", "--repo=" + target, "init", "--mode=bare"], check=True)
+    ref = "x"
+    if plant == "objects-xx":
+        for i in range(256):
+            os.symlink(outside, os.path.join(target, "objects", "%02x" % i))
+    elif plant == "tmp":
+        os.rmdir(os.path.join(target, "tmp", "cache"))
+        os.rmdir(os.path.join(target, "tmp"))
+        os.symlink(outside, os.path.join(target, "tmp"))
+    elif plant == "refs-heads":
+        os.rmdir(os.path.join(target, "refs", "heads"))
+        os.symlink(outside, os.path.join(target, "refs", "heads"))
+    else:
+        os.symlink(outside, os.path.join(target, "refs", "heads", "a"))
+        ref = "a/b"
+    r = run_gitree("-C", repo, "export-ostree", "main", "--ostree-repo", target, "--ref", ref, check=False)
+    err = r.stderr.decode().strip().splitlines()
+    assert r.returncode != 0 and len(err) == 1 and "not a directory" in err[0], err
+    assert os.listdir(outside) == []
