@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 
 from . import ostreemeta
+from .limits import MAX_META_BYTES
 from .entry import Entry, Kind
 from .errors import BadInput, GitreeError, NotFound
 from .gittree import MODE_FILE
@@ -149,7 +150,8 @@ def tree_metadata(repo: Repo, commit) -> list:
     top = repo.top_entries(commit)
     if ostreemeta.BLOB_NAME not in top:
         return []
-    return ostreemeta.decode(repo.read(top[ostreemeta.BLOB_NAME][1], OBJ_BLOB, "ostree-meta"))
+    return ostreemeta.decode(repo.read_bounded(top[ostreemeta.BLOB_NAME][1], OBJ_BLOB, MAX_META_BYTES,
+                                               "ostree-meta"))
 
 
 def _next_version(repo: Repo, branch: str, prefix: str) -> str:

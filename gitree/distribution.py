@@ -16,6 +16,7 @@ import subprocess
 
 import pygit2
 
+from .outfile import require_private_dir
 from .errors import BadInput, CorruptObject, GitreeError, UnsafePath
 from .store import Repo
 
@@ -132,7 +133,11 @@ def clone(url: str, path: str, depth: int | None = None, branch: str | None = No
     """A bare clone of a gitree repository, set up as `gitree init` would (shallow with `depth`)."""
     if os.path.lexists(path) and not (os.path.isdir(path) and not os.listdir(path)):
         raise GitreeError(f"{path} exists and is not an empty directory")
-    args = ["-c", "transfer.fsckObjects=true", "clone", "--bare", "--no-tags", "-q"]
+    if os.path.lexists(path):
+        require_private_dir(path, "clone destination")
+    # --no-local: a local source is copied object by object, never linked or borrowed (alternates), so the
+    # clone owns what it verified
+    args = ["-c", "transfer.fsckObjects=true", "clone", "--bare", "--no-tags", "--no-local", "-q"]
     if depth is not None:
         args += [f"--depth={depth}", "--no-single-branch"]  # --depth alone fetches the server's HEAD only
     if branch is not None:

@@ -23,7 +23,11 @@ MAX_TABLE_BYTES = 16 << 20     # bytes of one side table (checked from the objec
 MAX_TREE_BYTES = 32 << 20      # bytes of one git tree object (same)
 MAX_COMMIT_ENTRIES = 1 << 23   # entries one walk of a commit yields (8,388,608): bounds a tree that
                                # shares subtrees to look exponentially large
-MAX_META_BYTES = 1 << 20       # a commit or tag object, or a small blob gitree reads whole (format marker)
+MAX_META_BYTES = 1 << 20       # a commit or tag object, or a small blob gitree reads whole (format marker,
+                               # the ostree-meta blob of a bootable commit)
+MAX_OSTREE_OBJECT_BYTES = 10 << 20  # ostree/commit and ostree/commitmeta of an imported commit (OSTree's own
+                                    # limit on a metadata object)
+MAX_XATTR_ORDER_BYTES = 8 << 20     # ostree/xattr-order of an imported commit
 
 # -- bundles ---------------------------------------------------------------------------------------
 MAX_BUNDLE_HEADER_LINES = 1024     # prerequisite plus ref lines of the git bundle inside

@@ -30,7 +30,7 @@ import pygit2
 import gitree_compat as oc
 from gitree_compat import Commit, DirMeta, FileMeta, ObjectType, OstreeRepo, Variant
 
-from . import ostreemeta
+from . import limits, ostreemeta
 from .entry import Entry, Kind
 from .exportcache import COMMIT, DIRMETA, DIRTREE, FILE, open_cache, record_key
 from .errors import BadInput, CorruptObject, GitreeError, UnsupportedEntry
@@ -341,7 +341,11 @@ class Exporter:
         if order is None:
             return tuple(xattrs)
         values = dict(xattrs)
-        return tuple((n, values[n]) for n in order if n in values)
+        if len(order) != len(values) or set(order) != set(values):
+            # the recorded order must be a permutation of the xattrs the tree holds: anything else (an
+            # order that leaves one out, say) would export other xattrs than fsck and checkout see
+            return oc.canonical_xattrs(xattrs)
+        return tuple((n, values[n]) for n in order)
 
     def _file_meta(self, path: bytes, e_kind: Kind, mode: int, uid: int, gid: int, xattrs,
                    target: bytes) -> FileMeta:
@@ -545,7 +549,8 @@ class Exporter:
         md = list(self.opts.extra_metadata)
         if ostreemeta.BLOB_NAME in top:  # a bootable commit's keys (ostree.linux, version, ...)
             md += ostreemeta.to_variants(ostreemeta.decode(
-                self.repo.read(top[ostreemeta.BLOB_NAME][1], OBJ_BLOB, "ostree-meta")))
+                self.repo.read_bounded(top[ostreemeta.BLOB_NAME][1], OBJ_BLOB, limits.MAX_META_BYTES,
+                                       "ostree-meta")))
         if self.opts.bindings:   # as ostree commit: the sorted refs, and the repository's collection ID
             md.append(("ostree.ref-binding", Variant("as", sorted({self.opts.ref, *self.opts.ref_bindings}))))
             if self.target.collection_id:
@@ -558,11 +563,12 @@ class Exporter:
         ent = {n: o for _, n, o in decode_tree(self.repo.read(tree_oid, OBJ_TREE, "ostree/"))}
         if OSTREE_COMMIT not in ent:
             return None
-        data = self.repo.read(ent[OSTREE_COMMIT], OBJ_BLOB, "ostree/commit")
-        detached = self.repo.read(ent[OSTREE_COMMITMETA], OBJ_BLOB, "ostree/commitmeta") \
+        big = limits.MAX_OSTREE_OBJECT_BYTES
+        data = self.repo.read_bounded(ent[OSTREE_COMMIT], OBJ_BLOB, big, "ostree/commit")
+        detached = self.repo.read_bounded(ent[OSTREE_COMMITMETA], OBJ_BLOB, big, "ostree/commitmeta") \
             if OSTREE_COMMITMETA in ent else None
-        order = self.repo.read(ent[OSTREE_XATTR_ORDER], OBJ_BLOB, "ostree/xattr-order") \
-            if OSTREE_XATTR_ORDER in ent else None
+        order = self.repo.read_bounded(ent[OSTREE_XATTR_ORDER], OBJ_BLOB, limits.MAX_XATTR_ORDER_BYTES,
+                                       "ostree/xattr-order") if OSTREE_XATTR_ORDER in ent else None
         return data, detached, order
 
     def run(self, rev: str) -> ExportResult:

@@ -13,7 +13,37 @@ import os
 import secrets
 from typing import BinaryIO, Iterator
 
+from .errors import UnsafePath
+
 _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _drop_inherited_acl(fd: int, mode: int) -> None:
+    """A default ACL on the directory would give the new file entries for other users: remove them, so the
+    file has the permissions `mode` and the umask give it, as a file made elsewhere would."""
+    try:
+        os.removexattr(fd, "system.posix_acl_access")
+    except OSError:
+        pass  # none inherited, or no ACL support
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, mode & ~umask)
+
+
+def require_private_dir(path: str, what: str) -> None:
+    """An existing directory gitree is to fill (checkout DEST, clone PATH) must be this user's, writable by
+    no one else, without a default ACL: otherwise its owner could swap what gitree creates for symlinks
+    between two system calls, or read every file through inherited ACL entries."""
+    st = os.lstat(path)
+    if st.st_uid != os.geteuid():
+        raise UnsafePath(f"{what} {path} belongs to uid {st.st_uid}, not to you: give a new or your own directory")
+    if st.st_mode & 0o022:
+        raise UnsafePath(f"{what} {path} is writable by other users (mode {st.st_mode & 0o7777:o})")
+    try:
+        os.getxattr(path, "system.posix_acl_default", follow_symlinks=False)
+    except OSError:
+        return
+    raise UnsafePath(f"{what} {path} has a default ACL, which would give other users access to what is written")
 
 
 @contextlib.contextmanager
@@ -31,6 +61,7 @@ def atomic_output(path: str, mode: int = 0o666) -> Iterator[BinaryIO]:
     else:  # pragma: no cover - 16 collisions of 64 random bits
         raise FileExistsError(f"cannot create a temporary file beside {path}")
     try:
+        _drop_inherited_acl(fd, mode)
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()

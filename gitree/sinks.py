@@ -12,6 +12,7 @@ from typing import Callable, Iterable, Iterator
 from .entry import Entry, Kind
 from .errors import GitreeError, UnsafePath
 from .names import display
+from .outfile import require_private_dir
 from .sparse import logical_chunks
 from .tarformat import TarWriter
 
@@ -134,6 +135,7 @@ class DirectoryWriter:
                 raise GitreeError(f"{os.fsdecode(self.dest)} exists and is not a directory")
             if os.listdir(self.dest):
                 raise GitreeError(f"{os.fsdecode(self.dest)} is not empty")
+            require_private_dir(os.fsdecode(self.dest), "checkout destination")
         else:
             os.mkdir(self.dest, 0o700)
         try:

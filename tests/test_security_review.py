@@ -1,0 +1,119 @@
+"""Findings of an attack on the merged security work, each kept fixed: an imported commit's OSTree side
+blobs (ostree/xattr-order, ostree/commit, ostree-meta) cannot change or inflate an export, and the
+directories gitree fills (checkout DEST, clone PATH, an output file's directory) cannot lend their
+owner or default ACL to what gitree writes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import zlib
+
+import pygit2
+import pytest
+
+from helpers import last_line, run_gitree
+from test_security_git import MODE_DIR, MODE_FILE, assert_one_error, base, blob, run_limited, write_tree  # noqa: F401
+
+
+def _with_ostree_subtree(repo: str, rev: str, files: list[tuple[bytes, bytes]], name: str) -> str:
+    """A commit of rev's tree plus an `ostree/` subtree holding `files` (as import-ostree writes it)."""
+    g = pygit2.Repository(repo)
+    c = g.revparse_single(rev)
+    ents = [(b"%o" % e.filemode, e.name.encode(), e.id.raw) for e in c.tree if e.name != "ostree"]
+    ost = write_tree(g, [(MODE_FILE, n, blob(g, d)) for n, d in files])
+    top = write_tree(g, ents + [(MODE_DIR, b"ostree", ost)])
+    sig = pygit2.Signature("t", "t@example.invalid", c.commit_time, 0)
+    return str(g.create_commit("refs/heads/" + name, sig, sig, c.message, pygit2.Oid(raw=top), []))
+
+
+def _ls_x(ostree_repo: str, ref: str, path: str) -> str:
+    return subprocess.run(["ostree", "--repo=" + ostree_repo, "ls", "-X", ref, path], capture_output=True,
+                          text=True, check=True).stdout
+
+
+def test_xattr_order_cannot_drop_an_xattr_from_the_export(work, base):
+    """An `ostree/xattr-order` that names fewer xattrs than the tree holds is not a permutation of them:
+    the export keeps every xattr (here /bin/sh's file capability), as fsck and checkout see them."""
+    repo, _ = base
+    first = os.path.join(work, "first")
+    csum = last_line(run_gitree("-C", repo, "export-ostree", "main", "--ostree-repo", first, "--ref", "x"))
+    with open(os.path.join(first, "objects", csum[:2], csum[2:] + ".commit"), "rb") as f:
+        original = f.read()
+    _with_ostree_subtree(repo, "main", [(b"commit", original), (b"xattr-order", b"bin/sh\n")], "xo")
+    run_gitree("-C", repo, "fsck", "xo")
+    out = os.path.join(work, "out")
+    run_gitree("-C", repo, "export-ostree", "xo", "--ostree-repo", out, "--ref", "x")
+    listing = _ls_x(out, "x", "/bin/sh")
+    assert "security.capability" in listing, listing
+
+
+@pytest.mark.parametrize("blob_name,limit_words", [(b"xattr-order", "more than the limit"),
+                                                   (b"commit", "more than the limit")])
+def test_oversized_ostree_side_blobs_are_refused_from_their_header(work, base, blob_name, limit_words):
+    """ostree/xattr-order and ostree/commit are read only within their limits (8 MiB, 10 MiB), from the
+    object's header: a few KB of compressed input cannot make export allocate hundreds of MiB."""
+    repo, _ = base
+    data = b"bin/sh security.capability\n" * ((12 << 20) // 27) if blob_name == b"xattr-order" else b"\0" * (11 << 20)
+    files = [(b"commit", b"\0" * 64), (blob_name, data)] if blob_name != b"commit" else [(b"commit", data)]
+    _with_ostree_subtree(repo, "main", files, "big")
+    r = run_limited("-C", repo, "export-ostree", "big", "--ostree-repo", os.path.join(work, "out"))
+    assert_one_error(r, limit_words)
+
+
+def test_oversized_ostree_meta_blob_is_refused(work, base):
+    """The ostree-meta blob of a bootable commit is bounded (1 MiB): 2 million keys are refused in one line
+    under the 300 MiB memory limit, before they are decoded."""
+    repo, _ = base
+    g = pygit2.Repository(repo)
+    c = g.revparse_single("main")
+    body = b"gitree-ostree-meta 1\n" + b"k s v\n" * 2_000_000
+    ents = [(b"%o" % e.filemode, e.name.encode(), e.id.raw) for e in c.tree]
+    top = write_tree(g, ents + [(MODE_FILE, b"ostree-meta", blob(g, body))])
+    sig = pygit2.Signature("t", "t@example.invalid", c.commit_time, 0)
+    g.create_commit("refs/heads/meta", sig, sig, c.message, pygit2.Oid(raw=top), [])
+    assert len(zlib.compress(body)) < 1 << 20
+    r = run_limited("-C", repo, "export-ostree", "meta", "--ostree-repo", os.path.join(work, "out"))
+    assert_one_error(r, "ostree-meta", "more than the limit")
+
+
+def test_checkout_refuses_a_destination_others_control(work, base):
+    """An existing empty DEST that another user owns, that others can write, or that has a default ACL is
+    refused before anything is created in it (its owner could swap entries for symlinks, or read every file
+    through inherited ACL entries)."""
+    repo, _ = base
+    foreign = os.path.join(work, "foreign")
+    os.mkdir(foreign, 0o755)
+    os.chown(foreign, 65534, 65534)
+    assert_one_error(run_gitree("-C", repo, "checkout", "main", foreign, check=False), "belongs to uid 65534")
+    shared = os.path.join(work, "shared")
+    os.mkdir(shared)
+    os.chmod(shared, 0o777)
+    assert_one_error(run_gitree("-C", repo, "checkout", "main", shared, check=False), "writable by other users")
+    acl = os.path.join(work, "acl")
+    os.mkdir(acl, 0o755)
+    subprocess.run(["setfacl", "-d", "-m", "u:nobody:rwx", acl], check=True)
+    assert_one_error(run_gitree("-C", repo, "checkout", "main", acl, check=False), "default ACL")
+    for d in (foreign, shared, acl):
+        assert os.listdir(d) == []
+
+
+def test_tar_output_does_not_inherit_a_default_acl(work, base):
+    """checkout --tar FILE in a directory with a default ACL: the file gets no ACL entries for others."""
+    repo, _ = base
+    d = os.path.join(work, "outdir")
+    os.mkdir(d, 0o755)
+    subprocess.run(["setfacl", "-d", "-m", "u:nobody:rwx", d], check=True)
+    out = os.path.join(d, "root.tar")
+    run_gitree("-C", repo, "checkout", "main", "--tar", out)
+    acl = subprocess.run(["getfacl", "-c", "-n", out], capture_output=True, text=True, check=True).stdout
+    assert "user:65534" not in acl, acl
+
+
+def test_clone_copies_a_local_source_instead_of_borrowing_it(work, base):
+    """A clone of a local repository owns its objects (no objects/info/alternates into the source)."""
+    repo, _ = base
+    dest = os.path.join(work, "clone.git")
+    run_gitree("clone", repo, dest)
+    assert not os.path.exists(os.path.join(dest, "objects", "info", "alternates"))
+    run_gitree("-C", dest, "fsck")
