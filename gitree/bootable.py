@@ -134,7 +134,7 @@ def read_os_release(repo: Repo, commit) -> dict[str, str]:
     for path in (b"usr/lib/os-release", b"etc/os-release", b"usr/etc/os-release"):
         e = repo.find(root, path)
         if e is not None and e.kind is Kind.FILE:
-            text = repo.read(e.oid, OBJ_BLOB, path.decode()).decode("utf-8", "replace")
+            text = repo.read_bounded(e.oid, OBJ_BLOB, MAX_META_BYTES, path.decode()).decode("utf-8", "replace")
             out = {}
             for line in text.splitlines():
                 m = re.match(r"^([A-Z_][A-Z0-9_]*)=(.*)$", line.strip())

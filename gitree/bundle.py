@@ -570,11 +570,14 @@ def apply(repo: Repo, path: str, branch: str | None = None, level: int = 1) -> t
             installed = pack.install()
             pack = None
             try:
-                commit = repo.git[pygit2.Oid(raw=new)].peel(pygit2.Commit)
+                commit = repo.git[pygit2.Oid(raw=new)]
             except (KeyError, ValueError, pygit2.GitError):
+                commit = None
+            if not isinstance(commit, pygit2.Commit):  # a branch names a commit, never a tag
                 raise CorruptObject(f"{path}: the bundle's tip {new.hex()} is not a commit") from None
             if commit.id.raw not in commits:
                 commits.append(commit.id.raw)
+            seen_roots: set = set()
             for cid in commits:
                 try:
                     c = repo.git[pygit2.Oid(raw=cid)].peel(pygit2.Commit)
@@ -585,7 +588,9 @@ def apply(repo: Repo, path: str, branch: str | None = None, level: int = 1) -> t
                     if not repo.exists(parent.raw):
                         raise CorruptObject(f"{path}: commit {c.id} has parent {parent}, which neither the bundle "
                                             "nor the repository holds; nothing was changed")
-                _verify(repo, c, path)
+                if c.tree_id.raw not in seen_roots:  # commits sharing a tree: it is read once
+                    seen_roots.add(c.tree_id.raw)
+                    _verify(repo, c, path)
             if old_tip == new:
                 return branch, old_tip, new
             if old_tip is not None and not repo.git.descendant_of(commit.id, pygit2.Oid(raw=old_tip)):

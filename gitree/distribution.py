@@ -64,10 +64,17 @@ def verify_incoming(repo: Repo, tips: list[bytes], known: list[bytes], where: st
     try:
         walker = repo.git.walk(None, pygit2.enums.SortMode.TOPOLOGICAL)
         for t in tips:
+            if repo.git.get(pygit2.Oid(raw=t)).type != pygit2.enums.ObjectType.COMMIT:
+                # a branch names a commit: a tag (or anything else) at a tip would block every later update
+                raise CorruptObject(f"{where}: {t.hex()} is not a commit; no branch was changed")
             walker.push(pygit2.Oid(raw=t))
         for k in known:
             walker.hide(pygit2.Oid(raw=k))
+        seen_roots: set = set()
         for commit in walker:
+            if commit.tree_id.raw in seen_roots:  # commits sharing a tree: it is read once
+                continue
+            seen_roots.add(commit.tree_id.raw)
             try:
                 repo.verify(commit)
             except GitreeError as e:

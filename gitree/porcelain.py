@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import stat
 import sys
 from dataclasses import dataclass, field
@@ -213,6 +214,11 @@ def _entries_for_ls(repo: Repo, commit, want: bytes) -> Iterator[Entry]:
         raise NotFound(f"no such path {display(want)} in {commit.id}")
 
 
+# A commit message may come from anyone: its control characters (terminal escape sequences, CSI and OSC
+# alike) are shown as \xNN, never sent to the terminal.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
 def log(repo: Repo, rev: str = "HEAD", limit: int | None = None) -> Iterator[str]:
     commit = repo.resolve(rev)
     n = 0
@@ -222,7 +228,7 @@ def log(repo: Repo, rev: str = "HEAD", limit: int | None = None) -> Iterator[str
         yield f"Date:   {when:%Y-%m-%d %H:%M:%S} UTC ({commit.commit_time})"
         yield ""
         for line in commit.message.rstrip("\n").splitlines() or [""]:
-            yield "    " + line
+            yield "    " + _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", line)
         yield ""
         n += 1
         if limit is not None and n >= limit:

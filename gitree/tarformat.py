@@ -30,6 +30,7 @@ _TYPE_IFMT = {REGTYPE: stat.S_IFREG, AREGTYPE: stat.S_IFREG, CONTTYPE: stat.S_IF
               FIFOTYPE: stat.S_IFIFO}
 # Limits on what an archive can make gitree hold (docs/tar.md, "Limits").
 MAX_PAX_HEADER = 8 << 20        # one pax extended header or GNU long name/link payload
+MAX_PAX_RECORDS = 2 * MAX_SEGMENTS + 1024  # records of one pax header (a GNU sparse 0.0 map repeats two per segment)
 _MAX_META = MAX_PAX_HEADER
 # The pax keywords a global header may set for every following member; any other is ignored with one warning
 # per header (xattrs, ACLs, names and sizes have no meaning for every member, and copies would multiply).
@@ -88,7 +89,7 @@ def _parse_number(field_: bytes, what: str, offset: int, signed: bool = False) -
     try:
         return int(s, 8)
     except ValueError:
-        raise BadInput(f"tar header at byte {offset}: bad {what} field {field_!r}") from None
+        raise BadInput(f"tar header at byte {offset}: bad {what} field (not a number)") from None
 
 
 def _cstr(b: bytes) -> bytes:
@@ -114,6 +115,9 @@ def parse_pax(data: bytes, offset: int) -> list[tuple[bytes, bytes]]:
             raise BadInput(f"tar pax header at byte {offset}: malformed record")
         key, _, value = rec[:-1].partition(b"=")
         out.append((key, value))
+        if len(out) > MAX_PAX_RECORDS:
+            raise BadInput(f"tar pax header at byte {offset}: more than {MAX_PAX_RECORDS} records "
+                           "(MAX_PAX_RECORDS)")
         pos += length
     return out
 
@@ -535,6 +539,7 @@ class TarReader:
             self._apply_xattr(hdr, xrecs, offset)
             g.update(hdr.xattrs)
             hdr.xattrs = list(g.items())
+        unknown = 0
         try:
             for key, value in fields.items():
                 if key == b"path":
@@ -568,8 +573,12 @@ class TarReader:
                 elif key.startswith(b"GNU.sparse.") or key in _IGNORED_PAX:
                     continue
                 else:
-                    hdr.warnings.append(f"{hdr.display()}: unknown pax keyword {key[:60].decode('latin-1')!r} "
-                                        "ignored")
+                    unknown += 1
+                    if unknown == 1:
+                        hdr.warnings.append(f"{hdr.display()}: unknown pax keyword {key[:60].decode('latin-1')!r} "
+                                            "ignored")
+            if unknown > 1:
+                hdr.warnings.append(f"{hdr.display()}: {unknown - 1} more unknown pax keyword(s) ignored")
             if hdr.size < 0 or hdr.uid < 0 or hdr.gid < 0:
                 raise BadInput(f"tar pax header at byte {offset}: negative value")
             if b"GNU.sparse.major" in fields or b"GNU.sparse.map" in fields or sparse_pairs \

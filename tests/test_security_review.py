@@ -3,6 +3,7 @@ blobs (ostree/xattr-order, ostree/commit, ostree-meta) cannot change or inflate 
 directories gitree fills (checkout DEST, clone PATH, an output file's directory) cannot lend their
 owner or default ACL to what gitree writes."""
 
+# ruff: noqa: F811  (the `base` fixture is imported, then named as a parameter)
 from __future__ import annotations
 
 import os
@@ -117,3 +118,49 @@ def test_clone_copies_a_local_source_instead_of_borrowing_it(work, base):
     run_gitree("clone", repo, dest)
     assert not os.path.exists(os.path.join(dest, "objects", "info", "alternates"))
     run_gitree("-C", dest, "fsck")
+
+
+def test_bundle_whose_tip_is_a_tag_moves_nothing(work, base):
+    """A bundle naming an annotated tag as its branch tip is refused: a branch names a commit (a tag there
+    would make every later apply to that branch fail)."""
+    from test_security_git import hostile_bundle
+    repo, cid = base
+    tag = subprocess.run(["git", "--git-dir", repo, "mktag"], input=(
+        f"object {cid}\ntype commit\ntag v1\ntagger t <t@example.invalid> 1700000000 +0000\n\nv1\n").encode(),
+        capture_output=True, check=True).stdout.decode().strip()
+    victim = os.path.join(work, "victim.git")
+    run_gitree("-C", victim, "init")
+    path = os.path.join(work, "tag.gtb")
+    with open(path, "wb") as f:
+        f.write(hostile_bundle(repo, tag, b"refs/heads/main"))
+    assert_one_error(run_gitree("-C", victim, "bundle", "apply", path, check=False), "not a commit")
+    assert subprocess.run(["git", "--git-dir", victim, "for-each-ref"], capture_output=True, text=True,
+                          check=True).stdout == ""
+
+
+def test_log_shows_control_characters_escaped(work, base):
+    """Terminal escape sequences (CSI and OSC) in an arriving commit message reach the terminal as text."""
+    repo, cid = base
+    g = pygit2.Repository(repo)
+    c = g[pygit2.Oid(hex=cid)]
+    msg = "innocent \x1b]0;owned\x07 \x1b[2J \x9b31m end\n"
+    g.create_commit("refs/heads/esc", c.author, c.committer, msg, c.tree_id, [c.id])
+    out = run_gitree("-C", repo, "log", "esc").stdout.decode()
+    assert "\x1b" not in out and "\x07" not in out and "\x9b" not in out
+    assert "\\x1b]0;owned\\x07" in out
+
+
+def test_pax_header_of_many_tiny_records_is_refused(work):
+    """A pax header of 8 MiB of tiny records is bounded by its record count, not read into millions of
+    tuples: one line, under the 300 MiB memory limit."""
+    import gzip
+    from test_tar_fidelity import EOA, header, member
+    payload = b"6 a=b\n" * (8_000_000 // 6)
+    tar = header(b"PaxHeader", b"x", len(payload)) + payload + b"\0" * (-len(payload) % 512) + member(b"f") + EOA
+    path = os.path.join(work, "many.tar.gz")
+    with open(path, "wb") as f:
+        f.write(gzip.compress(tar))
+    assert os.path.getsize(path) < 1 << 20
+    repo = os.path.join(work, "r.git")
+    run_gitree("-C", repo, "init")
+    assert_one_error(run_limited("-C", repo, "import-rootfs", path, "-b", "main"), "MAX_PAX_RECORDS")
