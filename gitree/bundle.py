@@ -23,6 +23,7 @@ from typing import BinaryIO, Callable, Iterator
 
 import pygit2
 
+from . import tools
 from . import limits
 from .errors import BadInput, CorruptObject, GitreeError, NotFound, UnsafePath
 from .outfile import atomic_output
@@ -179,10 +180,8 @@ def walk_objects(repo: Repo, commit: bytes) -> list[tuple[bytes, bytes]]:
 
 def changed_bases(repo: Repo, old: bytes, new: bytes) -> set[bytes]:
     """Old objects that new ones replace: same path, or a rename git detects (trees and blobs)."""
-    r = subprocess.run(["git", "--git-dir", repo.path, "diff-tree", "-r", "-t", "-z", "-M50%", "-l20000",
-                        "--no-commit-id", old.hex(), new.hex()], capture_output=True)
-    if r.returncode != 0:
-        raise GitreeError(f"git diff-tree failed: {_last_line(r.stderr)}")
+    r = tools.run(["git", "--git-dir", repo.path, "diff-tree", "-r", "-t", "-z", "-M50%", "-l20000",
+                   "--no-commit-id", old.hex(), new.hex()], what="git diff-tree failed")
     out = set()
     fields = r.stdout.split(b"\0")
     i = 0
@@ -235,18 +234,6 @@ def _resolve_range(repo: Repo, spec: str, branch: str | None) -> tuple[bytes | N
     return old, new, branch
 
 
-def _last_line(stderr: bytes) -> str:
-    lines = [ln for ln in stderr.decode(errors="replace").splitlines() if ln.strip()]
-    return lines[-1].strip() if lines else "no message"
-
-
-def _run(cmd: list[str], what: str, **kw) -> subprocess.CompletedProcess:
-    r = subprocess.run(cmd, capture_output=True, **kw)
-    if r.returncode != 0:
-        raise GitreeError(f"{what} failed: {r.stderr.decode(errors='replace').strip().splitlines()[-1:]}")
-    return r
-
-
 def create(repo: Repo, spec: str, out_path: str, branch: str | None = None,
            level: int = DEFAULT_LEVEL) -> BundleInfo:
     old, new, branch = _resolve_range(repo, spec, branch)
@@ -262,11 +249,9 @@ def create(repo: Repo, spec: str, out_path: str, branch: str | None = None,
             f.flush()
             revs = f"{new.hex()}\n" + (f"^{old.hex()}\n" if old else "")
             # Whole objects, stored uncompressed: the outer compressor sees every byte.
-            r = subprocess.run(["git", "--git-dir", repo.path, "-c", "pack.compression=0", "pack-objects",
-                                "--stdout", "--revs", "--window=0", "--no-reuse-object", "-q"],
-                               input=revs.encode(), stdout=f, stderr=subprocess.PIPE)
-            if r.returncode != 0:
-                raise GitreeError(f"git pack-objects failed: {_last_line(r.stderr)}")
+            tools.run(["git", "--git-dir", repo.path, "-c", "pack.compression=0", "pack-objects",
+                       "--stdout", "--revs", "--window=0", "--no-reuse-object", "-q"],
+                      input=revs.encode(), stdout=f, what="git pack-objects failed")
         git_size = os.path.getsize(gb)
         positions: list[int] = []
         ref_path = os.path.join(tmpdir, "reference")
@@ -290,9 +275,7 @@ def create(repo: Repo, spec: str, out_path: str, branch: str | None = None,
             fo.flush()
             cmd = ["zstd", "-q", "-c", "--ultra", f"-{level}", f"--long={window}", "--check"]
             cmd += [f"--patch-from={ref_path}"] if positions else ["-T0"]
-            r = subprocess.run(cmd + [gb], stdout=fo, stderr=subprocess.PIPE)
-            if r.returncode != 0:
-                raise GitreeError(f"zstd failed: {_last_line(r.stderr)}")
+            tools.run(cmd + [gb], stdout=fo, what="zstd failed")
         count = struct.unpack(">I", _pack_count(gb))[0]
         return BundleInfo(out_path, os.path.getsize(out_path), git_size, ref_bytes, count, branch, old, new)
     finally:

@@ -9,10 +9,10 @@ and runs `ostree admin deploy`.
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 from dataclasses import dataclass
 
+from . import tools
 from .bootable import tree_metadata
 from .errors import BadInput, GitreeError
 from .ostree_bridge import export_ostree
@@ -40,11 +40,8 @@ class DeployResult:
 
 
 def _ostree_admin(*args: str) -> str:
-    r = subprocess.run(["ostree", "admin", *args], capture_output=True, text=True)
-    if r.returncode != 0:
-        msg = (r.stderr.strip().splitlines() or [f"exit status {r.returncode}"])[-1]
-        raise GitreeError(f"ostree admin {args[0] if not args[0].startswith('--') else args[1]}: {msg}")
-    return r.stdout
+    what = f"ostree admin {args[0] if not args[0].startswith('--') else args[1]}"
+    return tools.run(["ostree", "admin", *args], what=what).stdout.decode(errors="replace")
 
 
 def read_entries(sysroot: str) -> list[BootEntry]:

@@ -11,9 +11,10 @@ from typing import Callable, Iterator
 
 import pygit2
 
+from . import tools
 from . import sidetable
 from .entry import MAX_DEPTH, Entry, Kind, split_path
-from .errors import BadInput, CorruptObject, GitreeError, NotFound
+from .errors import BadInput, CorruptObject, NotFound
 from .gittree import MODE_DIR
 from .names import display
 from .outfile import atomic_output
@@ -366,7 +367,6 @@ GC_MEMORY = ("-c", "core.packedGitLimit=128m", "-c", "core.packedGitWindowSize=3
 
 def gc(repo: Repo, window: int = 50, depth: int = 50, level: int = 9) -> None:
     """Repack everything into one delta-compressed pack at zlib `level`, and drop stale temporary packs."""
-    import subprocess
     import time
 
     pack_dir = os.path.join(repo.objects_dir, "pack")
@@ -379,11 +379,9 @@ def gc(repo: Repo, window: int = 50, depth: int = 50, level: int = 9) -> None:
         # Memory: git maps the packs it reads (core.packedGitLimit, 8 GiB by default: all of a repository's
         # packs count in its RSS), its delta window holds up to --window whole objects per thread, its delta
         # cache 256 MiB; all are bounded here (GC_MEMORY; measured in docs/benchmarks.md).
-        r = subprocess.run(["git", "-c", f"pack.compression={level}", *GC_MEMORY,
-                            "--git-dir", repo.path, "repack", "-a", "-d", "-F", "-f", "-q",
-                            f"--window={window}", f"--depth={depth}"], capture_output=True)
-        if r.returncode != 0:
-            raise GitreeError(f"git repack failed: {r.stderr.decode(errors='replace').strip()}")
+        tools.run(["git", "-c", f"pack.compression={level}", *GC_MEMORY,
+                   "--git-dir", repo.path, "repack", "-a", "-d", "-F", "-f", "-q",
+                   f"--window={window}", f"--depth={depth}"], what="git repack failed")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ import pygit2
 from . import limits, sidetable
 from .entry import MAX_DEPTH, Entry, Kind, check_fields, split_path
 from .exportcache import FILE, open_cache, record_key
-from .errors import BadInput, CorruptObject, GitreeError, NotFound, RepoLocked, UnsafePath
+from .errors import BadInput, BranchMoved, CorruptObject, GitreeError, NotFound, RepoLocked, UnsafePath
 from .gittree import MODE_DIR, MODE_EXEC, MODE_FILE, MODE_LINK, decode_tree, encode_tree
 from .names import check_name, display, fs_name, git_name
 from .packwriter import OBJ_BLOB, OBJ_COMMIT, OBJ_TREE, PackWriter, hash_and_compress, object_id
@@ -187,7 +187,7 @@ class Repo:
         name = self.branch_ref(branch)
         cur = self.branch_tip(branch)
         if cur != old:
-            raise RepoLocked(f"branch {branch} moved during the operation; nothing was changed")
+            raise BranchMoved(f"branch {branch} moved during the operation; nothing was changed")
         oid = pygit2.Oid(raw=new)
         if old is None:
             self.git.create_reference_direct(name, oid, False, message=message)
