@@ -70,7 +70,7 @@ def entry_deployment(sysroot: str, entry: BootEntry) -> str | None:
 
 
 def deploy(repo: Repo, rev: str, sysroot: str, osname: str, ref: str | None = None,
-           kargs: tuple[str, ...] = (), progress=None, bootloader: str | None = None) -> DeployResult:
+           kargs: tuple[str, ...] = (), progress=None, bootloader: str | None = None, warn=None) -> DeployResult:
     """bootloader: None (ostree's own detection) or "uboot" (gitree.uboot: uEnv.txt and a boot script)."""
     if os.geteuid() != 0:
         raise GitreeError("deploy writes a bare OSTree repository (file owners) and must run as root")
@@ -93,7 +93,8 @@ def deploy(repo: Repo, rev: str, sysroot: str, osname: str, ref: str | None = No
     if bootloader == "uboot":
         uboot.prepare_sysroot(sysroot)
     t0 = time.monotonic()
-    res = export_ostree(repo, rev, ostree_repo, used_ref, mode="bare", history=True, progress=progress)
+    res = export_ostree(repo, rev, ostree_repo, used_ref, mode="bare", history=True, progress=progress,
+                        **({"warn": warn} if warn is not None else {}))
     t1 = time.monotonic()
     _ostree_admin(f"--sysroot={sysroot}", "deploy", f"--os={osname}", *[f"--karg={k}" for k in kargs], used_ref)
     t2 = time.monotonic()

@@ -41,7 +41,7 @@ from .packwriter import OBJ_BLOB, OBJ_TREE
 from .sparse import SparseMap
 from .sparse import encode as sparse_encode
 from .sparse import logical_chunks as sparse_logical_chunks
-from .store import TOP_OSTREE, Importer, Repo, stderr_warn
+from .store import TOP_OSTREE, Repo, stderr_warn
 
 CACHE_REF = "refs/gitree/ostree-cache"   # the old cache (git objects any transport could plant): deleted
 COMPRESSION_REUSE = "reuse"
@@ -835,43 +835,40 @@ def import_ostree(repo: Repo, src_path: str, ref: str, branch: str, warn=stderr_
     old_tip = repo.branch_tip(branch)
     parent = old_tip
     made: list[bytes] = []
-    for c_csum in chain:
-        try:
-            data = src.read_metadata(ObjectType.COMMIT, c_csum)
-            commit = oc.decode_commit(data)
+    # One transaction: commits are chained and the branch moves once, at the end; a failure anywhere
+    # deletes the pack being written and moves nothing.
+    with repo.transaction(level=1, progress=progress, warn=warn) as tx:
+        for c_csum in chain:
             try:
-                detached = src.read_metadata(ObjectType.COMMIT_META, c_csum)  # bounded, no symlink followed
-            except oc.MissingObject:
-                detached = None
-            if detached is not None:
+                data = src.read_metadata(ObjectType.COMMIT, c_csum)
+                commit = oc.decode_commit(data)
                 try:
-                    oc.decode_commitmeta(detached)  # validate
-                except oc.GVariantError as e:
-                    raise BadInput(f"OSTree commit {c_csum}: {c_csum}.commitmeta: {e}") from None
-            imp = Importer(repo, level=1, progress=progress, warn=warn)
-            order: dict[bytes, list[bytes]] = {}
-            try:
+                    detached = src.read_metadata(ObjectType.COMMIT_META, c_csum)  # bounded, no symlink followed
+                except oc.MissingObject:
+                    detached = None
+                if detached is not None:
+                    try:
+                        oc.decode_commitmeta(detached)  # validate
+                    except oc.GVariantError as e:
+                        raise BadInput(f"OSTree commit {c_csum}: {c_csum}.commitmeta: {e}") from None
+                order: dict[bytes, list[bytes]] = {}
                 for e, data_fn in _ostree_entries(src, commit.root_tree, commit.root_meta, order):
-                    imp.add(e, data_fn, False)
-            except BaseException:
-                imp.abort()
-                raise
-        except oc.OstreeFormatError as e:
-            raise BadInput(f"OSTree commit {c_csum}: {e}") from None
-        extra = [(OSTREE_COMMIT, imp.store(OBJ_BLOB, data))]
-        if detached is not None:
-            extra.append((OSTREE_COMMITMETA, imp.store(OBJ_BLOB, detached)))
-        if order:
-            extra.append((OSTREE_XATTR_ORDER, imp.store(OBJ_BLOB, encode_xattr_order(order))))
-        ost = imp.store(OBJ_TREE, encode_tree([(MODE_FILE, n, o) for n, o in extra]))
-        message = commit.subject + ("\n\n" + commit.body if commit.body else "")
-        # Commits are chained here and the branch moves once, at the end (a failure changes nothing).
-        cid = imp.commit_object(message or f"OSTree commit {c_csum}", commit.timestamp,
-                                [parent] if parent else [], [(MODE_DIR, TOP_OSTREE, ost)])
-        made.append(cid)
-        parent = cid
-    with repo.lock():
-        repo.set_branch(branch, made[-1], old_tip, f"gitree: import-ostree {ref}")
+                    tx.add(e, data_fn, False)
+            except oc.OstreeFormatError as e:
+                raise BadInput(f"OSTree commit {c_csum}: {e}") from None
+            extra = [(OSTREE_COMMIT, tx.store(OBJ_BLOB, data))]
+            if detached is not None:
+                extra.append((OSTREE_COMMITMETA, tx.store(OBJ_BLOB, detached)))
+            if order:
+                extra.append((OSTREE_XATTR_ORDER, tx.store(OBJ_BLOB, encode_xattr_order(order))))
+            ost = tx.store(OBJ_TREE, encode_tree([(MODE_FILE, n, o) for n, o in extra]))
+            message = commit.subject + ("\n\n" + commit.body if commit.body else "")
+            cid = tx.write_commit(message=message or f"OSTree commit {c_csum}", timestamp=commit.timestamp,
+                                  parents=[parent] if parent else [], extra_top=[(MODE_DIR, TOP_OSTREE, ost)])
+            made.append(cid)
+            parent = cid
+        tx.set_ref(branch, made[-1], old_tip, f"gitree: import-ostree {ref}")
+        tx.commit()
     return made
 
 

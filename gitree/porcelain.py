@@ -7,7 +7,7 @@ import os
 import stat
 import sys
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 import pygit2
 
@@ -21,7 +21,7 @@ from .outfile import atomic_output
 from .progress import make_progress
 from .sinks import CheckoutReport, DirectoryWriter, write_tar
 from .sources import DirectoryReport, TarInput, directory_entries, tar_entries
-from .store import Importer, ImportStats, Repo, stderr_warn
+from .store import ImportStats, Repo, stderr_warn
 
 Warn = Callable[[str], None]
 
@@ -40,7 +40,7 @@ class ImportResult:
 def import_rootfs(repo: Repo, source: str, branch: str, message: str | None = None,
                   timestamp: int | None = None, keep_mtime: bool = False, quiet: bool = True,
                   one_file_system: bool = True, level: int | None = None, warn: Warn = stderr_warn,
-                  strict: bool = False) -> ImportResult:
+                  strict: bool = False, progress=None) -> ImportResult:
     """Import a directory, a tar file (any compression) or '-' (a tar on stdin) as a commit on `branch`.
 
     With `strict`, anything read but not kept (each a warning otherwise) fails the import; nothing moves."""
@@ -49,10 +49,11 @@ def import_rootfs(repo: Repo, source: str, branch: str, message: str | None = No
         level = _compression_level(repo)
     if source != "-" and not os.path.lexists(source):
         raise BadInput(f"no such file or directory: {source}")
-    progress = make_progress("import", quiet)
-    imp = Importer(repo, keep_mtime=keep_mtime, level=level, progress=progress, warn=warn)
+    if progress is None:
+        progress = make_progress("import", quiet)
     warnings: list[str] = []
     tar_in = None
+    tx = repo.transaction(keep_mtime=keep_mtime, level=level, progress=progress, warn=warn)
     try:
         if source == "-" or not os.path.isdir(source):
             tar_in = TarInput(sys.stdin.buffer if source == "-" else source)
@@ -63,7 +64,7 @@ def import_rootfs(repo: Repo, source: str, branch: str, message: str | None = No
         try:
             for entry, data, rereadable in items:
                 try:
-                    imp.add(entry, data, rereadable)
+                    tx.add(entry, data, rereadable)
                 except OSError as e:
                     raise BadInput(f"{display(entry.path)}: {e.strerror or e}") from None
         except BadInput as err:
@@ -83,15 +84,15 @@ def import_rootfs(repo: Repo, source: str, branch: str, message: str | None = No
         if strict and warnings:
             raise BadInput(f"--strict: {len(warnings)} warning(s) above; nothing was imported")
         msg = message if message is not None else f"Import {os.path.basename(source.rstrip('/')) or source}"
-        cid = imp.commit(branch, msg, timestamp,
-                         lock_wait=lambda: print("gitree: waiting for another writer to finish...",
-                                                 file=sys.stderr))
+        cid = tx.commit(branch=branch, message=msg, timestamp=timestamp,
+                        lock_wait=lambda: print("gitree: waiting for another writer to finish...",
+                                                file=sys.stderr))
     except BaseException:
-        imp.abort()
+        tx.abort()
         if tar_in is not None:
             tar_in.close(ok=False)
         raise
-    return ImportResult(cid, imp.stats, warnings)
+    return ImportResult(cid, tx.stats, warnings)
 
 
 def _compression_level(repo: Repo) -> int:
@@ -123,23 +124,29 @@ def _chunks_for(repo: Repo):
     return chunks
 
 
-def checkout_dir(repo: Repo, rev: str, dest: str, quiet: bool = True, subpath: bytes = b"") -> CheckoutReport:
+def checkout_dir(repo: Repo, rev: str, dest: str, quiet: bool = True, subpath: bytes = b"",
+                 progress=None) -> CheckoutReport:
     commit = repo.resolve(rev)
     # The whole tree is read and validated before DEST is created: a tree fsck refuses is never
     # half written (the second read is of objects already in the page cache).
     repo.verify(commit)
-    progress = make_progress("checkout", quiet)
+    own = progress is None
+    if own:
+        progress = make_progress("checkout", quiet)
     w = DirectoryWriter(dest, _chunks_for(repo), keep_mtime=True, tick=progress.update if progress else None)
     report = w.run(repo.walk(commit, subpath))
-    if progress:
+    if progress and own:
         progress.done()
     return report
 
 
-def checkout_tar(repo: Repo, rev: str, out: str, quiet: bool = True, sparse: bool = False) -> tuple[int, int]:
+def checkout_tar(repo: Repo, rev: str, out: str, quiet: bool = True, sparse: bool = False,
+                 progress=None) -> tuple[int, int]:
     commit = repo.resolve(rev)
     repo.commit_trees(commit)
-    progress = make_progress("checkout", quiet)
+    own = progress is None
+    if own:
+        progress = make_progress("checkout", quiet)
     tick = progress.update if progress else None
     sizes = lambda e: repo.blob_size(e.oid, display(e.path))  # noqa: E731
     if out == "-":
@@ -150,7 +157,7 @@ def checkout_tar(repo: Repo, rev: str, out: str, quiet: bool = True, sparse: boo
     else:
         with atomic_output(out) as f:
             res = write_tar(repo.walk(commit), f.write, _chunks_for(repo), sizes, True, tick, sparse)
-    if progress:
+    if progress and own:
         progress.done()
     return res
 
@@ -162,7 +169,29 @@ def mode_string(kind: Kind, mode: int) -> str:
     return stat.filemode(kind.ifmt | mode)
 
 
-def ls(repo: Repo, rev: str, path: str = "", long: bool = False, recursive: bool = False) -> Iterator[str]:
+@dataclass(frozen=True)
+class LsItem:
+    """One listed entry: `name` as `ls` shows it (the path with -R or a named path, else the base name)."""
+
+    name: str
+    entry: Entry
+    size: int          # bytes of a regular file (its logical size when sparse), else 0
+
+    def line(self, long: bool = False) -> str:
+        e = self.entry
+        if not long:
+            return self.name
+        extra = ""
+        if e.kind is Kind.SYMLINK:
+            extra = " -> " + (e.target or b"").decode("utf-8", "backslashreplace")
+        if e.hardlink is not None:
+            extra += " => " + display(e.hardlink)
+        size_s = f"{e.rdev[0]}, {e.rdev[1]}" if e.rdev is not None else str(self.size)
+        x = f" [{','.join(n.decode('utf-8', 'backslashreplace') for n, _ in e.xattrs)}]" if e.xattrs else ""
+        return f"{mode_string(e.kind, e.mode)} {e.uid:>5} {e.gid:>5} {size_s:>10} {self.name}{extra}{x}"
+
+
+def ls_items(repo: Repo, rev: str, path: str = "", recursive: bool = False) -> Iterator[LsItem]:
     commit = repo.resolve(rev)
     want = os.fsencode(path.strip("/"))
     if recursive and want:
@@ -179,21 +208,13 @@ def ls(repo: Repo, rev: str, path: str = "", long: bool = False, recursive: bool
         name = display(e.path) if recursive or e.path == want else e.name.decode("utf-8", "backslashreplace")
         if e.path == b"" and recursive:
             name = "/"
-        if not long:
-            yield name
-            continue
         size = (e.sparse.size if e.sparse is not None else repo.blob_size(e.oid)) if e.kind is Kind.FILE else 0
-        extra = ""
-        if e.kind is Kind.SYMLINK:
-            extra = " -> " + (e.target or b"").decode("utf-8", "backslashreplace")
-        if e.hardlink is not None:
-            extra += " => " + display(e.hardlink)
-        if e.rdev is not None:
-            size_s = f"{e.rdev[0]}, {e.rdev[1]}"
-        else:
-            size_s = str(size)
-        x = f" [{','.join(n.decode('utf-8', 'backslashreplace') for n, _ in e.xattrs)}]" if e.xattrs else ""
-        yield f"{mode_string(e.kind, e.mode)} {e.uid:>5} {e.gid:>5} {size_s:>10} {name}{extra}{x}"
+        yield LsItem(name, e, size)
+
+
+def ls(repo: Repo, rev: str, path: str = "", long: bool = False, recursive: bool = False) -> Iterator[str]:
+    for item in ls_items(repo, rev, path, recursive):
+        yield item.line(long)
 
 
 def _entries_for_ls(repo: Repo, commit, want: bytes) -> Iterator[Entry]:
@@ -214,26 +235,55 @@ def _entries_for_ls(repo: Repo, commit, want: bytes) -> Iterator[Entry]:
         raise NotFound(f"no such path {display(want)} in {commit.id}")
 
 
-def log(repo: Repo, rev: str = "HEAD", limit: int | None = None) -> Iterator[str]:
+@dataclass(frozen=True)
+class CommitInfo:
+    id: str            # hex
+    time: int          # commit time, UNIX seconds
+    message: str
+
+    def lines(self) -> list[str]:
+        when = datetime.datetime.fromtimestamp(self.time, datetime.timezone.utc)
+        return [f"commit {self.id}", f"Date:   {when:%Y-%m-%d %H:%M:%S} UTC ({self.time})", "",
+                *("    " + line for line in self.message.rstrip("\n").splitlines() or [""]), ""]
+
+
+def log_commits(repo: Repo, rev: str = "HEAD", limit: int | None = None) -> Iterator[CommitInfo]:
+    """First-parent history from REV, newest first."""
     commit = repo.resolve(rev)
     n = 0
     while commit is not None:
-        when = datetime.datetime.fromtimestamp(commit.commit_time, datetime.timezone.utc)
-        yield f"commit {commit.id}"
-        yield f"Date:   {when:%Y-%m-%d %H:%M:%S} UTC ({commit.commit_time})"
-        yield ""
-        for line in commit.message.rstrip("\n").splitlines() or [""]:
-            yield "    " + line
-        yield ""
+        yield CommitInfo(str(commit.id), commit.commit_time, commit.message)
         n += 1
         if limit is not None and n >= limit:
             return
         commit = commit.parents[0] if commit.parents else None
 
 
-def show(repo: Repo, rev: str) -> Iterator[str]:
+def log(repo: Repo, rev: str = "HEAD", limit: int | None = None) -> Iterator[str]:
+    for c in log_commits(repo, rev, limit):
+        yield from c.lines()
+
+
+@dataclass(frozen=True)
+class ShowInfo:
+    commit: CommitInfo
+    counts: dict[str, int]   # entries per kind ("file", "dir", "symlink", ...), in Kind order
+    file_bytes: int          # bytes in regular files (hard links counted once)
+    hardlinks: int
+    with_xattrs: int         # entries with extended attributes
+    content_tree: str        # hex ids of the rootfs and metadata trees
+    meta_tree: str
+
+    def lines(self) -> list[str]:
+        return [*self.commit.lines(),
+                "entries: " + ", ".join(f"{n} {k}" for k, n in self.counts.items()),
+                f"content: {self.file_bytes} bytes in regular files; {self.hardlinks} hard links; "
+                f"{self.with_xattrs} entries with xattrs",
+                f"rootfs tree {self.content_tree}  meta tree {self.meta_tree}"]
+
+
+def show_info(repo: Repo, rev: str) -> ShowInfo:
     commit = repo.resolve(rev)
-    yield from log(repo, str(commit.id), limit=1)
     counts: dict[Kind, int] = {}
     nbytes = hard = xattrs = 0
     for e in repo.walk(commit):
@@ -243,10 +293,14 @@ def show(repo: Repo, rev: str) -> Iterator[str]:
         elif e.kind is Kind.FILE:
             nbytes += repo.blob_size(e.oid)
         xattrs += bool(e.xattrs)
-    yield "entries: " + ", ".join(f"{counts[k]} {k.name.lower()}" for k in Kind if k in counts)
-    yield f"content: {nbytes} bytes in regular files; {hard} hard links; {xattrs} entries with xattrs"
     content, meta = repo.commit_trees(commit)
-    yield f"rootfs tree {content.hex()}  meta tree {meta.hex()}"
+    return ShowInfo(CommitInfo(str(commit.id), commit.commit_time, commit.message),
+                    {k.name.lower(): counts[k] for k in Kind if k in counts}, nbytes, hard, xattrs,
+                    content.hex(), meta.hex())
+
+
+def show(repo: Repo, rev: str) -> Iterator[str]:
+    yield from show_info(repo, rev).lines()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,21 +331,38 @@ def _row_changes(a: sidetable.Row, b: sidetable.Row) -> list[str]:
     return out
 
 
-def diff(repo: Repo, rev1: str, rev2: str) -> Iterator[str]:
-    """Per-path changes: A added, D deleted, M modified (content and/or metadata, named).
+@dataclass(frozen=True)
+class Change:
+    """One path's change: status "A" added, "D" deleted, "M" modified; `details` name what changed in an M
+    ("content", "mode 0644 -> 0600", "type file -> symlink", "xattr user.x added", ...)."""
 
-    An added or deleted directory is listed with everything in it; directories end in '/'.
-    """
+    status: str
+    path: bytes
+    kind: Kind                    # the entry's kind (the new one when its type changed)
+    details: tuple[str, ...] = ()
+
+    def line(self) -> str:
+        if self.details:
+            return f"{self.status} {display(self.path)}  " + "; ".join(self.details)
+        return f"{self.status} {display(self.path)}{'/' if self.kind is Kind.DIR else ''}"
+
+
+def diff_changes(repo: Repo, rev1: str, rev2: str) -> Iterator[Change]:
+    """Per-path changes from REV1 to REV2, in path order; an added or deleted directory is listed with
+    everything in it."""
     c1, c2 = repo.resolve(rev1), repo.resolve(rev2)
     roots = (repo.commit_trees(c1), repo.commit_trees(c2))
     yield from _diff_dir(repo, b"", roots[0], roots[1], roots)
 
 
-def _slash(kind: Kind) -> str:
-    return "/" if kind is Kind.DIR else ""
+def diff(repo: Repo, rev1: str, rev2: str) -> Iterator[str]:
+    """Per-path changes as lines: A added, D deleted, M modified (content and/or metadata, named);
+    directories end in '/'."""
+    for c in diff_changes(repo, rev1, rev2):
+        yield c.line()
 
 
-def _diff_dir(repo: Repo, path: bytes, a: tuple[bytes, bytes], b: tuple[bytes, bytes], roots) -> Iterator[str]:
+def _diff_dir(repo: Repo, path: bytes, a: tuple[bytes, bytes], b: tuple[bytes, bytes], roots) -> Iterator[Change]:
     """Compare two directories and everything under them: an explicit stack, one frame per level."""
     from .store import _Walker
     stack: list = []
@@ -302,7 +373,7 @@ def _diff_dir(repo: Repo, path: bytes, a: tuple[bytes, bytes], b: tuple[bytes, b
         if na.self_row != nb.self_row:
             ch = _row_changes(na.self_row, nb.self_row)
             if ch:
-                yield f"M {display(p)}  " + "; ".join(ch)
+                yield Change("M", p, Kind.DIR, tuple(ch))
         ra = {r.name: r for r in na.rows}
         rb = {r.name: r for r in nb.rows}
         stack.append((p, na, nb, ra, rb, iter(sorted(set(ra) | set(rb)))))
@@ -335,20 +406,20 @@ def _diff_dir(repo: Repo, path: bytes, a: tuple[bytes, bytes], b: tuple[bytes, b
             if (ca and ca[1]) != (cb and cb[1]):
                 ch.insert(0, "target" if x.kind is Kind.SYMLINK else "content")
             if ch:
-                yield f"M {display(p)}  " + "; ".join(ch)
+                yield Change("M", p, y.kind, tuple(ch))
             continue
         if x is not None and y is not None:  # the type changed
-            yield f"M {display(p)}  type {x.kind.name.lower()} -> {y.kind.name.lower()}"
+            yield Change("M", p, y.kind, (f"type {x.kind.name.lower()} -> {y.kind.name.lower()}",))
         elif x is not None:
-            yield f"D {display(p)}{_slash(x.kind)}"
+            yield Change("D", p, x.kind)
         else:
-            yield f"A {display(p)}{_slash(y.kind)}"
+            yield Change("A", p, y.kind)
         if x is not None and x.kind is Kind.DIR:
             for e in _subtree(repo, p, na, name, roots[0]):
-                yield f"D {display(e.path)}{_slash(e.kind)}"
+                yield Change("D", e.path, e.kind)
         if y is not None and y.kind is Kind.DIR:
             for e in _subtree(repo, p, nb, name, roots[1]):
-                yield f"A {display(e.path)}{_slash(e.kind)}"
+                yield Change("A", e.path, e.kind)
 
 
 def _subtree(repo: Repo, path: bytes, node, name: bytes, root) -> Iterator[Entry]:
@@ -387,7 +458,18 @@ def gc(repo: Repo, window: int = 50, depth: int = 50, level: int = 9) -> None:
 # ---------------------------------------------------------------------------------------------
 # fsck
 
-def fsck(repo: Repo, revs: list[str] | None = None) -> list[tuple[str, bytes, str]]:
+class Problem(NamedTuple):
+    """One fault fsck found: the revision it was reached from, the path in the tree, what is wrong."""
+
+    rev: str
+    path: bytes
+    message: str
+
+    def line(self) -> str:
+        return f"{self.rev}: {'/' + self.path.decode('utf-8', 'backslashreplace')}: {self.message}"
+
+
+def fsck(repo: Repo, revs: list[str] | None = None) -> list[Problem]:
     """Read commits as every command does (the store's validating reader, to the end rather than to the
     first fault) and check every file's blob exists. REVs: those commits; none: every commit of every
     branch, history included. Returns problems."""
@@ -401,7 +483,7 @@ def fsck(repo: Repo, revs: list[str] | None = None) -> list[tuple[str, bytes, st
         for ref in heads:
             walker = repo.git.walk(repo.git.references[ref].target, pygit2.enums.SortMode.TOPOLOGICAL)
             commits.extend((str(c.id) if c.id != repo.git.references[ref].target else ref, c) for c in walker)
-    problems: list[tuple[str, bytes, str]] = []
+    problems: list[Problem] = []
     checked: set[bytes] = set()
     for rev, commit in commits:
         if commit.id.raw in checked:
@@ -409,7 +491,7 @@ def fsck(repo: Repo, revs: list[str] | None = None) -> list[tuple[str, bytes, st
         checked.add(commit.id.raw)
         found: list = []
         repo.verify(commit, found)
-        problems.extend((rev, p, m) for p, m in found)
+        problems.extend(Problem(rev, p, m) for p, m in found)
     return problems
 
 

@@ -29,7 +29,7 @@ import pygit2
 from . import limits, sidetable
 from .entry import MAX_DEPTH, Entry, Kind, check_fields, split_path
 from .exportcache import FILE, open_cache, record_key
-from .errors import BadInput, BranchMoved, CorruptObject, GitreeError, NotFound, RepoLocked, UnsafePath
+from .errors import BadInput, BranchMoved, CorruptObject, GitreeError, NotFound, RepoLocked, UnsafePath, UsageError
 from .gittree import MODE_DIR, MODE_EXEC, MODE_FILE, MODE_LINK, decode_tree, encode_tree
 from .names import check_name, display, fs_name, git_name
 from .packwriter import OBJ_BLOB, OBJ_COMMIT, OBJ_TREE, PackWriter, hash_and_compress, object_id
@@ -164,6 +164,11 @@ class Repo:
             yield
         finally:
             os.close(fd)
+
+    def transaction(self, *, keep_mtime: bool = False, level: int = 1, progress=None,
+                    warn: Callable[[str], None] | None = None) -> "Transaction":
+        """A Transaction on this repository (use it as a context manager: leaving without commit aborts)."""
+        return Transaction(self, keep_mtime=keep_mtime, level=level, progress=progress, warn=warn)
 
     def branch_ref(self, branch: str) -> str:
         """refs/heads/<branch>: the only refs gitree moves for data (imports, bundles, fetches, clones).
@@ -929,6 +934,104 @@ class Importer:
         self.pack.abort()
 
 
+class Transaction:
+    """Writes that land whole or not at all, in libostree's shape::
+
+        with repo.transaction(level=1) as tx:
+            tx.add(entry, data)                  # files, directories... of the next tree
+            tx.commit(branch="main", message="...")
+
+    `add`/`store` build a tree in a new pack (gitree.store.Importer). `write_commit` turns the tree built so
+    far into a commit object without moving a branch (a chain of commits: import-ostree); `set_ref` stages a
+    branch move. `commit` writes the pending tree (if any) as a commit on `branch` (parents: the branch's tip,
+    or `parents`), then moves every staged branch, each under the repository lock and only if it is still where
+    it was (BranchMoved otherwise). Leaving the block without `commit` - an exception, a return - aborts: the
+    temporary pack of the tree being built is deleted, no branch moves. Packs of commits already written stay
+    (their objects are unreferenced; `gitree gc` drops them).
+    """
+
+    def __init__(self, repo: Repo, *, keep_mtime: bool = False, level: int = 1, progress: Progress | None = None,
+                 warn: Callable[[str], None] | None = None):
+        self.repo = repo
+        self.keep_mtime, self.level, self.progress, self.warn = keep_mtime, level, progress, warn
+        self._tree: Importer | None = None
+        self._refs: list[tuple[str, bytes, bytes | None, str]] = []
+        self.stats = ImportStats()
+        self.done = False
+
+    def __enter__(self) -> "Transaction":
+        return self
+
+    def __exit__(self, et, ev, tb) -> bool:
+        if not self.done:
+            self.abort()
+        return False
+
+    @property
+    def tree(self) -> Importer:
+        """The tree being built (started on first use)."""
+        if self.done:
+            raise GitreeError("the transaction is finished")
+        if self._tree is None:
+            self._tree = Importer(self.repo, keep_mtime=self.keep_mtime, level=self.level, progress=self.progress,
+                                  warn=self.warn)
+            self.stats = self._tree.stats
+        return self._tree
+
+    def add(self, entry: Entry, data=None, rereadable: bool = False) -> None:
+        self.tree.add(entry, data, rereadable)
+
+    def store(self, otype: int, data: bytes) -> bytes:
+        return self.tree.store(otype, data)
+
+    def write_commit(self, *, message: str, timestamp: int | None = None, parents: list[bytes] = (),
+                     extra_top=(), author: tuple[str, str] | None = None) -> bytes:
+        """The tree built so far as a commit object with these parents; no branch moves. The next `add`
+        starts a new tree."""
+        imp, self._tree = self.tree, None
+        return imp.commit_object(message, timestamp, list(parents), extra_top, author)
+
+    def set_ref(self, branch: str, new: bytes, old: bytes | None, message: str = "gitree") -> None:
+        """Move `branch` from `old` (None: it must not exist) to `new` when the transaction commits."""
+        self.repo.branch_ref(branch)
+        self._refs.append((branch, new, old, message))
+
+    def commit(self, *, branch: str | None = None, message: str = "", timestamp: int | None = None,
+               extra_top=(), author: tuple[str, str] | None = None,
+               lock_wait: Callable[[], None] | None = None) -> bytes | None:
+        """Finish: the pending tree as a commit on `branch` (its tip is the parent), then the staged branch
+        moves. Returns the new commit (None when no tree was pending)."""
+        if self.done:
+            raise GitreeError("the transaction is finished")
+        cid = None
+        try:
+            if self._tree is not None:
+                if branch is None:
+                    raise UsageError("a tree is pending: commit it on a branch, or write_commit it")
+                imp, self._tree = self._tree, None
+                cid = imp.commit(branch, message, timestamp, extra_top, author, lock_wait)
+            if self._refs:
+                with self.repo.lock(on_wait=lock_wait):
+                    for b, _new, old, _ in self._refs:   # all or nothing: check every branch first
+                        if self.repo.branch_tip(b) != old:
+                            raise BranchMoved(f"branch {b} moved during the operation; nothing was changed")
+                    for b, new, old, msg in self._refs:
+                        self.repo.set_branch(b, new, old, msg)
+        except BaseException:
+            self.abort()
+            raise
+        self.done = True
+        return cid
+
+    def abort(self) -> None:
+        """Drop the tree being built (its temporary pack included) and every staged branch move."""
+        if self._tree is not None:
+            self._tree.abort()
+            self._tree = None
+        self._refs.clear()
+        self.done = True
+
+
 def default_identity(repo: Repo) -> tuple[str, str]:
     cfg = repo.git.config
     name = os.environ.get("GIT_AUTHOR_NAME") or _cfg(cfg, "user.name") or "gitree"
@@ -955,4 +1058,4 @@ def write_commit(repo: Repo, tree: bytes, parents: list[bytes], message: str, ti
     return cid.raw
 
 
-__all__ = ["Repo", "Importer", "ImportStats", "Progress", "write_commit", "OBJ_COMMIT"]
+__all__ = ["Repo", "Importer", "Transaction", "ImportStats", "Progress", "write_commit", "OBJ_COMMIT"]
