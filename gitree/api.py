@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from . import porcelain
 from .errors import (BadInput, BranchMoved, CorruptObject, FsckFailed, GitreeError, GitreeWarning, NotFound,
@@ -123,6 +123,11 @@ class LsResult(Result):
         return [i.line(long) for i in self.items]
 
 
+def ls_iter(repo: Repo | str, rev: str, path: str = "", *, recursive: bool = False) -> Iterator[LsItem]:
+    """The items `ls` returns, one at a time (a listing of a large tree starts at once)."""
+    return porcelain.ls_items(open_repo(repo), rev, path, recursive)
+
+
 def ls(repo: Repo | str, rev: str, path: str = "", *, recursive: bool = False,
        on_warning: OnWarning = None) -> LsResult:
     """The entries of `path` (default the root) in REV; with `recursive`, everything under it."""
@@ -161,6 +166,11 @@ class DiffResult(Result):
 
     def lines(self) -> list[str]:
         return [c.line() for c in self.changes]
+
+
+def diff_iter(repo: Repo | str, rev1: str, rev2: str) -> Iterator[Change]:
+    """The changes `diff` returns, one at a time, in path order."""
+    return porcelain.diff_changes(open_repo(repo), rev1, rev2)
 
 
 def diff(repo: Repo | str, rev1: str, rev2: str, *, on_warning: OnWarning = None) -> DiffResult:
@@ -435,7 +445,8 @@ def lxc_destroy(name: str, *, lxcpath: str = "/var/lib/lxc", on_warning: OnWarni
     return LxcDestroyResult(name, warnings=w.items)
 
 
-COMMANDS = ("init", "import_rootfs", "checkout", "checkout_tar", "ls", "log", "show", "diff", "fsck", "gc",
+COMMANDS = ("init", "import_rootfs", "checkout", "checkout_tar", "ls", "ls_iter", "log", "show", "diff", "diff_iter",
+            "fsck", "gc",
             "export_ostree", "import_ostree", "make_bootable", "deploy", "push", "fetch", "clone", "bundle_create",
             "bundle_apply", "bundle_unwrap", "lxc_create", "lxc_upgrade", "lxc_destroy")
 

@@ -28,7 +28,7 @@ from . import limits
 from .errors import BadInput, CorruptObject, GitreeError, NotFound, UnsafePath
 from .outfile import atomic_output
 from .gittree import MODE_DIR, decode_tree
-from .packwriter import OBJ_BLOB, OBJ_COMMIT, OBJ_TAG, OBJ_TREE, PackWriter, object_id, pack_entry_header
+from .packwriter import OBJ_BLOB, OBJ_COMMIT, OBJ_TAG, OBJ_TREE, object_id, pack_entry_header
 from .store import Repo
 
 MAGIC = b"# gitree bundle v1\n"
@@ -520,71 +520,63 @@ def apply(repo: Repo, path: str, branch: str | None = None, level: int = 1) -> t
     """Apply a bundle: objects first, every incoming commit read and verified as fsck does, the branch
     moves last. Returns (branch, old tip, new tip)."""
     u = _Unwrapped(repo, path)
-    pack = None
-    installed = None
     try:
-        head = read_git_bundle_header(lambda: u.stream.readline(limits.MAX_BUNDLE_HEADER_LINE + 1), path)
-        for p in head.prerequisites:
-            if not repo.exists(p):
-                raise NotFound(f"{path}: this update needs commit {p.hex()}, which the repository does not have")
-        if len(head.refs) != 1:
-            raise CorruptObject(f"{path}: the bundle must name exactly one branch")
-        new, refname = head.refs[0]
-        name = _incoming_branch(repo, refname, path)
-        branch = branch or name
-        repo.branch_ref(branch)
-        pack = PackWriter(repo.objects_dir)
-        commits: list[bytes] = []
-        for otype, size, chunks in read_pack(u.stream.read, path):
-            if otype == OBJ_BLOB and size > STREAM_OBJECT:
-                pack.add_stream(otype, size, chunks, level, repo.exists)
-                continue
-            data = b"".join(chunks)
-            oid = object_id(otype, data)
-            if otype == OBJ_COMMIT:
-                commits.append(oid)
-            if not repo.exists(oid):
-                pack.add_raw(oid, pack_entry_header(otype, len(data)) + zlib.compress(data, level))
-        u.finish()
-        if new not in pack and not repo.exists(new):
-            raise CorruptObject(f"{path}: the bundle lacks its own tip {new.hex()}")
-        with repo.lock():
-            old_tip = repo.branch_tip(branch)
-            installed = pack.install()
-            pack = None
-            try:
-                commit = repo.git[pygit2.Oid(raw=new)].peel(pygit2.Commit)
-            except (KeyError, ValueError, pygit2.GitError):
-                raise CorruptObject(f"{path}: the bundle's tip {new.hex()} is not a commit") from None
-            if commit.id.raw not in commits:
-                commits.append(commit.id.raw)
-            for cid in commits:
+        # A transaction: its pack is deleted, installed or not, unless the branch moved (or was already there).
+        with repo.transaction(level=level) as tx:
+            head = read_git_bundle_header(lambda: u.stream.readline(limits.MAX_BUNDLE_HEADER_LINE + 1), path)
+            for p in head.prerequisites:
+                if not repo.exists(p):
+                    raise NotFound(f"{path}: this update needs commit {p.hex()}, which the repository does not have")
+            if len(head.refs) != 1:
+                raise CorruptObject(f"{path}: the bundle must name exactly one branch")
+            new, refname = head.refs[0]
+            name = _incoming_branch(repo, refname, path)
+            branch = branch or name
+            repo.branch_ref(branch)
+            pack = tx.raw_pack()
+            commits: list[bytes] = []
+            for otype, size, chunks in read_pack(u.stream.read, path):
+                if otype == OBJ_BLOB and size > STREAM_OBJECT:
+                    pack.add_stream(otype, size, chunks, level, repo.exists)
+                    continue
+                data = b"".join(chunks)
+                oid = object_id(otype, data)
+                if otype == OBJ_COMMIT:
+                    commits.append(oid)
+                if not repo.exists(oid):
+                    pack.add_raw(oid, pack_entry_header(otype, len(data)) + zlib.compress(data, level))
+            u.finish()
+            if new not in pack and not repo.exists(new):
+                raise CorruptObject(f"{path}: the bundle lacks its own tip {new.hex()}")
+            with repo.lock():
+                old_tip = repo.branch_tip(branch)
+                tx.install_packs()
                 try:
-                    c = repo.git[pygit2.Oid(raw=cid)].peel(pygit2.Commit)
-                    parents = list(c.parent_ids)
+                    commit = repo.git[pygit2.Oid(raw=new)].peel(pygit2.Commit)
                 except (KeyError, ValueError, pygit2.GitError):
-                    raise CorruptObject(f"{path}: commit {cid.hex()} is malformed; nothing was changed") from None
-                for parent in parents:
-                    if not repo.exists(parent.raw):
-                        raise CorruptObject(f"{path}: commit {c.id} has parent {parent}, which neither the bundle "
-                                            "nor the repository holds; nothing was changed")
-                _verify(repo, c, path)
-            if old_tip == new:
-                return branch, old_tip, new
-            if old_tip is not None and not repo.git.descendant_of(commit.id, pygit2.Oid(raw=old_tip)):
-                raise GitreeError(f"branch {branch} is at {old_tip.hex()}, which {new.hex()} does not descend "
-                                  "from; nothing was changed")
-            repo.set_branch(branch, new, old_tip, f"gitree: bundle apply {os.path.basename(path)}")
-            installed = None
-        return branch, old_tip, new
-    except BaseException:
-        if pack is not None:
-            pack.abort()
-        if installed is not None:
-            for p in (installed, installed[:-5] + ".idx"):
-                if os.path.exists(p):
-                    os.unlink(p)
-        raise
+                    raise CorruptObject(f"{path}: the bundle's tip {new.hex()} is not a commit") from None
+                if commit.id.raw not in commits:
+                    commits.append(commit.id.raw)
+                for cid in commits:
+                    try:
+                        c = repo.git[pygit2.Oid(raw=cid)].peel(pygit2.Commit)
+                        parents = list(c.parent_ids)
+                    except (KeyError, ValueError, pygit2.GitError):
+                        raise CorruptObject(f"{path}: commit {cid.hex()} is malformed; nothing was changed") from None
+                    for parent in parents:
+                        if not repo.exists(parent.raw):
+                            raise CorruptObject(f"{path}: commit {c.id} has parent {parent}, which neither the bundle "
+                                                "nor the repository holds; nothing was changed")
+                    _verify(repo, c, path)
+                if old_tip == new:
+                    tx.commit()
+                    return branch, old_tip, new
+                if old_tip is not None and not repo.git.descendant_of(commit.id, pygit2.Oid(raw=old_tip)):
+                    raise GitreeError(f"branch {branch} is at {old_tip.hex()}, which {new.hex()} does not descend "
+                                      "from; nothing was changed")
+                repo.set_branch(branch, new, old_tip, f"gitree: bundle apply {os.path.basename(path)}")
+                tx.commit()
+            return branch, old_tip, new
     finally:
         u.close()
 

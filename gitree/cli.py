@@ -25,7 +25,6 @@ from . import api
 from .errors import (INTERNAL_EXIT, INTERRUPTED_EXIT, WARNINGS_EXIT, FsckFailed, GitreeError, GitreeWarning,
                      exit_codes_table)
 from .progress import human_bytes, make_progress
-from .store import Repo
 
 
 class Ctx:
@@ -37,7 +36,7 @@ class Ctx:
         self.strict = strict
         self.warnings: list[GitreeWarning] = []
 
-    def repo(self) -> Repo:
+    def repo(self) -> api.Repo:
         return api.open_repo(self.repo_path)
 
     def on_warning(self, w: GitreeWarning) -> None:
@@ -181,8 +180,7 @@ def ls(c: Ctx, rev, path, long_, recursive):
     if c.json:
         c.emit("ls", api.ls(c.repo(), rev, path, recursive=recursive, on_warning=c.on_warning))
         return
-    from . import porcelain  # text output streams: a listing of a large tree starts at once
-    for item in porcelain.ls_items(c.repo(), rev, path, recursive):
+    for item in api.ls_iter(c.repo(), rev, path, recursive=recursive):  # streams: a large listing starts at once
         click.echo(item.line(long_))
 
 
@@ -214,8 +212,7 @@ def diff(c: Ctx, rev1, rev2):
     if c.json:
         c.emit("diff", api.diff(c.repo(), rev1, rev2, on_warning=c.on_warning))
         return
-    from . import porcelain  # text output streams
-    for change in porcelain.diff_changes(c.repo(), rev1, rev2):
+    for change in api.diff_iter(c.repo(), rev1, rev2):  # streams
         click.echo(change.line())
 
 

@@ -955,6 +955,8 @@ class Transaction:
         self.repo = repo
         self.keep_mtime, self.level, self.progress, self.warn = keep_mtime, level, progress, warn
         self._tree: Importer | None = None
+        self._raw: list[PackWriter] = []        # packs of objects that arrive whole, not yet installed
+        self._installed: list[str] = []         # packs installed by this transaction before it commits
         self._refs: list[tuple[str, bytes, bytes | None, str]] = []
         self.stats = ImportStats()
         self.done = False
@@ -983,6 +985,23 @@ class Transaction:
 
     def store(self, otype: int, data: bytes) -> bytes:
         return self.tree.store(otype, data)
+
+    def raw_pack(self) -> PackWriter:
+        """A pack for objects that arrive whole (bundle apply). `install_packs` installs it; an abort before
+        `commit` deletes it, installed or not (no branch refers to its objects then)."""
+        if self.done:
+            raise GitreeError("the transaction is finished")
+        p = PackWriter(self.repo.objects_dir)
+        self._raw.append(p)
+        return p
+
+    def install_packs(self) -> None:
+        """Install the raw packs (under the repository lock, held by the caller), so their objects can be read
+        and verified before any branch moves."""
+        while self._raw:
+            path = self._raw.pop(0).install()
+            if path is not None:          # None: the pack was empty
+                self._installed.append(path)
 
     def write_commit(self, *, message: str, timestamp: int | None = None, parents: list[bytes] = (),
                      extra_top=(), author: tuple[str, str] | None = None) -> bytes:
@@ -1017,9 +1036,11 @@ class Transaction:
                             raise BranchMoved(f"branch {b} moved during the operation; nothing was changed")
                     for b, new, old, msg in self._refs:
                         self.repo.set_branch(b, new, old, msg)
+            self.install_packs()
         except BaseException:
             self.abort()
             raise
+        self._installed.clear()
         self.done = True
         return cid
 
@@ -1028,6 +1049,14 @@ class Transaction:
         if self._tree is not None:
             self._tree.abort()
             self._tree = None
+        for p in self._raw:
+            p.abort()
+        self._raw.clear()
+        for pack in self._installed:
+            for path in (pack, pack[:-5] + ".idx"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+        self._installed.clear()
         self._refs.clear()
         self.done = True
 
