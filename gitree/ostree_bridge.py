@@ -384,12 +384,12 @@ class Exporter:
                 self._skip(cpath, "file name that is not valid UTF-8")
                 continue
             if row.kind is Kind.DIR:
-                pending.dirs.append((name, self._plan(cpath, node.content[row.name][1], node.meta[row.name])))
+                pending.dirs.append((name, self._plan(cpath, node.content[row.name].oid, node.meta[row.name])))
                 continue
             if row.kind not in (Kind.FILE, Kind.SYMLINK):
                 self._skip(cpath, f"{row.kind.name.lower()} node")
                 continue
-            blob = node.content[row.name][1]
+            blob = node.content[row.name].oid
             target = self.repo.read(blob, OBJ_BLOB, display(cpath)) if row.kind is Kind.SYMLINK else b""
             if row.kind is Kind.SYMLINK and (not target or b"\0" in target or _ostree_name(target) is None):
                 # ostree commit stores the text '[Invalid UTF-8]' for such a target, which its fsck refuses

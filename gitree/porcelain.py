@@ -62,11 +62,11 @@ def import_rootfs(repo: Repo, source: str, branch: str, message: str | None = No
             report = DirectoryReport()
             items = directory_entries(source, report, one_file_system, exclude=repo.path)
         try:
-            for entry, data, rereadable in items:
+            for item in items:
                 try:
-                    tx.add(entry, data, rereadable)
+                    tx.add(item.entry, item.data, item.rereadable)
                 except OSError as e:
-                    raise BadInput(f"{display(entry.path)}: {e.strerror or e}") from None
+                    raise BadInput(f"{display(item.entry.path)}: {e.strerror or e}") from None
         except BadInput as err:
             why = tar_in.failure() if tar_in is not None else None
             if why is not None:
@@ -394,7 +394,7 @@ def _diff_dir(repo: Repo, path: bytes, a: tuple[bytes, bytes], b: tuple[bytes, b
             if row is not None and row.kind is not Kind.DIR:
                 reader.entry(p, node, row)
         if x is not None and y is not None and x.kind is Kind.DIR and y.kind is Kind.DIR:
-            ca, cb = (na.content[name][1], na.meta[name]), (nb.content[name][1], nb.meta[name])
+            ca, cb = (na.content[name].oid, na.meta[name]), (nb.content[name].oid, nb.meta[name])
             if ca != cb:
                 if len(stack) + len(split_path(path)) >= MAX_DEPTH:
                     raise CorruptObject(f"{display(p[:200])}: deeper than {MAX_DEPTH} directory levels")
@@ -403,7 +403,7 @@ def _diff_dir(repo: Repo, path: bytes, a: tuple[bytes, bytes], b: tuple[bytes, b
         if x is not None and y is not None and x.kind is y.kind:
             ch = _row_changes(x, y)
             ca, cb = na.content.get(name), nb.content.get(name)
-            if (ca and ca[1]) != (cb and cb[1]):
+            if (ca and ca.oid) != (cb and cb.oid):
                 ch.insert(0, "target" if x.kind is Kind.SYMLINK else "content")
             if ch:
                 yield Change("M", p, y.kind, tuple(ch))
@@ -424,7 +424,7 @@ def _diff_dir(repo: Repo, path: bytes, a: tuple[bytes, bytes], b: tuple[bytes, b
 
 def _subtree(repo: Repo, path: bytes, node, name: bytes, root) -> Iterator[Entry]:
     from .store import _Walker
-    it = _Walker(repo, None, root).walk_dir(path, node.content[name][1], node.meta[name])
+    it = _Walker(repo, None, root).walk_dir(path, node.content[name].oid, node.meta[name])
     next(it, None)  # the directory itself is already reported
     yield from it
 

@@ -30,7 +30,7 @@ from . import limits, sidetable
 from .entry import MAX_DEPTH, Entry, Kind, check_fields, split_path
 from .exportcache import FILE, open_cache, record_key
 from .errors import BadInput, BranchMoved, CorruptObject, GitreeError, NotFound, RepoLocked, UnsafePath, UsageError
-from .gittree import MODE_DIR, MODE_EXEC, MODE_FILE, MODE_LINK, decode_tree, encode_tree
+from .gittree import MODE_DIR, MODE_EXEC, MODE_FILE, MODE_LINK, ContentRef, decode_tree, encode_tree
 from .names import check_name, display, fs_name, git_name
 from .packwriter import OBJ_BLOB, OBJ_COMMIT, OBJ_TREE, PackWriter, hash_and_compress, object_id
 
@@ -321,7 +321,7 @@ class Repo:
             row = node.row(comp)
             if row is None or row.kind is not Kind.DIR:
                 raise NotFound(f"no directory {display(subpath)} in {commit.id}")
-            content, meta = node.content[comp][1], node.meta[comp]
+            content, meta = node.content[comp].oid, node.meta[comp]
             prefix = prefix + b"/" + comp if prefix else comp
         yield from _Walker(self, problems, root).walk_dir(prefix, content, meta)
 
@@ -369,7 +369,7 @@ class DirNode:
 
     self_row: sidetable.Row
     rows: list[sidetable.Row]
-    content: dict[bytes, tuple[bytes, bytes]]  # name -> (git mode, oid)
+    content: dict[bytes, ContentRef]            # name -> (git mode, oid)
     meta: dict[bytes, bytes]                    # subdirectory name -> meta tree oid
     _by_name: dict[bytes, sidetable.Row] | None = None
 
@@ -383,12 +383,12 @@ def _tree_order_key(mode: bytes, name: bytes) -> bytes:
     return name + b"/" if mode == MODE_DIR else name
 
 
-def _decode_dir_tree(repo: "Repo", oid: bytes, path: bytes, what: str) -> dict[bytes | None, tuple[bytes, bytes]]:
+def _decode_dir_tree(repo: "Repo", oid: bytes, path: bytes, what: str) -> dict[bytes | None, ContentRef]:
     """A directory's content or meta tree by real name: sizes bounded, names canonical (one stored form
     per name, so no aliases), git's order, no duplicates."""
     where = display(path)
     data = repo.read_bounded(oid, OBJ_TREE, limits.MAX_TREE_BYTES, f"{what} tree of {where}")
-    out: dict[bytes | None, tuple[bytes, bytes]] = {}
+    out: dict[bytes | None, ContentRef] = {}
     prev = None
     for mode, gname, eoid in decode_tree(data, where):
         if mode not in _GIT_MODES:
@@ -411,7 +411,7 @@ def _decode_dir_tree(repo: "Repo", oid: bytes, path: bytes, what: str) -> dict[b
                 raise TreeFault(path, f"{what} tree: {e}") from None
         if name in out:
             raise TreeFault(path, f"{what} tree names {name!r} twice")
-        out[name] = (mode, eoid)
+        out[name] = ContentRef(mode, eoid)
         if len(out) > limits.MAX_DIR_ENTRIES + 1:
             raise TreeFault(path, f"more than {limits.MAX_DIR_ENTRIES} entries in one directory")
     return out
@@ -443,7 +443,7 @@ def read_dir(repo: "Repo", path: bytes, content_oid: bytes, meta_oid: bytes) -> 
         c = cmap.get(row.name)
         kname = row.kind.name.lower()
         if row.kind is Kind.DIR:
-            if c is None or c[0] != MODE_DIR:
+            if c is None or c.mode != MODE_DIR:
                 raise TreeFault(cpath, "directory in the side table but not in the tree")
             if row.name not in mmap:
                 raise TreeFault(cpath, "directory has no node in the meta tree")
@@ -456,8 +456,8 @@ def read_dir(repo: "Repo", path: bytes, content_oid: bytes, meta_oid: bytes) -> 
             want = _EXPECT_GIT_MODE.get(row.kind) or (MODE_EXEC if row.mode & 0o100 else MODE_FILE)
             if c is None:
                 raise TreeFault(cpath, f"{kname} in the side table but not in the tree")
-            if c[0] != want:
-                raise TreeFault(cpath, f"git mode {c[0].decode(errors='replace')} disagrees with "
+            if c.mode != want:
+                raise TreeFault(cpath, f"git mode {c.mode.decode(errors='replace')} disagrees with "
                                     f"the side table ({kname} {row.mode:o})")
         elif c is not None:
             raise TreeFault(cpath, f"{kname} must not appear in the content tree")
@@ -494,9 +494,9 @@ def _lookup(repo: "Repo", root: tuple[bytes, bytes], path: bytes, cache: dict) -
             e = Entry(path, row.kind, row.mode, row.uid, row.gid, row.xattrs, rdev=row.rdev,
                       mtime_ns=row.mtime_ns, hardlink=row.hardlink, sparse=row.sparse)
             c = node.content.get(comp)
-            e.oid = c[1] if c is not None else None
+            e.oid = c.oid if c is not None else None
             return e
-        content, meta = node.content[comp][1], node.meta[comp]
+        content, meta = node.content[comp].oid, node.meta[comp]
         dpath = dpath + b"/" + comp if dpath else comp
     return None
 
@@ -557,7 +557,7 @@ class _Walker:
                 if base_depth + len(stack) > limits.MAX_TREE_DEPTH:
                     self.fault(cpath[:200], f"deeper than {limits.MAX_TREE_DEPTH} directory levels (the depth limit)")
                     continue
-                child = self._read(cpath, node.content[row.name][1], node.meta[row.name])
+                child = self._read(cpath, node.content[row.name].oid, node.meta[row.name])
                 if child is None:
                     continue
                 r = child.self_row
@@ -575,10 +575,10 @@ class _Walker:
                     mtime_ns=row.mtime_ns, hardlink=row.hardlink, sparse=row.sparse)
         c = node.content.get(row.name)
         if c is not None:
-            ent.oid = c[1]
+            ent.oid = c.oid
         if row.kind is Kind.SYMLINK:
             try:
-                ent.target = self.repo.read_bounded(c[1], OBJ_BLOB, limits.SYMLINK_MAX, display(path))
+                ent.target = self.repo.read_bounded(c.oid, OBJ_BLOB, limits.SYMLINK_MAX, display(path))
             except CorruptObject as e:
                 self.fault(path, str(e))
                 return None
