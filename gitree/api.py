@@ -21,7 +21,8 @@ from typing import Iterable, Iterator
 from . import porcelain
 from .errors import (BadInput, BranchMoved, CorruptObject, FsckFailed, GitreeError, GitreeWarning, NotFound,
                      OnWarning, RepoLocked, ToolFailed, UnsafePath, UnsupportedEntry, UsageError)
-from .porcelain import Change, CommitInfo, LsItem, Problem, ShowInfo
+from .diff import Change, diff_changes
+from .porcelain import CommitInfo, LsItem, Problem, ShowInfo
 from .store import ImportStats, Repo
 
 
@@ -170,12 +171,12 @@ class DiffResult(Result):
 
 def diff_iter(repo: Repo | str, rev1: str, rev2: str) -> Iterator[Change]:
     """The changes `diff` returns, one at a time, in path order."""
-    return porcelain.diff_changes(open_repo(repo), rev1, rev2)
+    return diff_changes(open_repo(repo), rev1, rev2)
 
 
 def diff(repo: Repo | str, rev1: str, rev2: str, *, on_warning: OnWarning = None) -> DiffResult:
-    """Per-path changes from REV1 to REV2, content and metadata (gitree.porcelain.Change)."""
-    return DiffResult(list(porcelain.diff_changes(open_repo(repo), rev1, rev2)))
+    """Per-path changes from REV1 to REV2, content and metadata (gitree.diff.Change)."""
+    return DiffResult(list(diff_changes(open_repo(repo), rev1, rev2)))
 
 
 @dataclass
@@ -230,7 +231,7 @@ def export_ostree(repo: Repo | str, rev: str, ostree_repo: str, *, ref: str | No
     """Export REV into a native OSTree repository (created in `mode`, default archive, when missing), byte-for-
     byte as `ostree commit` writes it. `compression`: "reuse" (archive: copy each file's deflate stream out of
     the git pack) or a zlib level 1-9. `gpg_keys`: sign each commit (and the summary with update_summary)."""
-    from .ostree_bridge import export_ostree as run
+    from .ostree_export import export_ostree as run
     from .signing import GpgSigner
     if compression != "reuse" and not (isinstance(compression, int) and 1 <= compression <= 9):
         raise UsageError(f"compression must be 'reuse' or a zlib level 1-9, not {compression!r}")
@@ -256,7 +257,7 @@ class ImportOstreeResult(Result):
 def import_ostree(repo: Repo | str, ostree_repo: str, ref: str, *, branch: str, progress=None,
                   on_warning: OnWarning = None) -> ImportOstreeResult:
     """Import REF (a ref or a commit checksum) of an OSTree repository with its parent chain onto `branch`."""
-    from .ostree_bridge import import_ostree as run
+    from .ostree_import import import_ostree as run
     w = _Warnings(on_warning, "import-ostree")
     made = run(open_repo(repo), ostree_repo, ref, branch, warn=w, progress=progress)
     return ImportOstreeResult([c.hex() for c in made], branch, warnings=w.items)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from . import tools
 from .bootable import tree_metadata
 from .errors import BadInput, GitreeError
-from .ostree_bridge import export_ostree
+from .ostree_export import export_ostree
 from .store import Repo
 
 
@@ -111,7 +111,7 @@ def deploy(repo: Repo, rev: str, sysroot: str, osname: str, ref: str | None = No
 
 
 def _ref_of(repo: Repo, rev: str) -> str:
-    from .ostree_bridge import _default_ref
+    from .ostree_export import _default_ref
     return _default_ref(repo, rev)
 
 
