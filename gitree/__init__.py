@@ -1,0 +1,37 @@
+"""gitree: operating-system root filesystems in git object storage, with OSTree compatibility.
+
+Programs use `gitree.api` (docs/api.md): one function per command, typed results, typed errors and warnings.
+
+The layer map. A module imports only from its own layer or lower ones (tests/test_layers.py checks it, lazy
+imports inside functions included); each capability lives in one place.
+
+  6 front ends   cli (parses arguments, calls api, prints), __main__, demo (the demo script), rootfs (builds
+                 the cached Debian root filesystem the demo, tests and benchmarks use)
+  5 api          api (one function per user command, typed results)
+  4 boot         bootable (make-bootable: the OSTree boot layout), deploy (ostree admin deploy), uboot (U-Boot
+                 script and uEnv.txt), lxc (containers running deployments)
+  3 operations   porcelain (import, checkout, ls/log/show, gc, fsck commands), diff (the diff engine),
+                 ostree_export (gitree commits to OSTree repositories), ostree_import (OSTree commit chains into
+                 gitree), signing (GPG signatures of OSTree commits and summaries), bundle (offline update files),
+                 distribution (push, fetch, clone with verification)
+  2 storage      store (repository access, the import engine and transactions, tree reading and fsck),
+                 sources (directory and tar readers yielding entries), sinks (directory and tar writers)
+  1 formats      entry (the entry type), names (name escaping), xattrs, sparse (sparse maps), gittree (git tree
+                 codec), sidetable (metadata tables), tarformat (tar reader/writer), ostreemeta, initramfs (cpio
+                 reader), packwriter, packreader (git packs), exportcache (the authenticated export cache);
+                 gitree_compat (compat/: the pure OSTree format) sits here too and imports nothing of gitree
+  0 foundation   errors (errors, warnings, exit codes), progress, outfile (atomic output files), tools (the
+                 runner for external programs); limits (resource bounds) sits in layer 1 (it reads entry.MAX_DEPTH)
+"""
+
+LAYERS: dict[str, int] = {
+    "errors": 0, "limits": 1, "progress": 0, "outfile": 0, "tools": 0,
+    "entry": 1, "names": 1, "xattrs": 1, "sparse": 1, "gittree": 1, "sidetable": 1, "tarformat": 1,
+    "ostreemeta": 1, "initramfs": 1, "packwriter": 1, "packreader": 1, "exportcache": 1, "gitree_compat": 1,
+    "store": 2, "sources": 2, "sinks": 2,
+    "porcelain": 3, "diff": 3, "ostree_export": 3, "ostree_import": 3, "signing": 3,
+    "bundle": 3, "distribution": 3,
+    "bootable": 4, "deploy": 4, "uboot": 4, "lxc": 4,
+    "api": 5,
+    "cli": 6, "__main__": 6, "demo": 6, "rootfs": 6,
+}

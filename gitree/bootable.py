@@ -30,7 +30,7 @@ from .gittree import MODE_FILE
 from .initramfs import has_member
 from .names import display
 from .packwriter import OBJ_BLOB
-from .store import Importer, Repo
+from .store import Repo, Transaction
 
 PREPARE_ROOT = b"usr/lib/ostree/ostree-prepare-root"
 TMPFILES = b"usr/lib/tmpfiles.d/gitree-var.conf"
@@ -185,7 +185,7 @@ def _tmpfiles_path(p: bytes) -> str:
 class _Rewriter:
     """Maps each source entry to what goes into the new tree; collects the /var tmpfiles lines."""
 
-    def __init__(self, repo: Repo, imp: Importer, kernel: Kernel):
+    def __init__(self, repo: Repo, imp: Transaction, kernel: Kernel):
         self.repo, self.imp, self.kernel = repo, imp, kernel
         self.lines: list[tuple[bytes, str]] = []           # (var path, tmpfiles line)
         self.new_path: dict[bytes, bytes | None] = {}      # stored non-directories: old -> new (None: not stored)
@@ -323,31 +323,28 @@ def make_bootable(repo: Repo, rev: str, branch: str, version: str | None = None,
         raise BadInput(f"{commit.id} has both /etc and /usr/etc")
     if version is None:
         version = _next_version(repo, branch, osr.get("VERSION_ID") or "0")
-    imp = Importer(repo, keep_mtime=True, level=1)
-    try:
-        rw = _Rewriter(repo, imp, k)
+    with repo.transaction(keep_mtime=True, level=1) as tx:
+        rw = _Rewriter(repo, tx, k)
         for e in repo.walk(commit):
             rw.feed(e)
         if repo.find(root, b"var") is None:
-            imp.add(Entry(b"var", Kind.DIR, 0o755))
-        imp.add(Entry(b"sysroot", Kind.DIR, 0o755))
+            tx.add(Entry(b"var", Kind.DIR, 0o755))
+        tx.add(Entry(b"sysroot", Kind.DIR, 0o755))
         for name, target in RUNTIME_LINKS.items():
             if name not in rw.seen_links:
-                imp.add(Entry(name, Kind.SYMLINK, 0o777, target=target))
+                tx.add(Entry(name, Kind.SYMLINK, 0o777, target=target))
         if not rw.has_usr_etc and (etc is None or etc.kind is not Kind.DIR):
-            imp.add(Entry(b"usr/etc", Kind.DIR, 0o755))  # ostree needs it in every deployment
+            tx.add(Entry(b"usr/etc", Kind.DIR, 0o755))  # ostree needs it in every deployment
         data = rw.tmpfiles()
-        imp.add(Entry(TMPFILES, Kind.FILE, 0o644, size=len(data)), lambda: [data])
+        tx.add(Entry(TMPFILES, Kind.FILE, 0o644, size=len(data)), lambda: [data])
         meta = [("ostree.linux", k.version), ("version", version), ("ostree.bootable", True), *metadata]
-        blob = imp.store(OBJ_BLOB, ostreemeta.encode(meta))
+        blob = tx.store(OBJ_BLOB, ostreemeta.encode(meta))
         subject = commit.message.split("\n", 1)[0] or f"{str(commit.id)[:12]}"
         msg = message if message is not None else (
             f"{subject} (bootable {version}, kernel {k.version})\n\nMade bootable from {commit.id}\n")
-        cid = imp.commit(branch, msg, commit.commit_time if timestamp is None else timestamp,
-                         extra_top=[(MODE_FILE, ostreemeta.BLOB_NAME, blob)])
-    except BaseException:
-        imp.abort()
-        raise
+        cid = tx.commit(branch=branch, message=msg,
+                        timestamp=commit.commit_time if timestamp is None else timestamp,
+                        extra_top=[(MODE_FILE, ostreemeta.BLOB_NAME, blob)])
     kdir = f"{display(MODULES)}/{k.version}"
     changes = [f"kernel {k.version}: {display(k.vmlinuz.path)} -> {kdir}/vmlinuz",
                f"initramfs: {display(k.initramfs.path)} -> {kdir}/initramfs.img"

@@ -11,7 +11,6 @@ does in an OSTree static delta. Unwrapped (`gitree bundle unwrap`), the file is 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import struct
@@ -19,15 +18,17 @@ import subprocess
 import tempfile
 import zlib
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO, Callable
 
 import pygit2
 
+from . import tools
 from . import limits
 from .errors import BadInput, CorruptObject, GitreeError, NotFound, UnsafePath
 from .outfile import atomic_output
 from .gittree import MODE_DIR, decode_tree
-from .packwriter import OBJ_BLOB, OBJ_COMMIT, OBJ_TAG, OBJ_TREE, PackWriter, object_id, pack_entry_header
+from .packreader import STREAM_OBJECT, read_pack
+from .packwriter import OBJ_BLOB, OBJ_COMMIT, OBJ_TREE, object_id, pack_entry_header
 from .store import Repo
 
 MAGIC = b"# gitree bundle v1\n"
@@ -179,10 +180,8 @@ def walk_objects(repo: Repo, commit: bytes) -> list[tuple[bytes, bytes]]:
 
 def changed_bases(repo: Repo, old: bytes, new: bytes) -> set[bytes]:
     """Old objects that new ones replace: same path, or a rename git detects (trees and blobs)."""
-    r = subprocess.run(["git", "--git-dir", repo.path, "diff-tree", "-r", "-t", "-z", "-M50%", "-l20000",
-                        "--no-commit-id", old.hex(), new.hex()], capture_output=True)
-    if r.returncode != 0:
-        raise GitreeError(f"git diff-tree failed: {_last_line(r.stderr)}")
+    r = tools.run(["git", "--git-dir", repo.path, "diff-tree", "-r", "-t", "-z", "-M50%", "-l20000",
+                   "--no-commit-id", old.hex(), new.hex()], what="git diff-tree failed")
     out = set()
     fields = r.stdout.split(b"\0")
     i = 0
@@ -235,18 +234,6 @@ def _resolve_range(repo: Repo, spec: str, branch: str | None) -> tuple[bytes | N
     return old, new, branch
 
 
-def _last_line(stderr: bytes) -> str:
-    lines = [ln for ln in stderr.decode(errors="replace").splitlines() if ln.strip()]
-    return lines[-1].strip() if lines else "no message"
-
-
-def _run(cmd: list[str], what: str, **kw) -> subprocess.CompletedProcess:
-    r = subprocess.run(cmd, capture_output=True, **kw)
-    if r.returncode != 0:
-        raise GitreeError(f"{what} failed: {r.stderr.decode(errors='replace').strip().splitlines()[-1:]}")
-    return r
-
-
 def create(repo: Repo, spec: str, out_path: str, branch: str | None = None,
            level: int = DEFAULT_LEVEL) -> BundleInfo:
     old, new, branch = _resolve_range(repo, spec, branch)
@@ -262,11 +249,9 @@ def create(repo: Repo, spec: str, out_path: str, branch: str | None = None,
             f.flush()
             revs = f"{new.hex()}\n" + (f"^{old.hex()}\n" if old else "")
             # Whole objects, stored uncompressed: the outer compressor sees every byte.
-            r = subprocess.run(["git", "--git-dir", repo.path, "-c", "pack.compression=0", "pack-objects",
-                                "--stdout", "--revs", "--window=0", "--no-reuse-object", "-q"],
-                               input=revs.encode(), stdout=f, stderr=subprocess.PIPE)
-            if r.returncode != 0:
-                raise GitreeError(f"git pack-objects failed: {_last_line(r.stderr)}")
+            tools.run(["git", "--git-dir", repo.path, "-c", "pack.compression=0", "pack-objects",
+                       "--stdout", "--revs", "--window=0", "--no-reuse-object", "-q"],
+                      input=revs.encode(), stdout=f, what="git pack-objects failed")
         git_size = os.path.getsize(gb)
         positions: list[int] = []
         ref_path = os.path.join(tmpdir, "reference")
@@ -290,9 +275,7 @@ def create(repo: Repo, spec: str, out_path: str, branch: str | None = None,
             fo.flush()
             cmd = ["zstd", "-q", "-c", "--ultra", f"-{level}", f"--long={window}", "--check"]
             cmd += [f"--patch-from={ref_path}"] if positions else ["-T0"]
-            r = subprocess.run(cmd + [gb], stdout=fo, stderr=subprocess.PIPE)
-            if r.returncode != 0:
-                raise GitreeError(f"zstd failed: {_last_line(r.stderr)}")
+            tools.run(cmd + [gb], stdout=fo, what="zstd failed")
         count = struct.unpack(">I", _pack_count(gb))[0]
         return BundleInfo(out_path, os.path.getsize(out_path), git_size, ref_bytes, count, branch, old, new)
     finally:
@@ -421,107 +404,6 @@ def read_git_bundle_header(read_line: Callable[[], bytes], where: str) -> GitBun
             raise CorruptObject(f"{where}: malformed git bundle header line") from None
 
 
-_PACK_TYPES = {OBJ_COMMIT, OBJ_TREE, OBJ_BLOB, OBJ_TAG}
-_MAX_SIZE = {OBJ_COMMIT: limits.MAX_META_BYTES, OBJ_TAG: limits.MAX_META_BYTES, OBJ_TREE: limits.MAX_TREE_BYTES,
-             OBJ_BLOB: limits.MAX_BUNDLE_BLOB}
-_READ = 1 << 16
-STREAM_OBJECT = 8 << 20   # objects larger than this are streamed into the pack, never held whole
-
-
-def read_pack(read: Callable[[int], bytes], where: str) -> Iterator[tuple[int, int, Iterator[bytes]]]:
-    """(type, size, chunks) of each object of a pack of whole objects; each `chunks` must be consumed
-    before the next object. Sizes are checked against the limits from each object's header, before it is
-    inflated; the trailer is checked at the end. Deltas are refused."""
-    sha = hashlib.sha1()
-    state = {"buf": b"", "total": 0}
-
-    def take(n: int) -> bytes:
-        b = read(n)
-        if len(b) != n:
-            raise CorruptObject(f"{where}: truncated pack")
-        sha.update(b)
-        return b
-
-    def inflate(size: int) -> Iterator[bytes]:
-        d = zlib.decompressobj()
-        buf, got = state["buf"], 0
-        while not d.eof:
-            if not buf:
-                buf = read(_READ)
-                if not buf:
-                    raise CorruptObject(f"{where}: truncated pack")
-            try:
-                part = d.decompress(buf, min(_READ * 16, size + 1 - got))
-            except zlib.error:
-                raise CorruptObject(f"{where}: bad zlib data in the pack") from None
-            # at the end of the stream CPython leaves the rest of the input in unused_data (and a copy in
-            # unconsumed_tail when max_length also stopped it); before it, in unconsumed_tail
-            rest = d.unused_data if d.eof else d.unconsumed_tail
-            used = len(buf) - len(rest)
-            sha.update(buf[:used])
-            buf = rest
-            got += len(part)
-            if got > size:
-                raise CorruptObject(f"{where}: pack object larger than its header says")
-            if part:
-                yield part
-            if not used and not part and not d.eof and buf:
-                raise CorruptObject(f"{where}: bad zlib data in the pack")  # pragma: no cover - zlib stalls
-        if got != size:
-            raise CorruptObject(f"{where}: pack object size mismatch")
-        state["buf"] = buf
-
-    head = take(12)
-    if head[:4] != b"PACK" or struct.unpack(">I", head[4:8])[0] not in (2, 3):
-        raise CorruptObject(f"{where}: not a git pack")
-    count = struct.unpack(">I", head[8:12])[0]
-    if count > limits.MAX_BUNDLE_OBJECTS:
-        raise CorruptObject(f"{where}: the pack holds {count} objects, more than the limit of "
-                            f"{limits.MAX_BUNDLE_OBJECTS}")
-    for _ in range(count):
-        buf = state["buf"]
-        if not buf:
-            buf = read(_READ)
-        hdr_len, otype, size, shift = 0, 0, 0, 0
-        while True:
-            if hdr_len >= len(buf):
-                more = read(_READ)
-                if not more:
-                    raise CorruptObject(f"{where}: truncated pack")
-                buf += more
-            c = buf[hdr_len]
-            if hdr_len == 0:
-                otype, size, shift = (c >> 4) & 7, c & 15, 4
-            else:
-                size |= (c & 0x7F) << shift
-                shift += 7
-            hdr_len += 1
-            if not c & 0x80:
-                break
-            if hdr_len > 10:
-                raise CorruptObject(f"{where}: malformed pack object header")
-        if otype not in _PACK_TYPES:
-            raise CorruptObject(f"{where}: the pack holds a delta or unknown object (type {otype}); "
-                                "gitree bundles hold whole objects")
-        if size > _MAX_SIZE[otype]:
-            raise CorruptObject(f"{where}: a pack object of {size} bytes is larger than the limit of "
-                                f"{_MAX_SIZE[otype]} for its type")
-        state["total"] += size
-        if state["total"] > limits.MAX_BUNDLE_BYTES:
-            raise CorruptObject(f"{where}: the pack's objects total more than the limit of "
-                                f"{limits.MAX_BUNDLE_BYTES} bytes")
-        sha.update(buf[:hdr_len])
-        state["buf"] = buf[hdr_len:]
-        chunks = inflate(size)
-        yield otype, size, chunks
-        for _ in chunks:  # whatever the consumer left
-            pass
-    buf = state["buf"]
-    trailer = buf + read(20 - len(buf)) if len(buf) < 20 else buf
-    if trailer[:20] != sha.digest() or len(trailer) != 20 or read(1):
-        raise CorruptObject(f"{where}: pack checksum mismatch or trailing data")
-
-
 def _incoming_branch(repo: Repo, refname: str, where: str) -> str:
     """The branch a ref that arrives names: only refs/heads/<valid branch name> may arrive."""
     if not refname.startswith("refs/heads/"):
@@ -537,76 +419,68 @@ def apply(repo: Repo, path: str, branch: str | None = None, level: int = 1) -> t
     """Apply a bundle: objects first, every incoming commit read and verified as fsck does, the branch
     moves last. Returns (branch, old tip, new tip)."""
     u = _Unwrapped(repo, path)
-    pack = None
-    installed = None
     try:
-        head = read_git_bundle_header(lambda: u.stream.readline(limits.MAX_BUNDLE_HEADER_LINE + 1), path)
-        for p in head.prerequisites:
-            if not repo.exists(p):
-                raise NotFound(f"{path}: this update needs commit {p.hex()}, which the repository does not have")
-        if len(head.refs) != 1:
-            raise CorruptObject(f"{path}: the bundle must name exactly one branch")
-        new, refname = head.refs[0]
-        name = _incoming_branch(repo, refname, path)
-        branch = branch or name
-        repo.branch_ref(branch)
-        pack = PackWriter(repo.objects_dir)
-        commits: list[bytes] = []
-        for otype, size, chunks in read_pack(u.stream.read, path):
-            if otype == OBJ_BLOB and size > STREAM_OBJECT:
-                pack.add_stream(otype, size, chunks, level, repo.exists)
-                continue
-            data = b"".join(chunks)
-            oid = object_id(otype, data)
-            if otype == OBJ_COMMIT:
-                commits.append(oid)
-            if not repo.exists(oid):
-                pack.add_raw(oid, pack_entry_header(otype, len(data)) + zlib.compress(data, level))
-        u.finish()
-        if new not in pack and not repo.exists(new):
-            raise CorruptObject(f"{path}: the bundle lacks its own tip {new.hex()}")
-        with repo.lock():
-            old_tip = repo.branch_tip(branch)
-            installed = pack.install()
-            pack = None
-            try:
-                commit = repo.git[pygit2.Oid(raw=new)]
-            except (KeyError, ValueError, pygit2.GitError):
-                commit = None
-            if not isinstance(commit, pygit2.Commit):  # a branch names a commit, never a tag
-                raise CorruptObject(f"{path}: the bundle's tip {new.hex()} is not a commit") from None
-            if commit.id.raw not in commits:
-                commits.append(commit.id.raw)
-            seen_roots: set = set()
-            for cid in commits:
+        # A transaction: its pack is deleted, installed or not, unless the branch moved (or was already there).
+        with repo.transaction(level=level) as tx:
+            head = read_git_bundle_header(lambda: u.stream.readline(limits.MAX_BUNDLE_HEADER_LINE + 1), path)
+            for p in head.prerequisites:
+                if not repo.exists(p):
+                    raise NotFound(f"{path}: this update needs commit {p.hex()}, which the repository does not have")
+            if len(head.refs) != 1:
+                raise CorruptObject(f"{path}: the bundle must name exactly one branch")
+            new, refname = head.refs[0]
+            name = _incoming_branch(repo, refname, path)
+            branch = branch or name
+            repo.branch_ref(branch)
+            pack = tx.raw_pack()
+            commits: list[bytes] = []
+            for otype, size, chunks in read_pack(u.stream.read, path):
+                if otype == OBJ_BLOB and size > STREAM_OBJECT:
+                    pack.add_stream(otype, size, chunks, level, repo.exists)
+                    continue
+                data = b"".join(chunks)
+                oid = object_id(otype, data)
+                if otype == OBJ_COMMIT:
+                    commits.append(oid)
+                if not repo.exists(oid):
+                    pack.add_raw(oid, pack_entry_header(otype, len(data)) + zlib.compress(data, level))
+            u.finish()
+            if new not in pack and not repo.exists(new):
+                raise CorruptObject(f"{path}: the bundle lacks its own tip {new.hex()}")
+            with repo.lock():
+                old_tip = repo.branch_tip(branch)
+                tx.install_packs()
                 try:
-                    c = repo.git[pygit2.Oid(raw=cid)].peel(pygit2.Commit)
-                    parents = list(c.parent_ids)
+                    commit = repo.git[pygit2.Oid(raw=new)]
                 except (KeyError, ValueError, pygit2.GitError):
-                    raise CorruptObject(f"{path}: commit {cid.hex()} is malformed; nothing was changed") from None
-                for parent in parents:
-                    if not repo.exists(parent.raw):
-                        raise CorruptObject(f"{path}: commit {c.id} has parent {parent}, which neither the bundle "
-                                            "nor the repository holds; nothing was changed")
-                if c.tree_id.raw not in seen_roots:  # commits sharing a tree: it is read once
-                    seen_roots.add(c.tree_id.raw)
-                    _verify(repo, c, path)
-            if old_tip == new:
-                return branch, old_tip, new
-            if old_tip is not None and not repo.git.descendant_of(commit.id, pygit2.Oid(raw=old_tip)):
-                raise GitreeError(f"branch {branch} is at {old_tip.hex()}, which {new.hex()} does not descend "
-                                  "from; nothing was changed")
-            repo.set_branch(branch, new, old_tip, f"gitree: bundle apply {os.path.basename(path)}")
-            installed = None
-        return branch, old_tip, new
-    except BaseException:
-        if pack is not None:
-            pack.abort()
-        if installed is not None:
-            for p in (installed, installed[:-5] + ".idx"):
-                if os.path.exists(p):
-                    os.unlink(p)
-        raise
+                    commit = None
+                if not isinstance(commit, pygit2.Commit):  # a branch names a commit, never a tag
+                    raise CorruptObject(f"{path}: the bundle's tip {new.hex()} is not a commit")
+                if commit.id.raw not in commits:
+                    commits.append(commit.id.raw)
+                seen_roots: set = set()
+                for cid in commits:
+                    try:
+                        c = repo.git[pygit2.Oid(raw=cid)].peel(pygit2.Commit)
+                        parents = list(c.parent_ids)
+                    except (KeyError, ValueError, pygit2.GitError):
+                        raise CorruptObject(f"{path}: commit {cid.hex()} is malformed; nothing was changed") from None
+                    for parent in parents:
+                        if not repo.exists(parent.raw):
+                            raise CorruptObject(f"{path}: commit {c.id} has parent {parent}, which neither the bundle "
+                                                "nor the repository holds; nothing was changed")
+                    if c.tree_id.raw not in seen_roots:  # commits sharing a tree: it is read once
+                        seen_roots.add(c.tree_id.raw)
+                        _verify(repo, c, path)
+                if old_tip == new:
+                    tx.commit()
+                    return branch, old_tip, new
+                if old_tip is not None and not repo.git.descendant_of(commit.id, pygit2.Oid(raw=old_tip)):
+                    raise GitreeError(f"branch {branch} is at {old_tip.hex()}, which {new.hex()} does not descend "
+                                      "from; nothing was changed")
+                repo.set_branch(branch, new, old_tip, f"gitree: bundle apply {os.path.basename(path)}")
+                tx.commit()
+            return branch, old_tip, new
     finally:
         u.close()
 
@@ -620,4 +494,4 @@ def _verify(repo: Repo, commit: pygit2.Commit, where: str) -> None:
         raise CorruptObject(f"{where}: commit {commit.id} is refused: {err}; nothing was changed") from None
 
 
-__all__ = ["create", "apply", "unwrap", "BundleInfo", "MAGIC"]
+__all__ = ["create", "apply", "unwrap", "BundleInfo", "MAGIC", "read_pack", "STREAM_OBJECT"]

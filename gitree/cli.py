@@ -1,7 +1,18 @@
-"""The `gitree` command line: parses arguments, calls porcelain, turns errors into one stderr line."""
+"""The `gitree` command line: parses arguments, calls gitree.api, prints results, warnings and errors.
+
+Nothing here does the work: every command is one call into gitree.api (docs/api.md), whose result this module
+prints as text (stdout: the result, e.g. a commit id, last; stderr: a summary) or, with --json, as one JSON
+document on stdout. Warnings arrive through the API's one channel (on_warning) and print as
+`gitree: warning: ...`; with --strict any warning makes the exit code WARNINGS_EXIT. Errors print as one line
+and exit with their class's code (gitree --help lists them).
+"""
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import enum
+import json
 import os
 import re
 import sys
@@ -10,42 +21,102 @@ import traceback
 
 import click
 
-from . import porcelain
-from .errors import GitreeError
-from .progress import human_bytes
-from .store import Repo
+from . import api
+from .errors import (INTERNAL_EXIT, INTERRUPTED_EXIT, WARNINGS_EXIT, FsckFailed, GitreeError, GitreeWarning,
+                     exit_codes_table)
+from .progress import human_bytes, make_progress
 
 
 class Ctx:
-    def __init__(self, repo_path: str, debug: bool, quiet: bool):
+    def __init__(self, repo_path: str, debug: bool, quiet: bool, json_out: bool = False, strict: bool = False):
         self.repo_path = repo_path
         self.debug = debug
         self.quiet = quiet
+        self.json = json_out
+        self.strict = strict
+        self.warnings: list[GitreeWarning] = []
 
-    def repo(self) -> Repo:
-        return Repo(self.repo_path)
+    def repo(self) -> api.Repo:
+        return api.open_repo(self.repo_path)
+
+    def on_warning(self, w: GitreeWarning) -> None:
+        self.warnings.append(w)
+        if not self.json:
+            click.echo(f"gitree: warning: {one_line(w.message)}", err=True)
+
+    def progress(self, label: str):
+        return None if self.json else make_progress(label, self.quiet)
+
+    def emit(self, command: str, result, text=None) -> None:
+        """Print `result`: as JSON with --json, else by calling `text()`."""
+        if self.json:
+            body = to_json(result)
+            body.pop("warnings", None)  # listed once, below
+            doc = {"command": command, "result": body,
+                   "warnings": [to_json(w) for w in self.warnings]}
+            click.echo(json.dumps(doc, indent=None, sort_keys=False))
+        elif text is not None:
+            text()
+
+
+_state: dict[str, Ctx] = {}
+
+
+def _hexish(name: str) -> bool:
+    return name == "oid" or name.endswith("_oid")
+
+
+def to_json(obj, name: str = ""):
+    """A result as JSON values: bytes paths as UTF-8 (undecodable bytes as \\xNN), object ids as hex,
+    xattr values as base64, enums by lower-case name."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_json(getattr(obj, f.name), f.name) for f in dataclasses.fields(obj)
+                if f.name != "extra" and not f.name.startswith("_")}
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+        return {k: to_json(v, k) for k, v in zip(obj._fields, obj, strict=True)}
+    if name == "xattrs" and isinstance(obj, (tuple, list)):
+        return [[n.decode("utf-8", "backslashreplace"), base64.b64encode(v).decode()] for n, v in obj]
+    if isinstance(obj, enum.Enum):
+        return obj.name.lower()
+    if isinstance(obj, (bytes, bytearray)):
+        return bytes(obj).hex() if _hexish(name) else bytes(obj).decode("utf-8", "backslashreplace")
+    if isinstance(obj, dict):
+        return {(k.decode("utf-8", "backslashreplace") if isinstance(k, bytes) else str(k)): to_json(v, name)
+                for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [to_json(v, name) for v in obj]
+    return obj
 
 
 pass_ctx = click.make_pass_decorator(Ctx)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _exit_codes_help() -> str:
+    rows = "\n".join(f"  {code:>3}  {name + ': ' if name else ''}{meaning}"
+                     for code, name, meaning in exit_codes_table())
+    return "\b\nExit codes (docs/api.md):\n" + rows
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=_exit_codes_help())
 @click.option("-C", "--repo", "repo_path", envvar="GITREE_REPO", default=".", show_default="$GITREE_REPO or .",
               help="The gitree repository (a bare git repository).")
 @click.option("--debug", is_flag=True, help="Show a traceback on errors.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress display.")
+@click.option("--json", "json_out", is_flag=True,
+              help="Print the result and the warnings as one JSON document on stdout (errors too).")
+@click.option("--strict", is_flag=True, help=f"Any warning makes the command fail (exit code {WARNINGS_EXIT}).")
 @click.pass_context
-def cli(ctx, repo_path, debug, quiet):
+def cli(ctx, repo_path, debug, quiet, json_out, strict):
     """gitree: operating-system root filesystems in git, with OSTree compatibility."""
-    ctx.obj = Ctx(repo_path, debug, quiet)
+    ctx.obj = _state["ctx"] = Ctx(repo_path, debug, quiet, json_out, strict)
 
 
 @cli.command()
 @pass_ctx
 def init(c: Ctx):
     """Create a new repository at -C PATH."""
-    porcelain.init(c.repo_path)
-    click.echo(f"initialized gitree repository in {os.path.abspath(c.repo_path)}")
+    res = api.init(c.repo_path, on_warning=c.on_warning)
+    c.emit("init", res, lambda: click.echo(f"initialized gitree repository in {res.path}"))
 
 
 @cli.command("import-rootfs")
@@ -59,12 +130,17 @@ def init(c: Ctx):
 @pass_ctx
 def import_rootfs(c: Ctx, source, branch, message, timestamp, keep_mtime, cross_filesystems, strict):
     """Import SOURCE (a directory, a tar file of any compression, or - for a tar on stdin)."""
-    res = porcelain.import_rootfs(c.repo(), source, branch, message, timestamp, keep_mtime, c.quiet,
-                                  one_file_system=not cross_filesystems, strict=strict)
-    s = res.stats
-    click.echo(f"imported {s.entries} entries, {s.files} files, {human_bytes(s.bytes)} in {s.seconds:.1f} s; "
-               f"{s.new_objects} new objects ({human_bytes(s.pack_bytes)})", err=True)
-    click.echo(res.commit.hex())
+    progress = c.progress("import")
+    res = api.import_rootfs(c.repo(), source, branch=branch, message=message, timestamp=timestamp,
+                            keep_mtime=keep_mtime, one_file_system=not cross_filesystems, strict=strict,
+                            progress=progress, on_warning=c.on_warning)
+
+    def text():
+        s = res.stats
+        click.echo(f"imported {s.entries} entries, {s.files} files, {human_bytes(s.bytes)} in {s.seconds:.1f} s; "
+                   f"{s.new_objects} new objects ({human_bytes(s.pack_bytes)})", err=True)
+        click.echo(res.commit)
+    c.emit("import-rootfs", res, text)
 
 
 @cli.command()
@@ -76,15 +152,21 @@ def import_rootfs(c: Ctx, source, branch, message, timestamp, keep_mtime, cross_
 def checkout(c: Ctx, rev, dest, tar_out, sparse):
     """Write REV's tree to DEST (a new or empty directory), or as a tar with --tar."""
     if (dest is None) == (tar_out is None):
-        raise GitreeError("give either DEST or --tar FILE")
+        raise click.UsageError("give either DEST or --tar FILE")
     repo = c.repo()
+    progress = c.progress("checkout")
     if tar_out is not None:
-        files, nbytes = porcelain.checkout_tar(repo, rev, tar_out, c.quiet, sparse=sparse)
-        click.echo(f"wrote {files} files, {human_bytes(nbytes)}", err=True)
-        return
-    report = porcelain.checkout_dir(repo, rev, dest, c.quiet)
-    for line in report.lines():
-        click.echo(f"gitree: warning: {line} (not running as root?)", err=True)
+        if tar_out == "-" and c.json:
+            raise click.UsageError("--json cannot be used with --tar - (the tar is stdout)")
+        res = api.checkout_tar(repo, rev, tar_out, sparse=sparse, progress=progress, on_warning=c.on_warning)
+    else:
+        res = api.checkout(repo, rev, dest, progress=progress, on_warning=c.on_warning)
+    if progress:
+        progress.done()
+    if tar_out is not None:
+        c.emit("checkout", res, lambda: click.echo(f"wrote {res.files} files, {human_bytes(res.bytes)}", err=True))
+    else:
+        c.emit("checkout", res)
 
 
 @cli.command()
@@ -95,8 +177,11 @@ def checkout(c: Ctx, rev, dest, tar_out, sparse):
 @pass_ctx
 def ls(c: Ctx, rev, path, long_, recursive):
     """List PATH (default: the root) in REV."""
-    for line in porcelain.ls(c.repo(), rev, path, long_, recursive):
-        click.echo(line)
+    if c.json:
+        c.emit("ls", api.ls(c.repo(), rev, path, recursive=recursive, on_warning=c.on_warning))
+        return
+    for item in api.ls_iter(c.repo(), rev, path, recursive=recursive):  # streams: a large listing starts at once
+        click.echo(item.line(long_))
 
 
 @cli.command()
@@ -105,8 +190,8 @@ def ls(c: Ctx, rev, path, long_, recursive):
 @pass_ctx
 def log(c: Ctx, rev, limit):
     """Show the history of REV (default HEAD)."""
-    for line in porcelain.log(c.repo(), rev, limit):
-        click.echo(line)
+    res = api.log(c.repo(), rev, limit=limit, on_warning=c.on_warning)
+    c.emit("log", res, lambda: [click.echo(line) for line in res.lines()])
 
 
 @cli.command()
@@ -114,8 +199,8 @@ def log(c: Ctx, rev, limit):
 @pass_ctx
 def show(c: Ctx, rev):
     """Show a commit and a summary of its tree."""
-    for line in porcelain.show(c.repo(), rev):
-        click.echo(line)
+    res = api.show(c.repo(), rev, on_warning=c.on_warning)
+    c.emit("show", res, lambda: [click.echo(line) for line in res.lines()])
 
 
 @cli.command()
@@ -124,8 +209,11 @@ def show(c: Ctx, rev):
 @pass_ctx
 def diff(c: Ctx, rev1, rev2):
     """Per-path changes from REV1 to REV2, content and metadata."""
-    for line in porcelain.diff(c.repo(), rev1, rev2):
-        click.echo(line)
+    if c.json:
+        c.emit("diff", api.diff(c.repo(), rev1, rev2, on_warning=c.on_warning))
+        return
+    for change in api.diff_iter(c.repo(), rev1, rev2):  # streams
+        click.echo(change.line())
 
 
 @cli.command("export-ostree")
@@ -153,23 +241,23 @@ def diff(c: Ctx, rev1, rev2):
 def export_ostree(c: Ctx, rev, ostree_repo, ref, mode, no_bindings, history, strict, update_summary, gpg_keys,
                   gpg_homedir, collection_id, ref_bindings, compression):
     """Export REV into a native OSTree repository; prints the OSTree commit checksum last."""
-    from .ostree_bridge import export_ostree as run
-    from .progress import make_progress
-    from .signing import GpgSigner
-    signers = [GpgSigner(k, gpg_homedir) for k in gpg_keys]
-    progress = make_progress("export", c.quiet)
     if compression != "reuse":
         if not compression.isdigit() or not 1 <= int(compression) <= 9:
             raise click.BadParameter("'reuse' or a zlib level 1-9", param_hint="--compression")
         compression = int(compression)
-    res = run(c.repo(), rev, ostree_repo, ref, mode, not no_bindings, history, strict, update_summary,
-              progress=progress, signers=signers, collection_id=collection_id, ref_bindings=tuple(ref_bindings),
-              compression=compression)
+    progress = c.progress("export")
+    res = api.export_ostree(c.repo(), rev, ostree_repo, ref=ref, mode=mode, bindings=not no_bindings,
+                            history=history, strict=strict, update_summary=update_summary, gpg_keys=gpg_keys,
+                            gpg_homedir=gpg_homedir, collection_id=collection_id, ref_bindings=ref_bindings,
+                            compression=compression, progress=progress, on_warning=c.on_warning)
     if progress:
         progress.done()
-    click.echo(f"exported {len(res.commits)} commit(s): {res.files_written} files written, "
-               f"{res.files_cached} files and {res.dirs_cached} directories already present", err=True)
-    click.echo(res.checksum)
+
+    def text():
+        click.echo(f"exported {len(res.commits)} commit(s): {res.files_written} files written, "
+                   f"{res.files_cached} files and {res.dirs_cached} directories already present", err=True)
+        click.echo(res.checksum)
+    c.emit("export-ostree", res, text)
 
 
 @cli.command("import-ostree")
@@ -179,10 +267,15 @@ def export_ostree(c: Ctx, rev, ostree_repo, ref, mode, no_bindings, history, str
 @pass_ctx
 def import_ostree(c: Ctx, ostree_repo, ref, branch):
     """Import REF (a ref or commit checksum) of OSTREE_REPO with its parent chain; prints the last commit id."""
-    from .ostree_bridge import import_ostree as run
-    made = run(c.repo(), ostree_repo, ref, branch)
-    click.echo(f"imported {len(made)} commit(s)", err=True)
-    click.echo(made[-1].hex())
+    progress = c.progress("import-ostree")
+    res = api.import_ostree(c.repo(), ostree_repo, ref, branch=branch, progress=progress, on_warning=c.on_warning)
+    if progress:
+        progress.done()
+
+    def text():
+        click.echo(f"imported {len(res.commits)} commit(s)", err=True)
+        click.echo(res.commit)
+    c.emit("import-ostree", res, text)
 
 
 @cli.command("make-bootable")
@@ -198,18 +291,21 @@ def import_ostree(c: Ctx, ostree_repo, ref, branch):
 @pass_ctx
 def make_bootable(c: Ctx, rev, branch, version, kernel, message, timestamp, no_initramfs_check, metadata):
     """Rewrite REV into an OSTree-bootable tree on BRANCH; prints the new commit id last."""
-    from .bootable import make_bootable as run
     pairs = []
     for m in metadata:
         key, sep, value = m.partition("=")
         if not sep:
             raise click.BadParameter(f"{m!r} is not KEY=VALUE", param_hint="--metadata")
         pairs.append((key, value))
-    res = run(c.repo(), rev, branch, version, kernel, message, timestamp, not no_initramfs_check,
-              metadata=tuple(pairs))
-    for line in res.changes:
-        click.echo(f"  {line}", err=True)
-    click.echo(res.commit.hex())
+    res = api.make_bootable(c.repo(), rev, branch=branch, version=version, kernel=kernel, message=message,
+                            timestamp=timestamp, initramfs_check=not no_initramfs_check, metadata=pairs,
+                            on_warning=c.on_warning)
+
+    def text():
+        for line in res.changes:
+            click.echo(f"  {line}", err=True)
+        click.echo(res.commit)
+    c.emit("make-bootable", res, text)
 
 
 @cli.command()
@@ -223,16 +319,18 @@ def make_bootable(c: Ctx, rev, branch, version, kernel, message, timestamp, no_i
 @pass_ctx
 def deploy(c: Ctx, rev, sysroot, osname, ref, karg, bootloader):
     """Export bootable REV into PATH/ostree/repo and `ostree admin deploy` it; prints the OSTree commit last."""
-    from .deploy import deploy as run
-    res = run(c.repo(), rev, sysroot, osname, ref, tuple(karg), bootloader=bootloader)
-    click.echo(f"deployed {res.ref} in {res.deployment} (export {res.export_seconds:.1f} s, "
-               f"ostree admin deploy {res.deploy_seconds:.1f} s)", err=True)
-    if res.entry is not None:
-        click.echo(f"boot entry {res.entry.path}: options {res.entry.options}", err=True)
-    if bootloader == "uboot":
-        click.echo(f"U-Boot: {os.path.join(sysroot, 'boot', 'loader', 'uEnv.txt')}, "
-                   f"{os.path.join(sysroot, 'boot', 'boot.scr')}", err=True)
-    click.echo(res.checksum)
+    res = api.deploy(c.repo(), rev, sysroot=sysroot, osname=osname, ref=ref, kargs=karg, bootloader=bootloader,
+                     on_warning=c.on_warning)
+
+    def text():
+        click.echo(f"deployed {res.ref} in {res.deployment} (export {res.export_seconds:.1f} s, "
+                   f"ostree admin deploy {res.deploy_seconds:.1f} s)", err=True)
+        if res.boot_entry is not None:
+            click.echo(f"boot entry {res.boot_entry}: options {res.options}", err=True)
+        if res.uboot_files:
+            click.echo(f"U-Boot: {', '.join(res.uboot_files)}", err=True)
+        click.echo(res.checksum)
+    c.emit("deploy", res, text)
 
 
 @cli.command()
@@ -242,9 +340,8 @@ def deploy(c: Ctx, rev, sysroot, osname, ref, karg, bootloader):
 @pass_ctx
 def push(c: Ctx, remote, branches, force):
     """Push BRANCHES (default: all) to REMOTE, a git remote name or URL, atomically."""
-    from .distribution import push as run
-    run(c.repo(), remote, list(branches), force)
-    click.echo(f"pushed to {remote}", err=True)
+    res = api.push(c.repo(), remote, branches, force=force, on_warning=c.on_warning)
+    c.emit("push", res, lambda: click.echo(f"pushed to {remote}", err=True))
 
 
 @cli.command()
@@ -254,9 +351,8 @@ def push(c: Ctx, remote, branches, force):
 @pass_ctx
 def fetch(c: Ctx, remote, branches, depth):
     """Fetch BRANCHES (default: all) from REMOTE into the same branches, fast-forward only."""
-    from .distribution import fetch as run
-    run(c.repo(), remote, list(branches), depth)
-    click.echo(f"fetched from {remote}", err=True)
+    res = api.fetch(c.repo(), remote, branches, depth=depth, on_warning=c.on_warning)
+    c.emit("fetch", res, lambda: click.echo(f"fetched from {remote}", err=True))
 
 
 @cli.command()
@@ -264,11 +360,11 @@ def fetch(c: Ctx, remote, branches, depth):
 @click.argument("path")
 @click.option("--depth", type=int, help="Only the newest N commits (shallow clone).")
 @click.option("-b", "--branch", help="Make this branch HEAD (default: the server's HEAD).")
-def clone(url, path, depth, branch):
+@pass_ctx
+def clone(c: Ctx, url, path, depth, branch):
     """Clone the gitree repository at URL into PATH (bare, gitree config)."""
-    from .distribution import clone as run
-    run(url, path, depth, branch)
-    click.echo(f"cloned {url} into {os.path.abspath(path)}", err=True)
+    res = api.clone(url, path, depth=depth, branch=branch, on_warning=c.on_warning)
+    c.emit("clone", res, lambda: click.echo(f"cloned {url} into {res.path}", err=True))
 
 
 @cli.group()
@@ -283,12 +379,14 @@ def bundle():
 @pass_ctx
 def bundle_create(c: Ctx, spec, file, branch):
     """Write the update from OLD to NEW (or all of NEW) to FILE."""
-    from .bundle import create
-    info = create(c.repo(), spec, file, branch)
-    click.echo(f"bundle: {info.objects} objects, {human_bytes(info.git_bundle_size)} as a git bundle, "
-               f"{human_bytes(info.size)} compressed against {human_bytes(info.reference_bytes)} of "
-               "old objects", err=True)
-    click.echo(f"{info.size} {file}")
+    info = api.bundle_create(c.repo(), spec, file, branch=branch, on_warning=c.on_warning)
+
+    def text():
+        click.echo(f"bundle: {info.objects} objects, {human_bytes(info.git_bundle_size)} as a git bundle, "
+                   f"{human_bytes(info.size)} compressed against {human_bytes(info.reference_bytes)} of "
+                   "old objects", err=True)
+        click.echo(f"{info.size} {file}")
+    c.emit("bundle create", info, text)
 
 
 @bundle.command("apply")
@@ -297,10 +395,12 @@ def bundle_create(c: Ctx, spec, file, branch):
 @pass_ctx
 def bundle_apply(c: Ctx, file, branch):
     """Add FILE's objects, verify the new tree, then move its branch (fast-forward only)."""
-    from .bundle import apply
-    name, old, new = apply(c.repo(), file, branch)
-    click.echo(f"{name}: {old.hex()[:12] if old else '(new)'} -> {new.hex()[:12]}", err=True)
-    click.echo(new.hex())
+    res = api.bundle_apply(c.repo(), file, branch=branch, on_warning=c.on_warning)
+
+    def text():
+        click.echo(f"{res.branch}: {res.old[:12] if res.old else '(new)'} -> {res.new[:12]}", err=True)
+        click.echo(res.new)
+    c.emit("bundle apply", res, text)
 
 
 @bundle.command("unwrap")
@@ -309,12 +409,11 @@ def bundle_apply(c: Ctx, file, branch):
 @pass_ctx
 def bundle_unwrap(c: Ctx, file, out):
     """Write the plain git bundle inside FILE to OUT (an update needs its base commit in -C REPO)."""
-    from .bundle import unwrap
     try:
         repo = c.repo()
     except GitreeError:
         repo = None
-    unwrap(repo, file, out)
+    c.emit("bundle unwrap", api.bundle_unwrap(repo, file, out, on_warning=c.on_warning))
 
 
 @cli.command()
@@ -324,9 +423,8 @@ def bundle_unwrap(c: Ctx, file, out):
 @pass_ctx
 def gc(c: Ctx, window, depth, compression):
     """Repack the repository into one delta-compressed pack (every object recompressed)."""
-    repo = c.repo()
-    porcelain.gc(repo, window, depth, compression)
-    click.echo("gc: done", err=True)
+    res = api.gc(c.repo(), window=window, depth=depth, compression=compression, on_warning=c.on_warning)
+    c.emit("gc", res, lambda: click.echo("gc: done", err=True))
 
 
 @cli.command()
@@ -334,12 +432,12 @@ def gc(c: Ctx, window, depth, compression):
 @pass_ctx
 def fsck(c: Ctx, revs):
     """Read commits as every command does and list every fault (default: every commit of every branch)."""
-    problems = porcelain.fsck(c.repo(), list(revs))
-    for rev, path, msg in problems:
-        click.echo(f"{rev}: {'/' + path.decode('utf-8', 'backslashreplace')}: {msg}")
-    if problems:
-        raise GitreeError(f"fsck found {len(problems)} problem(s)")
-    click.echo("fsck: ok", err=True)
+    res = api.fsck(c.repo(), revs, on_warning=c.on_warning)
+    c.emit("fsck", res, lambda: [click.echo(p.line()) for p in res.problems])
+    if res.problems:
+        raise FsckFailed(f"fsck found {len(res.problems)} problem(s)")
+    if not c.json:
+        click.echo("fsck: ok", err=True)
 
 
 # --- issue 12: LXC containers running OSTree deployments (gitree/lxc.py) ---------------------------------
@@ -354,12 +452,16 @@ def fsck(c: Ctx, revs):
 @pass_ctx
 def lxc_create(c: Ctx, name, rev, lxcpath, osname, karg, ref):
     """Deploy bootable REV into a new LXC container NAME (its own sysroot, hooks doing the initramfs' work)."""
-    from . import lxc
-    cont, res = lxc.create(c.repo(), name, rev, lxcpath, osname, tuple(karg), ref)
-    click.echo(f"container {name}: {cont.config}; deployment {res.deployment} "
-               f"(export {res.export_seconds:.1f} s, ostree admin deploy {res.deploy_seconds:.1f} s); "
-               f"start with: lxc-start -n {name} -P {lxcpath}", err=True)
-    click.echo(res.checksum)
+    res = api.lxc_create(c.repo(), name, rev, lxcpath=lxcpath, osname=osname, kargs=karg, ref=ref,
+                         on_warning=c.on_warning)
+
+    def text():
+        d = res.deploy
+        click.echo(f"container {name}: {res.config}; deployment {d.deployment} "
+                   f"(export {d.export_seconds:.1f} s, ostree admin deploy {d.deploy_seconds:.1f} s); "
+                   f"start with: lxc-start -n {name} -P {lxcpath}", err=True)
+        click.echo(d.checksum)
+    c.emit("lxc-create", res, text)
 
 
 @cli.command("lxc-upgrade")
@@ -372,23 +474,22 @@ def lxc_create(c: Ctx, name, rev, lxcpath, osname, karg, ref):
 @pass_ctx
 def lxc_upgrade(c: Ctx, name, rev, lxcpath, karg, ref):
     """Deploy REV into container NAME's sysroot; its next start runs it (the previous one stays for rollback)."""
-    from . import lxc
-    res = lxc.upgrade(c.repo(), name, rev, lxcpath, ref, tuple(karg))
-    click.echo(f"container {name}: deployed {res.deployment}; restart it to run it", err=True)
-    click.echo(res.checksum)
+    res = api.lxc_upgrade(c.repo(), name, rev, lxcpath=lxcpath, kargs=karg, ref=ref, on_warning=c.on_warning)
+
+    def text():
+        click.echo(f"container {name}: deployed {res.deploy.deployment}; restart it to run it", err=True)
+        click.echo(res.deploy.checksum)
+    c.emit("lxc-upgrade", res, text)
 
 
 @cli.command("lxc-destroy")
 @click.argument("name")
 @click.option("--lxcpath", default="/var/lib/lxc", show_default=True, help="LXC's container directory (lxc-* -P).")
-def lxc_destroy(name, lxcpath):
+@pass_ctx
+def lxc_destroy(c: Ctx, name, lxcpath):
     """Stop and remove container NAME, its sysroot and its immutable deployment roots included."""
-    from . import lxc
-    from .store import stderr_warn
-    note = lxc.destroy(name, lxcpath)
-    if note:
-        stderr_warn(note)
-    click.echo(f"container {name} destroyed", err=True)
+    res = api.lxc_destroy(name, lxcpath=lxcpath, on_warning=c.on_warning)
+    c.emit("lxc-destroy", res, lambda: click.echo(f"container {name} destroyed", err=True))
 
 
 def main(argv=None) -> int:
@@ -407,8 +508,8 @@ def main(argv=None) -> int:
         remove_live_temporaries()
         click.echo("gitree: interrupted", err=True)
         sys.stderr.flush()
-        os._exit(130)
-    return result[0] if result else 70
+        os._exit(INTERRUPTED_EXIT)
+    return result[0] if result else INTERNAL_EXIT
 
 
 _LINE_BREAKING = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029]")
@@ -419,37 +520,53 @@ def one_line(msg: str) -> str:
     return _LINE_BREAKING.sub(lambda m: f"\\x{ord(m.group()):02x}", msg)
 
 
+def _json_error(exc_type: str, message: str, code: int) -> None:
+    c = _state.get("ctx")
+    if c is not None and c.json:
+        doc = {"error": {"type": exc_type, "message": message, "exit_code": code},
+               "warnings": [to_json(w) for w in c.warnings]}
+        click.echo(json.dumps(doc))
+
+
+def _fail(exc_type: str, message: str, code: int, prefix: str = "error") -> int:
+    click.echo(f"gitree: {prefix}: {one_line(message)}", err=True)
+    _json_error(exc_type, message, code)
+    return code
+
+
 def _main(argv=None) -> int:
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    _state.clear()
     try:
         cli.main(args=argv, prog_name="gitree", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("gitree: interrupted", err=True)
-        return 130
+        return INTERRUPTED_EXIT
     except click.ClickException as e:
-        click.echo(f"gitree: error: {one_line(e.format_message())}", err=True)
-        return e.exit_code
+        return _fail("UsageError", e.format_message(), e.exit_code)
     except GitreeError as e:
         if debug:
             traceback.print_exc()
-        click.echo(f"gitree: error: {one_line(str(e))}", err=True)
-        return e.exit_code
+        return _fail(type(e).__name__, str(e), e.exit_code)
     except KeyboardInterrupt:
         click.echo("gitree: interrupted", err=True)
-        return 130
+        return INTERRUPTED_EXIT
     except BrokenPipeError:
         return 141
     except OSError as e:
         if debug:
             traceback.print_exc()
         where = f" {e.filename!r}" if e.filename else ""
-        click.echo(f"gitree: error: {one_line(f'{e.strerror or e}{where}')}", err=True)
-        return 1
+        return _fail("OSError", f"{e.strerror or e}{where}", 1)
     except Exception as e:  # an internal fault: still one line unless --debug
         if debug:
             traceback.print_exc()
-        click.echo(f"gitree: internal error: {type(e).__name__}: {one_line(str(e))} (rerun with --debug)", err=True)
-        return 70
+        return _fail("InternalError", f"{type(e).__name__}: {e} (rerun with --debug)", INTERNAL_EXIT,
+                     prefix="internal error")
+    c = _state.get("ctx")
+    if c is not None and c.strict and c.warnings:
+        click.echo(f"gitree: error: --strict: {len(c.warnings)} warning(s)", err=True)
+        return WARNINGS_EXIT
     return 0
 
 

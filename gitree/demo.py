@@ -1,7 +1,7 @@
 """The main job on a built-in default: a real Debian rootfs through gitree, end to end.
 
-Builds (once, cached) a minimal Debian bookworm root filesystem with mmdebstrap, then runs the same
-commands a user would: init, import-rootfs, checkout (tar and directory), log, show, ls, diff, fsck,
+Builds (once, cached: gitree.rootfs) a minimal Debian bookworm root filesystem with mmdebstrap, then runs the
+same commands a user would: init, import-rootfs, checkout (tar and directory), log, show, ls, diff, fsck,
 and the OSTree export checked by the real `ostree fsck`.
 """
 
@@ -15,10 +15,7 @@ import subprocess
 import sys
 import time
 
-CACHE = os.environ.get("GITREE_CACHE", os.path.expanduser("~/.cache/gitree"))
-# A small but real Debian root filesystem: minbase, plus packages that carry a file capability
-# (iputils-ping: security.capability on /usr/bin/ping) and the tools to inspect it.
-ROOTFS_INCLUDE = "iputils-ping,libcap2-bin"
+from .rootfs import build_rootfs
 
 
 def sh(*args: str, check: bool = True, quiet: bool = False) -> subprocess.CompletedProcess:
@@ -31,23 +28,6 @@ def sh(*args: str, check: bool = True, quiet: bool = False) -> subprocess.Comple
 
 def gitree(*args: str, **kw) -> subprocess.CompletedProcess:
     return sh(sys.executable, "-m", "gitree", *args, **kw)
-
-
-def build_rootfs(suite: str = "bookworm", verbose: bool = True) -> str:
-    """A real Debian rootfs tar made by mmdebstrap from Debian's packages; built once, then cached."""
-    os.makedirs(CACHE, exist_ok=True)
-    tar = os.path.join(CACHE, f"{suite}-minbase-ping.tar")
-    if not os.path.exists(tar):
-        cmd = ["mmdebstrap", "--variant=minbase", f"--include={ROOTFS_INCLUDE}", "--mode=root", "--quiet",
-               suite, tar[:-4] + ".part.tar"]  # mmdebstrap picks the output format from the extension
-        if verbose:
-            print(f"demo: building a {suite} minbase rootfs with mmdebstrap (once; cached in {CACHE})",
-                  flush=True)
-            sh(*cmd)
-        else:
-            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-        os.replace(tar[:-4] + ".part.tar", tar)
-    return tar
 
 
 def main(argv=None) -> int:

@@ -9,13 +9,13 @@ and runs `ostree admin deploy`.
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 from dataclasses import dataclass
 
+from . import tools
 from .bootable import tree_metadata
 from .errors import BadInput, GitreeError
-from .ostree_bridge import export_ostree
+from .ostree_export import export_ostree
 from .store import Repo
 
 
@@ -40,11 +40,8 @@ class DeployResult:
 
 
 def _ostree_admin(*args: str) -> str:
-    r = subprocess.run(["ostree", "admin", *args], capture_output=True, text=True)
-    if r.returncode != 0:
-        msg = (r.stderr.strip().splitlines() or [f"exit status {r.returncode}"])[-1]
-        raise GitreeError(f"ostree admin {args[0] if not args[0].startswith('--') else args[1]}: {msg}")
-    return r.stdout
+    what = f"ostree admin {args[0] if not args[0].startswith('--') else args[1]}"
+    return tools.run(["ostree", "admin", *args], what=what).stdout.decode(errors="replace")
 
 
 def read_entries(sysroot: str) -> list[BootEntry]:
@@ -73,7 +70,7 @@ def entry_deployment(sysroot: str, entry: BootEntry) -> str | None:
 
 
 def deploy(repo: Repo, rev: str, sysroot: str, osname: str, ref: str | None = None,
-           kargs: tuple[str, ...] = (), progress=None, bootloader: str | None = None) -> DeployResult:
+           kargs: tuple[str, ...] = (), progress=None, bootloader: str | None = None, warn=None) -> DeployResult:
     """bootloader: None (ostree's own detection) or "uboot" (gitree.uboot: uEnv.txt and a boot script)."""
     if os.geteuid() != 0:
         raise GitreeError("deploy writes a bare OSTree repository (file owners) and must run as root")
@@ -96,7 +93,8 @@ def deploy(repo: Repo, rev: str, sysroot: str, osname: str, ref: str | None = No
     if bootloader == "uboot":
         uboot.prepare_sysroot(sysroot)
     t0 = time.monotonic()
-    res = export_ostree(repo, rev, ostree_repo, used_ref, mode="bare", history=True, progress=progress)
+    res = export_ostree(repo, rev, ostree_repo, used_ref, mode="bare", history=True, progress=progress,
+                        **({"warn": warn} if warn is not None else {}))
     t1 = time.monotonic()
     _ostree_admin(f"--sysroot={sysroot}", "deploy", f"--os={osname}", *[f"--karg={k}" for k in kargs], used_ref)
     t2 = time.monotonic()
@@ -113,7 +111,7 @@ def deploy(repo: Repo, rev: str, sysroot: str, osname: str, ref: str | None = No
 
 
 def _ref_of(repo: Repo, rev: str) -> str:
-    from .ostree_bridge import _default_ref
+    from .ostree_export import _default_ref
     return _default_ref(repo, rev)
 
 

@@ -12,26 +12,17 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import subprocess
 
 import pygit2
 
-from .outfile import require_private_dir
+from . import tools
 from .errors import BadInput, CorruptObject, GitreeError, UnsafePath
+from .outfile import require_private_dir
 from .store import Repo
 
 
 def _git(args: list[str], what: str, cwd: str | None = None, input: bytes | None = None) -> str:
-    try:
-        r = subprocess.run(["git", *args], capture_output=True, cwd=cwd, input=input)
-    except FileNotFoundError:
-        raise GitreeError("git is not installed") from None
-    if r.returncode != 0:
-        lines = [ln for ln in r.stderr.decode(errors="replace").strip().splitlines() if ln.strip()]
-        useful = [ln for ln in lines if ln.startswith(("fatal:", "error:", " ! "))
-                  and ln.strip() not in ("fatal:", "error:")] or lines
-        raise GitreeError(f"{what} failed: {useful[-1].strip() if useful else 'git exited ' + str(r.returncode)}")
-    return r.stdout.decode(errors="replace")
+    return tools.run(["git", *args], what=f"{what} failed", cwd=cwd, input=input).stdout.decode(errors="replace")
 
 
 def _branch_refspecs(repo: Repo, branches: list[str], force: bool = False) -> list[str]:

@@ -28,12 +28,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 import time
 from dataclasses import dataclass
 
+from . import tools
 from .deploy import DeployResult, deploy
-from .errors import BadInput, GitreeError
+from .errors import BadInput, GitreeError, ToolFailed
 from .store import Repo
 
 DEFAULT_LXCPATH = "/var/lib/lxc"
@@ -178,7 +178,7 @@ def _write(path: str, data: str, mode: int) -> None:
 
 
 def create(repo: Repo, name: str, rev: str, lxcpath: str = DEFAULT_LXCPATH, osname: str = "debian",
-           kargs: tuple[str, ...] = (), ref: str | None = None) -> tuple[Container, DeployResult]:
+           kargs: tuple[str, ...] = (), ref: str | None = None, warn=None) -> tuple[Container, DeployResult]:
     if os.geteuid() != 0:
         raise GitreeError("lxc-create deploys into a bare OSTree repository and runs LXC: run it as root")
     if not OSNAME_RE.fullmatch(osname):
@@ -190,7 +190,7 @@ def create(repo: Repo, name: str, rev: str, lxcpath: str = DEFAULT_LXCPATH, osna
     os.makedirs(c.path, mode=0o700)
     try:
         os.makedirs(os.path.join(c.path, "rootfs"))
-        res = deploy(repo, rev, c.sysroot, osname, ref, kargs)
+        res = deploy(repo, rev, c.sysroot, osname, ref, kargs, warn=warn)
         _write(os.path.join(c.path, HOOK_NAME), HOOK, 0o755)
         _write(c.config, config_text(c, osname, apparmor_enabled()), 0o644)
     except BaseException:
@@ -200,25 +200,25 @@ def create(repo: Repo, name: str, rev: str, lxcpath: str = DEFAULT_LXCPATH, osna
 
 
 def upgrade(repo: Repo, name: str, rev: str, lxcpath: str = DEFAULT_LXCPATH, ref: str | None = None,
-            kargs: tuple[str, ...] = ()) -> DeployResult:
+            kargs: tuple[str, ...] = (), warn=None) -> DeployResult:
     """Deploy REV into the container's sysroot: the next start runs it (the previous one stays for rollback)."""
     c = _existing(name, lxcpath)
     osname = _osname(c)
-    return deploy(repo, rev, c.sysroot, osname, ref, kargs)
+    return deploy(repo, rev, c.sysroot, osname, ref, kargs, warn=warn)
 
 
 def destroy(name: str, lxcpath: str = DEFAULT_LXCPATH) -> str | None:
     """Stop and remove the container with the real lxc-destroy (its destroy hook clears the immutable
     deployment roots). Returns None, or a note when lxc-destroy failed and gitree removed what it left."""
     c = _existing(name, lxcpath)
-    r = subprocess.run(["lxc-destroy", "-n", name, "-P", os.path.dirname(c.path), "-f"], capture_output=True,
-                       text=True)
+    r = tools.run(["lxc-destroy", "-n", name, "-P", os.path.dirname(c.path), "-f"], check=False)
     if not os.path.lexists(c.path) and r.returncode == 0:
         return None
     _remove_tree(c)
-    msg = (r.stderr.strip().splitlines() or [f"exit status {r.returncode}"])[-1]
+    msg = tools.last_line(r.stderr) or f"exit status {r.returncode}"
     if os.path.lexists(c.path):
-        raise GitreeError(f"lxc-destroy {name}: {msg}; could not remove {c.path}")
+        raise ToolFailed(f"lxc-destroy {name}: {msg}; could not remove {c.path}", tool="lxc-destroy", line=msg,
+                         returncode=r.returncode)
     return f"lxc-destroy failed ({msg}); removed {c.path} after clearing the immutable deployment roots"
 
 
@@ -244,7 +244,7 @@ def _remove_tree(c: Container) -> None:
             for name in os.listdir(d) if os.path.isdir(d) else []:
                 p = os.path.join(d, name)
                 if os.path.isdir(p) and not os.path.islink(p):
-                    subprocess.run(["chattr", "-i", p], capture_output=True)
+                    tools.run(["chattr", "-i", p], check=False)
     shutil.rmtree(c.path, ignore_errors=True)
 
 
@@ -252,9 +252,9 @@ def wait_for(name: str, lxcpath: str, target: str = "multi-user.target", timeout
     """Seconds until the container's systemd reports TARGET active (lxc-attach systemctl is-active)."""
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
-        r = subprocess.run(["lxc-attach", "-n", name, "-P", lxcpath, "--", "systemctl", "is-active", target],
-                           capture_output=True, text=True)
-        if r.stdout.strip() == "active":
+        r = tools.run(["lxc-attach", "-n", name, "-P", lxcpath, "--", "systemctl", "is-active", target],
+                      check=False)
+        if r.stdout.strip() == b"active":
             return time.monotonic() - t0
         time.sleep(0.5)
     raise GitreeError(f"{name}: {target} not active after {timeout:.0f} s")

@@ -3,7 +3,8 @@
 The temporary file is created in the target's directory under a random name with
 O_CREAT|O_EXCL|O_NOFOLLOW, so a symlink or file someone placed at a predictable temporary name is never
 opened; it is renamed over the target only once complete (rename replaces a symlink at the target itself
-instead of writing through it). Used by `checkout --tar FILE`, `bundle create` and `bundle unwrap`.
+instead of writing through it). The one way gitree writes an output file: `checkout --tar FILE`,
+`bundle create`, `bundle unwrap`, summary.sig.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Random access to the entries of the repository's own git packs, by object id, through their .idx files.
+"""git packs, read in one place: random access to the repository's own packs by object id (through their .idx
+files), and `read_pack`, the validating reader of a pack that arrives as a stream (bundle apply).
 
 Used by export-ostree to copy a blob's deflate stream out of the pack without inflating it (copy_file_range:
 the bytes go from the pack file to the new file inside the kernel): a pack entry that is not a delta is a zlib
@@ -13,14 +14,17 @@ yields None and the caller falls back to reading the object through libgit2.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import mmap
 import os
 import struct
 import zlib
 from dataclasses import dataclass
+from typing import Callable, Iterator
 
+from . import limits
 from .errors import CorruptObject
-from .packwriter import OBJ_BLOB
+from .packwriter import OBJ_BLOB, OBJ_COMMIT, OBJ_TAG, OBJ_TREE
 
 IDX_MAGIC = b"\xfftOc\x00\x00\x00\x02"
 MAX_ALTERNATES = 5          # depth of objects/info/alternates followed (as git's own limit)
@@ -295,3 +299,107 @@ def inflate_chunks(ps: PackSlice, where: str, chunk: int = READ_CHUNK):
         yield pending
     if buf:
         yield buf
+
+
+# ---------------------------------------------------------------------------------------------
+# Packs that arrive as a stream (a bundle's git bundle): whole objects only, validated while read
+
+_PACK_TYPES = {OBJ_COMMIT, OBJ_TREE, OBJ_BLOB, OBJ_TAG}
+_MAX_SIZE = {OBJ_COMMIT: limits.MAX_META_BYTES, OBJ_TAG: limits.MAX_META_BYTES, OBJ_TREE: limits.MAX_TREE_BYTES,
+             OBJ_BLOB: limits.MAX_BUNDLE_BLOB}
+_READ = 1 << 16
+STREAM_OBJECT = 8 << 20   # objects larger than this are streamed into the pack, never held whole
+
+
+def read_pack(read: Callable[[int], bytes], where: str) -> Iterator[tuple[int, int, Iterator[bytes]]]:
+    """(type, size, chunks) of each object of a pack of whole objects; each `chunks` must be consumed
+    before the next object. Sizes are checked against the limits from each object's header, before it is
+    inflated; the trailer is checked at the end. Deltas are refused."""
+    sha = hashlib.sha1()
+    state = {"buf": b"", "total": 0}
+
+    def take(n: int) -> bytes:
+        b = read(n)
+        if len(b) != n:
+            raise CorruptObject(f"{where}: truncated pack")
+        sha.update(b)
+        return b
+
+    def inflate(size: int) -> Iterator[bytes]:
+        d = zlib.decompressobj()
+        buf, got = state["buf"], 0
+        while not d.eof:
+            if not buf:
+                buf = read(_READ)
+                if not buf:
+                    raise CorruptObject(f"{where}: truncated pack")
+            try:
+                part = d.decompress(buf, min(_READ * 16, size + 1 - got))
+            except zlib.error:
+                raise CorruptObject(f"{where}: bad zlib data in the pack") from None
+            # at the end of the stream CPython leaves the rest of the input in unused_data (and a copy in
+            # unconsumed_tail when max_length also stopped it); before it, in unconsumed_tail
+            rest = d.unused_data if d.eof else d.unconsumed_tail
+            used = len(buf) - len(rest)
+            sha.update(buf[:used])
+            buf = rest
+            got += len(part)
+            if got > size:
+                raise CorruptObject(f"{where}: pack object larger than its header says")
+            if part:
+                yield part
+            if not used and not part and not d.eof and buf:
+                raise CorruptObject(f"{where}: bad zlib data in the pack")  # pragma: no cover - zlib stalls
+        if got != size:
+            raise CorruptObject(f"{where}: pack object size mismatch")
+        state["buf"] = buf
+
+    head = take(12)
+    if head[:4] != b"PACK" or struct.unpack(">I", head[4:8])[0] not in (2, 3):
+        raise CorruptObject(f"{where}: not a git pack")
+    count = struct.unpack(">I", head[8:12])[0]
+    if count > limits.MAX_BUNDLE_OBJECTS:
+        raise CorruptObject(f"{where}: the pack holds {count} objects, more than the limit of "
+                            f"{limits.MAX_BUNDLE_OBJECTS}")
+    for _ in range(count):
+        buf = state["buf"]
+        if not buf:
+            buf = read(_READ)
+        hdr_len, otype, size, shift = 0, 0, 0, 0
+        while True:
+            if hdr_len >= len(buf):
+                more = read(_READ)
+                if not more:
+                    raise CorruptObject(f"{where}: truncated pack")
+                buf += more
+            c = buf[hdr_len]
+            if hdr_len == 0:
+                otype, size, shift = (c >> 4) & 7, c & 15, 4
+            else:
+                size |= (c & 0x7F) << shift
+                shift += 7
+            hdr_len += 1
+            if not c & 0x80:
+                break
+            if hdr_len > 10:
+                raise CorruptObject(f"{where}: malformed pack object header")
+        if otype not in _PACK_TYPES:
+            raise CorruptObject(f"{where}: the pack holds a delta or unknown object (type {otype}); "
+                                "gitree bundles hold whole objects")
+        if size > _MAX_SIZE[otype]:
+            raise CorruptObject(f"{where}: a pack object of {size} bytes is larger than the limit of "
+                                f"{_MAX_SIZE[otype]} for its type")
+        state["total"] += size
+        if state["total"] > limits.MAX_BUNDLE_BYTES:
+            raise CorruptObject(f"{where}: the pack's objects total more than the limit of "
+                                f"{limits.MAX_BUNDLE_BYTES} bytes")
+        sha.update(buf[:hdr_len])
+        state["buf"] = buf[hdr_len:]
+        chunks = inflate(size)
+        yield otype, size, chunks
+        for _ in chunks:  # whatever the consumer left
+            pass
+    buf = state["buf"]
+    trailer = buf + read(20 - len(buf)) if len(buf) < 20 else buf
+    if trailer[:20] != sha.digest() or len(trailer) != 20 or read(1):
+        raise CorruptObject(f"{where}: pack checksum mismatch or trailing data")

@@ -80,12 +80,6 @@ class PackWriter:
         self.entries[oid] = (off, zlib.crc32(entry))
         self.bytes_written += len(entry)
 
-    def add(self, otype: int, data: bytes, level: int = 6) -> bytes:
-        oid = object_id(otype, data)
-        if oid not in self.entries:
-            self.add_raw(oid, pack_entry_header(otype, len(data)) + zlib.compress(data, level))
-        return oid
-
     def add_stream(self, otype: int, size: int, chunks, level: int, exists) -> bytes:
         """Stream an object of known size into the pack; drop it again if `exists(oid)` afterwards."""
         off = self.f.tell()

@@ -8,20 +8,21 @@ import re
 import stat
 import sys
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 import pygit2
 
-from . import sidetable
-from .entry import MAX_DEPTH, Entry, Kind, split_path
-from .errors import BadInput, CorruptObject, GitreeError, NotFound
+from . import tools
+from .entry import Entry, Kind
+from .errors import BadInput, NotFound
 from .gittree import MODE_DIR
 from .names import display
 from .outfile import atomic_output
 from .progress import make_progress
+from .diff import Change, diff_changes
 from .sinks import CheckoutReport, DirectoryWriter, write_tar
 from .sources import DirectoryReport, TarInput, directory_entries, tar_entries
-from .store import Importer, ImportStats, Repo, stderr_warn
+from .store import ImportStats, Repo, stderr_warn
 
 Warn = Callable[[str], None]
 
@@ -40,7 +41,7 @@ class ImportResult:
 def import_rootfs(repo: Repo, source: str, branch: str, message: str | None = None,
                   timestamp: int | None = None, keep_mtime: bool = False, quiet: bool = True,
                   one_file_system: bool = True, level: int | None = None, warn: Warn = stderr_warn,
-                  strict: bool = False) -> ImportResult:
+                  strict: bool = False, progress=None) -> ImportResult:
     """Import a directory, a tar file (any compression) or '-' (a tar on stdin) as a commit on `branch`.
 
     With `strict`, anything read but not kept (each a warning otherwise) fails the import; nothing moves."""
@@ -49,10 +50,11 @@ def import_rootfs(repo: Repo, source: str, branch: str, message: str | None = No
         level = _compression_level(repo)
     if source != "-" and not os.path.lexists(source):
         raise BadInput(f"no such file or directory: {source}")
-    progress = make_progress("import", quiet)
-    imp = Importer(repo, keep_mtime=keep_mtime, level=level, progress=progress, warn=warn)
+    if progress is None:
+        progress = make_progress("import", quiet)
     warnings: list[str] = []
     tar_in = None
+    tx = repo.transaction(keep_mtime=keep_mtime, level=level, progress=progress, warn=warn)
     try:
         if source == "-" or not os.path.isdir(source):
             tar_in = TarInput(sys.stdin.buffer if source == "-" else source)
@@ -61,11 +63,11 @@ def import_rootfs(repo: Repo, source: str, branch: str, message: str | None = No
             report = DirectoryReport()
             items = directory_entries(source, report, one_file_system, exclude=repo.path)
         try:
-            for entry, data, rereadable in items:
+            for item in items:
                 try:
-                    imp.add(entry, data, rereadable)
+                    tx.add(item.entry, item.data, item.rereadable)
                 except OSError as e:
-                    raise BadInput(f"{display(entry.path)}: {e.strerror or e}") from None
+                    raise BadInput(f"{display(item.entry.path)}: {e.strerror or e}") from None
         except BadInput as err:
             why = tar_in.failure() if tar_in is not None else None
             if why is not None:
@@ -83,15 +85,15 @@ def import_rootfs(repo: Repo, source: str, branch: str, message: str | None = No
         if strict and warnings:
             raise BadInput(f"--strict: {len(warnings)} warning(s) above; nothing was imported")
         msg = message if message is not None else f"Import {os.path.basename(source.rstrip('/')) or source}"
-        cid = imp.commit(branch, msg, timestamp,
-                         lock_wait=lambda: print("gitree: waiting for another writer to finish...",
-                                                 file=sys.stderr))
+        cid = tx.commit(branch=branch, message=msg, timestamp=timestamp,
+                        lock_wait=lambda: print("gitree: waiting for another writer to finish...",
+                                                file=sys.stderr))
     except BaseException:
-        imp.abort()
+        tx.abort()
         if tar_in is not None:
             tar_in.close(ok=False)
         raise
-    return ImportResult(cid, imp.stats, warnings)
+    return ImportResult(cid, tx.stats, warnings)
 
 
 def _compression_level(repo: Repo) -> int:
@@ -123,23 +125,29 @@ def _chunks_for(repo: Repo):
     return chunks
 
 
-def checkout_dir(repo: Repo, rev: str, dest: str, quiet: bool = True, subpath: bytes = b"") -> CheckoutReport:
+def checkout_dir(repo: Repo, rev: str, dest: str, quiet: bool = True, subpath: bytes = b"",
+                 progress=None) -> CheckoutReport:
     commit = repo.resolve(rev)
     # The whole tree is read and validated before DEST is created: a tree fsck refuses is never
     # half written (the second read is of objects already in the page cache).
     repo.verify(commit)
-    progress = make_progress("checkout", quiet)
+    own = progress is None
+    if own:
+        progress = make_progress("checkout", quiet)
     w = DirectoryWriter(dest, _chunks_for(repo), keep_mtime=True, tick=progress.update if progress else None)
     report = w.run(repo.walk(commit, subpath))
-    if progress:
+    if progress and own:
         progress.done()
     return report
 
 
-def checkout_tar(repo: Repo, rev: str, out: str, quiet: bool = True, sparse: bool = False) -> tuple[int, int]:
+def checkout_tar(repo: Repo, rev: str, out: str, quiet: bool = True, sparse: bool = False,
+                 progress=None) -> tuple[int, int]:
     commit = repo.resolve(rev)
     repo.commit_trees(commit)
-    progress = make_progress("checkout", quiet)
+    own = progress is None
+    if own:
+        progress = make_progress("checkout", quiet)
     tick = progress.update if progress else None
     sizes = lambda e: repo.blob_size(e.oid, display(e.path))  # noqa: E731
     if out == "-":
@@ -150,7 +158,7 @@ def checkout_tar(repo: Repo, rev: str, out: str, quiet: bool = True, sparse: boo
     else:
         with atomic_output(out) as f:
             res = write_tar(repo.walk(commit), f.write, _chunks_for(repo), sizes, True, tick, sparse)
-    if progress:
+    if progress and own:
         progress.done()
     return res
 
@@ -162,7 +170,29 @@ def mode_string(kind: Kind, mode: int) -> str:
     return stat.filemode(kind.ifmt | mode)
 
 
-def ls(repo: Repo, rev: str, path: str = "", long: bool = False, recursive: bool = False) -> Iterator[str]:
+@dataclass(frozen=True)
+class LsItem:
+    """One listed entry: `name` as `ls` shows it (the path with -R or a named path, else the base name)."""
+
+    name: str
+    entry: Entry
+    size: int          # bytes of a regular file (its logical size when sparse), else 0
+
+    def line(self, long: bool = False) -> str:
+        e = self.entry
+        if not long:
+            return self.name
+        extra = ""
+        if e.kind is Kind.SYMLINK:
+            extra = " -> " + (e.target or b"").decode("utf-8", "backslashreplace")
+        if e.hardlink is not None:
+            extra += " => " + display(e.hardlink)
+        size_s = f"{e.rdev[0]}, {e.rdev[1]}" if e.rdev is not None else str(self.size)
+        x = f" [{','.join(n.decode('utf-8', 'backslashreplace') for n, _ in e.xattrs)}]" if e.xattrs else ""
+        return f"{mode_string(e.kind, e.mode)} {e.uid:>5} {e.gid:>5} {size_s:>10} {self.name}{extra}{x}"
+
+
+def ls_items(repo: Repo, rev: str, path: str = "", recursive: bool = False) -> Iterator[LsItem]:
     commit = repo.resolve(rev)
     want = os.fsencode(path.strip("/"))
     if recursive and want:
@@ -179,21 +209,13 @@ def ls(repo: Repo, rev: str, path: str = "", long: bool = False, recursive: bool
         name = display(e.path) if recursive or e.path == want else e.name.decode("utf-8", "backslashreplace")
         if e.path == b"" and recursive:
             name = "/"
-        if not long:
-            yield name
-            continue
         size = (e.sparse.size if e.sparse is not None else repo.blob_size(e.oid)) if e.kind is Kind.FILE else 0
-        extra = ""
-        if e.kind is Kind.SYMLINK:
-            extra = " -> " + (e.target or b"").decode("utf-8", "backslashreplace")
-        if e.hardlink is not None:
-            extra += " => " + display(e.hardlink)
-        if e.rdev is not None:
-            size_s = f"{e.rdev[0]}, {e.rdev[1]}"
-        else:
-            size_s = str(size)
-        x = f" [{','.join(n.decode('utf-8', 'backslashreplace') for n, _ in e.xattrs)}]" if e.xattrs else ""
-        yield f"{mode_string(e.kind, e.mode)} {e.uid:>5} {e.gid:>5} {size_s:>10} {name}{extra}{x}"
+        yield LsItem(name, e, size)
+
+
+def ls(repo: Repo, rev: str, path: str = "", long: bool = False, recursive: bool = False) -> Iterator[str]:
+    for item in ls_items(repo, rev, path, recursive):
+        yield item.line(long)
 
 
 def _entries_for_ls(repo: Repo, commit, want: bytes) -> Iterator[Entry]:
@@ -219,26 +241,60 @@ def _entries_for_ls(repo: Repo, commit, want: bytes) -> Iterator[Entry]:
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
-def log(repo: Repo, rev: str = "HEAD", limit: int | None = None) -> Iterator[str]:
+def _hex(m: re.Match) -> str:
+    return f"\\x{ord(m.group()):02x}"
+
+
+@dataclass(frozen=True)
+class CommitInfo:
+    id: str            # hex
+    time: int          # commit time, UNIX seconds
+    message: str
+
+    def lines(self) -> list[str]:
+        when = datetime.datetime.fromtimestamp(self.time, datetime.timezone.utc)
+        return [f"commit {self.id}", f"Date:   {when:%Y-%m-%d %H:%M:%S} UTC ({self.time})", "",
+                *("    " + _CONTROL.sub(_hex, line) for line in self.message.rstrip("\n").splitlines() or [""]),
+                ""]
+
+
+def log_commits(repo: Repo, rev: str = "HEAD", limit: int | None = None) -> Iterator[CommitInfo]:
+    """First-parent history from REV, newest first."""
     commit = repo.resolve(rev)
     n = 0
     while commit is not None:
-        when = datetime.datetime.fromtimestamp(commit.commit_time, datetime.timezone.utc)
-        yield f"commit {commit.id}"
-        yield f"Date:   {when:%Y-%m-%d %H:%M:%S} UTC ({commit.commit_time})"
-        yield ""
-        for line in commit.message.rstrip("\n").splitlines() or [""]:
-            yield "    " + _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", line)
-        yield ""
+        yield CommitInfo(str(commit.id), commit.commit_time, commit.message)
         n += 1
         if limit is not None and n >= limit:
             return
         commit = commit.parents[0] if commit.parents else None
 
 
-def show(repo: Repo, rev: str) -> Iterator[str]:
+def log(repo: Repo, rev: str = "HEAD", limit: int | None = None) -> Iterator[str]:
+    for c in log_commits(repo, rev, limit):
+        yield from c.lines()
+
+
+@dataclass(frozen=True)
+class ShowInfo:
+    commit: CommitInfo
+    counts: dict[str, int]   # entries per kind ("file", "dir", "symlink", ...), in Kind order
+    file_bytes: int          # bytes in regular files (hard links counted once)
+    hardlinks: int
+    with_xattrs: int         # entries with extended attributes
+    content_tree: str        # hex ids of the rootfs and metadata trees
+    meta_tree: str
+
+    def lines(self) -> list[str]:
+        return [*self.commit.lines(),
+                "entries: " + ", ".join(f"{n} {k}" for k, n in self.counts.items()),
+                f"content: {self.file_bytes} bytes in regular files; {self.hardlinks} hard links; "
+                f"{self.with_xattrs} entries with xattrs",
+                f"rootfs tree {self.content_tree}  meta tree {self.meta_tree}"]
+
+
+def show_info(repo: Repo, rev: str) -> ShowInfo:
     commit = repo.resolve(rev)
-    yield from log(repo, str(commit.id), limit=1)
     counts: dict[Kind, int] = {}
     nbytes = hard = xattrs = 0
     for e in repo.walk(commit):
@@ -248,119 +304,24 @@ def show(repo: Repo, rev: str) -> Iterator[str]:
         elif e.kind is Kind.FILE:
             nbytes += repo.blob_size(e.oid)
         xattrs += bool(e.xattrs)
-    yield "entries: " + ", ".join(f"{counts[k]} {k.name.lower()}" for k in Kind if k in counts)
-    yield f"content: {nbytes} bytes in regular files; {hard} hard links; {xattrs} entries with xattrs"
     content, meta = repo.commit_trees(commit)
-    yield f"rootfs tree {content.hex()}  meta tree {meta.hex()}"
+    return ShowInfo(CommitInfo(str(commit.id), commit.commit_time, commit.message),
+                    {k.name.lower(): counts[k] for k in Kind if k in counts}, nbytes, hard, xattrs,
+                    content.hex(), meta.hex())
+
+
+def show(repo: Repo, rev: str) -> Iterator[str]:
+    yield from show_info(repo, rev).lines()
 
 
 # ---------------------------------------------------------------------------------------------
-# diff
-
-def _row_changes(a: sidetable.Row, b: sidetable.Row) -> list[str]:
-    out = []
-    if a.kind is not b.kind:
-        return [f"type {a.kind.name.lower()} -> {b.kind.name.lower()}"]
-    if a.mode != b.mode:
-        out.append(f"mode {a.mode:04o} -> {b.mode:04o}")
-    if (a.uid, a.gid) != (b.uid, b.gid):
-        out.append(f"owner {a.uid}:{a.gid} -> {b.uid}:{b.gid}")
-    if a.rdev != b.rdev:
-        out.append(f"device {a.rdev} -> {b.rdev}")
-    if a.hardlink != b.hardlink:
-        out.append("hard link " + (display(a.hardlink) if a.hardlink else "none") + " -> "
-                   + (display(b.hardlink) if b.hardlink else "none"))
-    if a.mtime_ns != b.mtime_ns:
-        out.append("mtime")
-    if a.sparse != b.sparse:
-        out.append("sparse map")
-    xa, xb = dict(a.xattrs), dict(b.xattrs)
-    for n in sorted(set(xa) | set(xb)):
-        if xa.get(n) != xb.get(n):
-            what = "added" if n not in xa else "removed" if n not in xb else "changed"
-            out.append(f"xattr {n.decode('utf-8', 'backslashreplace')} {what}")
-    return out
-
+# diff: the engine lives in gitree.diff
 
 def diff(repo: Repo, rev1: str, rev2: str) -> Iterator[str]:
-    """Per-path changes: A added, D deleted, M modified (content and/or metadata, named).
-
-    An added or deleted directory is listed with everything in it; directories end in '/'.
-    """
-    c1, c2 = repo.resolve(rev1), repo.resolve(rev2)
-    roots = (repo.commit_trees(c1), repo.commit_trees(c2))
-    yield from _diff_dir(repo, b"", roots[0], roots[1], roots)
-
-
-def _slash(kind: Kind) -> str:
-    return "/" if kind is Kind.DIR else ""
-
-
-def _diff_dir(repo: Repo, path: bytes, a: tuple[bytes, bytes], b: tuple[bytes, bytes], roots) -> Iterator[str]:
-    """Compare two directories and everything under them: an explicit stack, one frame per level."""
-    from .store import _Walker
-    stack: list = []
-    readers = (_Walker(repo, None, roots[0]), _Walker(repo, None, roots[1]))
-
-    def enter(p: bytes, x: tuple[bytes, bytes], y: tuple[bytes, bytes]):
-        na, nb = repo.read_dir(p, *x), repo.read_dir(p, *y)
-        if na.self_row != nb.self_row:
-            ch = _row_changes(na.self_row, nb.self_row)
-            if ch:
-                yield f"M {display(p)}  " + "; ".join(ch)
-        ra = {r.name: r for r in na.rows}
-        rb = {r.name: r for r in nb.rows}
-        stack.append((p, na, nb, ra, rb, iter(sorted(set(ra) | set(rb)))))
-
-    if a == b:
-        return
-    yield from enter(path, a, b)
-    while stack:
-        dpath, na, nb, ra, rb, names = stack[-1]
-        name = next(names, None)
-        if name is None:
-            stack.pop()
-            continue
-        p = dpath + b"/" + name if dpath else name
-        x, y = ra.get(name), rb.get(name)
-        # every non-directory row of a directory diff reads is checked as the walk checks it
-        for reader, node, row in ((readers[0], na, x), (readers[1], nb, y)):
-            if row is not None and row.kind is not Kind.DIR:
-                reader.entry(p, node, row)
-        if x is not None and y is not None and x.kind is Kind.DIR and y.kind is Kind.DIR:
-            ca, cb = (na.content[name][1], na.meta[name]), (nb.content[name][1], nb.meta[name])
-            if ca != cb:
-                if len(stack) + len(split_path(path)) >= MAX_DEPTH:
-                    raise CorruptObject(f"{display(p[:200])}: deeper than {MAX_DEPTH} directory levels")
-                yield from enter(p, ca, cb)
-            continue
-        if x is not None and y is not None and x.kind is y.kind:
-            ch = _row_changes(x, y)
-            ca, cb = na.content.get(name), nb.content.get(name)
-            if (ca and ca[1]) != (cb and cb[1]):
-                ch.insert(0, "target" if x.kind is Kind.SYMLINK else "content")
-            if ch:
-                yield f"M {display(p)}  " + "; ".join(ch)
-            continue
-        if x is not None and y is not None:  # the type changed
-            yield f"M {display(p)}  type {x.kind.name.lower()} -> {y.kind.name.lower()}"
-        elif x is not None:
-            yield f"D {display(p)}{_slash(x.kind)}"
-        else:
-            yield f"A {display(p)}{_slash(y.kind)}"
-        if x is not None and x.kind is Kind.DIR:
-            for e in _subtree(repo, p, na, name, roots[0]):
-                yield f"D {display(e.path)}{_slash(e.kind)}"
-        if y is not None and y.kind is Kind.DIR:
-            for e in _subtree(repo, p, nb, name, roots[1]):
-                yield f"A {display(e.path)}{_slash(e.kind)}"
-
-
-def _subtree(repo: Repo, path: bytes, node, name: bytes, root) -> Iterator[Entry]:
-    from .store import _Walker
-    it = _Walker(repo, None, root).walk_dir(path, node.content[name][1], node.meta[name])
-    next(it, None)  # the directory itself is already reported
-    yield from it
+    """Per-path changes as lines: A added, D deleted, M modified (content and/or metadata, named);
+    directories end in '/'."""
+    for c in diff_changes(repo, rev1, rev2):
+        yield c.line()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -372,7 +333,6 @@ GC_MEMORY = ("-c", "core.packedGitLimit=128m", "-c", "core.packedGitWindowSize=3
 
 def gc(repo: Repo, window: int = 50, depth: int = 50, level: int = 9) -> None:
     """Repack everything into one delta-compressed pack at zlib `level`, and drop stale temporary packs."""
-    import subprocess
     import time
 
     pack_dir = os.path.join(repo.objects_dir, "pack")
@@ -385,17 +345,26 @@ def gc(repo: Repo, window: int = 50, depth: int = 50, level: int = 9) -> None:
         # Memory: git maps the packs it reads (core.packedGitLimit, 8 GiB by default: all of a repository's
         # packs count in its RSS), its delta window holds up to --window whole objects per thread, its delta
         # cache 256 MiB; all are bounded here (GC_MEMORY; measured in docs/benchmarks.md).
-        r = subprocess.run(["git", "-c", f"pack.compression={level}", *GC_MEMORY,
-                            "--git-dir", repo.path, "repack", "-a", "-d", "-F", "-f", "-q",
-                            f"--window={window}", f"--depth={depth}"], capture_output=True)
-        if r.returncode != 0:
-            raise GitreeError(f"git repack failed: {r.stderr.decode(errors='replace').strip()}")
+        tools.run(["git", "-c", f"pack.compression={level}", *GC_MEMORY,
+                   "--git-dir", repo.path, "repack", "-a", "-d", "-F", "-f", "-q",
+                   f"--window={window}", f"--depth={depth}"], what="git repack failed")
 
 
 # ---------------------------------------------------------------------------------------------
 # fsck
 
-def fsck(repo: Repo, revs: list[str] | None = None) -> list[tuple[str, bytes, str]]:
+class Problem(NamedTuple):
+    """One fault fsck found: the revision it was reached from, the path in the tree, what is wrong."""
+
+    rev: str
+    path: bytes
+    message: str
+
+    def line(self) -> str:
+        return f"{self.rev}: {'/' + self.path.decode('utf-8', 'backslashreplace')}: {self.message}"
+
+
+def fsck(repo: Repo, revs: list[str] | None = None) -> list[Problem]:
     """Read commits as every command does (the store's validating reader, to the end rather than to the
     first fault) and check every file's blob exists. REVs: those commits; none: every commit of every
     branch, history included. Returns problems."""
@@ -409,7 +378,7 @@ def fsck(repo: Repo, revs: list[str] | None = None) -> list[tuple[str, bytes, st
         for ref in heads:
             walker = repo.git.walk(repo.git.references[ref].target, pygit2.enums.SortMode.TOPOLOGICAL)
             commits.extend((str(c.id) if c.id != repo.git.references[ref].target else ref, c) for c in walker)
-    problems: list[tuple[str, bytes, str]] = []
+    problems: list[Problem] = []
     checked: set[bytes] = set()
     for rev, commit in commits:
         if commit.id.raw in checked:
@@ -417,9 +386,9 @@ def fsck(repo: Repo, revs: list[str] | None = None) -> list[tuple[str, bytes, st
         checked.add(commit.id.raw)
         found: list = []
         repo.verify(commit, found)
-        problems.extend((rev, p, m) for p, m in found)
+        problems.extend(Problem(rev, p, m) for p, m in found)
     return problems
 
 
-__all__ = ["init", "import_rootfs", "checkout_dir", "checkout_tar", "ls", "log", "show", "diff", "fsck",
-           "MODE_DIR"]
+__all__ = ["Change", "diff_changes", "init", "import_rootfs", "checkout_dir", "checkout_tar", "ls", "log", "show",
+           "diff", "fsck", "MODE_DIR"]

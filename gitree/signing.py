@@ -11,15 +11,14 @@ metadata (`.commitmeta`), keeping every other key there; summary signatures go i
 
 from __future__ import annotations
 
-import os
-import secrets
-import subprocess
 from abc import ABC, abstractmethod
 from typing import Iterable
 
 import gitree_compat as oc
 from gitree_compat import ObjectType, OstreeRepo, Variant
 
+from . import tools
+from .outfile import atomic_output
 from .errors import BadInput, GitreeError
 
 GPG_KEY = "ostree.gpgsigs"
@@ -59,14 +58,7 @@ class GpgSigner(Signer):
         cmd = ["gpg", "--batch", "--no-tty", "--quiet"]
         if self.homedir:
             cmd += ["--homedir", self.homedir]
-        try:
-            r = subprocess.run(cmd + args, input=data, capture_output=True)
-        except FileNotFoundError:
-            raise GitreeError("gpg is not installed") from None
-        if r.returncode != 0:
-            err = r.stderr.decode(errors="replace").strip().splitlines()
-            raise GitreeError(f"{what}: {err[-1] if err else 'gpg failed'}")
-        return r.stdout
+        return tools.run(cmd + args, input=data, what=what).stdout
 
     def sign(self, data: bytes) -> bytes:
         return self._gpg(["--local-user", self.key_id, "--detach-sign", "--output", "-"], data,
@@ -171,9 +163,8 @@ def sign_summary(target: OstreeRepo, signers: Iterable[Signer]) -> None:
         raise GitreeError(f"{target.path} has no summary to sign (export with --update-summary)") from None
     metadata: list[tuple[str, Variant]] = []
     _add_signatures(metadata, data, signers)
-    tmp = target.path / "tmp" / f"gitree-summary-sig-{secrets.token_hex(8)}"
-    tmp.write_bytes(oc.encode_commitmeta(metadata))
-    os.replace(tmp, target.path / "summary.sig")
+    with atomic_output(str(target.path / "summary.sig"), 0o644) as f:
+        f.write(oc.encode_commitmeta(metadata))
 
 
 __all__ = ["Signer", "GpgSigner", "sign_commit", "sign_summary", "openpgp_issuers", "GPG_KEY"]

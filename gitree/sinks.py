@@ -89,16 +89,17 @@ WRITERS = 2
 BATCH_FILES = 32
 BATCH_BYTES = 1 << 20
 WRITE_BATCHES = 4
+FD_RESERVE = 12   # descriptors left for everything else: std streams, packs, pipes, the process's own
 
 
-def _batch_files() -> int:
-    """Files per write batch: BATCH_FILES, fewer when the descriptor limit is low, so that the pending files
-    ((WRITE_BATCHES + 1) batches), the directory window and the packs stay under RLIMIT_NOFILE."""
+def _open_files_budget() -> int:
+    """Created files whose content is pending may hold at most this many descriptors: BATCH_FILES per
+    batch in flight, fewer when RLIMIT_NOFILE leaves less beside the directory window (down to one)."""
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    most = BATCH_FILES * (WRITE_BATCHES + 1)
     if soft == resource.RLIM_INFINITY:
-        return BATCH_FILES
-    spare = (soft - FD_WINDOW - 16) // 2  # half of what the window and the process's own files leave
-    return max(1, min(BATCH_FILES, spare // (WRITE_BATCHES + 1)))
+        return most
+    return max(1, min(most, soft - FD_WINDOW - 1 - FD_RESERVE))
 
 
 def _proc_path(dirfd: int, name: bytes) -> bytes:
@@ -127,7 +128,8 @@ class DirectoryWriter:
         self.batch: list[tuple[int, Entry]] = []   # created files (open descriptors) whose content is pending
         self.batch_bytes = 0
         self.writing: collections.deque = collections.deque()  # futures of submitted batches
-        self.batch_files = _batch_files()
+        self.max_open = _open_files_budget()
+        self.batch_files = min(BATCH_FILES, self.max_open)
 
     def run(self, entries: Iterable[Entry]) -> CheckoutReport:
         if os.path.lexists(self.dest):
@@ -175,6 +177,14 @@ class DirectoryWriter:
         fut.gitree_batch = batch
         self.writing.append(fut)
         self._wait(WRITE_BATCHES)
+
+    def _make_room(self) -> None:
+        """Before a file is created: the descriptors of pending files stay within the budget."""
+        while len(self.batch) + sum(len(f.gitree_batch) for f in self.writing) >= self.max_open:
+            if self.batch:
+                self._submit()
+            if self.writing:
+                self._wait(len(self.writing) - 1)
 
     def _wait(self, keep: int) -> None:
         while len(self.writing) > keep:
@@ -242,6 +252,7 @@ class DirectoryWriter:
             self._push(e.path, os.open(name, _NOFOLLOW_DIR, dir_fd=pfd), e)
             return
         if e.kind is Kind.FILE:
+            self._make_room()
             fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                          dir_fd=pfd)
             self.batch.append((fd, e))

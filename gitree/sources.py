@@ -13,7 +13,7 @@ import stat
 import subprocess
 import sys
 import threading
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO, Callable, Iterator, NamedTuple
 
 from .entry import Entry, Kind, sorted_xattrs
 from .errors import BadInput, UnsafePath
@@ -22,7 +22,18 @@ from .sparse import SparseMap, coarsen
 from .sparse import canonical as sparse_canonical
 from .tarformat import LNKTYPE, TarReader
 
-Item = tuple[Entry, Callable | None, bool]
+
+class SourceItem(NamedTuple):
+    """One entry a source yields: `data` is None or a callable giving a regular file's bytes; `rereadable`:
+    calling it again gives the same bytes (a directory's file; not a tar stream's)."""
+
+    entry: Entry
+    data: Callable | None
+    rereadable: bool
+
+
+Item = SourceItem
+
 
 # (first bytes, format name, decompressor command): recognised by content, never by file name
 _MAGICS = [
@@ -195,16 +206,16 @@ def tar_entries(inp: TarInput, warnings: list[str] | None = None) -> Iterator[It
         if m.typeflag == LNKTYPE:
             e.hardlink = normalize_member_path(m.linkname)
             e.size = 0
-            yield e, None, False
+            yield SourceItem(e, None, False)
             continue
         if kind is Kind.SYMLINK:
             e.target = m.linkname
         elif kind in (Kind.CHAR, Kind.BLOCK):
             e.rdev = (m.devmajor, m.devminor)
         if kind is Kind.FILE:
-            yield e, reader.iter_data, False
+            yield SourceItem(e, reader.iter_data, False)
         else:
-            yield e, None, False
+            yield SourceItem(e, None, False)
     warnings.extend(reader.warnings)
     if reader.end_missing:
         warnings.append(f"{inp.name}: the archive ends at byte {reader.pos} without its end-of-archive blocks "
@@ -357,7 +368,7 @@ def _entry_from_stat(rel: bytes, st: os.stat_result, xattrs) -> Entry:
 
 
 def _walk(abs_: bytes, rel: bytes, st, report, seen, dev) -> Iterator[Item]:
-    yield _entry_from_stat(rel, st, _read_xattrs(abs_, report, rel)), None, False
+    yield SourceItem(_entry_from_stat(rel, st, _read_xattrs(abs_, report, rel)), None, False)
     if dev is not None and st.st_dev != dev:
         report.mountpoints.append(rel)
         return
@@ -387,7 +398,7 @@ def _walk(abs_: bytes, rel: bytes, st, report, seen, dev) -> Iterator[Item]:
                 e = _entry_from_stat(crel, cst, ())
                 e.hardlink = first
                 e.size = 0
-                yield e, None, False
+                yield SourceItem(e, None, False)
                 continue
         e = _entry_from_stat(crel, cst, _read_xattrs(cabs, report, crel))
         if e.kind is Kind.SYMLINK:
@@ -408,11 +419,11 @@ def _walk(abs_: bytes, rel: bytes, st, report, seen, dev) -> Iterator[Item]:
                 data = _file_reader(cabs, e.size)
             if cst.st_nlink > 1:
                 seen[(cst.st_dev, cst.st_ino)] = crel
-            yield e, data, True
+            yield SourceItem(e, data, True)
             continue
         if cst.st_nlink > 1:
             seen[(cst.st_dev, cst.st_ino)] = crel
-        yield e, None, False
+        yield SourceItem(e, None, False)
 
 
 __all__ = ["TarInput", "tar_entries", "directory_entries", "DirectoryReport", "UnsafePath"]

@@ -29,8 +29,8 @@ import pygit2
 from . import limits, sidetable
 from .entry import MAX_DEPTH, Entry, Kind, check_fields, split_path
 from .exportcache import FILE, open_cache, record_key
-from .errors import BadInput, CorruptObject, GitreeError, NotFound, RepoLocked, UnsafePath
-from .gittree import MODE_DIR, MODE_EXEC, MODE_FILE, MODE_LINK, decode_tree, encode_tree
+from .errors import BadInput, BranchMoved, CorruptObject, GitreeError, NotFound, RepoLocked, UnsafePath, UsageError
+from .gittree import MODE_DIR, MODE_EXEC, MODE_FILE, MODE_LINK, ContentRef, decode_tree, encode_tree
 from .names import check_name, display, fs_name, git_name
 from .packwriter import OBJ_BLOB, OBJ_COMMIT, OBJ_TREE, PackWriter, hash_and_compress, object_id
 
@@ -165,6 +165,11 @@ class Repo:
         finally:
             os.close(fd)
 
+    def transaction(self, *, keep_mtime: bool = False, level: int = 1, progress=None,
+                    warn: Callable[[str], None] | None = None) -> "Transaction":
+        """A Transaction on this repository (use it as a context manager: leaving without commit aborts)."""
+        return Transaction(self, keep_mtime=keep_mtime, level=level, progress=progress, warn=warn)
+
     def branch_ref(self, branch: str) -> str:
         """refs/heads/<branch>: the only refs gitree moves for data (imports, bundles, fetches, clones).
         The name follows git's check-ref-format --branch; refs/<anything else> is refused, so nothing that
@@ -187,7 +192,7 @@ class Repo:
         name = self.branch_ref(branch)
         cur = self.branch_tip(branch)
         if cur != old:
-            raise RepoLocked(f"branch {branch} moved during the operation; nothing was changed")
+            raise BranchMoved(f"branch {branch} moved during the operation; nothing was changed")
         oid = pygit2.Oid(raw=new)
         if old is None:
             self.git.create_reference_direct(name, oid, False, message=message)
@@ -316,7 +321,7 @@ class Repo:
             row = node.row(comp)
             if row is None or row.kind is not Kind.DIR:
                 raise NotFound(f"no directory {display(subpath)} in {commit.id}")
-            content, meta = node.content[comp][1], node.meta[comp]
+            content, meta = node.content[comp].oid, node.meta[comp]
             prefix = prefix + b"/" + comp if prefix else comp
         yield from _Walker(self, problems, root).walk_dir(prefix, content, meta)
 
@@ -364,7 +369,7 @@ class DirNode:
 
     self_row: sidetable.Row
     rows: list[sidetable.Row]
-    content: dict[bytes, tuple[bytes, bytes]]  # name -> (git mode, oid)
+    content: dict[bytes, ContentRef]            # name -> (git mode, oid)
     meta: dict[bytes, bytes]                    # subdirectory name -> meta tree oid
     _by_name: dict[bytes, sidetable.Row] | None = None
 
@@ -378,12 +383,12 @@ def _tree_order_key(mode: bytes, name: bytes) -> bytes:
     return name + b"/" if mode == MODE_DIR else name
 
 
-def _decode_dir_tree(repo: "Repo", oid: bytes, path: bytes, what: str) -> dict[bytes | None, tuple[bytes, bytes]]:
+def _decode_dir_tree(repo: "Repo", oid: bytes, path: bytes, what: str) -> dict[bytes | None, ContentRef]:
     """A directory's content or meta tree by real name: sizes bounded, names canonical (one stored form
     per name, so no aliases), git's order, no duplicates."""
     where = display(path)
     data = repo.read_bounded(oid, OBJ_TREE, limits.MAX_TREE_BYTES, f"{what} tree of {where}")
-    out: dict[bytes | None, tuple[bytes, bytes]] = {}
+    out: dict[bytes | None, ContentRef] = {}
     prev = None
     for mode, gname, eoid in decode_tree(data, where):
         if mode not in _GIT_MODES:
@@ -406,7 +411,7 @@ def _decode_dir_tree(repo: "Repo", oid: bytes, path: bytes, what: str) -> dict[b
                 raise TreeFault(path, f"{what} tree: {e}") from None
         if name in out:
             raise TreeFault(path, f"{what} tree names {name!r} twice")
-        out[name] = (mode, eoid)
+        out[name] = ContentRef(mode, eoid)
         if len(out) > limits.MAX_DIR_ENTRIES + 1:
             raise TreeFault(path, f"more than {limits.MAX_DIR_ENTRIES} entries in one directory")
     return out
@@ -438,7 +443,7 @@ def read_dir(repo: "Repo", path: bytes, content_oid: bytes, meta_oid: bytes) -> 
         c = cmap.get(row.name)
         kname = row.kind.name.lower()
         if row.kind is Kind.DIR:
-            if c is None or c[0] != MODE_DIR:
+            if c is None or c.mode != MODE_DIR:
                 raise TreeFault(cpath, "directory in the side table but not in the tree")
             if row.name not in mmap:
                 raise TreeFault(cpath, "directory has no node in the meta tree")
@@ -451,8 +456,8 @@ def read_dir(repo: "Repo", path: bytes, content_oid: bytes, meta_oid: bytes) -> 
             want = _EXPECT_GIT_MODE.get(row.kind) or (MODE_EXEC if row.mode & 0o100 else MODE_FILE)
             if c is None:
                 raise TreeFault(cpath, f"{kname} in the side table but not in the tree")
-            if c[0] != want:
-                raise TreeFault(cpath, f"git mode {c[0].decode(errors='replace')} disagrees with "
+            if c.mode != want:
+                raise TreeFault(cpath, f"git mode {c.mode.decode(errors='replace')} disagrees with "
                                     f"the side table ({kname} {row.mode:o})")
         elif c is not None:
             raise TreeFault(cpath, f"{kname} must not appear in the content tree")
@@ -489,9 +494,9 @@ def _lookup(repo: "Repo", root: tuple[bytes, bytes], path: bytes, cache: dict) -
             e = Entry(path, row.kind, row.mode, row.uid, row.gid, row.xattrs, rdev=row.rdev,
                       mtime_ns=row.mtime_ns, hardlink=row.hardlink, sparse=row.sparse)
             c = node.content.get(comp)
-            e.oid = c[1] if c is not None else None
+            e.oid = c.oid if c is not None else None
             return e
-        content, meta = node.content[comp][1], node.meta[comp]
+        content, meta = node.content[comp].oid, node.meta[comp]
         dpath = dpath + b"/" + comp if dpath else comp
     return None
 
@@ -552,7 +557,7 @@ class _Walker:
                 if base_depth + len(stack) > limits.MAX_TREE_DEPTH:
                     self.fault(cpath[:200], f"deeper than {limits.MAX_TREE_DEPTH} directory levels (the depth limit)")
                     continue
-                child = self._read(cpath, node.content[row.name][1], node.meta[row.name])
+                child = self._read(cpath, node.content[row.name].oid, node.meta[row.name])
                 if child is None:
                     continue
                 r = child.self_row
@@ -570,10 +575,10 @@ class _Walker:
                     mtime_ns=row.mtime_ns, hardlink=row.hardlink, sparse=row.sparse)
         c = node.content.get(row.name)
         if c is not None:
-            ent.oid = c[1]
+            ent.oid = c.oid
         if row.kind is Kind.SYMLINK:
             try:
-                ent.target = self.repo.read_bounded(c[1], OBJ_BLOB, limits.SYMLINK_MAX, display(path))
+                ent.target = self.repo.read_bounded(c.oid, OBJ_BLOB, limits.SYMLINK_MAX, display(path))
             except CorruptObject as e:
                 self.fault(path, str(e))
                 return None
@@ -929,6 +934,133 @@ class Importer:
         self.pack.abort()
 
 
+class Transaction:
+    """Writes that land whole or not at all, in libostree's shape::
+
+        with repo.transaction(level=1) as tx:
+            tx.add(entry, data)                  # files, directories... of the next tree
+            tx.commit(branch="main", message="...")
+
+    `add`/`store` build a tree in a new pack (gitree.store.Importer). `write_commit` turns the tree built so
+    far into a commit object without moving a branch (a chain of commits: import-ostree); `set_ref` stages a
+    branch move. `commit` writes the pending tree (if any) as a commit on `branch` (parents: the branch's tip,
+    or `parents`), then moves every staged branch, each under the repository lock and only if it is still where
+    it was (BranchMoved otherwise). Leaving the block without `commit` - an exception, a return - aborts: the
+    temporary pack of the tree being built is deleted, no branch moves. Packs of commits already written stay
+    (their objects are unreferenced; `gitree gc` drops them).
+    """
+
+    def __init__(self, repo: Repo, *, keep_mtime: bool = False, level: int = 1, progress: Progress | None = None,
+                 warn: Callable[[str], None] | None = None):
+        self.repo = repo
+        self.keep_mtime, self.level, self.progress, self.warn = keep_mtime, level, progress, warn
+        self._tree: Importer | None = None
+        self._raw: list[PackWriter] = []        # packs of objects that arrive whole, not yet installed
+        self._installed: list[str] = []         # packs installed by this transaction before it commits
+        self._refs: list[tuple[str, bytes, bytes | None, str]] = []
+        self.stats = ImportStats()
+        self.done = False
+
+    def __enter__(self) -> "Transaction":
+        return self
+
+    def __exit__(self, et, ev, tb) -> bool:
+        if not self.done:
+            self.abort()
+        return False
+
+    @property
+    def tree(self) -> Importer:
+        """The tree being built (started on first use)."""
+        if self.done:
+            raise GitreeError("the transaction is finished")
+        if self._tree is None:
+            self._tree = Importer(self.repo, keep_mtime=self.keep_mtime, level=self.level, progress=self.progress,
+                                  warn=self.warn)
+            self.stats = self._tree.stats
+        return self._tree
+
+    def add(self, entry: Entry, data=None, rereadable: bool = False) -> None:
+        self.tree.add(entry, data, rereadable)
+
+    def store(self, otype: int, data: bytes) -> bytes:
+        return self.tree.store(otype, data)
+
+    def raw_pack(self) -> PackWriter:
+        """A pack for objects that arrive whole (bundle apply). `install_packs` installs it; an abort before
+        `commit` deletes it, installed or not (no branch refers to its objects then)."""
+        if self.done:
+            raise GitreeError("the transaction is finished")
+        p = PackWriter(self.repo.objects_dir)
+        self._raw.append(p)
+        return p
+
+    def install_packs(self) -> None:
+        """Install the raw packs (under the repository lock, held by the caller), so their objects can be read
+        and verified before any branch moves."""
+        while self._raw:
+            path = self._raw.pop(0).install()
+            if path is not None:          # None: the pack was empty
+                self._installed.append(path)
+
+    def write_commit(self, *, message: str, timestamp: int | None = None, parents: list[bytes] = (),
+                     extra_top=(), author: tuple[str, str] | None = None) -> bytes:
+        """The tree built so far as a commit object with these parents; no branch moves. The next `add`
+        starts a new tree."""
+        imp, self._tree = self.tree, None
+        return imp.commit_object(message, timestamp, list(parents), extra_top, author)
+
+    def set_ref(self, branch: str, new: bytes, old: bytes | None, message: str = "gitree") -> None:
+        """Move `branch` from `old` (None: it must not exist) to `new` when the transaction commits."""
+        self.repo.branch_ref(branch)
+        self._refs.append((branch, new, old, message))
+
+    def commit(self, *, branch: str | None = None, message: str = "", timestamp: int | None = None,
+               extra_top=(), author: tuple[str, str] | None = None,
+               lock_wait: Callable[[], None] | None = None) -> bytes | None:
+        """Finish: the pending tree as a commit on `branch` (its tip is the parent), then the staged branch
+        moves. Returns the new commit (None when no tree was pending)."""
+        if self.done:
+            raise GitreeError("the transaction is finished")
+        cid = None
+        try:
+            if self._tree is not None:
+                if branch is None:
+                    raise UsageError("a tree is pending: commit it on a branch, or write_commit it")
+                imp, self._tree = self._tree, None
+                cid = imp.commit(branch, message, timestamp, extra_top, author, lock_wait)
+            if self._refs:
+                with self.repo.lock(on_wait=lock_wait):
+                    for b, _new, old, _ in self._refs:   # all or nothing: check every branch first
+                        if self.repo.branch_tip(b) != old:
+                            raise BranchMoved(f"branch {b} moved during the operation; nothing was changed")
+                    for b, new, old, msg in self._refs:
+                        self.repo.set_branch(b, new, old, msg)
+            self.install_packs()
+        except BaseException:
+            self.abort()
+            raise
+        self._installed.clear()
+        self.done = True
+        return cid
+
+    def abort(self) -> None:
+        """Drop the tree being built (its temporary pack included) and every staged branch move."""
+        if self._tree is not None:
+            self._tree.abort()
+            self._tree = None
+        for p in self._raw:
+            p.abort()
+        self._raw.clear()
+        for pack in self._installed:
+            for path in (pack, pack[:-5] + ".idx"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+        self._installed.clear()
+        self._refs.clear()
+        self.done = True
+
+
 def default_identity(repo: Repo) -> tuple[str, str]:
     cfg = repo.git.config
     name = os.environ.get("GIT_AUTHOR_NAME") or _cfg(cfg, "user.name") or "gitree"
@@ -955,4 +1087,4 @@ def write_commit(repo: Repo, tree: bytes, parents: list[bytes], message: str, ti
     return cid.raw
 
 
-__all__ = ["Repo", "Importer", "ImportStats", "Progress", "write_commit", "OBJ_COMMIT"]
+__all__ = ["Repo", "Importer", "Transaction", "ImportStats", "Progress", "write_commit", "OBJ_COMMIT"]

@@ -65,10 +65,6 @@ class TarMember:
     warnings: list[str] = field(default_factory=list)
 
     @property
-    def is_hardlink(self) -> bool:
-        return self.typeflag == LNKTYPE
-
-    @property
     def ifmt(self) -> int:
         return _TYPE_IFMT[self.typeflag]
 

@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import tempfile
 import zlib
 
-from .errors import BadInput, GitreeError
+from . import tools
+from .errors import BadInput, ToolFailed
 
 SCRIPT_NAME = "boot.scr"
 SOURCE_NAME = "boot.cmd"
@@ -139,10 +139,8 @@ def script_source(arch: str, devtype: str = "virtio") -> str:
 def prepare_sysroot(sysroot: str) -> None:
     """Select ostree's uboot backend: the repository config key, and the uEnv.txt it reads first."""
     repo = os.path.join(sysroot, "ostree", "repo")
-    r = subprocess.run(["ostree", f"--repo={repo}", "config", "set", "sysroot.bootloader", "uboot"],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        raise GitreeError(f"ostree config set sysroot.bootloader: {r.stderr.strip()}")
+    tools.run(["ostree", f"--repo={repo}", "config", "set", "sysroot.bootloader", "uboot"],
+              what="ostree config set sysroot.bootloader")
     boot = os.path.join(sysroot, "boot")
     loader = os.path.join(boot, "loader")
     if not os.path.lexists(loader):
@@ -164,7 +162,7 @@ def install_script(sysroot: str, kernel: str, arch: str | None = None, devtype: 
     arch = arch or kernel_arch(kernel)
     mkimage = shutil.which("mkimage")
     if mkimage is None:
-        raise GitreeError("mkimage not found: install Debian's u-boot-tools")
+        raise ToolFailed("mkimage not found: install Debian's u-boot-tools", tool="mkimage", line="not installed")
     boot = os.path.join(sysroot, "boot")
     src = script_source(arch, devtype)
     with tempfile.TemporaryDirectory(dir=boot, prefix=".gitree-uboot-") as tmp:
@@ -172,10 +170,8 @@ def install_script(sysroot: str, kernel: str, arch: str | None = None, devtype: 
         scr_path = os.path.join(tmp, SCRIPT_NAME)
         with open(cmd_path, "w", encoding="utf-8") as f:
             f.write(src)
-        r = subprocess.run([mkimage, "-A", ARCHES[arch][0], "-O", "linux", "-T", "script", "-C", "none",
-                            "-n", "gitree OSTree boot", "-d", cmd_path, scr_path], capture_output=True, text=True)
-        if r.returncode != 0:
-            raise GitreeError(f"mkimage: {(r.stderr.strip().splitlines() or ['failed'])[-1]}")
+        tools.run([mkimage, "-A", ARCHES[arch][0], "-O", "linux", "-T", "script", "-C", "none",
+                   "-n", "gitree OSTree boot", "-d", cmd_path, scr_path], what="mkimage")
         for p in (cmd_path, scr_path):
             os.chmod(p, 0o644)
             os.replace(p, os.path.join(boot, os.path.basename(p)))

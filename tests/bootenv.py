@@ -5,7 +5,7 @@ which runs ostree-prepare-root.service in the initramfs); initramfs-tools gets n
 uses dracut, whose kernel hook generates /boot/initrd.img-KVER inside the rootfs while the packages are
 configured (ostree-boot's postinst triggers a regeneration, so the module is in it).
 
-The tar is built once by mmdebstrap and cached like gitree.demo's rootfs.
+The tar is built once by mmdebstrap and cached like gitree.rootfs's.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import subprocess
 
-from gitree.demo import CACHE
+from gitree.rootfs import CACHE
 
 SUITE = "bookworm"
 PACKAGES = "linux-image-amd64,dracut,systemd-sysv,ostree-boot,ostree,udev,kmod"

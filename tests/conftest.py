@@ -45,7 +45,7 @@ def repo(work):
 @pytest.fixture(scope="session")
 def rootfs_tar():
     """Path of a real Debian rootfs tar built with mmdebstrap from Debian's packages, cached."""
-    from gitree.demo import build_rootfs
+    from gitree.rootfs import build_rootfs
     return build_rootfs("bookworm", verbose=False)
 
 

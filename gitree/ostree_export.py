@@ -1,4 +1,5 @@
-"""The bridge between gitree commits and native OSTree commits, over gitree_compat's public API.
+"""Export of gitree commits to native OSTree repositories, over gitree_compat's public API (the other
+direction is gitree.ostree_import).
 
 Export walks a gitree commit directory by directory and writes dirtree/dirmeta/content objects whose
 checksums equal what `ostree commit` computes for the same tree. The export cache (gitree/exportcache.py: a
@@ -7,9 +8,8 @@ to OSTree checksums, so a later export skips unchanged directories without readi
 unchanged file; import-rootfs records each file's checksum there as the bytes pass through. Into an archive
 repository a file's `.filez` body is, by default, the raw deflate stream copied out of its git pack entry.
 
-Import reads an OSTree commit chain (verifying every object) into gitree commits, and keeps the
-original commit and detached-metadata bytes in the commit's `ostree/` subtree so that export
-reproduces every original checksum bit for bit.
+A commit made by import-ostree keeps the original commit and detached-metadata bytes in its `ostree/`
+subtree; export writes them back, so every original checksum is reproduced bit for bit.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import re
 import secrets
 import stat
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Iterator
 
 import pygit2
 
@@ -31,17 +31,17 @@ import gitree_compat as oc
 from gitree_compat import Commit, DirMeta, FileMeta, ObjectType, OstreeRepo, Variant
 
 from . import limits, ostreemeta
-from .entry import Entry, Kind
+from .entry import Kind
 from .exportcache import COMMIT, DIRMETA, DIRTREE, FILE, open_cache, record_key
-from .errors import BadInput, CorruptObject, GitreeError, UnsupportedEntry
-from .gittree import MODE_DIR, MODE_FILE, decode_tree, encode_tree
+from .errors import CorruptObject, GitreeError, UnsupportedEntry
+from .gittree import decode_tree
 from .names import display, esc, unesc
 from .packreader import PackSet, inflate_chunks
 from .packwriter import OBJ_BLOB, OBJ_TREE
 from .sparse import SparseMap
 from .sparse import encode as sparse_encode
 from .sparse import logical_chunks as sparse_logical_chunks
-from .store import TOP_OSTREE, Importer, Repo, stderr_warn
+from .store import TOP_OSTREE, Repo, stderr_warn
 
 CACHE_REF = "refs/gitree/ostree-cache"   # the old cache (git objects any transport could plant): deleted
 COMPRESSION_REUSE = "reuse"
@@ -389,12 +389,12 @@ class Exporter:
                 self._skip(cpath, "file name that is not valid UTF-8")
                 continue
             if row.kind is Kind.DIR:
-                pending.dirs.append((name, self._plan(cpath, node.content[row.name][1], node.meta[row.name])))
+                pending.dirs.append((name, self._plan(cpath, node.content[row.name].oid, node.meta[row.name])))
                 continue
             if row.kind not in (Kind.FILE, Kind.SYMLINK):
                 self._skip(cpath, f"{row.kind.name.lower()} node")
                 continue
-            blob = node.content[row.name][1]
+            blob = node.content[row.name].oid
             target = self.repo.read(blob, OBJ_BLOB, display(cpath)) if row.kind is Kind.SYMLINK else b""
             if row.kind is Kind.SYMLINK and (not target or b"\0" in target or _ostree_name(target) is None):
                 # ostree commit stores the text '[Invalid UTF-8]' for such a target, which its fsck refuses
@@ -707,179 +707,4 @@ def _default_ref(repo: Repo, rev: str) -> str:
     raise GitreeError(f"{rev} is not a branch name; give the OSTree ref with --ref")
 
 
-# ---------------------------------------------------------------------------------------------
-# Import
-
-#: Deepest directory nesting imported: OSTREE_MAX_RECURSION, beyond which ostree itself refuses to pull or
-#: traverse a commit.
-MAX_OSTREE_DEPTH = 256
-#: A dirtree may appear at several places of a commit (identical directories share one object), so a small
-#: repository can describe a huge tree (each level naming the one below twice doubles it). The entries a
-#: commit expands to may exceed those of its distinct dirtrees at most this many times, plus
-#: MAX_SHARED_SLACK entries; a real root filesystem stays near 1.
-MAX_SHARING_FACTOR = 16
-MAX_SHARED_SLACK = 65536
-
-
-def _check_tree_size(src: OstreeRepo, root_tree: str) -> None:
-    """Refuse a tree deeper than MAX_OSTREE_DEPTH or expanding beyond the sharing limit, before any of it
-    is imported. Reads (and verifies) every distinct dirtree once, iteratively."""
-    size: dict[str, tuple[int, int]] = {}  # dirtree -> (entries beneath, directory levels it spans)
-    distinct = 0
-
-    def too_deep(csum: str) -> BadInput:
-        return BadInput(f"{csum}.dirtree: directories nested deeper than {MAX_OSTREE_DEPTH} levels "
-                        "(MAX_OSTREE_DEPTH)")
-
-    stack: list[tuple[str, int, tuple[int, list[str]] | None]] = [(root_tree, 0, None)]
-    while stack:
-        csum, depth, expanded = stack[-1]
-        if csum in size:
-            stack.pop()
-            continue
-        if expanded is None:
-            if depth > MAX_OSTREE_DEPTH:
-                raise too_deep(root_tree)
-            tree = src.read_dirtree(csum)
-            distinct += len(tree.files) + len(tree.dirs)
-            kids = [t for _, t, _ in tree.dirs]
-            stack[-1] = (csum, depth, (len(tree.files) + len(tree.dirs), kids))
-            stack.extend((t, depth + 1, None) for t in kids if t not in size)
-            continue
-        own, kids = expanded
-        size[csum] = (own + sum(size[t][0] for t in kids), 1 + max((size[t][1] for t in kids), default=0))
-        stack.pop()
-    total, levels = size[root_tree]
-    if levels - 1 > MAX_OSTREE_DEPTH:  # a shared subtree met deeper than where it was first expanded
-        raise too_deep(root_tree)
-    if total > MAX_SHARING_FACTOR * distinct + MAX_SHARED_SLACK:
-        raise BadInput(f"{root_tree}.dirtree: {len(size)} directory objects expand to {total} entries, more than "
-                       f"{MAX_SHARING_FACTOR} times their {distinct} own entries plus {MAX_SHARED_SLACK} "
-                       "(MAX_SHARING_FACTOR)")
-
-
-def _ostree_entries(src: OstreeRepo, root_tree: str, root_meta: str,
-                    order: dict[bytes, list[bytes]]) -> Iterator[tuple[Entry, Callable | None]]:
-    """Entries of an OSTree tree in canonical order; every object is verified as it is read.
-
-    The walk is iterative and its depth and size are checked first (_tree_size). Objects whose xattrs
-    are not in sorted order (OSTree's tar import keeps libarchive's order) have that order recorded in
-    `order`, so export can reproduce them."""
-    _check_tree_size(src, root_tree)
-    dm = src.read_dirmeta(root_meta)
-    yield Entry(b"", Kind.DIR, dm.mode & 0o7777, dm.uid, dm.gid, _sorted(b"", dm.xattrs, order)), None
-    stack = [(b"", _dir_items(src, root_tree))]
-    while stack:
-        path, items = stack[-1]
-        item = next(items, None)
-        if item is None:
-            stack.pop()
-            continue
-        name, kind, c1, c2 = item
-        cpath = path + b"/" + name if path else name
-        if kind == "d":
-            dm = src.read_dirmeta(c2)
-            yield Entry(cpath, Kind.DIR, dm.mode & 0o7777, dm.uid, dm.gid, _sorted(cpath, dm.xattrs, order)), None
-            stack.append((cpath, _dir_items(src, c1)))
-            continue
-        obj = src.open_content(c1)  # a symlink object is verified here, a file's payload as it is read
-        m = obj.meta
-        k = Kind.SYMLINK if m.is_symlink else Kind.FILE
-        e = Entry(cpath, k, m.mode & 0o7777, m.uid, m.gid, _sorted(cpath, m.xattrs, order), size=obj.size)
-        if k is Kind.SYMLINK:
-            e.target = m.symlink_target
-            obj.close()
-            yield e, None
-        else:
-            yield e, obj.chunks
-
-
-def _sorted(path: bytes, xattrs, order: dict[bytes, list[bytes]]):
-    xs = tuple(xattrs)
-    s = tuple(sorted(xs))
-    if s != xs:
-        order[path] = [n for n, _ in xs]
-    return s
-
-
-def _dir_items(src: OstreeRepo, tree_csum: str) -> Iterator[tuple[bytes, str, str, str | None]]:
-    tree = src.read_dirtree(tree_csum)
-    items = [(n.encode(), "f", c, None) for n, c in tree.files] + \
-            [(n.encode(), "d", t, m) for n, t, m in tree.dirs]
-    items.sort(key=lambda i: i[0])
-    return iter(items)
-
-
-def _commit_chain(src: OstreeRepo, csum: str) -> list[str]:
-    chain = [csum]
-    seen = {csum}
-    while True:
-        c = src.read_commit(chain[-1])
-        if c.parent is None or not src.has_object(c.parent, ObjectType.COMMIT):
-            break
-        if c.parent in seen:
-            raise CorruptObject(f"{c.parent}.commit: parent chain loops")
-        seen.add(c.parent)
-        chain.append(c.parent)
-    chain.reverse()
-    return chain
-
-
-def import_ostree(repo: Repo, src_path: str, ref: str, branch: str, warn=stderr_warn, progress=None) -> list[bytes]:
-    """Import an OSTree commit and its parent chain as gitree commits on `branch` (created or extended)."""
-    repo.branch_ref(branch)
-    try:
-        src = OstreeRepo(src_path)
-        if oc.is_valid_checksum(ref):
-            csum = ref
-        else:
-            csum = src.resolve_ref(ref)
-        if not src.has_object(csum, ObjectType.COMMIT):
-            raise BadInput(f"{ref}: commit {csum} is not in {src_path}")
-        chain = _commit_chain(src, csum)
-    except oc.OstreeFormatError as e:
-        raise BadInput(f"OSTree repository {src_path}: {e}") from None
-    old_tip = repo.branch_tip(branch)
-    parent = old_tip
-    made: list[bytes] = []
-    for c_csum in chain:
-        try:
-            data = src.read_metadata(ObjectType.COMMIT, c_csum)
-            commit = oc.decode_commit(data)
-            try:
-                detached = src.read_metadata(ObjectType.COMMIT_META, c_csum)  # bounded, no symlink followed
-            except oc.MissingObject:
-                detached = None
-            if detached is not None:
-                try:
-                    oc.decode_commitmeta(detached)  # validate
-                except oc.GVariantError as e:
-                    raise BadInput(f"OSTree commit {c_csum}: {c_csum}.commitmeta: {e}") from None
-            imp = Importer(repo, level=1, progress=progress, warn=warn)
-            order: dict[bytes, list[bytes]] = {}
-            try:
-                for e, data_fn in _ostree_entries(src, commit.root_tree, commit.root_meta, order):
-                    imp.add(e, data_fn, False)
-            except BaseException:
-                imp.abort()
-                raise
-        except oc.OstreeFormatError as e:
-            raise BadInput(f"OSTree commit {c_csum}: {e}") from None
-        extra = [(OSTREE_COMMIT, imp.store(OBJ_BLOB, data))]
-        if detached is not None:
-            extra.append((OSTREE_COMMITMETA, imp.store(OBJ_BLOB, detached)))
-        if order:
-            extra.append((OSTREE_XATTR_ORDER, imp.store(OBJ_BLOB, encode_xattr_order(order))))
-        ost = imp.store(OBJ_TREE, encode_tree([(MODE_FILE, n, o) for n, o in extra]))
-        message = commit.subject + ("\n\n" + commit.body if commit.body else "")
-        # Commits are chained here and the branch moves once, at the end (a failure changes nothing).
-        cid = imp.commit_object(message or f"OSTree commit {c_csum}", commit.timestamp,
-                                [parent] if parent else [], [(MODE_DIR, TOP_OSTREE, ost)])
-        made.append(cid)
-        parent = cid
-    with repo.lock():
-        repo.set_branch(branch, made[-1], old_tip, f"gitree: import-ostree {ref}")
-    return made
-
-
-__all__ = ["export_ostree", "import_ostree", "ExportResult", "CACHE_REF"]
+__all__ = ["export_ostree", "ExportResult", "ExportOptions", "CACHE_REF"]
