@@ -284,13 +284,40 @@ class ShowInfo:
     with_xattrs: int         # entries with extended attributes
     content_tree: str        # hex ids of the rootfs and metadata trees
     meta_tree: str
+    # an imported commit's stored OSTree commit (ostree/commit), which export-ostree writes as it is when
+    # the tree still matches: its subject and metadata keys, shown because `log` does not show them
+    ostree_commit: str | None = None
 
     def lines(self) -> list[str]:
         return [*self.commit.lines(),
                 "entries: " + ", ".join(f"{n} {k}" for k, n in self.counts.items()),
                 f"content: {self.file_bytes} bytes in regular files; {self.hardlinks} hard links; "
                 f"{self.with_xattrs} entries with xattrs",
-                f"rootfs tree {self.content_tree}  meta tree {self.meta_tree}"]
+                f"rootfs tree {self.content_tree}  meta tree {self.meta_tree}",
+                *([f"imported OSTree commit: {self.ostree_commit}"] if self.ostree_commit else [])]
+
+
+def _stored_ostree_commit(repo: Repo, commit) -> str | None:
+    """A one-line summary of the OSTree commit stored in an imported commit's ostree/ subtree, or None."""
+    from .gittree import decode_tree
+    from .limits import MAX_OSTREE_OBJECT_BYTES
+    from .packwriter import OBJ_BLOB, OBJ_TREE
+    from .store import TOP_OSTREE
+    top = repo.top_entries(commit)
+    if TOP_OSTREE not in top:
+        return None
+    ent = {e.name: e.oid for e in decode_tree(repo.read_bounded(top[TOP_OSTREE][1], OBJ_TREE,
+                                                              MAX_OSTREE_OBJECT_BYTES, "ostree/"))}
+    if b"commit" not in ent:
+        return None
+    import gitree_compat as oc
+    try:
+        c = oc.decode_commit(repo.read_bounded(ent[b"commit"], OBJ_BLOB, MAX_OSTREE_OBJECT_BYTES, "ostree/commit"))
+    except oc.OstreeFormatError as e:
+        return f"unreadable ({e})"
+    keys = ", ".join(k for k, _ in c.metadata) or "none"
+    text = f"subject {c.subject!r}, timestamp {c.timestamp}, metadata keys: {keys}"
+    return _CONTROL.sub(_hex, text)[:2000]
 
 
 def show_info(repo: Repo, rev: str) -> ShowInfo:
@@ -307,7 +334,7 @@ def show_info(repo: Repo, rev: str) -> ShowInfo:
     content, meta = repo.commit_trees(commit)
     return ShowInfo(CommitInfo(str(commit.id), commit.commit_time, commit.message),
                     {k.name.lower(): counts[k] for k in Kind if k in counts}, nbytes, hard, xattrs,
-                    content.hex(), meta.hex())
+                    content.hex(), meta.hex(), _stored_ostree_commit(repo, commit))
 
 
 def show(repo: Repo, rev: str) -> Iterator[str]:

@@ -164,3 +164,24 @@ def test_pax_header_of_many_tiny_records_is_refused(work):
     repo = os.path.join(work, "r.git")
     run_gitree("-C", repo, "init")
     assert_one_error(run_limited("-C", repo, "import-rootfs", path, "-b", "main"), "MAX_PAX_RECORDS")
+
+
+def test_show_names_the_stored_ostree_commit(work, base):
+    """An arriving commit may carry an OSTree commit (ostree/commit) that export-ostree writes as it is when
+    the tree matches: `gitree show` shows its subject and metadata keys, which `log` does not."""
+    import dataclasses
+
+    import gitree_compat as oc
+    repo, _ = base
+    first = os.path.join(work, "first")
+    csum = last_line(run_gitree("-C", repo, "export-ostree", "main", "--ostree-repo", first, "--ref", "x"))
+    with open(os.path.join(first, "objects", csum[:2], csum[2:] + ".commit"), "rb") as f:
+        c = oc.decode_commit(f.read())
+    evil = dataclasses.replace(c, subject="not in git \x1b]0;t\x07",
+                               metadata=[("ostree.endoflife-rebase", oc.Variant("s", "attacker/ref"))])
+    _with_ostree_subtree(repo, "main", [(b"commit", oc.encode_commit(evil))], "imp")
+    out = run_gitree("-C", repo, "show", "imp").stdout.decode()
+    line = [ln for ln in out.splitlines() if ln.startswith("imported OSTree commit:")]
+    assert len(line) == 1 and "ostree.endoflife-rebase" in line[0] and "not in git" in line[0], out
+    assert "\x1b" not in out and "\x07" not in out
+    assert "imported OSTree commit" not in run_gitree("-C", repo, "show", "main").stdout.decode()
