@@ -85,6 +85,23 @@ def _kind(st_mode: int) -> str:
             stat.S_IFREG: "a regular file"}.get(stat.S_IFMT(st_mode), "an unknown file type")
 
 
+def _open_same_file(pfd: int, last: str, st: os.stat_result,
+                    fail: Callable[[str], Exception]) -> tuple[int, os.stat_result]:
+    """Open `last` (in directory `pfd`), which lstat found a regular file `st`, without following a symlink;
+    refused if it is no longer that same regular file. Returns the fd (caller closes) and its fstat."""
+    try:
+        fd = os.open(last, _O_FILE, dir_fd=pfd)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise fail("replaced by a symlink while being opened (refused)") from None
+        raise
+    st2 = os.fstat(fd)
+    if not stat.S_ISREG(st2.st_mode) or (st2.st_dev, st2.st_ino) != (st.st_dev, st.st_ino):
+        os.close(fd)
+        raise fail("replaced while being opened (refused)")
+    return fd, st2
+
+
 def _read_bounded(fd: int, limit: int, limit_name: str, fail: Callable[[str], Exception]) -> bytes:
     """Read ``fd`` to its end, refusing more than ``limit`` bytes (the file may grow while read)."""
     parts = []
@@ -326,19 +343,9 @@ class OstreeRepo:
             st = os.stat(last, dir_fd=pfd, follow_symlinks=False)
             if not stat.S_ISREG(st.st_mode):
                 raise fail(f"{_kind(st.st_mode)}, not a regular file (refused)")
-            try:
-                fd = os.open(last, _O_FILE, dir_fd=pfd)
-            except OSError as e:
-                if e.errno == errno.ELOOP:
-                    raise fail("replaced by a symlink while being opened (refused)") from None
-                raise
+            return _open_same_file(pfd, last, st, fail)
         finally:
             os.close(pfd)
-        st2 = os.fstat(fd)
-        if not stat.S_ISREG(st2.st_mode) or (st2.st_dev, st2.st_ino) != (st.st_dev, st.st_ino):
-            os.close(fd)
-            raise fail("replaced while being opened (refused)")
-        return fd, st2
 
     def _read_file(self, rel: str, limit: int, limit_name: str, fail: Callable[[str], Exception]) -> bytes:
         """The bytes of the regular file ``rel``, refused if longer than ``limit``."""
@@ -389,6 +396,32 @@ class OstreeRepo:
         except FileNotFoundError:
             os.makedirs(os.path.dirname(dest), exist_ok=True)
             os.rename(tmp, dest)
+
+    def stage_object(self, checksum: str, objtype: ObjectType, write: Callable[[int], bool]) -> bool:
+        """Install an object whose bytes the caller writes itself (already checksummed: nothing is verified
+        here). Unless it is present, `write(fd)` fills a new staging file in tmp/ (O_EXCL|O_NOFOLLOW) and sets
+        its metadata; the file is fsynced if the repository asks for it and renamed into objects/. `write`
+        returning False abandons it (nothing is installed). True when the object is there afterwards."""
+        self.check_write_layout()
+        dest = self._obj(checksum, objtype)
+        if os.path.lexists(dest):
+            return True
+        tmp = self._tmp_path()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            ok = write(fd)
+            if ok and self.fsync:
+                os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            os.unlink(tmp)
+            raise
+        os.close(fd)
+        if not ok:
+            os.unlink(tmp)
+            return False
+        self._commit_tmp(tmp, dest)
+        return True
 
     def _write_tmp_file(self, data: bytes, mode: int = 0o644) -> str:
         tmp = self._tmp_path()
@@ -671,19 +704,9 @@ class OstreeRepo:
                 return self._verified_symlink(checksum, path, meta, corrupt)
             if not stat.S_ISREG(st.st_mode):
                 raise corrupt(f"{_kind(st.st_mode)}, not a regular file or symlink (refused)")
-            try:
-                fd = os.open(last, _O_FILE, dir_fd=pfd)
-            except OSError as e:
-                if e.errno == errno.ELOOP:
-                    raise corrupt("replaced by a symlink while being opened (refused)") from None
-                raise
+            fd, st = _open_same_file(pfd, last, st, corrupt)
         finally:
             os.close(pfd)
-        st2 = os.fstat(fd)
-        if not stat.S_ISREG(st2.st_mode) or (st2.st_dev, st2.st_ino) != (st.st_dev, st.st_ino):
-            os.close(fd)
-            raise corrupt("replaced while being opened (refused)")
-        st = st2
         f = os.fdopen(fd, "rb")  # handed to ContentObject, which closes it
         try:
             if self.mode == "archive":

@@ -20,7 +20,6 @@ import hashlib
 import multiprocessing
 import os
 import re
-import secrets
 import stat
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -186,12 +185,8 @@ def _write_bare_known(target: OstreeRepo, meta: FileMeta, csum: str, chunks) -> 
         perms = meta.mode & 0o7777
     else:
         return False
-    dest = os.fspath(target.object_path(csum, ObjectType.FILE))
-    if os.path.lexists(dest):
-        return True
-    tmp = os.path.join(os.fspath(target.path), "tmp", f"gitree-{secrets.token_hex(12)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
+
+    def write(fd: int) -> bool:
         for c in chunks:
             mv = memoryview(c)
             while mv:
@@ -204,23 +199,9 @@ def _write_bare_known(target: OstreeRepo, meta: FileMeta, csum: str, chunks) -> 
         else:
             os.setxattr(fd, OSTREEMETA_XATTR, oc.encode_ostreemeta(meta))
         os.fchmod(fd, perms)  # after fchown, which clears setuid/setgid
-        if target.fsync:
-            os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(tmp)
-        raise
-    os.close(fd)
-    _install(tmp, dest)
-    return True
+        return True
 
-
-def _install(tmp: str, dest: str) -> None:
-    try:
-        os.rename(tmp, dest)
-    except FileNotFoundError:
-        os.makedirs(os.path.dirname(dest), exist_ok=True)
-        os.rename(tmp, dest)
+    return target.stage_object(csum, ObjectType.FILE, write)
 
 
 def _hash_raw_deflate(meta: FileMeta, size: int, ps, where: str) -> str:
@@ -232,32 +213,18 @@ def _hash_raw_deflate(meta: FileMeta, size: int, ps, where: str) -> str:
 
 
 def _write_filez_raw(target: OstreeRepo, meta: FileMeta, csum: str, ps) -> bool:
-    """Stage the .filez header and the pack entry's raw deflate (copied by the kernel) in the target's tmp/ and
-    rename it to objects/XX/REST.filez (unless present). False if the entry fails its CRC-32 (nothing written)."""
-    dest = os.fspath(target.object_path(csum, ObjectType.FILE))
-    if os.path.lexists(dest):
-        return True
-    tmp = os.path.join(os.fspath(target.path), "tmp", f"gitree-{secrets.token_hex(12)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    try:
+    """The .filez header and the pack entry's raw deflate (copied by the kernel), installed as
+    objects/XX/REST.filez (unless present). False if the entry fails its CRC-32 (nothing installed)."""
+    def write(fd: int) -> bool:
         part = memoryview(oc.encode_filez_header(meta, ps.size))
         while part:
             part = part[os.write(fd, part):]
-        ok = ps.verified_copy(fd)
-        if ok:
-            os.fchmod(fd, 0o644)
-            if target.fsync:
-                os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(tmp)
-        raise
-    os.close(fd)
-    if not ok:
-        os.unlink(tmp)
-        return False
-    _install(tmp, dest)
-    return True
+        if not ps.verified_copy(fd):
+            return False
+        os.fchmod(fd, 0o644)
+        return True
+
+    return target.stage_object(csum, ObjectType.FILE, write)
 
 
 def sparse_file_content(repo: Repo, blob: bytes, smap: SparseMap, where: str) -> Iterator[bytes]:
