@@ -3,7 +3,8 @@
 Programs use `gitree.api` (docs/api.md): one function per command, typed results, typed errors and warnings.
 
 The layer map. A module imports only from its own layer or lower ones (tests/test_layers.py checks it, lazy
-imports inside functions included); each capability lives in one place.
+imports inside functions included), and modules of one layer import each other without cycles; each capability
+lives in one place.
 
   6 front ends   cli (parses arguments, calls api, prints), __main__, demo (the demo script), rootfs (builds
                  the cached Debian root filesystem the demo, tests and benchmarks use)
@@ -14,21 +15,26 @@ imports inside functions included); each capability lives in one place.
                  ostree_export (gitree commits to OSTree repositories), ostree_import (OSTree commit chains into
                  gitree), signing (GPG signatures of OSTree commits and summaries), bundle (offline update files),
                  distribution (push, fetch, clone with verification)
-  2 storage      store (repository access, the import engine and transactions, tree reading and fsck),
-                 sources (directory and tar readers yielding entries), sinks (directory and tar writers)
+  2 storage      repo (the repository: open/init, the writer lock, branch refs, object reads incl. streamed
+                 blobs, commit objects, the author identity; thin entry points to the two below), treeread
+                 (the one validating tree reader: directories, the walk, lookups, fsck's verify), importer
+                 (the import engine and Transaction), sources (directory and tar readers yielding entries),
+                 sinks (directory and tar writers). treeread and importer take a Repo but never import repo
   1 formats      entry (the entry type), names (name escaping), xattrs, sparse (sparse maps), gittree (git tree
-                 codec), sidetable (metadata tables), tarformat (tar reader/writer), ostreemeta, initramfs (cpio
-                 reader), packwriter, packreader (git packs), exportcache (the authenticated export cache);
+                 codec), layout (the names in a commit's top tree), sidetable (metadata tables), tarformat (tar
+                 reader/writer), ostreemeta, initramfs (cpio reader), packwriter, packreader (git packs),
+                 exportcache (the authenticated export cache);
                  gitree_compat (compat/: the pure OSTree format) sits here too and imports nothing of gitree
   0 foundation   errors (errors, warnings, exit codes), progress, outfile (atomic output files), tools (the
-                 runner for external programs); limits (resource bounds) sits in layer 1 (it reads entry.MAX_DEPTH)
+                 runner for external programs), limits (resource bounds)
 """
 
 LAYERS: dict[str, int] = {
-    "errors": 0, "limits": 1, "progress": 0, "outfile": 0, "tools": 0,
+    "errors": 0, "limits": 0, "progress": 0, "outfile": 0, "tools": 0,
     "entry": 1, "names": 1, "xattrs": 1, "sparse": 1, "gittree": 1, "sidetable": 1, "tarformat": 1,
-    "ostreemeta": 1, "initramfs": 1, "packwriter": 1, "packreader": 1, "exportcache": 1, "gitree_compat": 1,
-    "store": 2, "sources": 2, "sinks": 2,
+    "layout": 1, "ostreemeta": 1, "initramfs": 1, "packwriter": 1, "packreader": 1, "exportcache": 1,
+    "gitree_compat": 1,
+    "repo": 2, "treeread": 2, "importer": 2, "sources": 2, "sinks": 2,
     "porcelain": 3, "diff": 3, "ostree_export": 3, "ostree_import": 3, "signing": 3,
     "bundle": 3, "distribution": 3,
     "bootable": 4, "deploy": 4, "uboot": 4, "lxc": 4,

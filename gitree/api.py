@@ -23,7 +23,8 @@ from .errors import (BadInput, BranchMoved, CorruptObject, FsckFailed, GitreeErr
                      OnWarning, RepoLocked, ToolFailed, UnsafePath, UnsupportedEntry, UsageError)
 from .diff import Change, diff_changes
 from .porcelain import CommitInfo, LsItem, Problem, ShowInfo
-from .store import ImportStats, Repo
+from .importer import ImportStats
+from .repo import Repo
 
 
 

@@ -30,7 +30,8 @@ from .gittree import MODE_FILE
 from .initramfs import has_member
 from .names import display
 from .packwriter import OBJ_BLOB
-from .store import Repo, Transaction
+from .importer import Transaction
+from .repo import Repo
 
 PREPARE_ROOT = b"usr/lib/ostree/ostree-prepare-root"
 TMPFILES = b"usr/lib/tmpfiles.d/gitree-var.conf"

@@ -16,7 +16,7 @@ from . import tools
 from .bootable import tree_metadata
 from .errors import BadInput, GitreeError
 from .ostree_export import export_ostree
-from .store import Repo
+from .repo import Repo
 
 
 @dataclass

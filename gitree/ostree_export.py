@@ -40,7 +40,9 @@ from .packwriter import OBJ_BLOB, OBJ_TREE
 from .sparse import SparseMap
 from .sparse import encode as sparse_encode
 from .sparse import logical_chunks as sparse_logical_chunks
-from .store import TOP_OSTREE, Repo, stderr_warn
+from .importer import stderr_warn
+from .layout import TOP_OSTREE
+from .repo import Repo
 
 CACHE_REF = "refs/gitree/ostree-cache"   # the old cache (git objects any transport could plant): deleted
 COMPRESSION_REUSE = "reuse"

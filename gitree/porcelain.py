@@ -22,7 +22,8 @@ from .progress import make_progress
 from .diff import Change, diff_changes
 from .sinks import CheckoutReport, DirectoryWriter, write_tar
 from .sources import DirectoryReport, TarInput, directory_entries, tar_entries
-from .store import ImportStats, Repo, stderr_warn
+from .importer import ImportStats, stderr_warn
+from .repo import Repo
 
 Warn = Callable[[str], None]
 
@@ -302,7 +303,7 @@ def _stored_ostree_commit(repo: Repo, commit) -> str | None:
     from .gittree import decode_tree
     from .limits import MAX_OSTREE_OBJECT_BYTES
     from .packwriter import OBJ_BLOB, OBJ_TREE
-    from .store import TOP_OSTREE
+    from .layout import TOP_OSTREE
     top = repo.top_entries(commit)
     if TOP_OSTREE not in top:
         return None

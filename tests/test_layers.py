@@ -58,11 +58,44 @@ def test_no_module_imports_a_higher_layer():
 
 
 def test_the_check_catches_an_upward_import(tmp_path):
-    """The checker itself: a store module importing the API is reported, lazily inside a function too."""
-    p = tmp_path / "store.py"
+    """The checker itself: a repo module importing the API is reported, lazily inside a function too."""
+    p = tmp_path / "repo.py"
     p.write_text("def f():\n    from . import api\n    from .cli import main\n")
-    assert upward_imports(gitree.LAYERS, {"store": str(p)}) == [
-        "store (layer 2) imports api (layer 5)", "store (layer 2) imports cli (layer 6)"]
+    assert upward_imports(gitree.LAYERS, {"repo": str(p)}) == [
+        "repo (layer 2) imports api (layer 5)", "repo (layer 2) imports cli (layer 6)"]
+
+
+def import_cycles(modules: dict[str, str]) -> list[list[str]]:
+    """Cycles among the modules' imports (lazy ones included), each as the path that closes it."""
+    deps = {m: sorted(d for d in _imports(p) if d in modules and d != m) for m, p in modules.items()}
+    cycles, state = [], {}
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = "open"
+        for d in deps[m]:
+            if state.get(d) == "open":
+                cycles.append(path[path.index(d):] + [m, d] if d in path else [m, d])
+            elif d not in state:
+                visit(d, path + [m])
+        state[m] = "done"
+
+    for m in sorted(modules):
+        if m not in state:
+            visit(m, [])
+    return cycles
+
+
+def test_no_import_cycles():
+    """Modules of one layer may import each other, but never in a cycle (repo uses treeread and importer,
+    which take a Repo without importing repo)."""
+    assert import_cycles(_modules()) == []
+
+
+def test_the_cycle_check_catches_a_cycle(tmp_path):
+    a, b = tmp_path / "treeread.py", tmp_path / "repo.py"
+    a.write_text("def f():\n    from .repo import Repo\n")
+    b.write_text("from . import treeread\n")
+    assert import_cycles({"treeread": str(a), "repo": str(b)}) == [["repo", "treeread", "repo"]]
 
 
 def test_compat_imports_nothing_of_gitree():

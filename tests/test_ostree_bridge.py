@@ -16,7 +16,7 @@ from treegen import to_directory, trees
 
 from gitree import porcelain
 from gitree.ostree_export import export_ostree
-from gitree.store import Repo
+from gitree.repo import Repo
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="ostree commit of arbitrary owners needs root")
 
