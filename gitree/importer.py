@@ -14,14 +14,13 @@ import contextlib
 import hashlib
 import os
 import stat
-import sys
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from . import sidetable
 from .entry import MAX_DEPTH, Entry, Kind, check_fields, split_path
-from .errors import BadInput, BranchMoved, GitreeError, UnsafePath, UsageError
+from .errors import BadInput, BranchMoved, GitreeError, UnsafePath, UsageError, warner
 from .exportcache import FILE, open_cache, record_key
 from .gittree import MODE_DIR, MODE_EXEC, MODE_FILE, MODE_LINK, encode_tree
 from .layout import FORMAT_BLOB, TABLE_NAME, TOP_FORMAT, TOP_META, TOP_ROOTFS
@@ -84,10 +83,6 @@ class ImportStats:
     seconds: float = 0.0
 
 
-def stderr_warn(msg: str) -> None:
-    print(f"gitree: warning: {msg}", file=sys.stderr)
-
-
 class Progress:
     """Interface for progress reporting; the CLI passes a terminal bar, tests pass nothing."""
 
@@ -110,7 +105,7 @@ class Importer:
         self.keep_mtime = keep_mtime
         self.level = level
         self.progress = progress
-        self.warn = warn or stderr_warn
+        self.warn = warn or warner(None, "export-cache")   # the caller's channel, else errors.print_warning
         self.root = Dir()
         self.root_seen = False
         self.pack = PackWriter(repo.objects_dir)
@@ -375,14 +370,21 @@ class Importer:
                 centries.append((MODE_LINK, gname, node.oid))
 
     def commit_object(self, message: str, timestamp: int | None, parents: list[bytes], extra_top=(),
-                      author: tuple[str, str] | None = None) -> bytes:
-        """Finish, install the pack and write a commit object; no branch moves."""
+                      author: tuple[str, str] | None = None, *, branch: str | None = None,
+                      lock_wait: Callable[[], None] | None = None) -> bytes:
+        """Finish, install the pack and write a commit object. With `branch`, the branch's tip is the parent
+        (instead of `parents`) and the branch moves to the commit, last and atomically, under the lock."""
         try:
             top = self.finish_tree(extra_top)
             self.pool.shutdown(wait=True)
-            with self.repo.lock():
+            with self.repo.lock(on_wait=lock_wait):
                 self._install()
+                if branch is not None:
+                    old = self.repo.branch_tip(branch)
+                    parents = [old] if old is not None else []
                 cid = self.repo.write_commit(top, parents, message, timestamp, author)
+                if branch is not None:
+                    self.repo.set_branch(branch, cid, old, f"gitree: {message.splitlines()[0] if message else ''}")
         except BaseException:
             self.abort()
             raise
@@ -397,20 +399,8 @@ class Importer:
 
     def commit(self, branch: str, message: str, timestamp: int | None, extra_top=(),
                author: tuple[str, str] | None = None, lock_wait: Callable[[], None] | None = None) -> bytes:
-        """Finish, install the pack, write the commit and move the branch (last, atomically)."""
-        try:
-            top = self.finish_tree(extra_top)
-            self.pool.shutdown(wait=True)
-            with self.repo.lock(on_wait=lock_wait):
-                self._install()
-                old = self.repo.branch_tip(branch)
-                cid = self.repo.write_commit(top, [old] if old is not None else [], message, timestamp, author)
-                self.repo.set_branch(branch, cid, old, f"gitree: {message.splitlines()[0] if message else ''}")
-        except BaseException:
-            self.abort()
-            raise
-        self._save_checksums()
-        self.stats.seconds = time.monotonic() - self._t0
+        """commit_object on `branch` (its tip the parent; the branch moves last), then the progress line ends."""
+        cid = self.commit_object(message, timestamp, [], extra_top, author, branch=branch, lock_wait=lock_wait)
         if self.progress is not None:
             self.progress.done()
         return cid

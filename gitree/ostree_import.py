@@ -19,7 +19,6 @@ from .errors import BadInput, CorruptObject
 from .gittree import MODE_DIR, MODE_FILE, encode_tree
 from .ostree_export import OSTREE_COMMIT, OSTREE_COMMITMETA, OSTREE_XATTR_ORDER, encode_xattr_order
 from .packwriter import OBJ_BLOB, OBJ_TREE
-from .importer import stderr_warn
 from .layout import TOP_OSTREE
 from .repo import Repo
 
@@ -138,7 +137,7 @@ def _commit_chain(src: OstreeRepo, csum: str) -> list[str]:
     return chain
 
 
-def import_ostree(repo: Repo, src_path: str, ref: str, branch: str, warn=stderr_warn, progress=None) -> list[bytes]:
+def import_ostree(repo: Repo, src_path: str, ref: str, branch: str, warn=None, progress=None) -> list[bytes]:
     """Import an OSTree commit and its parent chain as gitree commits on `branch` (created or extended)."""
     repo.branch_ref(branch)
     try:

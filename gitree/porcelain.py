@@ -14,7 +14,7 @@ import pygit2
 
 from . import tools
 from .entry import Entry, Kind
-from .errors import BadInput, NotFound
+from .errors import BadInput, NotFound, warner
 from .gittree import MODE_DIR
 from .names import display
 from .outfile import atomic_output
@@ -22,7 +22,7 @@ from .progress import make_progress
 from .diff import Change, diff_changes
 from .sinks import CheckoutReport, DirectoryWriter, write_tar
 from .sources import DirectoryReport, TarInput, directory_entries, tar_entries
-from .importer import ImportStats, stderr_warn
+from .importer import ImportStats
 from .repo import Repo
 
 Warn = Callable[[str], None]
@@ -41,12 +41,13 @@ class ImportResult:
 
 def import_rootfs(repo: Repo, source: str, branch: str, message: str | None = None,
                   timestamp: int | None = None, keep_mtime: bool = False, quiet: bool = True,
-                  one_file_system: bool = True, level: int | None = None, warn: Warn = stderr_warn,
+                  one_file_system: bool = True, level: int | None = None, warn: Warn | None = None,
                   strict: bool = False, progress=None) -> ImportResult:
     """Import a directory, a tar file (any compression) or '-' (a tar on stdin) as a commit on `branch`.
 
     With `strict`, anything read but not kept (each a warning otherwise) fails the import; nothing moves."""
     repo.branch_ref(branch)  # validate the name before any work
+    warn = warn or warner(None, "import")
     if level is None:
         level = _compression_level(repo)
     if source != "-" and not os.path.lexists(source):

@@ -11,14 +11,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import subprocess
 import threading
 import time
 from typing import Callable, Iterator
 
 import pygit2
 
-from . import treeread
+from . import tools, treeread
 from .entry import Entry
 from .errors import BranchMoved, CorruptObject, GitreeError, NotFound, RepoLocked
 from .importer import Progress, Transaction
@@ -171,10 +170,8 @@ class Repo:
             yield self.read(oid, OBJ_BLOB, where)
             return
         # small mmap windows: git maps the pack as it streams instead of mapping the whole blob at once
-        proc = subprocess.Popen(["git", "-c", "core.packedGitWindowSize=32m", "-c", "core.packedGitLimit=128m",
-                                 "-c", "core.bigFileThreshold=32m",
-                                 "--git-dir", self.path, "cat-file", "blob", oid.hex()],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = tools.popen(["git", "-c", "core.packedGitWindowSize=32m", "-c", "core.packedGitLimit=128m",
+                            "-c", "core.bigFileThreshold=32m", "--git-dir", self.path, "cat-file", "blob", oid.hex()])
         got = 0
         try:
             while True:
@@ -184,12 +181,10 @@ class Repo:
                 got += len(buf)
                 yield buf
         finally:
-            proc.stdout.close()
-            err = proc.stderr.read()
-            proc.stderr.close()
-            rc = proc.wait()
+            rc, err = tools.finish(proc)
         if rc != 0 or got != size:
-            raise CorruptObject(f"cannot read blob {oid.hex()} ({where}): {err.decode(errors='replace').strip()}")
+            why = tools.last_line(err, "git") or f"git exited with status {rc}, {got} of {size} bytes read"
+            raise CorruptObject(f"cannot read blob {oid.hex()} ({where}): {why}")
 
     def read_bounded(self, oid: bytes, expect: int, limit: int, where: str = "") -> bytes:
         """An object's bytes, refused from its header (before it is inflated) when larger than `limit`."""
