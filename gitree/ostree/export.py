@@ -29,19 +29,19 @@ import pygit2
 import gitree_compat as oc
 from gitree_compat import Commit, DirMeta, FileMeta, ObjectType, OstreeRepo, Variant
 
-from . import limits, ostreemeta
-from .entry import Kind
-from .exportcache import COMMIT, DIRMETA, DIRTREE, FILE, open_cache, record_key
-from .errors import CorruptObject, GitreeError, UnsupportedEntry, warner
-from .gittree import decode_tree
-from .names import display, esc, unesc
-from .packreader import PackSet, inflate_chunks
-from .packwriter import OBJ_BLOB, OBJ_TREE
-from .sparse import SparseMap
-from .sparse import encode as sparse_encode
-from .sparse import logical_chunks as sparse_logical_chunks
-from .layout import TOP_OSTREE
-from .repo import Repo
+from .. import limits, ostreemeta
+from ..entry import Kind
+from ..exportcache import COMMIT, DIRMETA, DIRTREE, FILE, open_cache, record_key
+from ..errors import CorruptObject, GitreeError, UnsupportedEntry, warner
+from ..gittree import decode_tree
+from ..names import display, esc, unesc
+from ..packreader import PackSet, inflate_chunks
+from ..packwriter import OBJ_BLOB, OBJ_TREE
+from ..sparse import SparseMap
+from ..sparse import encode as sparse_encode
+from ..sparse import logical_chunks as sparse_logical_chunks
+from ..layout import TOP_OSTREE
+from ..repo import Repo
 
 CACHE_REF = "refs/gitree/ostree-cache"   # the old cache (git objects any transport could plant): deleted
 COMPRESSION_REUSE = "reuse"
