@@ -23,7 +23,8 @@ from .errors import (BadInput, BranchMoved, CorruptObject, FsckFailed, GitreeErr
                      OnWarning, RepoLocked, ToolFailed, UnsafePath, UnsupportedEntry, UsageError)
 from .diff import Change, diff_changes
 from .porcelain import CommitInfo, LsItem, Problem, ShowInfo
-from .store import ImportStats, Repo
+from .importer import ImportStats
+from .repo import Repo
 
 
 
@@ -231,8 +232,8 @@ def export_ostree(repo: Repo | str, rev: str, ostree_repo: str, *, ref: str | No
     """Export REV into a native OSTree repository (created in `mode`, default archive, when missing), byte-for-
     byte as `ostree commit` writes it. `compression`: "reuse" (archive: copy each file's deflate stream out of
     the git pack) or a zlib level 1-9. `gpg_keys`: sign each commit (and the summary with update_summary)."""
-    from .ostree_export import export_ostree as run
-    from .signing import GpgSigner
+    from .ostree.export import export_ostree as run
+    from .ostree.signing import GpgSigner
     if compression != "reuse" and not (isinstance(compression, int) and 1 <= compression <= 9):
         raise UsageError(f"compression must be 'reuse' or a zlib level 1-9, not {compression!r}")
     w = _Warnings(on_warning, "export")
@@ -257,7 +258,7 @@ class ImportOstreeResult(Result):
 def import_ostree(repo: Repo | str, ostree_repo: str, ref: str, *, branch: str, progress=None,
                   on_warning: OnWarning = None) -> ImportOstreeResult:
     """Import REF (a ref or a commit checksum) of an OSTree repository with its parent chain onto `branch`."""
-    from .ostree_import import import_ostree as run
+    from .ostree.importing import import_ostree as run
     w = _Warnings(on_warning, "import-ostree")
     made = run(open_repo(repo), ostree_repo, ref, branch, warn=w, progress=progress)
     return ImportOstreeResult([c.hex() for c in made], branch, warnings=w.items)
@@ -276,7 +277,7 @@ def make_bootable(repo: Repo | str, rev: str, *, branch: str, version: str | Non
                   metadata: Iterable[tuple[str, str]] = (), on_warning: OnWarning = None) -> BootableResult:
     """Rewrite REV into an OSTree-bootable tree (kernel and initramfs in usr/lib/modules, /etc in usr/etc...)
     as a new commit on `branch`. `metadata`: more OSTree string metadata (key, value)."""
-    from .bootable import make_bootable as run
+    from .boot.bootable import make_bootable as run
     res = run(open_repo(repo), rev, branch, version, kernel, message, timestamp, initramfs_check,
               metadata=tuple(metadata))
     return BootableResult(res.commit.hex(), res.kernel, list(res.changes), res.seconds)
@@ -305,7 +306,7 @@ def deploy(repo: Repo | str, rev: str, *, sysroot: str, osname: str, ref: str | 
            on_warning: OnWarning = None) -> DeployResult:
     """Export bootable REV into SYSROOT/ostree/repo and `ostree admin deploy` it (root only).
     `bootloader`: None (ostree's detection) or "uboot" (uEnv.txt and boot/boot.scr)."""
-    from .deploy import deploy as run
+    from .boot.deploy import deploy as run
     w = _Warnings(on_warning, "deploy")
     res = run(open_repo(repo), rev, sysroot, osname, ref, tuple(kargs), progress=progress, bootloader=bootloader,
               warn=w)
@@ -327,7 +328,7 @@ class TransferResult(Result):
 def push(repo: Repo | str, remote: str, branches: Iterable[str] = (), *, force: bool = False,
          on_warning: OnWarning = None) -> TransferResult:
     """Push branches (default: all) to REMOTE, a git remote name or URL, atomically."""
-    from .distribution import push as run
+    from .transport.distribution import push as run
     return TransferResult(remote, run(open_repo(repo), remote, list(branches), force) or "")
 
 
@@ -335,7 +336,7 @@ def fetch(repo: Repo | str, remote: str, branches: Iterable[str] = (), *, depth:
           on_warning: OnWarning = None) -> TransferResult:
     """Fetch branches (default: all) from REMOTE into the same branches, fast-forward only, every incoming
     commit verified before any branch moves."""
-    from .distribution import fetch as run
+    from .transport.distribution import fetch as run
     return TransferResult(remote, run(open_repo(repo), remote, list(branches), depth) or "")
 
 
@@ -348,7 +349,7 @@ class CloneResult(Result):
 def clone(url: str, path: str, *, depth: int | None = None, branch: str | None = None,
           on_warning: OnWarning = None) -> CloneResult:
     """Clone the gitree repository at URL into PATH (bare, gitree config, verified)."""
-    from .distribution import clone as run
+    from .transport.distribution import clone as run
     run(url, path, depth, branch)
     return CloneResult(url, os.path.abspath(path))
 
@@ -370,7 +371,7 @@ class BundleCreateResult(Result):
 def bundle_create(repo: Repo | str, spec: str, out: str, *, branch: str | None = None,
                   on_warning: OnWarning = None) -> BundleCreateResult:
     """Write the update [OLD..]NEW to the file `out` (docs/bundle.md)."""
-    from .bundle import create
+    from .transport.bundle import create
     i = create(open_repo(repo), spec, out, branch)
     return BundleCreateResult(i.path, i.branch, i.old.hex() if i.old else None, i.new.hex(), i.size,
                               i.git_bundle_size, i.reference_bytes, i.objects)
@@ -386,7 +387,7 @@ class BundleApplyResult(Result):
 def bundle_apply(repo: Repo | str, path: str, *, branch: str | None = None,
                  on_warning: OnWarning = None) -> BundleApplyResult:
     """Add a bundle's objects, verify every incoming commit, then move its branch (fast-forward only)."""
-    from .bundle import apply
+    from .transport.bundle import apply
     name, old, new = apply(open_repo(repo), path, branch)
     return BundleApplyResult(name, old.hex() if old else None, new.hex())
 
@@ -398,7 +399,7 @@ class BundleUnwrapResult(Result):
 
 def bundle_unwrap(repo: Repo | str | None, path: str, out: str, *, on_warning: OnWarning = None) -> BundleUnwrapResult:
     """Write the plain git bundle inside `path` to `out` (an update needs its base commit: give `repo`)."""
-    from .bundle import unwrap
+    from .transport.bundle import unwrap
     unwrap(open_repo(repo) if repo is not None else None, path, out)
     return BundleUnwrapResult(out)
 
@@ -416,7 +417,7 @@ class LxcResult(Result):
 def lxc_create(repo: Repo | str, name: str, rev: str, *, lxcpath: str = "/var/lib/lxc", osname: str = "debian",
                kargs: Iterable[str] = (), ref: str | None = None, on_warning: OnWarning = None) -> LxcResult:
     """Deploy bootable REV into a new LXC container NAME (root only)."""
-    from . import lxc
+    from .boot import lxc
     w = _Warnings(on_warning, "deploy")
     cont, res = lxc.create(open_repo(repo), name, rev, lxcpath, osname, tuple(kargs), ref, warn=w)
     return LxcResult(name, lxcpath, cont.config, _deploy_result(res), warnings=w.items)
@@ -425,7 +426,7 @@ def lxc_create(repo: Repo | str, name: str, rev: str, *, lxcpath: str = "/var/li
 def lxc_upgrade(repo: Repo | str, name: str, rev: str, *, lxcpath: str = "/var/lib/lxc", kargs: Iterable[str] = (),
                 ref: str | None = None, on_warning: OnWarning = None) -> LxcResult:
     """Deploy REV into container NAME's sysroot; its next start runs it."""
-    from . import lxc
+    from .boot import lxc
     w = _Warnings(on_warning, "deploy")
     res = lxc.upgrade(open_repo(repo), name, rev, lxcpath, ref, tuple(kargs), warn=w)
     return LxcResult(name, lxcpath, None, _deploy_result(res), warnings=w.items)
@@ -438,7 +439,7 @@ class LxcDestroyResult(Result):
 
 def lxc_destroy(name: str, *, lxcpath: str = "/var/lib/lxc", on_warning: OnWarning = None) -> LxcDestroyResult:
     """Stop and remove container NAME, its sysroot included."""
-    from . import lxc
+    from .boot import lxc
     w = _Warnings(on_warning, "lxc")
     note = lxc.destroy(name, lxcpath)
     if note:

@@ -14,7 +14,8 @@ from . import sidetable
 from .entry import MAX_DEPTH, Entry, Kind, split_path
 from .errors import CorruptObject
 from .names import display
-from .store import Repo, _Walker
+from .repo import Repo
+from .treeread import Walker
 
 
 def _row_changes(a: sidetable.Row, b: sidetable.Row) -> list[str]:
@@ -69,7 +70,7 @@ def diff_changes(repo: Repo, rev1: str, rev2: str) -> Iterator[Change]:
 def _diff_dir(repo: Repo, path: bytes, a: tuple[bytes, bytes], b: tuple[bytes, bytes], roots) -> Iterator[Change]:
     """Compare two directories and everything under them: an explicit stack, one frame per level."""
     stack: list = []
-    readers = (_Walker(repo, None, roots[0]), _Walker(repo, None, roots[1]))
+    readers = (Walker(repo, None, roots[0]), Walker(repo, None, roots[1]))
 
     def enter(p: bytes, x: tuple[bytes, bytes], y: tuple[bytes, bytes]):
         na, nb = repo.read_dir(p, *x), repo.read_dir(p, *y)
@@ -126,7 +127,7 @@ def _diff_dir(repo: Repo, path: bytes, a: tuple[bytes, bytes], b: tuple[bytes, b
 
 
 def _subtree(repo: Repo, path: bytes, node, name: bytes, root) -> Iterator[Entry]:
-    it = _Walker(repo, None, root).walk_dir(path, node.content[name].oid, node.meta[name])
+    it = Walker(repo, None, root).walk_dir(path, node.content[name].oid, node.meta[name])
     next(it, None)  # the directory itself is already reported
     yield from it
 

@@ -9,6 +9,7 @@ import enum
 import stat
 from dataclasses import dataclass, field
 
+from .limits import MAX_DEPTH  # noqa: F401 - entry.MAX_DEPTH: the depth every reader and writer accepts
 from .sparse import SparseMap
 
 
@@ -90,7 +91,6 @@ def split_path(path: bytes) -> list[bytes]:
     return path.split(b"/") if path else []
 
 
-MAX_DEPTH = 2048          # directory levels; Linux paths are at most 4096 bytes (PATH_MAX)
 _U32 = 1 << 32
 
 
@@ -107,6 +107,6 @@ def check_fields(e: "Entry") -> str | None:
     if e.kind is Kind.SYMLINK and e.target is not None and len(e.target) > 4095:
         return "symlink target is longer than 4095 bytes (Linux's PATH_MAX less the NUL)"
     if e.xattrs:
-        from .xattrs import check_xattrs  # imported here: xattrs -> limits -> entry
+        from .xattrs import check_xattrs  # imported here: only entries with xattrs need it
         return check_xattrs(e.xattrs, e.kind is Kind.DIR)
     return None

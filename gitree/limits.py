@@ -7,8 +7,6 @@ a real root filesystem needs, and each is named in the message that refuses it.
 
 from __future__ import annotations
 
-from .entry import MAX_DEPTH
-
 # -- Linux (include/uapi/linux/limits.h, xattr.h) ---------------------------------------------------
 NAME_MAX = 255                 # bytes in one file name
 SYMLINK_MAX = 4095             # bytes in a symlink target (PATH_MAX less the NUL)
@@ -17,6 +15,7 @@ XATTR_SIZE_MAX = 65536         # bytes in one xattr value
 XATTR_LIST_MAX = 65536         # bytes of all of one inode's xattr names, each with its NUL
 
 # -- the git store (side tables and trees, read per directory) --------------------------------------
+MAX_DEPTH = 2048               # directory levels; Linux paths are at most 4096 bytes (PATH_MAX)
 MAX_TREE_DEPTH = MAX_DEPTH     # directory levels below the root
 MAX_DIR_ENTRIES = 1 << 18      # entries in one directory (262,144)
 MAX_TABLE_BYTES = 16 << 20     # bytes of one side table (checked from the object header, before reading)

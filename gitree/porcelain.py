@@ -14,7 +14,7 @@ import pygit2
 
 from . import tools
 from .entry import Entry, Kind
-from .errors import BadInput, NotFound
+from .errors import BadInput, NotFound, warner
 from .gittree import MODE_DIR
 from .names import display
 from .outfile import atomic_output
@@ -22,7 +22,8 @@ from .progress import make_progress
 from .diff import Change, diff_changes
 from .sinks import CheckoutReport, DirectoryWriter, write_tar
 from .sources import DirectoryReport, TarInput, directory_entries, tar_entries
-from .store import ImportStats, Repo, stderr_warn
+from .importer import ImportStats
+from .repo import Repo
 
 Warn = Callable[[str], None]
 
@@ -40,12 +41,13 @@ class ImportResult:
 
 def import_rootfs(repo: Repo, source: str, branch: str, message: str | None = None,
                   timestamp: int | None = None, keep_mtime: bool = False, quiet: bool = True,
-                  one_file_system: bool = True, level: int | None = None, warn: Warn = stderr_warn,
+                  one_file_system: bool = True, level: int | None = None, warn: Warn | None = None,
                   strict: bool = False, progress=None) -> ImportResult:
     """Import a directory, a tar file (any compression) or '-' (a tar on stdin) as a commit on `branch`.
 
     With `strict`, anything read but not kept (each a warning otherwise) fails the import; nothing moves."""
     repo.branch_ref(branch)  # validate the name before any work
+    warn = warn or warner(None, "import")
     if level is None:
         level = _compression_level(repo)
     if source != "-" and not os.path.lexists(source):
@@ -302,7 +304,7 @@ def _stored_ostree_commit(repo: Repo, commit) -> str | None:
     from .gittree import decode_tree
     from .limits import MAX_OSTREE_OBJECT_BYTES
     from .packwriter import OBJ_BLOB, OBJ_TREE
-    from .store import TOP_OSTREE
+    from .layout import TOP_OSTREE
     top = repo.top_entries(commit)
     if TOP_OSTREE not in top:
         return None

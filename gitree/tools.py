@@ -48,3 +48,35 @@ def run(cmd: Sequence[str], *, what: str | None = None, input: bytes | None = No
     if check and r.returncode != 0:
         raise failure(cmd, what, r.stderr, r.returncode)
     return r
+
+
+# -- long-running pipes: a tool whose output is read while it runs -----------------------------------------
+
+def popen(cmd: Sequence[str], *, stdin: IO | int | None = None, stdout: IO | int | None = subprocess.PIPE,
+          cwd: str | None = None, env: dict | None = None) -> subprocess.Popen:
+    """Start `cmd` to stream its output (stdout a pipe unless given). Its stderr goes to an unnamed temporary
+    file, so a tool that writes much there never blocks; `finish` reads it back. A missing program raises
+    ToolFailed as `run` does."""
+    import tempfile
+    tool = os.path.basename(cmd[0])
+    err = tempfile.TemporaryFile()
+    try:
+        proc = subprocess.Popen(list(cmd), stdin=stdin, stdout=stdout, stderr=err, cwd=cwd, env=env)
+    except FileNotFoundError:
+        err.close()
+        raise ToolFailed(f"{tool} is not installed", tool=tool, line="not installed") from None
+    proc.gitree_stderr = err
+    return proc
+
+
+def finish(proc: subprocess.Popen) -> tuple[int, bytes]:
+    """Close a `popen` tool's stdout (a tool still writing gets SIGPIPE), wait for it, and return its exit
+    status and stderr. The caller judges the status: `raise failure(cmd, what, err, rc)` when it must be 0."""
+    if proc.stdout is not None:
+        proc.stdout.close()
+    rc = proc.wait()
+    err = proc.gitree_stderr
+    err.seek(0)
+    data = err.read()
+    err.close()
+    return rc, data

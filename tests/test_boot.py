@@ -224,7 +224,7 @@ def test_make_bootable_refuses_without_kernel_or_prepare_root(work):
 # deploy with the real ostree admin
 
 def entries(sysroot: str) -> list[dict]:
-    from gitree.deploy import read_entries
+    from gitree.boot.deploy import read_entries
     return [dict(e.fields, path=e.path) for e in read_entries(sysroot)]
 
 

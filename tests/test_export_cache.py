@@ -22,7 +22,7 @@ from gitree import exportcache as ec
 from gitree.errors import CorruptObject
 from gitree.packreader import PackSet, inflate_chunks, parse_entry_header, zlib_to_raw
 from gitree.packwriter import pack_entry_header
-from gitree.store import Repo
+from gitree.repo import Repo
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="ostree commit of arbitrary owners needs root")
 

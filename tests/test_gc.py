@@ -32,7 +32,7 @@ def test_gc_then_export_matches_ostree_commit(work):
                             capture_output=True, text=True, check=True).stdout
     assert "chain length" in verify  # some objects are deltas
     from gitree.packreader import PackSet
-    from gitree.store import Repo
+    from gitree.repo import Repo
     g = Repo(repo)
     ps = PackSet(g.objects_dir)
     libs = [g.find(g.commit_trees(g.resolve(f"b~{n}")), b"lib.so").oid for n in range(3)]

@@ -14,7 +14,7 @@ import time
 import pytest
 from helpers import last_line, run_gitree
 
-from gitree.lxc import wait_for
+from gitree.boot.lxc import wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="LXC containers and bare OSTree repositories need root")
 

@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from treegen import to_directory, trees
 
 from gitree import porcelain
-from gitree.ostree_export import export_ostree
-from gitree.store import Repo
+from gitree.ostree.export import export_ostree
+from gitree.repo import Repo
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="ostree commit of arbitrary owners needs root")
 

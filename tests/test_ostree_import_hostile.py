@@ -15,7 +15,7 @@ from ostreeforge import filez_checksum, obj_path, ostree_commit, replace_object,
 
 import gitree_compat as oc
 from gitree_compat.gvariant import frame
-from gitree.ostree_import import MAX_OSTREE_DEPTH
+from gitree.ostree.importing import MAX_OSTREE_DEPTH
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="building the source tree with owners needs root")
 

@@ -15,7 +15,7 @@ from treegen import shuffled, to_directory, to_tar, trees
 from helpers import dir_summary, tar_summary
 
 from gitree import porcelain
-from gitree.store import Repo
+from gitree.repo import Repo
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 
@@ -106,9 +106,9 @@ def test_keep_mtime_roundtrip(fresh, work):
 
 def test_large_file_streams(fresh, work):
     """A file above the in-memory limit goes through the streaming path, in and out."""
-    from gitree import store
+    from gitree.repo import STREAM_BLOB
     repo = fresh()
-    size = store.STREAM_BLOB + 3 * 1024 * 1024 + 7
+    size = STREAM_BLOB + 3 * 1024 * 1024 + 7
     src = os.path.join(work, "big")
     os.makedirs(src)
     block = os.urandom(1 << 20)

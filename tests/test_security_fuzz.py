@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from test_safety import refs as all_refs
 from test_security_git import BASE_MEMBERS, _pack, _wrap, hostile_bundle, make_tar
 
-from gitree.bundle import read_pack
+from gitree.transport.bundle import read_pack
 from gitree.cli import _main
 from gitree.gittree import decode_tree
 from gitree.names import git_name

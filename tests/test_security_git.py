@@ -21,7 +21,7 @@ from helpers import GITREE, last_line, run_gitree
 from test_safety import refs
 
 from gitree import limits
-from gitree.bundle import MAGIC as BUNDLE_MAGIC
+from gitree.transport.bundle import MAGIC as BUNDLE_MAGIC
 from gitree.gittree import MODE_DIR, MODE_EXEC, MODE_FILE, MODE_LINK
 from gitree.packwriter import OBJ_BLOB, pack_entry_header
 from gitree.tarformat import TarWriter

@@ -27,7 +27,7 @@ import pytest
 from helpers import run_gitree
 
 from gitree import porcelain
-from gitree.store import Repo
+from gitree.repo import Repo
 from gitree.tarformat import pax_record
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="GNU tar as the oracle restores owners, devices and "

@@ -18,7 +18,7 @@ from helpers import last_line, run_gitree
 from test_boot import remove_sysroot, synthetic_rootfs
 
 from gitree.errors import BadInput
-from gitree.uboot import kernel_arch, read_uenv, script_source
+from gitree.boot.uboot import kernel_arch, read_uenv, script_source
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="deploying into a bare OSTree repository needs root")
 

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from gitree import porcelain
-from gitree.store import Repo
+from gitree.repo import Repo
 
 NOBODY = 65534
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="switching to another user needs root")

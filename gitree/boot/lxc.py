@@ -31,10 +31,10 @@ import shutil
 import time
 from dataclasses import dataclass
 
-from . import tools
+from .. import tools
 from .deploy import DeployResult, deploy
-from .errors import BadInput, GitreeError, ToolFailed
-from .store import Repo
+from ..errors import BadInput, GitreeError, ToolFailed
+from ..repo import Repo
 
 DEFAULT_LXCPATH = "/var/lib/lxc"
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")

@@ -17,9 +17,9 @@ from typing import Iterable
 import gitree_compat as oc
 from gitree_compat import ObjectType, OstreeRepo, Variant
 
-from . import tools
-from .outfile import atomic_output
-from .errors import BadInput, GitreeError
+from .. import tools
+from ..outfile import atomic_output
+from ..errors import BadInput, GitreeError
 
 GPG_KEY = "ostree.gpgsigs"
 

@@ -15,10 +15,10 @@ import shutil
 
 import pygit2
 
-from . import tools
-from .errors import BadInput, CorruptObject, GitreeError, UnsafePath
-from .outfile import require_private_dir
-from .store import Repo
+from .. import tools
+from ..errors import BadInput, CorruptObject, GitreeError, UnsafePath
+from ..outfile import require_private_dir
+from ..repo import Repo
 
 
 def _git(args: list[str], what: str, cwd: str | None = None, input: bytes | None = None) -> str:

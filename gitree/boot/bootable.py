@@ -22,15 +22,16 @@ import re
 import time
 from dataclasses import dataclass, field
 
-from . import ostreemeta
-from .limits import MAX_META_BYTES
-from .entry import Entry, Kind
-from .errors import BadInput, GitreeError, NotFound
-from .gittree import MODE_FILE
-from .initramfs import has_member
-from .names import display
-from .packwriter import OBJ_BLOB
-from .store import Repo, Transaction
+from .. import ostreemeta
+from ..limits import MAX_META_BYTES
+from ..entry import Entry, Kind
+from ..errors import BadInput, GitreeError, NotFound
+from ..gittree import MODE_FILE
+from ..initramfs import has_member
+from ..names import display
+from ..packwriter import OBJ_BLOB
+from ..importer import Transaction
+from ..repo import Repo
 
 PREPARE_ROOT = b"usr/lib/ostree/ostree-prepare-root"
 TMPFILES = b"usr/lib/tmpfiles.d/gitree-var.conf"

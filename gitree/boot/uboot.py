@@ -26,8 +26,8 @@ import shutil
 import tempfile
 import zlib
 
-from . import tools
-from .errors import BadInput, ToolFailed
+from .. import tools
+from ..errors import BadInput, ToolFailed
 
 SCRIPT_NAME = "boot.scr"
 SOURCE_NAME = "boot.cmd"

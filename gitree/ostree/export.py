@@ -29,18 +29,19 @@ import pygit2
 import gitree_compat as oc
 from gitree_compat import Commit, DirMeta, FileMeta, ObjectType, OstreeRepo, Variant
 
-from . import limits, ostreemeta
-from .entry import Kind
-from .exportcache import COMMIT, DIRMETA, DIRTREE, FILE, open_cache, record_key
-from .errors import CorruptObject, GitreeError, UnsupportedEntry
-from .gittree import decode_tree
-from .names import display, esc, unesc
-from .packreader import PackSet, inflate_chunks
-from .packwriter import OBJ_BLOB, OBJ_TREE
-from .sparse import SparseMap
-from .sparse import encode as sparse_encode
-from .sparse import logical_chunks as sparse_logical_chunks
-from .store import TOP_OSTREE, Repo, stderr_warn
+from .. import limits, ostreemeta
+from ..entry import Kind
+from ..exportcache import COMMIT, DIRMETA, DIRTREE, FILE, open_cache, record_key
+from ..errors import CorruptObject, GitreeError, UnsupportedEntry, warner
+from ..gittree import decode_tree
+from ..names import display, esc, unesc
+from ..packreader import PackSet, inflate_chunks
+from ..packwriter import OBJ_BLOB, OBJ_TREE
+from ..sparse import SparseMap
+from ..sparse import encode as sparse_encode
+from ..sparse import logical_chunks as sparse_logical_chunks
+from ..layout import TOP_OSTREE
+from ..repo import Repo
 
 CACHE_REF = "refs/gitree/ostree-cache"   # the old cache (git objects any transport could plant): deleted
 COMPRESSION_REUSE = "reuse"
@@ -273,11 +274,11 @@ def _ostree_name(name: bytes) -> str | None:
 
 
 class Exporter:
-    def __init__(self, repo: Repo, target: OstreeRepo, opts: ExportOptions, warn=stderr_warn, progress=None):
+    def __init__(self, repo: Repo, target: OstreeRepo, opts: ExportOptions, warn=None, progress=None):
         self.repo = repo
         self.target = target
         self.opts = opts
-        self.warn = warn
+        self.warn = warn = warn or warner(None, "export")
         self.progress = progress
         self.canonical = target.mode == "bare-user-only"
         self.variant = self.base_variant = b"canonical" if self.canonical else b"full"
@@ -610,12 +611,13 @@ class Exporter:
 
 def export_ostree(repo: Repo, rev: str, ostree_path: str, ref: str | None = None, mode: str = "archive",
                   bindings: bool = True, history: bool = False, strict: bool = False,
-                  update_summary: bool = False, warn=stderr_warn, progress=None,
+                  update_summary: bool = False, warn=None, progress=None,
                   extra_metadata: list | None = None, signers: list | None = None,
                   collection_id: str | None = None, ref_bindings: tuple[str, ...] = (),
                   compression: str | int = DEFAULT_COMPRESSION) -> ExportResult:
     if compression != COMPRESSION_REUSE and not (isinstance(compression, int) and 1 <= compression <= 9):
         raise GitreeError(f"--compression must be 'reuse' or a zlib level 1-9, not {compression!r}")
+    warn = warn or warner(None, "export")
     if ref is None:
         ref = _default_ref(repo, rev)
     try:

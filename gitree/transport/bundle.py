@@ -22,14 +22,14 @@ from typing import BinaryIO, Callable
 
 import pygit2
 
-from . import tools
-from . import limits
-from .errors import BadInput, CorruptObject, GitreeError, NotFound, UnsafePath
-from .outfile import atomic_output
-from .gittree import MODE_DIR, decode_tree
-from .packreader import STREAM_OBJECT, read_pack
-from .packwriter import OBJ_BLOB, OBJ_COMMIT, OBJ_TREE, object_id, pack_entry_header
-from .store import Repo
+from .. import tools
+from .. import limits
+from ..errors import BadInput, CorruptObject, GitreeError, NotFound, UnsafePath
+from ..outfile import atomic_output
+from ..gittree import MODE_DIR, decode_tree
+from ..packreader import STREAM_OBJECT, read_pack
+from ..packwriter import OBJ_BLOB, OBJ_COMMIT, OBJ_TREE, object_id, pack_entry_header
+from ..repo import Repo
 
 MAGIC = b"# gitree bundle v1\n"
 GIT_BUNDLE_V2 = b"# v2 git bundle\n"

@@ -14,12 +14,13 @@ from typing import Callable, Iterator
 import gitree_compat as oc
 from gitree_compat import ObjectType, OstreeRepo
 
-from .entry import Entry, Kind
-from .errors import BadInput, CorruptObject
-from .gittree import MODE_DIR, MODE_FILE, encode_tree
-from .ostree_export import OSTREE_COMMIT, OSTREE_COMMITMETA, OSTREE_XATTR_ORDER, encode_xattr_order
-from .packwriter import OBJ_BLOB, OBJ_TREE
-from .store import TOP_OSTREE, Repo, stderr_warn
+from ..entry import Entry, Kind
+from ..errors import BadInput, CorruptObject
+from ..gittree import MODE_DIR, MODE_FILE, encode_tree
+from .export import OSTREE_COMMIT, OSTREE_COMMITMETA, OSTREE_XATTR_ORDER, encode_xattr_order
+from ..packwriter import OBJ_BLOB, OBJ_TREE
+from ..layout import TOP_OSTREE
+from ..repo import Repo
 
 #: Deepest directory nesting imported: OSTREE_MAX_RECURSION, beyond which ostree itself refuses to pull or
 #: traverse a commit.
@@ -136,7 +137,7 @@ def _commit_chain(src: OstreeRepo, csum: str) -> list[str]:
     return chain
 
 
-def import_ostree(repo: Repo, src_path: str, ref: str, branch: str, warn=stderr_warn, progress=None) -> list[bytes]:
+def import_ostree(repo: Repo, src_path: str, ref: str, branch: str, warn=None, progress=None) -> list[bytes]:
     """Import an OSTree commit and its parent chain as gitree commits on `branch` (created or extended)."""
     repo.branch_ref(branch)
     try:

@@ -1,0 +1,248 @@
+"""The repository: a bare git repository plus gitree's conventions. What every command holds.
+
+`Repo` opens and creates repositories, takes the writer lock, reads and moves branches (refs/heads/ only),
+reads objects (by size bound and type; blobs larger than STREAM_BLOB are streamed by `git cat-file`, never held
+whole), and writes commit objects. Reading trees (validated) is treeread's job and writing them is importer's:
+`walk`, `verify`, `find`, `read_dir`, `commit_trees` and `transaction` here are thin entry points to them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import threading
+import time
+from typing import Callable, Iterator
+
+import pygit2
+
+from . import tools, treeread
+from .entry import Entry
+from .errors import BranchMoved, CorruptObject, GitreeError, NotFound, RepoLocked
+from .importer import Progress, Transaction
+from .packwriter import OBJ_BLOB, OBJ_COMMIT, OBJ_TREE
+
+# gitree runs no program named by a repository (no hooks, filters or helpers), so a repository owned by
+# another user (a build user's, opened by root in an image pipeline) is opened as git would for its owner.
+pygit2.option(pygit2.enums.Option.SET_OWNER_VALIDATION, 0)
+
+STREAM_BLOB = 32 << 20        # blobs larger than this are read through `git cat-file` streaming
+_TYPE_NAMES = {OBJ_BLOB: "blob", OBJ_TREE: "tree", OBJ_COMMIT: "commit"}
+
+
+class Repo:
+    """A gitree repository: a bare git repository plus gitree's conventions."""
+
+    def __init__(self, path: str):
+        try:
+            # never search parent directories: -C sub/dir must not open an enclosing repository
+            self.git = pygit2.Repository(path, pygit2.enums.RepositoryOpenFlag.NO_SEARCH)
+        except KeyError:
+            raise NotFound(f"not a gitree repository: {path} (run 'gitree init')") from None
+        except pygit2.GitError as e:
+            if not os.path.isdir(path) or "could not find repository" in str(e):
+                raise NotFound(f"not a gitree repository: {path} (run 'gitree init')") from None
+            raise GitreeError(f"cannot open repository {path}: {e}") from None
+        self.path = self.git.path.rstrip("/")
+        self.objects_dir = os.path.join(self.path, "objects")
+        self._local = threading.local()
+
+    # -- creation, locking, refs -------------------------------------------------------------
+
+    @staticmethod
+    def init(path: str) -> "Repo":
+        if os.path.exists(os.path.join(path, "objects")) and os.path.exists(os.path.join(path, "HEAD")):
+            raise GitreeError(f"a repository already exists at {path}")
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise GitreeError(f"{path} exists and is not a directory")
+        pygit2.init_repository(path, bare=True, initial_head="main")
+        repo = Repo(path)
+        cfg = repo.git.config
+        cfg["gitree.format"] = "1"
+        # Blobs of a rootfs are mostly binaries; deltas across versions are what make packs small.
+        cfg["pack.window"] = "50"
+        cfg["pack.depth"] = "50"
+        return repo
+
+    @contextlib.contextmanager
+    def lock(self, wait: bool = True, on_wait: Callable[[], None] | None = None):
+        """Exclusive writer lock on the repository (flock on gitree.lock)."""
+        fd = os.open(os.path.join(self.path, "gitree.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not wait:
+                    raise RepoLocked(f"repository {self.path} is locked by another gitree writer") from None
+                if on_wait:
+                    on_wait()
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def transaction(self, *, keep_mtime: bool = False, level: int = 1, progress: Progress | None = None,
+                    warn: Callable[[str], None] | None = None) -> "Transaction":
+        """A Transaction on this repository (use it as a context manager: leaving without commit aborts)."""
+        return Transaction(self, keep_mtime=keep_mtime, level=level, progress=progress, warn=warn)
+
+    def branch_ref(self, branch: str) -> str:
+        """refs/heads/<branch>: the only refs gitree moves for data (imports, bundles, fetches, clones).
+        The name follows git's check-ref-format --branch; refs/<anything else> is refused, so nothing that
+        arrives can create or move a ref gitree keeps for itself."""
+        name = branch[len("refs/heads/"):] if branch.startswith("refs/heads/") else branch
+        if not name or name == "HEAD" or name.startswith(("-", "refs/")) \
+                or not pygit2.reference_is_valid_name("refs/heads/" + name):
+            raise GitreeError(f"invalid branch name: {branch} (only branches, refs/heads/<name>, are written)")
+        return "refs/heads/" + name
+
+    def branch_tip(self, branch: str) -> bytes | None:
+        try:
+            ref = self.git.references[self.branch_ref(branch)]
+        except KeyError:
+            return None
+        return ref.resolve().target.raw
+
+    def set_branch(self, branch: str, new: bytes, old: bytes | None, message: str) -> None:
+        """Move a branch from `old` to `new` atomically; fail if it moved meanwhile."""
+        name = self.branch_ref(branch)
+        cur = self.branch_tip(branch)
+        if cur != old:
+            raise BranchMoved(f"branch {branch} moved during the operation; nothing was changed")
+        oid = pygit2.Oid(raw=new)
+        if old is None:
+            self.git.create_reference_direct(name, oid, False, message=message)
+        else:
+            self.git.references[name].set_target(oid, message)
+        if self.git.head_is_unborn and self.git.references.get("HEAD") is not None:
+            head = self.git.references["HEAD"]
+            if head.type == pygit2.enums.ReferenceType.SYMBOLIC and head.target == "refs/heads/main" \
+                    and name != "refs/heads/main":
+                self.git.set_head(name)
+
+    def resolve(self, rev: str) -> pygit2.Commit:
+        try:
+            obj = self.git.revparse_single(rev)
+            commit = obj.peel(pygit2.Commit)
+        except (KeyError, ValueError, pygit2.GitError, pygit2.InvalidSpecError):
+            raise NotFound(f"unknown revision: {rev}") from None
+        return commit
+
+    # -- object access -------------------------------------------------------------------
+
+    def _thread_git(self) -> pygit2.Repository:
+        g = getattr(self._local, "git", None)
+        if g is None:
+            g = self._local.git = pygit2.Repository(self.path, pygit2.enums.RepositoryOpenFlag.NO_SEARCH)
+        return g
+
+    def exists(self, oid: bytes) -> bool:
+        return self._thread_git().odb.exists(pygit2.Oid(raw=oid))
+
+    def read(self, oid: bytes, expect: int | None = None, where: str = "") -> bytes:
+        try:
+            otype, data = self._thread_git().odb.read(pygit2.Oid(raw=oid))
+        except KeyError:
+            raise CorruptObject(f"missing object {oid.hex()} ({where})") from None
+        if expect is not None and int(otype) != expect:
+            raise CorruptObject(f"object {oid.hex()} ({where}) has the wrong type")
+        return data
+
+    def object_size(self, oid: bytes, expect: int, where: str = "") -> int:
+        """An object's size from its header, checking that it exists and has type `expect`."""
+        try:
+            otype, size = self._thread_git().odb.read_header(pygit2.Oid(raw=oid))
+        except KeyError:
+            raise CorruptObject(f"missing object {oid.hex()} ({where})") from None
+        if int(otype) != expect:
+            raise CorruptObject(f"object {oid.hex()} ({where}) is not a {_TYPE_NAMES[expect]}")
+        return size
+
+    def blob_size(self, oid: bytes, where: str = "") -> int:
+        return self.object_size(oid, OBJ_BLOB, where)
+
+    def blob_chunks(self, oid: bytes, size: int | None = None, where: str = "") -> Iterator[bytes]:
+        """A blob's bytes; large blobs are streamed by git itself, never held whole in memory."""
+        if size is None:
+            size = self.blob_size(oid, where)
+        if size <= STREAM_BLOB:
+            yield self.read(oid, OBJ_BLOB, where)
+            return
+        # small mmap windows: git maps the pack as it streams instead of mapping the whole blob at once
+        proc = tools.popen(["git", "-c", "core.packedGitWindowSize=32m", "-c", "core.packedGitLimit=128m",
+                            "-c", "core.bigFileThreshold=32m", "--git-dir", self.path, "cat-file", "blob", oid.hex()])
+        got = 0
+        try:
+            while True:
+                buf = proc.stdout.read(1 << 20)
+                if not buf:
+                    break
+                got += len(buf)
+                yield buf
+        finally:
+            rc, err = tools.finish(proc)
+        if rc != 0 or got != size:
+            why = tools.last_line(err, "git") or f"git exited with status {rc}, {got} of {size} bytes read"
+            raise CorruptObject(f"cannot read blob {oid.hex()} ({where}): {why}")
+
+    def read_bounded(self, oid: bytes, expect: int, limit: int, where: str = "") -> bytes:
+        """An object's bytes, refused from its header (before it is inflated) when larger than `limit`."""
+        size = self.object_size(oid, expect, where)
+        if size > limit:
+            raise CorruptObject(f"object {oid.hex()} ({where}) is {size} bytes, more than the limit of {limit}")
+        return self.read(oid, expect, where)
+
+    def write_commit(self, tree: bytes, parents: list[bytes], message: str, timestamp: int | None,
+                     author: tuple[str, str] | None = None) -> bytes:
+        """A commit object for `tree` (no branch moves); `author` defaults to default_identity."""
+        name, email = author or default_identity(self)
+        ts = int(time.time()) if timestamp is None else int(timestamp)
+        sig = pygit2.Signature(name, email, ts, 0)
+        if message and not message.endswith("\n"):
+            message += "\n"
+        cid = self.git.create_commit(None, sig, sig, message, pygit2.Oid(raw=tree),
+                                     [pygit2.Oid(raw=p) for p in parents])
+        return cid.raw
+
+    # -- reading trees: entry points to treeread, the one validating reader ----------------------
+
+    def commit_trees(self, commit: pygit2.Commit) -> tuple[bytes, bytes]:
+        """(content root tree id, meta root tree id) of a gitree commit."""
+        return treeread.commit_trees(self, commit)
+
+    def top_entries(self, commit: pygit2.Commit) -> dict[bytes, tuple[bytes, bytes]]:
+        return treeread.top_entries(self, commit)
+
+    def read_dir(self, path: bytes, content_oid: bytes, meta_oid: bytes) -> treeread.DirNode:
+        return treeread.read_dir(self, path, content_oid, meta_oid)
+
+    def walk(self, commit: pygit2.Commit, subpath: bytes = b"",
+             problems: list | None = None) -> Iterator[Entry]:
+        """Every entry of a commit in canonical order, validated (treeread.walk)."""
+        return treeread.walk(self, commit, subpath, problems)
+
+    def verify(self, commit: pygit2.Commit, problems: list | None = None) -> None:
+        """fsck's check of a whole commit (treeread.verify)."""
+        treeread.verify(self, commit, problems)
+
+    def find(self, root: tuple[bytes, bytes], path: bytes) -> Entry | None:
+        """The entry at `path` below root (content tree, meta tree), or None (treeread.find)."""
+        return treeread.find(self, root, path)
+
+
+def default_identity(repo: Repo) -> tuple[str, str]:
+    cfg = repo.git.config
+    name = os.environ.get("GIT_AUTHOR_NAME") or _cfg(cfg, "user.name") or "gitree"
+    email = os.environ.get("GIT_AUTHOR_EMAIL") or _cfg(cfg, "user.email") or "gitree@localhost"
+    return name, email
+
+
+def _cfg(cfg, key):
+    try:
+        return cfg[key]
+    except KeyError:
+        return None
+
+
+__all__ = ["Repo", "default_identity", "STREAM_BLOB"]

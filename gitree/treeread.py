@@ -1,0 +1,365 @@
+"""The one validating reader of stored trees (docs/security.md, "The git reader"): a commit's top tree, each
+directory (content tree, meta tree and side table agreeing on every name and kind), the walk in canonical order
+with its hard-link and symlink checks, lookups by path, and fsck's whole-commit check.
+
+Everything that reads a gitree commit - checkout, tar, ls, diff, export, bundles, fetches - reads through here.
+The functions take a `repo.Repo` (they use its bounded object reads) and import nothing of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import pygit2
+
+from . import limits, sidetable
+from .entry import MAX_DEPTH, Entry, Kind, check_fields, split_path
+from .errors import CorruptObject, GitreeError, NotFound, UnsafePath
+from .gittree import MODE_DIR, MODE_EXEC, MODE_FILE, MODE_LINK, ContentRef, decode_tree
+from .layout import FORMAT_BLOB, TABLE_NAME, TOP_FORMAT, TOP_META, TOP_ROOTFS
+from .names import check_name, display, fs_name, git_name
+from .packwriter import OBJ_BLOB, OBJ_TREE
+
+
+# ---------------------------------------------------------------------------------------------
+# A commit's top tree
+
+def commit_trees(repo, commit: pygit2.Commit) -> tuple[bytes, bytes]:
+    """(content root tree id, meta root tree id) of a gitree commit."""
+    top = top_entries(repo, commit)
+    if TOP_ROOTFS not in top or TOP_META not in top or TOP_FORMAT not in top:
+        raise NotFound(f"commit {commit.id} is not a gitree commit (no format, rootfs/ and meta/)")
+    if top[TOP_FORMAT][0] != MODE_FILE or top[TOP_ROOTFS][0] != MODE_DIR or top[TOP_META][0] != MODE_DIR:
+        raise CorruptObject(f"commit {commit.id}: format, rootfs/ or meta/ has the wrong type")
+    fmt = repo.read_bounded(top[TOP_FORMAT][1], OBJ_BLOB, limits.MAX_META_BYTES, "format")
+    if fmt != FORMAT_BLOB:
+        raise CorruptObject(f"commit {commit.id} has gitree format {fmt[:32]!r}; this gitree reads {FORMAT_BLOB!r}")
+    return top[TOP_ROOTFS][1], top[TOP_META][1]
+
+
+def top_entries(repo, commit: pygit2.Commit) -> dict[bytes, tuple[bytes, bytes]]:
+    """The top tree's entries by name: (git mode, oid)."""
+    data = repo.read_bounded(commit.tree_id.raw, OBJ_TREE, limits.MAX_META_BYTES, "top tree")
+    out: dict[bytes, tuple[bytes, bytes]] = {}
+    for mode, name, oid in decode_tree(data, "top"):
+        if name in out:
+            raise CorruptObject(f"commit {commit.id}: top tree names {name!r} twice")
+        out[name] = (mode, oid)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# One directory
+class TreeFault(CorruptObject):
+    """A fault at one path of a stored tree."""
+
+    def __init__(self, path: bytes, detail: str):
+        super().__init__(f"{display(path)}: {detail}")
+        self.path, self.detail = path, detail
+
+
+_EXPECT_GIT_MODE = {Kind.DIR: MODE_DIR, Kind.SYMLINK: MODE_LINK}
+_GIT_MODES = frozenset((MODE_DIR, MODE_FILE, MODE_EXEC, MODE_LINK))
+
+
+@dataclass
+class DirNode:
+    """One directory as stored, validated: its table rows and its content and meta tree entries by
+    real name."""
+
+    self_row: sidetable.Row
+    rows: list[sidetable.Row]
+    content: dict[bytes, ContentRef]            # name -> (git mode, oid)
+    meta: dict[bytes, bytes]                    # subdirectory name -> meta tree oid
+    _by_name: dict[bytes, sidetable.Row] | None = None
+
+    def row(self, name: bytes) -> sidetable.Row | None:
+        if self._by_name is None:
+            self._by_name = {r.name: r for r in self.rows}
+        return self._by_name.get(name)
+
+
+def _tree_order_key(mode: bytes, name: bytes) -> bytes:
+    return name + b"/" if mode == MODE_DIR else name
+
+
+def _decode_dir_tree(repo, oid: bytes, path: bytes, what: str) -> dict[bytes | None, ContentRef]:
+    """A directory's content or meta tree by real name: sizes bounded, names canonical (one stored form
+    per name, so no aliases), git's order, no duplicates."""
+    where = display(path)
+    data = repo.read_bounded(oid, OBJ_TREE, limits.MAX_TREE_BYTES, f"{what} tree of {where}")
+    out: dict[bytes | None, ContentRef] = {}
+    prev = None
+    for mode, gname, eoid in decode_tree(data, where):
+        if mode not in _GIT_MODES:
+            raise TreeFault(path, f"{what} tree entry {gname[:80]!r} has git mode {mode[:16]!r}, which gitree "
+                                  "never writes")
+        key = _tree_order_key(mode, gname)
+        if prev is not None and key <= prev:
+            raise TreeFault(path, f"{what} tree entries are repeated or not in git's order ({gname!r})")
+        prev = key
+        if what == "meta" and gname == TABLE_NAME:
+            name = None  # the table: a directory named .gitree is stored escaped, so it cannot collide
+        else:
+            name = fs_name(gname)
+            if git_name(name) != gname:
+                raise TreeFault(path, f"{what} tree name {gname!r} is not the canonical stored form of "
+                                    f"{name!r} (an alias)")
+            try:
+                check_name(name, path)
+            except UnsafePath as e:
+                raise TreeFault(path, f"{what} tree: {e}") from None
+        if name in out:
+            raise TreeFault(path, f"{what} tree names {name!r} twice")
+        out[name] = ContentRef(mode, eoid)
+        if len(out) > limits.MAX_DIR_ENTRIES + 1:
+            raise TreeFault(path, f"more than {limits.MAX_DIR_ENTRIES} entries in one directory")
+    return out
+
+
+def read_dir(repo, path: bytes, content_oid: bytes, meta_oid: bytes) -> DirNode:
+    """Read and validate one directory: its content tree, meta tree and side table must agree on every
+    name and kind. Raises CorruptObject naming the directory on the first fault."""
+    where = display(path)
+    cmap = _decode_dir_tree(repo, content_oid, path, "content")
+    mtree = _decode_dir_tree(repo, meta_oid, path, "meta")
+    table = mtree.pop(None, None)
+    if table is None:
+        raise TreeFault(path, "directory has no side table")
+    if table[0] != MODE_FILE:
+        raise TreeFault(path, "the side table is not a regular blob")
+    mmap: dict[bytes, bytes] = {}
+    for name, (mode, oid) in mtree.items():
+        if mode != MODE_DIR:
+            raise TreeFault(path, f"unexpected entry {git_name(name)!r} in the meta tree")
+        mmap[name] = oid
+    data = repo.read_bounded(table[1], OBJ_BLOB, limits.MAX_TABLE_BYTES, f"side table of {where}")
+    self_row, rows = sidetable.decode_table(data, where)
+    del data
+    if len(rows) > limits.MAX_DIR_ENTRIES:
+        raise TreeFault(path, f"more than {limits.MAX_DIR_ENTRIES} entries in one directory")
+    for row in rows:
+        cpath = path + b"/" + row.name if path else row.name
+        c = cmap.get(row.name)
+        kname = row.kind.name.lower()
+        if row.kind is Kind.DIR:
+            if c is None or c.mode != MODE_DIR:
+                raise TreeFault(cpath, "directory in the side table but not in the tree")
+            if row.name not in mmap:
+                raise TreeFault(cpath, "directory has no node in the meta tree")
+            if row.hardlink is not None:
+                raise TreeFault(cpath, "a directory cannot be a hard link")
+            continue
+        if row.name in mmap:
+            raise TreeFault(cpath, f"{kname} has a node in the meta tree")
+        if row.kind in (Kind.FILE, Kind.SYMLINK):
+            want = _EXPECT_GIT_MODE.get(row.kind) or (MODE_EXEC if row.mode & 0o100 else MODE_FILE)
+            if c is None:
+                raise TreeFault(cpath, f"{kname} in the side table but not in the tree")
+            if c.mode != want:
+                raise TreeFault(cpath, f"git mode {c.mode.decode(errors='replace')} disagrees with "
+                                    f"the side table ({kname} {row.mode:o})")
+        elif c is not None:
+            raise TreeFault(cpath, f"{kname} must not appear in the content tree")
+    seen = {r.name for r in rows}
+    for name in list(cmap) + list(mmap):
+        if name not in seen:
+            raise TreeFault(path + b"/" + name if path else name, "in the "
+                                f"{'content' if name in cmap else 'meta'} tree but not in the side table")
+    return DirNode(self_row, rows, cmap, mmap)
+
+
+def lookup(repo, root: tuple[bytes, bytes], path: bytes, cache: dict) -> Entry | None:
+    """The entry at `path` from the root, read through read_dir (`cache`: directory path -> DirNode)."""
+    content, meta = root
+    parts = split_path(path)
+    dpath = b""
+    for i in range(len(parts) + 1):
+        node = cache.get(dpath)
+        if node is None:
+            node = read_dir(repo, dpath, content, meta)
+            if len(cache) >= 64:
+                cache.clear()
+            cache[dpath] = node
+        if i == len(parts):
+            r = node.self_row
+            return Entry(path, Kind.DIR, r.mode, r.uid, r.gid, r.xattrs, mtime_ns=r.mtime_ns)
+        comp = parts[i]
+        row = node.row(comp)
+        if row is None:
+            return None
+        if row.kind is not Kind.DIR:
+            if i != len(parts) - 1:
+                return None
+            e = Entry(path, row.kind, row.mode, row.uid, row.gid, row.xattrs, rdev=row.rdev,
+                      mtime_ns=row.mtime_ns, hardlink=row.hardlink, sparse=row.sparse)
+            c = node.content.get(comp)
+            e.oid = c.oid if c is not None else None
+            return e
+        content, meta = node.content[comp].oid, node.meta[comp]
+        dpath = dpath + b"/" + comp if dpath else comp
+    return None
+
+
+class Walker:
+    """Walks one directory subtree iteratively (an explicit stack, one open listing per level).
+
+    Hard links are checked against their leader, looked up from `root` (so a leader outside the walked
+    subtree is found too): it must come earlier in canonical order, be neither a directory nor a hard
+    link itself, and have the same metadata and content."""
+
+    def __init__(self, repo, problems: list | None, root: tuple[bytes, bytes]):
+        self.repo = repo
+        self.problems = problems
+        self.root = root
+        self.count = 0
+        self._dirs: dict = {}
+
+    def fault(self, path: bytes, msg: str | CorruptObject) -> None:
+        if isinstance(msg, TreeFault):
+            path, msg = msg.path, msg.detail
+        elif isinstance(msg, CorruptObject) and self.problems is None:
+            raise msg  # its message already names the object
+        if self.problems is None:
+            raise TreeFault(path, str(msg))
+        self.problems.append((path, str(msg)))
+
+    def _read(self, path: bytes, content: bytes, meta: bytes) -> DirNode | None:
+        try:
+            return read_dir(self.repo, path, content, meta)
+        except CorruptObject as e:
+            self.fault(path, e)
+            return None
+
+    def _tick(self) -> None:
+        self.count += 1
+        if self.count > limits.MAX_COMMIT_ENTRIES:
+            raise CorruptObject(f"the tree has more than {limits.MAX_COMMIT_ENTRIES} entries (the limit of one walk)")
+
+    def walk_dir(self, path: bytes, content_oid: bytes, meta_oid: bytes) -> Iterator[Entry]:
+        node = self._read(path, content_oid, meta_oid)
+        if node is None:
+            return
+        base_depth = len(split_path(path))
+        r = node.self_row
+        self._tick()
+        yield Entry(path, Kind.DIR, r.mode, r.uid, r.gid, r.xattrs, mtime_ns=r.mtime_ns)
+        stack: list[tuple[bytes, DirNode, Iterator[sidetable.Row]]] = [(path, node, iter(node.rows))]
+        while stack:
+            dpath, node, rows = stack[-1]
+            row = next(rows, None)
+            if row is None:
+                stack.pop()
+                continue
+            cpath = dpath + b"/" + row.name if dpath else row.name
+            self._tick()
+            if row.kind is Kind.DIR:
+                if base_depth + len(stack) > limits.MAX_TREE_DEPTH:
+                    self.fault(cpath[:200], f"deeper than {limits.MAX_TREE_DEPTH} directory levels (the depth limit)")
+                    continue
+                child = self._read(cpath, node.content[row.name].oid, node.meta[row.name])
+                if child is None:
+                    continue
+                r = child.self_row
+                yield Entry(cpath, Kind.DIR, r.mode, r.uid, r.gid, r.xattrs, mtime_ns=r.mtime_ns)
+                stack.append((cpath, child, iter(child.rows)))
+                continue
+            ent = self.entry(cpath, node, row)
+            if ent is not None:
+                yield ent
+
+    def entry(self, path: bytes, node: DirNode, row: sidetable.Row) -> Entry | None:
+        """The entry of a non-directory row of a validated directory: its symlink target read (bounded)
+        and checked, its hard link checked. None after a fault (with `problems`)."""
+        ent = Entry(path, row.kind, row.mode, row.uid, row.gid, row.xattrs, rdev=row.rdev,
+                    mtime_ns=row.mtime_ns, hardlink=row.hardlink, sparse=row.sparse)
+        c = node.content.get(row.name)
+        if c is not None:
+            ent.oid = c.oid
+        if row.kind is Kind.SYMLINK:
+            try:
+                ent.target = self.repo.read_bounded(c.oid, OBJ_BLOB, limits.SYMLINK_MAX, display(path))
+            except CorruptObject as e:
+                self.fault(path, str(e))
+                return None
+            why = check_fields(ent)
+            if why is not None:
+                self.fault(path, why)
+                return None
+        if row.hardlink is not None:
+            why = self._check_link(path, ent)
+            if why is not None:
+                self.fault(path, why)
+                return None
+        return ent
+
+    def _check_link(self, path: bytes, ent: Entry) -> str | None:
+        target = ent.hardlink
+        parts = split_path(target)
+        if not parts or any(not p or p in (b".", b"..") or b"\0" in p for p in parts) or len(parts) > MAX_DEPTH:
+            return f"hard link to {target[:200]!r}, which is not a path inside the tree"
+        if parts >= split_path(path):
+            return f"hard link to {display(target)}, which is not an earlier entry"
+        try:
+            lead = lookup(self.repo, self.root, target, self._dirs)
+        except CorruptObject as e:
+            return f"hard link to {display(target)}: {e}"
+        if lead is None or lead.kind is Kind.DIR or lead.hardlink is not None:
+            return f"hard link to {display(target)}, which is not an earlier entry"
+        if (lead.kind, lead.mode, lead.uid, lead.gid, lead.xattrs, lead.rdev, lead.oid, lead.sparse) != \
+                (ent.kind, ent.mode, ent.uid, ent.gid, ent.xattrs, ent.rdev, ent.oid, ent.sparse):
+            return f"hard link disagrees with {display(target)}"
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# A whole commit
+
+def walk(repo, commit: pygit2.Commit, subpath: bytes = b"", problems: list | None = None) -> Iterator[Entry]:
+    """Every entry of a commit in canonical order (depth first, names sorted by bytes), validated.
+
+    With `problems` given, faults are appended as (path, message) and the walk goes on past them
+    (a faulty directory is not entered); otherwise the first raises CorruptObject.
+    """
+    root = commit_trees(repo, commit)
+    content, meta = root
+    prefix = b""
+    for comp in split_path(subpath):
+        node = read_dir(repo, prefix, content, meta)
+        row = node.row(comp)
+        if row is None or row.kind is not Kind.DIR:
+            raise NotFound(f"no directory {display(subpath)} in {commit.id}")
+        content, meta = node.content[comp].oid, node.meta[comp]
+        prefix = prefix + b"/" + comp if prefix else comp
+    yield from Walker(repo, problems, root).walk_dir(prefix, content, meta)
+
+
+def verify(repo, commit: pygit2.Commit, problems: list | None = None) -> None:
+    """Read a whole commit as every command does (fsck's check): raise CorruptObject on the first
+    fault, or with `problems` given, collect every fault. Also checks every file's blob exists."""
+    try:
+        for e in walk(repo, commit, problems=problems):
+            if e.kind is Kind.FILE and e.hardlink is None:
+                try:
+                    size = repo.blob_size(e.oid, display(e.path))
+                    if e.sparse is not None and size != e.sparse.data_size:
+                        raise CorruptObject(f"blob {e.oid.hex()} does not hold the {e.sparse.data_size} data "
+                                            "bytes of its sparse map")
+                except CorruptObject as err:
+                    if problems is None:
+                        raise CorruptObject(f"{display(e.path)}: {err}") from None
+                    problems.append((e.path, str(err)))
+    except GitreeError as err:
+        if problems is None:
+            raise
+        problems.append((b"", str(err)))
+
+
+def find(repo, root: tuple[bytes, bytes], path: bytes) -> Entry | None:
+    """The entry at `path` below root (content tree, meta tree), or None. Reads through read_dir."""
+    return lookup(repo, root, path, {})
+
+
+__all__ = ["TreeFault", "DirNode", "Walker", "commit_trees", "top_entries", "read_dir", "lookup", "walk",
+           "verify", "find"]
