@@ -24,7 +24,7 @@ import pygit2
 
 from . import tools
 from . import limits
-from .errors import BadInput, CorruptObject, GitreeError, NotFound, UnsafePath
+from .errors import BadInput, CorruptObject, GitreeError, NotFastForward, NotFound, UnsafePath, UsageError
 from .outfile import atomic_output
 from .gittree import MODE_DIR, decode_tree
 from .packreader import STREAM_OBJECT, read_pack
@@ -223,14 +223,14 @@ def _resolve_range(repo: Repo, spec: str, branch: str | None) -> tuple[bytes | N
     if branch is None:
         full = f"refs/heads/{new_s}"
         if full not in repo.git.references:
-            raise GitreeError(f"{new_s} is not a branch name; give the branch to update with --branch")
+            raise UsageError(f"{new_s} is not a branch name; give the branch to update with --branch")
         branch = new_s
     branch = repo.branch_ref(branch)[len("refs/heads/"):]
     if old is not None:
         if old == new:
-            raise GitreeError(f"{spec}: nothing to bundle, both ends are {new.hex()}")
+            raise UsageError(f"{spec}: nothing to bundle, both ends are {new.hex()}")
         if not repo.git.descendant_of(pygit2.Oid(raw=new), pygit2.Oid(raw=old)):
-            raise GitreeError(f"{spec}: {new_s} does not descend from {old_s}")
+            raise UsageError(f"{spec}: {new_s} does not descend from {old_s}")
     return old, new, branch
 
 
@@ -476,8 +476,8 @@ def apply(repo: Repo, path: str, branch: str | None = None, level: int = 1) -> t
                     tx.commit()
                     return branch, old_tip, new
                 if old_tip is not None and not repo.git.descendant_of(commit.id, pygit2.Oid(raw=old_tip)):
-                    raise GitreeError(f"branch {branch} is at {old_tip.hex()}, which {new.hex()} does not descend "
-                                      "from; nothing was changed")
+                    raise NotFastForward(f"branch {branch} is at {old_tip.hex()}, which {new.hex()} does not descend "
+                                          "from; nothing was changed")
                 repo.set_branch(branch, new, old_tip, f"gitree: bundle apply {os.path.basename(path)}")
                 tx.commit()
             return branch, old_tip, new
