@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import shutil
 import struct
-import subprocess
 import tempfile
 import zlib
 from dataclasses import dataclass
@@ -319,7 +318,7 @@ class _Unwrapped:
             cmd = ["zstd", "-d", "-q", "-c", f"--long={self.header.window_log}"]
             if ref is not None:
                 cmd.append(f"--patch-from={ref}")
-            self.proc = subprocess.Popen(cmd, stdin=self.f, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            self.proc = tools.popen(cmd, stdin=self.f)
             self.stream = self.proc.stdout
         except BaseException:
             self.close()
@@ -328,11 +327,9 @@ class _Unwrapped:
     def finish(self) -> None:
         """Raise unless zstd read the whole frame and verified its checksum."""
         rest = self.stream.read()
-        err = self.proc.stderr.read()
-        rc = self.proc.wait()
+        rc, line = tools.wait(self.proc)
         if rc != 0 or rest:
-            msg = err.decode(errors="replace").strip().splitlines()
-            raise CorruptObject(f"{self.path}: corrupt bundle ({msg[-1] if msg else 'trailing data'})")
+            raise CorruptObject(f"{self.path}: corrupt bundle ({line or 'trailing data'})")
 
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
