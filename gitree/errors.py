@@ -5,7 +5,8 @@ docs/api.md). Library callers catch the class they care about, or GitreeError fo
 
 Warnings (something read but not kept, a cache dropped, a tool's note) are `GitreeWarning` values passed to
 one callback, `on_warning`, given to every API function; the CLI prints them as `gitree: warning: ...`, and
-`gitree --strict` turns any warning into exit code `WARNINGS_EXIT`.
+`gitree --strict` turns any warning into exit code `WARNINGS_EXIT` (an import that warned raises StrictWarnings
+before it writes anything).
 """
 
 from __future__ import annotations
