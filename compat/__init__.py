@@ -10,8 +10,8 @@ This package knows nothing of git or of the rest of gitree.
 """
 
 from .errors import (
+    BadOstreeObject,
     BadRepo,
-    CorruptObject,
     GVariantError,
     InvalidName,
     InvalidObject,
@@ -74,7 +74,7 @@ __all__ = [
     "ContentHasher",
     "ZeroRun",
     "ContentObject",
-    "CorruptObject",
+    "BadOstreeObject",
     "DeltaSuperblock",
     "DirMeta",
     "DirTree",

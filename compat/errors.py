@@ -23,7 +23,7 @@ class InvalidName(InvalidObject):
     """A dirtree entry name or ref name that OSTree refuses."""
 
 
-class CorruptObject(OstreeFormatError):
+class BadOstreeObject(OstreeFormatError):
     """An object in a repository is malformed or does not hash to its name."""
 
     def __init__(self, message: str, *, checksum: str | None = None, objtype: str | None = None,

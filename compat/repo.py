@@ -1,7 +1,7 @@
 """A native OSTree repository on the file system: create/open, objects in every mode, refs, summary.
 
 Writes are staged in ``tmp/`` and renamed into ``objects/`` (atomic); content is streamed, never held whole.
-Reads verify checksums as they go and raise CorruptObject / MissingObject naming the object.
+Reads verify checksums as they go and raise BadOstreeObject / MissingObject naming the object.
 Thread-safe for concurrent writers (unique staging names; hashlib and zlib release the GIL).
 
 A repository may come from someone else, so reading trusts nothing in it (docs/security.md, "OSTree input and
@@ -32,8 +32,8 @@ from typing import BinaryIO, Self
 
 from . import objects as ob
 from .errors import (
+    BadOstreeObject,
     BadRepo,
-    CorruptObject,
     GVariantError,
     InvalidObject,
     MissingObject,
@@ -137,7 +137,7 @@ def _read_xattrs(target: int | bytes, follow: bool = True) -> ob.Xattrs:
 class ContentObject:
     """An open content object: ``meta`` now, payload via ``chunks()`` (checksum verified at its end).
 
-    Use as a context manager (or call ``close``). ``chunks()`` raises CorruptObject after the last
+    Use as a context manager (or call ``close``). ``chunks()`` raises BadOstreeObject after the last
     chunk if the object does not hash to its name, so commit nothing derived from it before then.
     """
 
@@ -158,12 +158,12 @@ class ContentObject:
                 h.update(c)
                 yield c
         except InvalidObject as e:
-            raise CorruptObject(f"{name}: {e}", checksum=self.checksum, objtype="file",
+            raise BadOstreeObject(f"{name}: {e}", checksum=self.checksum, objtype="file",
                                 path=str(self.path)) from None
         finally:
             self.close()
         if h.hexdigest() != self.checksum:
-            raise CorruptObject(f"{name}: corrupted file object, content hashes to {h.hexdigest()}",
+            raise BadOstreeObject(f"{name}: corrupted file object, content hashes to {h.hexdigest()}",
                                 checksum=self.checksum, objtype="file", path=str(self.path))
 
     def read(self) -> bytes:
@@ -481,8 +481,8 @@ class OstreeRepo:
         name = _objname(checksum, objtype)
         path = self._obj(checksum, objtype)
 
-        def corrupt(msg: str) -> CorruptObject:
-            return CorruptObject(f"{name}: {msg}", checksum=checksum, objtype=objtype.suffix, path=path)
+        def corrupt(msg: str) -> BadOstreeObject:
+            return BadOstreeObject(f"{name}: {msg}", checksum=checksum, objtype=objtype.suffix, path=path)
 
         limit, limit_name = ((MAX_DIRMETA_SIZE, "MAX_DIRMETA_SIZE") if objtype is ObjectType.DIR_META
                              else (MAX_METADATA_SIZE, "MAX_METADATA_SIZE"))
@@ -504,7 +504,7 @@ class OstreeRepo:
         try:
             return _DECODERS[objtype](data)
         except (GVariantError, InvalidObject) as e:
-            raise CorruptObject(f"{_objname(checksum, objtype)}: {e}", checksum=checksum,
+            raise BadOstreeObject(f"{_objname(checksum, objtype)}: {e}", checksum=checksum,
                                 objtype=objtype.suffix,
                                 path=self._obj(checksum, objtype)) from None
 
@@ -532,7 +532,7 @@ class OstreeRepo:
         """Store a file or symlink streamed from ``chunks``; return its checksum.
 
         With ``expected``, an already present object is not rewritten (``chunks`` is not consumed) and a
-        different resulting checksum raises CorruptObject.
+        different resulting checksum raises BadOstreeObject.
         """
         if expected is not None and self.has_object(expected, ObjectType.FILE):
             return expected
@@ -544,7 +544,7 @@ class OstreeRepo:
             else:
                 csum = self._stage_regular(tmp, meta, chunks)
             if expected is not None and csum != expected:
-                raise CorruptObject(f"{expected}.file: content hashes to {csum}", checksum=expected,
+                raise BadOstreeObject(f"{expected}.file: content hashes to {csum}", checksum=expected,
                                     objtype="file")
             dest = self._obj(csum, ObjectType.FILE)
             if os.path.lexists(dest):
@@ -673,8 +673,8 @@ class OstreeRepo:
         path = self._obj(checksum, ObjectType.FILE)
         name = _objname(checksum, ObjectType.FILE)
 
-        def corrupt(msg: str) -> CorruptObject:
-            return CorruptObject(f"{name}: {msg}", checksum=checksum, objtype="file", path=path)
+        def corrupt(msg: str) -> BadOstreeObject:
+            return BadOstreeObject(f"{name}: {msg}", checksum=checksum, objtype="file", path=path)
 
         def missing() -> MissingObject:
             return MissingObject(f"{name}: no such object in {self.path}", checksum=checksum, objtype="file")
@@ -746,7 +746,7 @@ class OstreeRepo:
 
     @staticmethod
     def _verified_symlink(checksum: str, path: str, meta: FileMeta,
-                          corrupt: Callable[[str], CorruptObject]) -> ContentObject:
+                          corrupt: Callable[[str], BadOstreeObject]) -> ContentObject:
         actual = ob.ContentHasher(meta).hexdigest()
         if actual != checksum:
             raise corrupt(f"corrupted symlink object, hashes to {actual}")
@@ -758,7 +758,7 @@ class OstreeRepo:
             return obj.meta, obj.read()
 
     def verify_object(self, checksum: str, objtype: ObjectType) -> None:
-        """Raise CorruptObject / MissingObject unless the object is intact (like one ``ostree fsck`` step)."""
+        """Raise BadOstreeObject / MissingObject unless the object is intact (like one ``ostree fsck`` step)."""
         objtype = ObjectType(objtype)
         if objtype is ObjectType.FILE:
             with self.open_content(checksum) as obj:
@@ -944,7 +944,7 @@ class OstreeRepo:
         try:
             return ob.decode_summary(data)
         except (GVariantError, InvalidObject) as e:
-            raise CorruptObject(f"{self.path / 'summary'}: {e}", path=str(self.path / "summary")) from None
+            raise BadOstreeObject(f"{self.path / 'summary'}: {e}", path=str(self.path / "summary")) from None
 
 
 _DECODERS = {

@@ -21,6 +21,7 @@ from typing import Iterable, Iterator
 from . import porcelain
 from .errors import (BadInput, BranchMoved, CorruptObject, FsckFailed, GitreeError, GitreeWarning, NotFound,
                      OnWarning, RepoLocked, ToolFailed, UnsafePath, UnsupportedEntry, UsageError)
+from .errors import NeedsRoot, NotFastForward, TargetExists, TimedOut, WriteFailed
 from .diff import Change, diff_changes
 from .porcelain import CommitInfo, LsItem, Problem, ShowInfo
 from .importer import ImportStats
@@ -81,7 +82,7 @@ def import_rootfs(repo: Repo | str, source: str, *, branch: str, message: str | 
                   on_warning: OnWarning = None) -> ImportResult:
     """Import a directory, a tar file (any compression) or "-" (a tar on stdin) as a commit on `branch`.
 
-    `strict`: anything read but not kept fails the import (BadInput) instead of warning; nothing moves."""
+    `strict`: anything read but not kept fails the import (StrictWarnings) instead of warning; nothing moves."""
     w = _Warnings(on_warning, "import")
     res = porcelain.import_rootfs(open_repo(repo), source, branch, message, timestamp, keep_mtime, True,
                                   one_file_system=one_file_system, level=level, warn=w, strict=strict,
@@ -459,3 +460,4 @@ __all__ = [*COMMANDS, "open_repo", "Repo", "Result", "GitreeError", "GitreeWarni
            "GcResult", "ExportResult", "ImportOstreeResult", "BootableResult", "DeployResult", "TransferResult",
            "CloneResult", "BundleCreateResult", "BundleApplyResult", "BundleUnwrapResult", "LxcResult",
            "LxcDestroyResult"]
+__all__ += ["TargetExists", "WriteFailed", "NotFastForward", "NeedsRoot", "TimedOut"]

@@ -132,7 +132,7 @@ def import_rootfs(c: Ctx, source, branch, message, timestamp, keep_mtime, cross_
     """Import SOURCE (a directory, a tar file of any compression, or - for a tar on stdin)."""
     progress = c.progress("import")
     res = api.import_rootfs(c.repo(), source, branch=branch, message=message, timestamp=timestamp,
-                            keep_mtime=keep_mtime, one_file_system=not cross_filesystems, strict=strict,
+                            keep_mtime=keep_mtime, one_file_system=not cross_filesystems, strict=strict or c.strict,
                             progress=progress, on_warning=c.on_warning)
 
     def text():

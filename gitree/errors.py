@@ -5,7 +5,8 @@ docs/api.md). Library callers catch the class they care about, or GitreeError fo
 
 Warnings (something read but not kept, a cache dropped, a tool's note) are `GitreeWarning` values passed to
 one callback, `on_warning`, given to every API function; the CLI prints them as `gitree: warning: ...`, and
-`gitree --strict` turns any warning into exit code `WARNINGS_EXIT`.
+`gitree --strict` turns any warning into exit code `WARNINGS_EXIT` (an import that warned raises StrictWarnings
+before it writes anything).
 """
 
 from __future__ import annotations
@@ -89,20 +90,59 @@ class FsckFailed(GitreeError):
     exit_code = 11
 
 
-WARNINGS_EXIT = 12  # `gitree --strict`: the command succeeded but warned
+WARNINGS_EXIT = 12  # `gitree --strict`: the command warned
+
+
+class StrictWarnings(GitreeError):
+    """With --strict: the command warned (an import that warned writes nothing)."""
+
+    exit_code = WARNINGS_EXIT
+
+
+class TargetExists(GitreeError):
+    """The output path exists, or is a directory that is not empty; nothing was written."""
+
+    exit_code = 13
+
+
+class WriteFailed(GitreeError):
+    """Writing the output failed (permission, no space, I/O error)."""
+
+    exit_code = 14
+
+
+class NotFastForward(GitreeError):
+    """A branch would move to a commit not descending from its tip; nothing was changed."""
+
+    exit_code = 15
+
+
+class NeedsRoot(GitreeError):
+    """The operation must run as root (it writes file owners or runs containers)."""
+
+    exit_code = 16
+
+
+class TimedOut(GitreeError):
+    """A wait (for a container to reach its target) ran out of time."""
+
+    exit_code = 17
+
+
 INTERNAL_EXIT = 70  # a fault in gitree itself (a bug): rerun with --debug
 INTERRUPTED_EXIT = 130
 
 ERRORS: tuple[type[GitreeError], ...] = (GitreeError, UsageError, CorruptObject, UnsafePath, UnsupportedEntry,
-                                         BadInput, RepoLocked, NotFound, BranchMoved, ToolFailed, FsckFailed)
+                                         BadInput, RepoLocked, NotFound, BranchMoved, ToolFailed, FsckFailed,
+                                         StrictWarnings, TargetExists, WriteFailed, NotFastForward, NeedsRoot,
+                                         TimedOut)
 
 
 def exit_codes_table() -> list[tuple[int, str, str]]:
     """(exit code, name, meaning) for every condition, in exit-code order: `gitree --help` and docs/api.md."""
     rows = [(0, "", "success"), (1, "GitreeError", "any other error (I/O, refused operation)")]
     rows += [(c.exit_code, c.__name__, (c.__doc__ or "").strip().splitlines()[0]) for c in ERRORS[1:]]
-    rows += [(WARNINGS_EXIT, "", "with --strict: the command warned"),
-             (INTERNAL_EXIT, "", "internal error (a bug; rerun with --debug)"),
+    rows += [(INTERNAL_EXIT, "", "internal error (a bug; rerun with --debug)"),
              (INTERRUPTED_EXIT, "", "interrupted")]
     return sorted(rows)
 

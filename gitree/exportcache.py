@@ -21,7 +21,7 @@ import os
 import stat
 import struct
 
-from .errors import GitreeError
+from .errors import GitreeError, WriteFailed
 
 CACHE_DIR = ("gitree", "ostree-cache")
 MAGIC = b"gitreeOC"
@@ -56,7 +56,7 @@ def _open_dir(parent_fd: int | None, name: str) -> int:
     try:
         return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
     except OSError as e:
-        raise GitreeError(f"export cache directory {name}: {e.strerror} (not a directory, or a symlink?)") from None
+        raise WriteFailed(f"export cache directory {name}: {e.strerror} (not a directory, or a symlink?)") from None
 
 
 class ExportCache:
@@ -117,7 +117,7 @@ class ExportCache:
         try:
             os.unlink("key", dir_fd=self.dfd)
         except OSError as e:
-            raise GitreeError(f"cannot replace its key file: {e.strerror}") from None
+            raise WriteFailed(f"cannot replace its key file: {e.strerror}") from None
         return self._new_secret()
 
     def _new_secret(self) -> bytes:

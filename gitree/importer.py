@@ -20,7 +20,7 @@ from typing import Callable, Iterable
 
 from . import sidetable
 from .entry import MAX_DEPTH, Entry, Kind, check_fields, split_path
-from .errors import BadInput, BranchMoved, GitreeError, UnsafePath, UsageError, warner
+from .errors import BadInput, BranchMoved, UnsafePath, UsageError, warner
 from .exportcache import FILE, open_cache, record_key
 from .gittree import MODE_DIR, MODE_EXEC, MODE_FILE, MODE_LINK, encode_tree
 from .layout import FORMAT_BLOB, TABLE_NAME, TOP_FORMAT, TOP_META, TOP_ROOTFS
@@ -449,7 +449,7 @@ class Transaction:
     def tree(self) -> Importer:
         """The tree being built (started on first use)."""
         if self.done:
-            raise GitreeError("the transaction is finished")
+            raise UsageError("the transaction is finished")
         if self._tree is None:
             self._tree = Importer(self.repo, keep_mtime=self.keep_mtime, level=self.level, progress=self.progress,
                                   warn=self.warn)
@@ -466,7 +466,7 @@ class Transaction:
         """A pack for objects that arrive whole (bundle apply). `install_packs` installs it; an abort before
         `commit` deletes it, installed or not (no branch refers to its objects then)."""
         if self.done:
-            raise GitreeError("the transaction is finished")
+            raise UsageError("the transaction is finished")
         p = PackWriter(self.repo.objects_dir)
         self._raw.append(p)
         return p
@@ -497,7 +497,7 @@ class Transaction:
         """Finish: the pending tree as a commit on `branch` (its tip is the parent), then the staged branch
         moves. Returns the new commit (None when no tree was pending)."""
         if self.done:
-            raise GitreeError("the transaction is finished")
+            raise UsageError("the transaction is finished")
         cid = None
         try:
             if self._tree is not None:

@@ -14,7 +14,7 @@ import pygit2
 
 from . import tools
 from .entry import Entry, Kind
-from .errors import BadInput, NotFound, warner
+from .errors import BadInput, NotFound, StrictWarnings, warner
 from .gittree import MODE_DIR
 from .names import display
 from .outfile import atomic_output
@@ -85,7 +85,7 @@ def import_rootfs(repo: Repo, source: str, branch: str, message: str | None = No
         for w in warnings:
             warn(w)
         if strict and warnings:
-            raise BadInput(f"--strict: {len(warnings)} warning(s) above; nothing was imported")
+            raise StrictWarnings(f"--strict: {len(warnings)} warning(s) above; nothing was imported")
         msg = message if message is not None else f"Import {os.path.basename(source.rstrip('/')) or source}"
         cid = tx.commit(branch=branch, message=msg, timestamp=timestamp,
                         lock_wait=lambda: print("gitree: waiting for another writer to finish...",

@@ -19,7 +19,7 @@ import pygit2
 
 from . import tools, treeread
 from .entry import Entry
-from .errors import BranchMoved, CorruptObject, GitreeError, NotFound, RepoLocked
+from .errors import BranchMoved, CorruptObject, NotFound, RepoLocked, TargetExists, UsageError
 from .importer import Progress, Transaction
 from .packwriter import OBJ_BLOB, OBJ_COMMIT, OBJ_TREE
 
@@ -43,7 +43,7 @@ class Repo:
         except pygit2.GitError as e:
             if not os.path.isdir(path) or "could not find repository" in str(e):
                 raise NotFound(f"not a gitree repository: {path} (run 'gitree init')") from None
-            raise GitreeError(f"cannot open repository {path}: {e}") from None
+            raise NotFound(f"cannot open repository {path}: {e}") from None
         self.path = self.git.path.rstrip("/")
         self.objects_dir = os.path.join(self.path, "objects")
         self._local = threading.local()
@@ -53,9 +53,9 @@ class Repo:
     @staticmethod
     def init(path: str) -> "Repo":
         if os.path.exists(os.path.join(path, "objects")) and os.path.exists(os.path.join(path, "HEAD")):
-            raise GitreeError(f"a repository already exists at {path}")
+            raise TargetExists(f"a repository already exists at {path}")
         if os.path.exists(path) and not os.path.isdir(path):
-            raise GitreeError(f"{path} exists and is not a directory")
+            raise TargetExists(f"{path} exists and is not a directory")
         pygit2.init_repository(path, bare=True, initial_head="main")
         repo = Repo(path)
         cfg = repo.git.config
@@ -94,7 +94,7 @@ class Repo:
         name = branch[len("refs/heads/"):] if branch.startswith("refs/heads/") else branch
         if not name or name == "HEAD" or name.startswith(("-", "refs/")) \
                 or not pygit2.reference_is_valid_name("refs/heads/" + name):
-            raise GitreeError(f"invalid branch name: {branch} (only branches, refs/heads/<name>, are written)")
+            raise UsageError(f"invalid branch name: {branch} (only branches, refs/heads/<name>, are written)")
         return "refs/heads/" + name
 
     def branch_tip(self, branch: str) -> bytes | None:

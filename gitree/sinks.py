@@ -10,7 +10,7 @@ import resource
 from typing import Callable, Iterable, Iterator
 
 from .entry import Entry, Kind
-from .errors import GitreeError, UnsafePath
+from .errors import CorruptObject, TargetExists, UnsafePath, UnsupportedEntry, WriteFailed
 from .names import display
 from .outfile import require_private_dir
 from .sparse import logical_chunks
@@ -43,8 +43,8 @@ def write_tar(entries: Iterable[Entry], write, chunks_for: ChunksFor, sizes: Cal
             data = chunks_for(e)
             if e.sparse is not None:
                 if size != e.sparse.data_size:
-                    raise GitreeError(f"{display(e.path)}: blob holds {size} bytes, its sparse map "
-                                      f"{e.sparse.data_size}")
+                    raise CorruptObject(f"{display(e.path)}: blob holds {size} bytes, its sparse map "
+                                        f"{e.sparse.data_size}")
                 if not sparse:
                     size, data = e.sparse.size, logical_chunks(e.sparse, data)
             w.add(_tar_name(e), e.kind.ifmt, e.mode, e.uid, e.gid, size=size, mtime_ns=mtime, xattrs=e.xattrs,
@@ -54,7 +54,7 @@ def write_tar(entries: Iterable[Entry], write, chunks_for: ChunksFor, sizes: Cal
                 got += len(chunk)
                 w.add_data(chunk)
             if got != size:
-                raise GitreeError(f"{display(e.path)}: blob gave {got} bytes, expected {size}")
+                raise CorruptObject(f"{display(e.path)}: blob gave {got} bytes, expected {size}")
             w.pad(size)
             files += 1
             nbytes += size
@@ -134,9 +134,9 @@ class DirectoryWriter:
     def run(self, entries: Iterable[Entry]) -> CheckoutReport:
         if os.path.lexists(self.dest):
             if not os.path.isdir(self.dest) or os.path.islink(self.dest):
-                raise GitreeError(f"{os.fsdecode(self.dest)} exists and is not a directory")
+                raise TargetExists(f"{os.fsdecode(self.dest)} exists and is not a directory")
             if os.listdir(self.dest):
-                raise GitreeError(f"{os.fsdecode(self.dest)} is not empty")
+                raise TargetExists(f"{os.fsdecode(self.dest)} is not empty")
             require_private_dir(os.fsdecode(self.dest), "checkout destination")
         else:
             os.mkdir(self.dest, 0o700)
@@ -145,9 +145,9 @@ class DirectoryWriter:
                 try:
                     self._add(e)
                 except OSError as err:
-                    raise GitreeError(f"{display(e.path)}: {err.strerror or err}") from None
+                    raise WriteFailed(f"{display(e.path)}: {err.strerror or err}") from None
                 except (ValueError, OverflowError) as err:
-                    raise GitreeError(f"{display(e.path)}: cannot create: {err}") from None
+                    raise UnsupportedEntry(f"{display(e.path)}: cannot create: {err}") from None
             self._submit()
             self._wait(0)
             while self.stack:
@@ -213,9 +213,9 @@ class DirectoryWriter:
                                 n += k
                     self._meta_fd(fd, e)
                 except OSError as err:
-                    raise GitreeError(f"{display(e.path)}: {err.strerror or err}") from None
+                    raise WriteFailed(f"{display(e.path)}: {err.strerror or err}") from None
                 except (ValueError, OverflowError) as err:
-                    raise GitreeError(f"{display(e.path)}: cannot write: {err}") from None
+                    raise UnsupportedEntry(f"{display(e.path)}: cannot write: {err}") from None
                 finally:
                     os.close(fd)
                 out.append((e.path, n))
@@ -281,14 +281,14 @@ class DirectoryWriter:
                 if pos == end:
                     seg = next(segs, None)
                     if seg is None:
-                        raise GitreeError(f"{display(e.path)}: blob is longer than its sparse map")
+                        raise CorruptObject(f"{display(e.path)}: blob is longer than its sparse map")
                     pos, end = seg[0], seg[0] + seg[1]
                 n = os.pwrite(fd, view[:end - pos], pos)
                 view = view[n:]
                 pos += n
                 written += n
         if pos != end or next(segs, None) is not None:
-            raise GitreeError(f"{display(e.path)}: blob is shorter than its sparse map")
+            raise CorruptObject(f"{display(e.path)}: blob is shorter than its sparse map")
         os.ftruncate(fd, e.sparse.size)
         return written
 

@@ -10,11 +10,11 @@ import errno
 import os
 import shutil
 import stat
-import subprocess
 import sys
 import threading
 from typing import BinaryIO, Callable, Iterator, NamedTuple
 
+from . import tools
 from .entry import Entry, Kind, sorted_xattrs
 from .errors import BadInput, UnsafePath
 from .names import display, normalize_member_path
@@ -116,7 +116,7 @@ class TarInput:
         return self.raw.read(n)
 
     def _start(self, cmd: list[str], head: bytes) -> None:
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.proc = tools.popen(cmd, stdin=tools.PIPE)
 
         def pump():
             try:
@@ -152,13 +152,12 @@ class TarInput:
         if self.proc is None or self.closed or not self.eof:
             return None  # the reader stopped inside the stream: the fault is in the tar, not the compression
         try:
-            rc = self.proc.wait(timeout=60)
-        except (OSError, ValueError, subprocess.TimeoutExpired):
+            rc, line = tools.wait(self.proc, timeout=60)
+        except (OSError, ValueError, tools.TimeoutExpired):
             return None
         if rc == 0:
             return None
-        err = self.proc.stderr.read().decode(errors="replace").strip()
-        return f"{self.name}: {self.format} decompression failed: {err.splitlines()[-1] if err else rc}"
+        return f"{self.name}: {self.format} decompression failed: {line or rc}"
 
     def close(self, ok: bool = True) -> None:
         """Release the input; with ok, check the decompressor finished cleanly. Safe to call twice."""
@@ -175,16 +174,13 @@ class TarInput:
                 else:
                     self.proc.kill()
                 self.proc.stdout.close()
-                rc = self.proc.wait()
-                err = self.proc.stderr.read().decode(errors="replace").strip()
-                self.proc.stderr.close()
+                rc, line = tools.wait(self.proc)
                 if ok and self._pump is not None:
                     self._pump.join()
                 if ok and self._pump_error is not None:
                     raise BadInput(f"{self.name}: read failed: {self._pump_error}")
                 if ok and rc != 0:
-                    raise BadInput(f"{self.name}: {self.format} decompression failed: "
-                                   f"{err.splitlines()[-1] if err else rc}")
+                    raise BadInput(f"{self.name}: {self.format} decompression failed: {line or rc}")
         finally:
             if self.raw is not sys.stdin.buffer:
                 self.raw.close()

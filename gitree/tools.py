@@ -3,7 +3,9 @@
 `run` raises ToolFailed naming the tool and the last meaningful line of its stderr: for git, the last
 `fatal:`/`error:` line when there is one (git prints hints after them); for others the last non-empty line.
 A missing program raises ToolFailed too ("X is not installed"). Long-running pipes (decompressors,
-`git cat-file --batch`) use subprocess.Popen where they live; their failures go through `last_line`.
+`git cat-file --batch`) start with `popen` and end with `wait`, which gives their exit status and the last
+meaningful line of their stderr: the caller judges a failure (a decompressor failing on its input is bad
+input, not a broken tool).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import IO, Sequence
 
 from .errors import ToolFailed
 
+PIPE = subprocess.PIPE
+TimeoutExpired = subprocess.TimeoutExpired
 _GIT_PREFIXES = ("fatal:", "error:", " ! ")
 
 
@@ -31,6 +35,21 @@ def failure(cmd: Sequence[str], what: str | None, stderr: bytes | str, returncod
     tool = os.path.basename(cmd[0])
     line = last_line(stderr, tool) or f"{tool} exited with status {returncode}"
     return ToolFailed(f"{what or tool}: {line}", tool=tool, line=line, returncode=returncode)
+
+
+def wait(proc: subprocess.Popen, timeout: float | None = None) -> tuple[int, str]:
+    """Wait for a `popen`ed program (its stdout read or closed first): (exit status, last meaningful line of its
+    stderr, "" when none). `failure(proc.args, what, line, status)` makes the ToolFailed for a broken tool."""
+    done = getattr(proc, "gitree_result", None)
+    if done is not None:
+        return done
+    rc = proc.wait(timeout=timeout)
+    err = proc.gitree_stderr
+    err.seek(0)
+    data = err.read()
+    err.close()
+    proc.gitree_result = (rc, last_line(data, proc.args[0]))
+    return proc.gitree_result
 
 
 def run(cmd: Sequence[str], *, what: str | None = None, input: bytes | None = None, cwd: str | None = None,

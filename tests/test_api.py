@@ -7,6 +7,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
+import resource
 import subprocess
 import sys
 import tarfile
@@ -14,9 +16,11 @@ import tarfile
 import pytest
 from helpers import run_gitree
 
-from gitree import api, tools
+from gitree import api, lxc, tools
 from gitree.entry import Entry, Kind
-from gitree.errors import WARNINGS_EXIT, BranchMoved, GitreeWarning, NotFound, ToolFailed, exit_codes_table
+from gitree.errors import (WARNINGS_EXIT, BranchMoved, CorruptObject, GitreeWarning, NotFastForward, NotFound,
+                           StrictWarnings, TargetExists, TimedOut, ToolFailed, UsageError, WriteFailed,
+                           exit_codes_table)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 T1 = 1_700_000_000
@@ -126,7 +130,10 @@ def test_warnings_channel_strict_and_json(work):
     assert r.returncode == 0 and b"gitree: warning:" in r.stderr and b"GITREE.unknown" in r.stderr
     r = run_gitree("-C", repo, "--strict", "import-rootfs", tar, "-b", "strict", check=False)
     assert r.returncode == WARNINGS_EXIT, r.stderr
-    assert r.stderr.decode().splitlines()[-1] == "gitree: error: --strict: 1 warning(s)"
+    assert r.stderr.decode().splitlines()[-1] == "gitree: error: --strict: 1 warning(s) above; nothing was imported"
+    assert api.open_repo(repo).branch_tip("strict") is None and pack_temporaries(repo) == []   # nothing written
+    with pytest.raises(StrictWarnings):
+        api.import_rootfs(repo, tar, branch="strict", strict=True)
     r = run_gitree("-C", repo, "--json", "import-rootfs", tar, "-b", "json")
     doc = json.loads(r.stdout)
     assert doc["result"]["commit"] == api.log(repo, "json").commits[0].id
@@ -156,6 +163,69 @@ def test_error_classes_and_exit_codes(work):
     api_md = open(os.path.join(ROOT, "docs", "api.md"), encoding="utf-8").read()
     for code, name, _ in codes:
         assert f"| {code} | {name or '-'} |" in api_md
+
+
+def test_refused_operations_raise_their_class_and_exit_code(work):
+    """Each refusal is its own class (the message unchanged), and the CLI exits with that class's code."""
+    repo = api.init(os.path.join(work, "r.git")).path
+    a = api.import_rootfs(repo, small_tar(os.path.join(work, "a.tar"), {"etc/a": b"a\n"}), branch="main",
+                          timestamp=T1).commit
+    b = api.import_rootfs(repo, small_tar(os.path.join(work, "b.tar"), {"etc/a": b"b\n" * 4096}), branch="main",
+                          timestamp=T1).commit
+
+    def refused(cls, call, argv, says):
+        with pytest.raises(cls, match=re.escape(says)):
+            call()
+        r = run_gitree("-C", repo, *argv, check=False)
+        err = r.stderr.decode().splitlines()
+        assert r.returncode == cls.exit_code and len(err) == 1 and says in err[0], (argv, r.returncode, err)
+
+    full = os.path.join(work, "full")
+    os.makedirs(full)
+    open(os.path.join(full, "x"), "w").close()
+    refused(TargetExists, lambda: api.checkout(repo, "main", full), ["checkout", "main", full], "is not empty")
+    refused(TargetExists, lambda: api.clone(repo, full), ["clone", repo, full], "is not an empty directory")
+
+    out = os.path.join(work, "u.bundle")
+    refused(UsageError, lambda: api.bundle_create(repo, "main..main", out), ["bundle", "create", "main..main", out],
+            "nothing to bundle")
+    refused(UsageError, lambda: api.bundle_create(repo, f"{b}..{a}", out, branch="main"),
+            ["bundle", "create", f"{b}..{a}", out, "--branch", "main"], f"{a} does not descend from {b}")
+    refused(UsageError, lambda: api.bundle_create(repo, a, out), ["bundle", "create", a, out],
+            "is not a branch name; give the branch to update with --branch")
+    assert not os.path.exists(out)
+
+    ost = os.path.join(work, "ost")
+    refused(UsageError, lambda: api.export_ostree(repo, a, ost), ["export-ostree", a, "--ostree-repo", ost],
+            "is not a branch name; give the OSTree ref with --ref")
+    refused(UsageError, lambda: api.export_ostree(repo, "main", ost, collection_id="nodots"),
+            ["export-ostree", "main", "--ostree-repo", ost, "--collection-id", "nodots"], "invalid collection ID")
+    api.export_ostree(repo, "main", ost)
+    refused(UsageError, lambda: api.export_ostree(repo, "main", ost, mode="bare"),
+            ["export-ostree", "main", "--ostree-repo", ost, "--mode", "bare"], "is a archive repository, not bare")
+
+    # a branch that would move to a commit not descending from its tip: bundle apply and fetch
+    api.bundle_create(repo, "main", out)
+    other = api.init(os.path.join(work, "other.git")).path
+    api.import_rootfs(other, small_tar(os.path.join(work, "c.tar"), {"etc/c": b"c\n"}), branch="main", timestamp=T1)
+    tip = api.log(other, "main").commits[0].id
+    for call, argv, says in ((lambda: api.bundle_apply(other, out), ["bundle", "apply", out], "does not descend"),
+                             (lambda: api.fetch(other, repo), ["fetch", repo], "is not a fast-forward")):
+        with pytest.raises(NotFastForward, match=says):
+            call()
+        r = run_gitree("-C", other, *argv, check=False)
+        assert r.returncode == NotFastForward.exit_code and says in r.stderr.decode(), r.stderr
+        assert api.log(other, "main").commits[0].id == tip
+
+    # an output write that fails (here: over RLIMIT_FSIZE, EFBIG) names the file
+    dest = os.path.join(work, "small")
+    r = subprocess.run([sys.executable, "-m", "gitree", "-C", repo, "checkout", "main", dest], capture_output=True,
+                       preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096)))
+    assert r.returncode == WriteFailed.exit_code, r.stderr
+    assert r.stderr.decode().splitlines() == ["gitree: error: /etc/a: File too large"]
+
+    with pytest.raises(TimedOut, match="multi-user.target not active after 0 s"):
+        lxc.wait_for("none", work, timeout=0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,6 +289,25 @@ def test_tool_runner_names_the_tool_and_its_last_line(work):
     r = tools.run(["sh", "-c", "echo out; echo note >&2; exit 3"], check=False)
     assert r.returncode == 3 and r.stdout == b"out\n" and tools.last_line(r.stderr) == "note"
     assert tools.last_line(b"hint: a\nfatal: the reason\nhint: b\n", "git") == "fatal: the reason"
+    # streaming pipes: the same missing-tool error, and the exit status with the last line of stderr
+    with pytest.raises(ToolFailed, match="gitree-no-such-tool is not installed"):
+        tools.popen(["gitree-no-such-tool"])
+    p = tools.popen(["sh", "-c", "cat; echo first >&2; echo 'zstd: bad frame' >&2; echo >&2; exit 1"],
+                    stdin=tools.PIPE)
+    p.stdin.write(b"in\n")
+    p.stdin.close()
+    assert p.stdout.read() == b"in\n" and tools.wait(p) == (1, "zstd: bad frame")
+    # a zstd that fails on a bundle's stream: the bundle is corrupt (not a broken tool), zstd's own words
+    repo = api.init(os.path.join(work, "z.git")).path
+    api.import_rootfs(repo, small_tar(os.path.join(work, "z.tar"), {"etc/z": os.urandom(4096)}), branch="main",
+                      timestamp=T1)
+    bundle = os.path.join(work, "z.bundle")
+    api.bundle_create(repo, "main", bundle)
+    with open(bundle, "ab") as f:
+        f.write(b"not a zstd frame")              # after the whole stream: only zstd's exit status tells
+    other = api.init(os.path.join(work, "z2.git")).path
+    with pytest.raises(CorruptObject, match=r"z\.bundle: corrupt bundle \(zstd: .*unsupported format\)$"):
+        api.bundle_apply(other, bundle)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,9 +26,9 @@ from test_compat_support import (
 )
 
 from gitree_compat import (
+    BadOstreeObject,
     BadRepo,
     Commit,
-    CorruptObject,
     DirMeta,
     FileMeta,
     MissingObject,
@@ -217,7 +217,7 @@ def test_write_content_options(work, fsync):
         yield b""
 
     assert repo.write_content(meta, never(), expected=csum) == csum
-    with pytest.raises(CorruptObject, match="hashes to"):
+    with pytest.raises(BadOstreeObject, match="hashes to"):
         repo.write_content(meta, [b"other"], expected="ab" * 32)
     assert [p.name for p in (repo.path / "tmp").iterdir()] == ["cache"], "staging file left behind"
     # Many threads writing the same and different objects.
@@ -450,7 +450,7 @@ def test_flipped_byte_in_content(scratch):
     csum = dict(big.files)["big.bin"]
     path = repo.object_path(csum, ObjectType.FILE)
     _flip(path, len(path.read_bytes()) // 2)
-    with pytest.raises(CorruptObject) as ei, repo.open_content(csum) as obj:
+    with pytest.raises(BadOstreeObject) as ei, repo.open_content(csum) as obj:
         for _ in obj.chunks():
             pass
     assert csum in str(ei.value) and ei.value.checksum == csum
@@ -461,10 +461,10 @@ def test_flipped_byte_in_metadata(scratch):
     repo, c = scratch
     tree = repo.read_commit(c).root_tree
     _flip(repo.object_path(tree, ObjectType.DIR_TREE))
-    with pytest.raises(CorruptObject, match=tree):
+    with pytest.raises(BadOstreeObject, match=tree):
         repo.read_dirtree(tree)
     _flip(repo.object_path(c, ObjectType.COMMIT))
-    with pytest.raises(CorruptObject, match=c):
+    with pytest.raises(BadOstreeObject, match=c):
         repo.read_commit(c)
 
 
@@ -478,7 +478,7 @@ def test_bad_dirtree_names_in_repo(work, name):
     path = repo.object_path(csum, ObjectType.DIR_TREE)
     path.parent.mkdir(exist_ok=True)
     path.write_bytes(data)
-    with pytest.raises(CorruptObject) as ei:
+    with pytest.raises(BadOstreeObject) as ei:
         repo.read_dirtree(csum)
     assert f"{csum}.dirtree" in str(ei.value)
     with pytest.raises(Exception):  # noqa: B017 - writer refuses too, with its own typed error
@@ -495,7 +495,7 @@ def test_truncated_and_missing_objects(work):
     p = repo.object_path(csum, ObjectType.COMMIT)
     p.parent.mkdir(exist_ok=True)
     p.write_bytes(data)
-    with pytest.raises(CorruptObject, match=f"{csum}.commit"):
+    with pytest.raises(BadOstreeObject, match=f"{csum}.commit"):
         repo.read_commit(csum)
     missing = "ab" * 32
     for fn in (repo.read_commit, repo.read_dirtree, repo.read_dirmeta, repo.open_content):
@@ -514,7 +514,7 @@ def test_deflate_bomb_in_repo(work):
     p.parent.mkdir(exist_ok=True)
     p.write_bytes(blob)
     total = 0
-    with pytest.raises(CorruptObject, match=f"{csum}.file.*larger than its declared size"), \
+    with pytest.raises(BadOstreeObject, match=f"{csum}.file.*larger than its declared size"), \
             repo.open_content(csum) as obj:
         for chunk in obj.chunks():
             total += len(chunk)
@@ -526,7 +526,7 @@ def test_bare_user_missing_ostreemeta(repos, work):
     csum = ours.write_content(FileMeta(0, 0, 0o100644), [b"unique-for-this-test\n"])
     p = ours.object_path(csum, ObjectType.FILE)
     os.removexattr(p, "user.ostreemeta")
-    with pytest.raises(CorruptObject, match="ostreemeta"):
+    with pytest.raises(BadOstreeObject, match="ostreemeta"):
         ours.open_content(csum)
     os.unlink(p)
 

@@ -19,6 +19,8 @@ from bootenv import build_bootable_rootfs
 from helpers import last_line, run_gitree
 from test_boot import remove_sysroot, synthetic_rootfs
 
+from gitree.errors import UsageError
+
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="debos --disable-fakemachine and deploy need root")
 
 RECIPE = os.path.join(os.path.dirname(__file__), "..", "docs", "examples", "debos", "gitree-bootable.yaml")
@@ -73,9 +75,9 @@ def test_debos_commit_options_against_ostree_commit(work):
                       (["--collection-id", "org.x\n[core]"], "invalid collection ID"),
                       (["--ref-binding", "../x"], "invalid OSTree ref name")):
         r = run_gitree("-C", repo, "export-ostree", "os/boot", "--ostree-repo", mine, *args, check=False)
-        assert r.returncode != 0 and msg in r.stderr.decode(), (args, r.stderr)
+        assert r.returncode == UsageError.exit_code and msg in r.stderr.decode(), (args, r.stderr)
     r = run_gitree("-C", repo, "make-bootable", "os/plain", "--branch", "x", "--metadata", "version=2", check=False)
-    assert r.returncode != 0 and "set by make-bootable" in r.stderr.decode()
+    assert r.returncode == UsageError.exit_code and "set by make-bootable" in r.stderr.decode()
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ import time
 import pytest
 from helpers import last_line, run_gitree
 
+from gitree.errors import BadInput, NotFound, UsageError
 from gitree.boot.lxc import wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="LXC containers and bare OSTree repositories need root")
@@ -112,13 +113,13 @@ def test_lxc_container_boots_upgrades_and_is_destroyed(bootable_repo, tmpfs_root
 def test_lxc_create_refuses_bad_input(bootable_repo, tmpfs_root):
     repo, _ = bootable_repo
     lxcpath = tempfile.mkdtemp(prefix="lxc-bad-", dir=tmpfs_root)
-    for args, msg in ((["../x", "debian/boot"], "bad container name"),
-                      (["ok", "no/such/branch"], "gitree: error:"),
-                      (["ok", "debian/rootfs"], "not bootable"),
-                      (["ok", "debian/boot", "--os", "a/b"], "bad OS name")):
+    for args, msg, code in ((["../x", "debian/boot"], "bad container name", UsageError.exit_code),
+                            (["ok", "no/such/branch"], "gitree: error:", NotFound.exit_code),
+                            (["ok", "debian/rootfs"], "not bootable", BadInput.exit_code),
+                            (["ok", "debian/boot", "--os", "a/b"], "bad OS name", UsageError.exit_code)):
         r = run_gitree("-C", repo, "lxc-create", *args, "--lxcpath", lxcpath, check=False)
         err = r.stderr.decode().strip().splitlines()
-        assert r.returncode != 0 and len(err) == 1 and msg in err[0], (args, err)
+        assert r.returncode == code and len(err) == 1 and msg in err[0], (args, err)
     assert os.listdir(lxcpath) == []
     r = run_gitree("-C", repo, "lxc-upgrade", "nope", "debian/boot", "--lxcpath", lxcpath, check=False)
     assert r.returncode != 0 and "not a container made by gitree lxc-create" in r.stderr.decode()

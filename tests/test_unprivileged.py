@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import concurrent.futures.thread  # noqa: F401 - imported before dropping privileges (the stdlib is in /root)
+import contextlib
+import importlib
+import io
 import json
 import os
+import pkgutil
 import pty
 import select
 import subprocess
@@ -12,15 +16,27 @@ import sys
 
 import pytest
 
-from gitree import porcelain
+from gitree import cli, porcelain
+from gitree.errors import WARNINGS_EXIT, NeedsRoot
 from gitree.repo import Repo
 
 NOBODY = 65534
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="switching to another user needs root")
 
 
+def _preload() -> None:
+    """Import every gitree module (and so the stdlib modules they load lazily, e.g. configparser, mmap) while
+    the stdlib under /root is still readable."""
+    import gitree
+    import gitree_compat  # noqa: F401
+    for m in pkgutil.iter_modules(gitree.__path__):
+        if m.name != "__main__":
+            importlib.import_module(f"gitree.{m.name}")
+
+
 def as_nobody(fn, *args):
     """Run fn(*args) in a forked child with uid/gid 65534 and no groups; return its JSON-able result."""
+    _preload()
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # child
@@ -83,6 +99,60 @@ def test_directory_import_as_non_root_captures_what_it_can(work):
     paths = [line for line in porcelain.ls(Repo(repo), "main", "", recursive=True)]
     assert "/pub/readable" in paths and "/private" in paths
     assert "/secret" not in paths and "/private/inner" not in paths
+
+
+def _cli_as_user(argv: list[str]):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = cli._main(argv)
+    return {"code": code, "stderr": err.getvalue().splitlines()}
+
+
+@needs_root
+def test_import_that_skipped_unreadable_files_fails_only_with_strict(work):
+    """Without --strict the skipped file is a warning and the exit is 0; with either --strict (the command's
+    or gitree's) the exit is WARNINGS_EXIT and nothing is written: no branch, no pack left behind."""
+    _open_to_nobody(work)
+    src = os.path.join(work, "src")
+    os.makedirs(src)
+    for p, mode in (("readable", 0o644), ("secret", 0o600)):
+        with open(os.path.join(src, p), "w") as f:
+            f.write(p)
+        os.chmod(os.path.join(src, p), mode)
+    repo = os.path.join(work, "repo.git")
+    Repo.init(repo)
+    subprocess.run(["chown", "-R", f"{NOBODY}:{NOBODY}", repo], check=True)
+    want_warning = "gitree: warning: could not read 1 item(s), not captured: /secret (permission denied)"
+    for argv in (["-C", repo, "import-rootfs", src, "-b", "s", "--strict"],
+                 ["-C", repo, "--strict", "import-rootfs", src, "-b", "s"]):
+        out = as_nobody(_cli_as_user, argv)["ok"]
+        assert out["code"] == WARNINGS_EXIT, out
+        assert out["stderr"][-1] == "gitree: error: --strict: 1 warning(s) above; nothing was imported", out
+        assert want_warning in out["stderr"], out
+        assert Repo(repo).branch_tip("s") is None
+        pack_dir = os.path.join(repo, "objects", "pack")
+        assert not any(n.startswith("tmp") for n in (os.listdir(pack_dir) if os.path.isdir(pack_dir) else []))
+    out = as_nobody(_cli_as_user, ["-C", repo, "import-rootfs", src, "-b", "s"])["ok"]
+    assert out["code"] == 0, out
+    assert [line for line in out["stderr"] if line.startswith("gitree: warning:")] == [want_warning], out
+    assert list(porcelain.ls(Repo(repo), "s", "", recursive=True)) == ["/", "/readable"]
+
+
+@needs_root
+def test_root_only_commands_refuse_with_needs_root(work):
+    _open_to_nobody(work)
+    repo = os.path.join(work, "repo.git")
+    Repo.init(repo)
+    subprocess.run(["chown", "-R", f"{NOBODY}:{NOBODY}", repo], check=True)
+    sysroot, lxcpath = os.path.join(work, "sysroot"), os.path.join(work, "lxc")
+    for argv, says in (
+            (["deploy", "main", "--sysroot", sysroot, "--os", "debian"],
+             "deploy writes a bare OSTree repository (file owners) and must run as root"),
+            (["lxc-create", "c1", "main", "--lxcpath", lxcpath],
+             "lxc-create deploys into a bare OSTree repository and runs LXC: run it as root")):
+        out = as_nobody(_cli_as_user, ["-C", repo, *argv])["ok"]
+        assert out == {"code": NeedsRoot.exit_code, "stderr": [f"gitree: error: {says}"]}, out
+    assert not os.path.exists(sysroot) and not os.path.exists(lxcpath)
 
 
 def _checkout_as_user(repo_path: str, dest: str):

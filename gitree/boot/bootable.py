@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from .. import ostreemeta
 from ..limits import MAX_META_BYTES
 from ..entry import Entry, Kind
-from ..errors import BadInput, GitreeError, NotFound
+from ..errors import BadInput, GitreeError, NotFound, UsageError
 from ..gittree import MODE_FILE
 from ..initramfs import has_member
 from ..names import display
@@ -112,7 +112,7 @@ def find_kernel(repo: Repo, commit, want: str | None = None) -> Kernel:
     if not found:
         raise NotFound(f"no kernel in {commit.id}: expected /boot/vmlinuz-KVER or /usr/lib/modules/KVER/vmlinuz")
     if len(found) > 1:
-        raise BadInput(f"{len(found)} kernels in {commit.id} ({', '.join(sorted(found))}); choose one with --kernel")
+        raise UsageError(f"{len(found)} kernels in {commit.id} ({', '.join(sorted(found))}); choose one with --kernel")
     return next(iter(found.values()))
 
 
@@ -306,7 +306,7 @@ def make_bootable(repo: Repo, rev: str, branch: str, version: str | None = None,
     for key, _ in metadata:
         if not key or key in ("ostree.linux", "version", "ostree.bootable") or key.startswith("ostree.ref-binding") \
                 or key == "ostree.collection-binding" or sum(1 for k, _ in metadata if k == key) > 1:
-            raise BadInput(f"metadata key {key!r} is empty, repeated or set by make-bootable/export itself")
+            raise UsageError(f"metadata key {key!r} is empty, repeated or set by make-bootable/export itself")
     repo.branch_ref(branch)
     commit = repo.resolve(rev)
     root = repo.commit_trees(commit)

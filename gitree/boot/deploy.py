@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from .. import tools
 from .bootable import tree_metadata
-from ..errors import BadInput, GitreeError
+from ..errors import BadInput, NeedsRoot, UsageError
 from ..ostree.export import export_ostree
 from ..repo import Repo
 
@@ -73,7 +73,7 @@ def deploy(repo: Repo, rev: str, sysroot: str, osname: str, ref: str | None = No
            kargs: tuple[str, ...] = (), progress=None, bootloader: str | None = None, warn=None) -> DeployResult:
     """bootloader: None (ostree's own detection) or "uboot" (gitree.uboot: uEnv.txt and a boot script)."""
     if os.geteuid() != 0:
-        raise GitreeError("deploy writes a bare OSTree repository (file owners) and must run as root")
+        raise NeedsRoot("deploy writes a bare OSTree repository (file owners) and must run as root")
     commit = repo.resolve(rev)
     meta = dict(tree_metadata(repo, commit))
     if "ostree.linux" not in meta:
@@ -83,7 +83,7 @@ def deploy(repo: Repo, rev: str, sysroot: str, osname: str, ref: str | None = No
         from . import uboot
         uboot.commit_kernel_arch(repo, commit, str(meta["ostree.linux"]))   # a kernel U-Boot can boot
     elif bootloader is not None:
-        raise BadInput(f"unknown boot loader {bootloader!r} (supported: uboot)")
+        raise UsageError(f"unknown boot loader {bootloader!r} (supported: uboot)")
     os.makedirs(sysroot, exist_ok=True)
     ostree_repo = os.path.join(sysroot, "ostree", "repo")
     if not os.path.exists(os.path.join(ostree_repo, "config")):

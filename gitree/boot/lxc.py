@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from .. import tools
 from .deploy import DeployResult, deploy
-from ..errors import BadInput, GitreeError, ToolFailed
+from ..errors import BadInput, NeedsRoot, TargetExists, TimedOut, ToolFailed, UsageError
 from ..repo import Repo
 
 DEFAULT_LXCPATH = "/var/lib/lxc"
@@ -134,7 +134,7 @@ class Container:
 
 def _container(name: str, lxcpath: str) -> Container:
     if not NAME_RE.fullmatch(name):
-        raise BadInput(f"bad container name {name!r} (letters, digits, '_', '.', '-'; at most 64)")
+        raise UsageError(f"bad container name {name!r} (letters, digits, '_', '.', '-'; at most 64)")
     return Container(name, os.path.join(os.path.abspath(lxcpath), name))
 
 
@@ -180,12 +180,12 @@ def _write(path: str, data: str, mode: int) -> None:
 def create(repo: Repo, name: str, rev: str, lxcpath: str = DEFAULT_LXCPATH, osname: str = "debian",
            kargs: tuple[str, ...] = (), ref: str | None = None, warn=None) -> tuple[Container, DeployResult]:
     if os.geteuid() != 0:
-        raise GitreeError("lxc-create deploys into a bare OSTree repository and runs LXC: run it as root")
+        raise NeedsRoot("lxc-create deploys into a bare OSTree repository and runs LXC: run it as root")
     if not OSNAME_RE.fullmatch(osname):
-        raise BadInput(f"bad OS name {osname!r}")
+        raise UsageError(f"bad OS name {osname!r}")
     c = _container(name, lxcpath)
     if os.path.lexists(c.path):
-        raise BadInput(f"{c.path} exists: container {name} already exists (gitree lxc-destroy {name})")
+        raise TargetExists(f"{c.path} exists: container {name} already exists (gitree lxc-destroy {name})")
     repo.resolve(rev)                      # refuse a bad REV before creating anything
     os.makedirs(c.path, mode=0o700)
     try:
@@ -257,7 +257,7 @@ def wait_for(name: str, lxcpath: str, target: str = "multi-user.target", timeout
         if r.stdout.strip() == b"active":
             return time.monotonic() - t0
         time.sleep(0.5)
-    raise GitreeError(f"{name}: {target} not active after {timeout:.0f} s")
+    raise TimedOut(f"{name}: {target} not active after {timeout:.0f} s")
 
 
 __all__ = ["create", "upgrade", "destroy", "config_text", "apparmor_enabled", "wait_for", "DEFAULT_LXCPATH"]

@@ -32,7 +32,7 @@ from gitree_compat import Commit, DirMeta, FileMeta, ObjectType, OstreeRepo, Var
 from .. import limits, ostreemeta
 from ..entry import Kind
 from ..exportcache import COMMIT, DIRMETA, DIRTREE, FILE, open_cache, record_key
-from ..errors import CorruptObject, GitreeError, UnsupportedEntry, warner
+from ..errors import BadInput, CorruptObject, UnsupportedEntry, UsageError, warner
 from ..gittree import decode_tree
 from ..names import display, esc, unesc
 from ..packreader import PackSet, inflate_chunks
@@ -616,35 +616,35 @@ def export_ostree(repo: Repo, rev: str, ostree_path: str, ref: str | None = None
                   collection_id: str | None = None, ref_bindings: tuple[str, ...] = (),
                   compression: str | int = DEFAULT_COMPRESSION) -> ExportResult:
     if compression != COMPRESSION_REUSE and not (isinstance(compression, int) and 1 <= compression <= 9):
-        raise GitreeError(f"--compression must be 'reuse' or a zlib level 1-9, not {compression!r}")
+        raise UsageError(f"--compression must be 'reuse' or a zlib level 1-9, not {compression!r}")
     warn = warn or warner(None, "export")
     if ref is None:
         ref = _default_ref(repo, rev)
     try:
         oc.validate_ref_name(ref)
     except oc.RefError:
-        raise GitreeError(f"invalid OSTree ref name {ref!r} (give one with --ref)") from None
+        raise UsageError(f"invalid OSTree ref name {ref!r} (give one with --ref)") from None
     if collection_id is not None and (len(collection_id) > 255 or not re.fullmatch(
             r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+", collection_id)):
-        raise GitreeError(f"invalid collection ID {collection_id!r} (reverse DNS: at least two dot-separated "
-                          "elements of letters, digits and '_', not starting with a digit)")
+        raise UsageError(f"invalid collection ID {collection_id!r} (reverse DNS: at least two dot-separated "
+                         "elements of letters, digits and '_', not starting with a digit)")
     for r in ref_bindings:
         try:
             oc.validate_ref_name(r)
         except oc.RefError:
-            raise GitreeError(f"invalid OSTree ref name {r!r} in --ref-binding") from None
+            raise UsageError(f"invalid OSTree ref name {r!r} in --ref-binding") from None
     try:
         if os.path.exists(os.path.join(ostree_path, "config")):
             target = OstreeRepo(ostree_path)
             if mode and target.mode != ("archive" if mode == "archive-z2" else mode):
-                raise GitreeError(f"{ostree_path} is a {target.mode} repository, not {mode}")
+                raise UsageError(f"{ostree_path} is a {target.mode} repository, not {mode}")
             if collection_id is not None and target.collection_id != collection_id:
-                raise GitreeError(f"{ostree_path} has collection ID {target.collection_id or '(none)'}, "
-                                  f"not {collection_id}")
+                raise UsageError(f"{ostree_path} has collection ID {target.collection_id or '(none)'}, "
+                                 f"not {collection_id}")
         else:
             target = OstreeRepo.create(ostree_path, mode or "archive", collection_id=collection_id)
     except oc.OstreeFormatError as e:
-        raise GitreeError(str(e)) from None
+        raise BadInput(str(e)) from None
     if isinstance(compression, int):
         target.zlib_level = compression
     opts = ExportOptions(ref, target.mode, bindings, history, strict, update_summary, extra_metadata or [],
@@ -655,7 +655,7 @@ def export_ostree(repo: Repo, rev: str, ostree_path: str, ref: str | None = None
     except oc.UnsupportedContent as e:
         raise UnsupportedEntry(str(e)) from None
     except oc.OstreeFormatError as e:
-        raise GitreeError(f"OSTree export: {e}") from None
+        raise BadInput(f"OSTree export: {e}") from None
     if res.skipped:
         first = ", ".join(f"{display(p)} ({why})" for p, why in res.skipped[:5])
         warn(f"skipped {len(res.skipped)} entr{'y' if len(res.skipped) == 1 else 'ies'} OSTree cannot hold: "
@@ -670,10 +670,10 @@ def _default_ref(repo: Repo, rev: str) -> str:
     try:
         full = repo.git.lookup_reference_dwim(rev).name
     except (KeyError, pygit2.InvalidSpecError):
-        raise GitreeError(f"{rev} is not a branch name; give the OSTree ref with --ref") from None
+        raise UsageError(f"{rev} is not a branch name; give the OSTree ref with --ref") from None
     if full.startswith("refs/heads/"):
         return full[len("refs/heads/"):]
-    raise GitreeError(f"{rev} is not a branch name; give the OSTree ref with --ref")
+    raise UsageError(f"{rev} is not a branch name; give the OSTree ref with --ref")
 
 
 __all__ = ["export_ostree", "ExportResult", "ExportOptions", "CACHE_REF"]

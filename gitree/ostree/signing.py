@@ -19,7 +19,7 @@ from gitree_compat import ObjectType, OstreeRepo, Variant
 
 from .. import tools
 from ..outfile import atomic_output
-from ..errors import BadInput, GitreeError
+from ..errors import BadInput, NotFound
 
 GPG_KEY = "ostree.gpgsigs"
 
@@ -160,7 +160,7 @@ def sign_summary(target: OstreeRepo, signers: Iterable[Signer]) -> None:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise GitreeError(f"{target.path} has no summary to sign (export with --update-summary)") from None
+        raise NotFound(f"{target.path} has no summary to sign (export with --update-summary)") from None
     metadata: list[tuple[str, Variant]] = []
     _add_signatures(metadata, data, signers)
     with atomic_output(str(target.path / "summary.sig"), 0o644) as f:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import shutil
 import struct
-import subprocess
 import tempfile
 import zlib
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ import pygit2
 
 from .. import tools
 from .. import limits
-from ..errors import BadInput, CorruptObject, GitreeError, NotFound, UnsafePath
+from ..errors import BadInput, CorruptObject, GitreeError, NotFastForward, NotFound, UnsafePath, UsageError
 from ..outfile import atomic_output
 from ..gittree import MODE_DIR, decode_tree
 from ..packreader import STREAM_OBJECT, read_pack
@@ -223,14 +222,14 @@ def _resolve_range(repo: Repo, spec: str, branch: str | None) -> tuple[bytes | N
     if branch is None:
         full = f"refs/heads/{new_s}"
         if full not in repo.git.references:
-            raise GitreeError(f"{new_s} is not a branch name; give the branch to update with --branch")
+            raise UsageError(f"{new_s} is not a branch name; give the branch to update with --branch")
         branch = new_s
     branch = repo.branch_ref(branch)[len("refs/heads/"):]
     if old is not None:
         if old == new:
-            raise GitreeError(f"{spec}: nothing to bundle, both ends are {new.hex()}")
+            raise UsageError(f"{spec}: nothing to bundle, both ends are {new.hex()}")
         if not repo.git.descendant_of(pygit2.Oid(raw=new), pygit2.Oid(raw=old)):
-            raise GitreeError(f"{spec}: {new_s} does not descend from {old_s}")
+            raise UsageError(f"{spec}: {new_s} does not descend from {old_s}")
     return old, new, branch
 
 
@@ -319,7 +318,7 @@ class _Unwrapped:
             cmd = ["zstd", "-d", "-q", "-c", f"--long={self.header.window_log}"]
             if ref is not None:
                 cmd.append(f"--patch-from={ref}")
-            self.proc = subprocess.Popen(cmd, stdin=self.f, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            self.proc = tools.popen(cmd, stdin=self.f)
             self.stream = self.proc.stdout
         except BaseException:
             self.close()
@@ -328,17 +327,15 @@ class _Unwrapped:
     def finish(self) -> None:
         """Raise unless zstd read the whole frame and verified its checksum."""
         rest = self.stream.read()
-        err = self.proc.stderr.read()
-        rc = self.proc.wait()
+        rc, line = tools.wait(self.proc)
         if rc != 0 or rest:
-            msg = err.decode(errors="replace").strip().splitlines()
-            raise CorruptObject(f"{self.path}: corrupt bundle ({msg[-1] if msg else 'trailing data'})")
+            raise CorruptObject(f"{self.path}: corrupt bundle ({line or 'trailing data'})")
 
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
-        for s in (getattr(self.proc, "stdout", None), getattr(self.proc, "stderr", None)):
+        for s in (getattr(self.proc, "stdout", None), getattr(self.proc, "gitree_stderr", None)):
             if s is not None:
                 s.close()
         self.f.close()
@@ -476,8 +473,8 @@ def apply(repo: Repo, path: str, branch: str | None = None, level: int = 1) -> t
                     tx.commit()
                     return branch, old_tip, new
                 if old_tip is not None and not repo.git.descendant_of(commit.id, pygit2.Oid(raw=old_tip)):
-                    raise GitreeError(f"branch {branch} is at {old_tip.hex()}, which {new.hex()} does not descend "
-                                      "from; nothing was changed")
+                    raise NotFastForward(f"branch {branch} is at {old_tip.hex()}, which {new.hex()} does not descend "
+                                          "from; nothing was changed")
                 repo.set_branch(branch, new, old_tip, f"gitree: bundle apply {os.path.basename(path)}")
                 tx.commit()
             return branch, old_tip, new

@@ -16,7 +16,7 @@ import shutil
 import pygit2
 
 from .. import tools
-from ..errors import BadInput, CorruptObject, GitreeError, UnsafePath
+from ..errors import BadInput, CorruptObject, GitreeError, NotFastForward, NotFound, TargetExists, UnsafePath
 from ..outfile import require_private_dir
 from ..repo import Repo
 
@@ -111,8 +111,8 @@ def fetch(repo: Repo, remote: str, branches: list[str] | None = None, depth: int
                     continue
                 if old is not None and depth is None and \
                         not repo.git.descendant_of(pygit2.Oid(raw=new), pygit2.Oid(raw=old)):
-                    raise GitreeError(f"git fetch from {remote}: branch {name} on the server is not a fast-forward "
-                                      "of the local one; no branch was changed")
+                    raise NotFastForward(f"git fetch from {remote}: branch {name} on the server is not a fast-forward "
+                                          "of the local one; no branch was changed")
                 updates.append((ref, new, old))
             local = [repo.git.references[r].target.raw for r in repo.git.references if r.startswith("refs/heads/")]
             verify_incoming(repo, [new for _, new, _ in updates], local, f"fetch from {remote}")
@@ -130,7 +130,7 @@ def fetch(repo: Repo, remote: str, branches: list[str] | None = None, depth: int
 def clone(url: str, path: str, depth: int | None = None, branch: str | None = None) -> Repo:
     """A bare clone of a gitree repository, set up as `gitree init` would (shallow with `depth`)."""
     if os.path.lexists(path) and not (os.path.isdir(path) and not os.listdir(path)):
-        raise GitreeError(f"{path} exists and is not an empty directory")
+        raise TargetExists(f"{path} exists and is not an empty directory")
     if os.path.lexists(path):
         require_private_dir(path, "clone destination")
     # --no-local: a local source is copied object by object, never linked or borrowed (alternates), so the
@@ -152,7 +152,7 @@ def clone(url: str, path: str, depth: int | None = None, branch: str | None = No
         cfg["remote.origin.fetch"] = "refs/heads/*:refs/heads/*"
         heads = [r for r in repo.git.references if r.startswith("refs/heads/")]
         if not heads:
-            raise GitreeError(f"{url} has no branches")
+            raise NotFound(f"{url} has no branches")
         for r in list(repo.git.references):
             if not r.startswith("refs/heads/"):
                 raise UnsafePath(f"clone of {url}: the server sent {r}; only branches can arrive")
