@@ -16,7 +16,8 @@ import tarfile
 import pytest
 from helpers import run_gitree
 
-from gitree import api, lxc, tools
+from gitree import api, tools
+from gitree.boot import lxc
 from gitree.entry import Entry, Kind
 from gitree.errors import (WARNINGS_EXIT, BranchMoved, CorruptObject, GitreeWarning, NotFastForward, NotFound,
                            StrictWarnings, TargetExists, TimedOut, ToolFailed, UsageError, WriteFailed,

@@ -71,7 +71,7 @@ def entry_deployment(sysroot: str, entry: BootEntry) -> str | None:
 
 def deploy(repo: Repo, rev: str, sysroot: str, osname: str, ref: str | None = None,
            kargs: tuple[str, ...] = (), progress=None, bootloader: str | None = None, warn=None) -> DeployResult:
-    """bootloader: None (ostree's own detection) or "uboot" (gitree.uboot: uEnv.txt and a boot script)."""
+    """bootloader: None (ostree's own detection) or "uboot" (gitree.boot.uboot: uEnv.txt and a boot script)."""
     if os.geteuid() != 0:
         raise NeedsRoot("deploy writes a bare OSTree repository (file owners) and must run as root")
     commit = repo.resolve(rev)

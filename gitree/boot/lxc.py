@@ -3,7 +3,7 @@
 A container NAME lives in LXCPATH/NAME:
 
     config          the LXC configuration (written by create)
-    sysroot/        an OSTree sysroot that belongs to the container: gitree.deploy writes it with the
+    sysroot/        an OSTree sysroot that belongs to the container: gitree.boot.deploy writes it with the
                     real `ostree admin`, so upgrade, rollback and undeploy work as on a board
     rootfs/         an empty directory: LXC's rootfs.path, the mount point the hooks fill
     gitree-hook     the hook program (POSIX sh, written by create), registered for pre-mount, mount,

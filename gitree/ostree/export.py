@@ -1,5 +1,5 @@
 """Export of gitree commits to native OSTree repositories, over gitree_compat's public API (the other
-direction is gitree.ostree_import).
+direction is gitree.ostree.importing).
 
 Export walks a gitree commit directory by directory and writes dirtree/dirmeta/content objects whose
 checksums equal what `ostree commit` computes for the same tree. The export cache (gitree/exportcache.py: a
@@ -102,7 +102,7 @@ class ExportOptions:
     strict: bool = False
     update_summary: bool = False
     extra_metadata: list[tuple[str, Variant]] = field(default_factory=list)
-    signers: list = field(default_factory=list)  # gitree.signing.Signer: sign each commit and the summary
+    signers: list = field(default_factory=list)  # gitree.ostree.signing.Signer: sign each commit and the summary
     ref_bindings: tuple[str, ...] = ()  # bound besides `ref` (ostree commit --bind-ref)
     compression: str | int = DEFAULT_COMPRESSION  # archive .filez bodies: "reuse" (pack deflate) or zlib 1-9
 

@@ -1,4 +1,4 @@
-"""Import of native OSTree commits into gitree (the other direction is gitree.ostree_export).
+"""Import of native OSTree commits into gitree (the other direction is gitree.ostree.export).
 
 Import reads an OSTree commit chain, verifying every object as it is read and bounding what a hostile
 repository can make it do (depth, sharing, sizes), into gitree commits through one transaction: the branch
