@@ -185,3 +185,38 @@ def test_show_names_the_stored_ostree_commit(work, base):
     assert len(line) == 1 and "ostree.endoflife-rebase" in line[0] and "not in git" in line[0], out
     assert "\x1b" not in out and "\x07" not in out
     assert "imported OSTree commit" not in run_gitree("-C", repo, "show", "main").stdout.decode()
+
+
+def _refs(repo: str) -> str:
+    return subprocess.run(["git", "--git-dir", repo, "for-each-ref"], capture_output=True, text=True,
+                          check=True).stdout
+
+
+@pytest.mark.parametrize("argv", [("import-rootfs", "{src}", "-b", "fifo"), ("bundle", "apply", "{src}")])
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_fifo_or_device_as_an_input_file_is_refused(work, base, argv, kind):
+    """A tar or bundle path that is a FIFO (no writer: opening it would block forever) or a device
+    (/dev/zero reads forever) is refused in one line before it is read; no ref moves. A stream still
+    comes in as `-`."""
+    repo, _ = base
+    if kind == "fifo":
+        src = os.path.join(work, "stick.tar")
+        os.mkfifo(src)
+    else:
+        src = "/dev/zero"
+    before = _refs(repo)
+    r = run_gitree("-C", repo, *[a.format(src=src) for a in argv], check=False, timeout=60)
+    assert_one_error(r, src, "a FIFO" if kind == "fifo" else "a character device", "not a regular file")
+    assert _refs(repo) == before
+
+
+def test_symlink_to_a_fifo_is_refused_too(work, base):
+    """The path is followed (a user may name a tar through a symlink), and what it leads to must be a
+    regular file."""
+    repo, _ = base
+    fifo = os.path.join(work, "fifo")
+    os.mkfifo(fifo)
+    link = os.path.join(work, "rootfs.tar")
+    os.symlink(fifo, link)
+    r = run_gitree("-C", repo, "import-rootfs", link, "-b", "fifo", check=False, timeout=60)
+    assert_one_error(r, "a FIFO", "pipe it to '-'")
