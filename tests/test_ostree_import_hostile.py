@@ -25,13 +25,17 @@ def base_repo(tmpfs_root):
     """A real archive repository made by `ostree commit`, reused (copied) by every case."""
     d = os.path.join(tmpfs_root, "hostile-ostree")
     src = os.path.join(d, "src")
+    _base_files(src)
+    repo = os.path.join(d, "repo")
+    return repo, ostree_commit(src, repo, "base")
+
+
+def _base_files(src: str) -> None:
     os.makedirs(os.path.join(src, "sub"))
     with open(os.path.join(src, "hello.txt"), "w") as f:
         f.write("hello world\n")
     with open(os.path.join(src, "sub", "x"), "w") as f:
         f.write("x\n")
-    repo = os.path.join(d, "repo")
-    return repo, ostree_commit(src, repo, "base")
 
 
 def _copy(made: tuple[str, str], work: str) -> tuple[str, str, str]:
@@ -643,11 +647,7 @@ def test_a_shared_object_is_read_once_over_a_commit_chain(base_repo, work, monke
     repo = os.path.join(work, "ostree")
     shutil.copytree(src, repo, symlinks=True)
     tree_src = os.path.join(work, "tree")
-    os.makedirs(os.path.join(tree_src, "sub"))
-    with open(os.path.join(tree_src, "hello.txt"), "w") as f:
-        f.write("hello world\n")
-    with open(os.path.join(tree_src, "sub", "x"), "w") as f:
-        f.write("x\n")
+    _base_files(tree_src)
     with open(os.path.join(tree_src, "new"), "w") as f:
         f.write("new\n")
     subprocess.run(["ostree", f"--repo={repo}", "commit", f"--tree=dir={tree_src}", "-b", "os/main",
