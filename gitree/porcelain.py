@@ -21,6 +21,7 @@ from .outfile import atomic_output
 from .progress import make_progress
 from .diff import Change, diff_changes
 from .sinks import CheckoutReport, DirectoryWriter, write_tar
+from .sparse import bounded_holes
 from .sources import DirectoryReport, TarInput, directory_entries, tar_entries
 from .store import ImportStats, Repo, stderr_warn
 
@@ -150,14 +151,15 @@ def checkout_tar(repo: Repo, rev: str, out: str, quiet: bool = True, sparse: boo
         progress = make_progress("checkout", quiet)
     tick = progress.update if progress else None
     sizes = lambda e: repo.blob_size(e.oid, display(e.path))  # noqa: E731
+    walk = repo.walk if sparse else lambda c: bounded_holes(repo.walk(c))  # holes spelled out: bounded
     if out == "-":
         repo.verify(commit)  # nothing is written for a tree the reader refuses: a stream cannot be taken back
         stream = sys.stdout.buffer
-        res = write_tar(repo.walk(commit), stream.write, _chunks_for(repo), sizes, True, tick, sparse)
+        res = write_tar(walk(commit), stream.write, _chunks_for(repo), sizes, True, tick, sparse)
         stream.flush()
     else:
         with atomic_output(out) as f:
-            res = write_tar(repo.walk(commit), f.write, _chunks_for(repo), sizes, True, tick, sparse)
+            res = write_tar(walk(commit), f.write, _chunks_for(repo), sizes, True, tick, sparse)
     if progress and own:
         progress.done()
     return res

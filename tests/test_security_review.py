@@ -220,3 +220,38 @@ def test_symlink_to_a_fifo_is_refused_too(work, base):
     os.symlink(fifo, link)
     r = run_gitree("-C", repo, "import-rootfs", link, "-b", "fifo", check=False, timeout=60)
     assert_one_error(r, "a FIFO", "pipe it to '-'")
+
+
+def test_declared_16_tib_sparse_file_is_not_spelled_out_in_a_plain_tar(work):
+    """A 4 KB tar declaring one 2^44-byte sparse file (1 byte of data) imports (within MAX_LOGICAL), and
+    a directory checkout writes it as a hole; `checkout --tar` without --sparse would stream 16 TiB of
+    zeros, so it is refused in one line naming --sparse and the limit, with no output file left. With
+    --sparse the member stays sparse and GNU tar reads it back."""
+    from gitree.sparse import MAX_EXPANDED_HOLES, SparseMap
+    from gitree.tarformat import TarWriter
+
+    path = os.path.join(work, "sparse16t.tar")
+    with open(path, "wb") as f:
+        w = TarWriter(f.write)
+        w.add(b"./", 0o040000, 0o755, 0, 0)
+        w.add(b"./big", 0o100000, 0o644, 0, 0, size=1, sparse=SparseMap(1 << 44, ((0, 1),)))
+        w.add_data(b"x")
+        w.pad(1)
+        w.close()
+    assert os.path.getsize(path) <= 4096 * 3
+    repo = os.path.join(work, "sp.git")
+    run_gitree("-C", repo, "init")
+    run_gitree("-C", repo, "import-rootfs", path, "-b", "m")
+    out = os.path.join(work, "out.tar")
+    r = run_gitree("-C", repo, "checkout", "m", "--tar", out, check=False, timeout=60)
+    assert_one_error(r, "big", "--sparse", "MAX_EXPANDED_HOLES", str(MAX_EXPANDED_HOLES))
+    assert r.returncode == 5 and sorted(os.listdir(work)) == ["sp.git", "sparse16t.tar"]  # nothing left
+    r = run_gitree("-C", repo, "checkout", "m", "--tar", "-", check=False, timeout=60)
+    assert_one_error(r, "--sparse")
+    run_gitree("-C", repo, "checkout", "m", "--tar", out, "--sparse", timeout=60)
+    listing = subprocess.run(["tar", "-tvf", out], capture_output=True, text=True, check=True).stdout
+    assert str(1 << 44) in listing, listing
+    dest = os.path.join(work, "dest")
+    run_gitree("-C", repo, "checkout", "m", dest, timeout=60)
+    st = os.stat(os.path.join(dest, "big"))
+    assert st.st_size == 1 << 44 and st.st_blocks * 512 < 1 << 20
