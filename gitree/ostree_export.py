@@ -32,6 +32,7 @@ from gitree_compat import Commit, DirMeta, FileMeta, ObjectType, OstreeRepo, Var
 from . import limits, ostreemeta
 from .entry import Kind
 from .exportcache import COMMIT, DIRMETA, DIRTREE, FILE, open_cache, record_key
+from .targettrust import TargetObjects
 from .errors import CorruptObject, GitreeError, UnsupportedEntry
 from .gittree import decode_tree
 from .names import display, esc, unesc
@@ -283,6 +284,7 @@ class Exporter:
         self.variant = self.base_variant = b"canonical" if self.canonical else b"full"
         self.xorder: dict[bytes, list[bytes]] | None = None  # set while exporting an imported commit
         self.cache = open_cache(repo.path, warn) or _NoCache()
+        self.present = TargetObjects(self.cache, target, warn)  # what the target holds that may be referenced unread
         self.prefixes: dict[tuple, bytes] = {}  # file header bytes by metadata (few distinct values per tree)
         self.objdir = os.path.join(os.fspath(target.path), "objects")
         self.inline_jobs = 0
@@ -339,7 +341,7 @@ class Exporter:
         ht, hm = self.cache.get(dkeys[0]), self.cache.get(dkeys[1])
         if ht is not None and hm is not None:
             t, m = ht.hex(), hm.hex()
-            if self._has(t, ObjectType.DIR_TREE) and self._has(m, ObjectType.DIR_META):
+            if self.present.vouched(t, ObjectType.DIR_TREE) and self.present.vouched(m, ObjectType.DIR_META):
                 self.dirs_cached += 1
                 return t, m
         dkey = dkeys[0]
@@ -372,7 +374,7 @@ class Exporter:
                               *((b"sparse", sparse_encode(row.sparse)) if row.sparse is not None else ()))
             csum = self.cache.get(fkey)
             known = csum.hex() if csum is not None else None
-            if known is not None and self._has(known, ObjectType.FILE):
+            if known is not None and self.present.usable(known, ObjectType.FILE):
                 self.files_cached += 1
                 pending.files.append((name, known))
                 continue
@@ -461,6 +463,7 @@ class Exporter:
                 csum = self._resolve(slot)
                 if fkey not in self.resolved:
                     self.resolved.add(fkey)
+                    self.present.record(csum, ObjectType.FILE)  # written (or replaced) by this export
                     if slot.hashed:
                         self.cache.put(fkey, bytes.fromhex(csum))
                     self.files_written += 1
@@ -471,6 +474,8 @@ class Exporter:
         r = p.self_row
         m = self.target.write_dirmeta(self._dir_meta(p.path, r.mode, r.uid, r.gid, r.xattrs))
         t = self.target.write_dirtree(files, dirs)
+        self.present.record(t, ObjectType.DIR_TREE)
+        self.present.record(m, ObjectType.DIR_META)
         self.cache.put(p.dkeys[0], bytes.fromhex(t))
         self.cache.put(p.dkeys[1], bytes.fromhex(m))
         p.result = (t, m)
@@ -556,18 +561,19 @@ class Exporter:
                 parent = None
         written = []
         try:
-            if parent is not None and self.cache.get(self._commit_key(tip, self._parent_of(parent))) \
-                    == bytes.fromhex(parent):
+            if parent is not None and self.present.vouched(parent, ObjectType.COMMIT) and \
+                    self.cache.get(self._commit_key(tip, self._parent_of(parent))) == bytes.fromhex(parent):
                 # the ref already names the export of REV: exporting again changes nothing
                 chain, written = [], [parent]
             for c in chain:
                 ckey = self._commit_key(c, parent)
                 hit = self.cache.get(ckey)
-                if hit is not None and self.target.has_object(hit.hex(), ObjectType.COMMIT):
+                if hit is not None and self.present.vouched(hit.hex(), ObjectType.COMMIT):
                     csum = hit.hex()
                 else:
                     csum = self.export_commit(c, parent)
                     self.cache.put(ckey, bytes.fromhex(csum))
+                    self.present.record(csum, ObjectType.COMMIT)
                 written.append(csum)
                 parent = csum
         finally:
