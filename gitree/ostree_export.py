@@ -32,6 +32,7 @@ from gitree_compat import Commit, DirMeta, FileMeta, ObjectType, OstreeRepo, Var
 from . import limits, ostreemeta
 from .entry import Kind
 from .exportcache import COMMIT, DIRMETA, DIRTREE, FILE, open_cache, record_key
+from .storedcommit import mismatch as stored_mismatch
 from .targettrust import TargetObjects
 from .errors import CorruptObject, GitreeError, UnsupportedEntry
 from .gittree import decode_tree
@@ -507,15 +508,14 @@ class Exporter:
         if original is not None:
             data, detached, _ = original
             oc_commit = oc.decode_commit(data)
-            # a commit imported without its parent (a partial OSTree history) still names that parent
-            same_parent = oc_commit.parent == parent or (parent is None and not commit.parents)
-            if (oc_commit.root_tree, oc_commit.root_meta) == (root_tree, root_meta) and same_parent:
+            # written as it is only when all git can check agrees (gitree/storedcommit.py)
+            why = stored_mismatch(oc_commit, hashlib.sha256(data).hexdigest(), commit, parent, (root_tree, root_meta))
+            if why is None:
                 csum = self.target.write_metadata(ObjectType.COMMIT, data)
                 if detached is not None:
                     self.target.write_commitmeta(csum, oc.decode_commitmeta(detached))
                 return csum
-            self.warn(f"commit {commit.id}: its tree or parent differs from the OSTree commit it was imported "
-                      "from; writing a new commit")
+            self.warn(f"commit {commit.id}: {why}; writing a new commit")
         subject, _, body = commit.message.partition("\n")
         body = body.lstrip("\n").rstrip("\n")
         md = list(self.opts.extra_metadata)

@@ -22,6 +22,7 @@ from .gittree import MODE_DIR, MODE_FILE, encode_tree
 from .ostree_export import OSTREE_COMMIT, OSTREE_COMMITMETA, OSTREE_XATTR_ORDER, encode_xattr_order
 from .packwriter import OBJ_BLOB, OBJ_TREE
 from .store import TOP_OSTREE, Repo, stderr_warn
+from .storedcommit import derived_message
 
 #: Deepest directory nesting imported: OSTREE_MAX_RECURSION, beyond which ostree itself refuses to pull or
 #: traverse a commit.
@@ -251,8 +252,7 @@ def import_ostree(repo: Repo, src_path: str, ref: str, branch: str, warn=stderr_
             if order:
                 extra.append((OSTREE_XATTR_ORDER, tx.store(OBJ_BLOB, encode_xattr_order(order))))
             ost = tx.store(OBJ_TREE, encode_tree([(MODE_FILE, n, o) for n, o in extra]))
-            message = commit.subject + ("\n\n" + commit.body if commit.body else "")
-            cid = tx.write_commit(message=message or f"OSTree commit {c_csum}", timestamp=commit.timestamp,
+            cid = tx.write_commit(message=derived_message(commit, c_csum), timestamp=commit.timestamp,
                                   parents=[parent] if parent else [], extra_top=[(MODE_DIR, TOP_OSTREE, ost)])
             made.append(cid)
             parent = cid

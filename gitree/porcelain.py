@@ -393,10 +393,11 @@ class Problem(NamedTuple):
         return f"{self.rev}: {'/' + self.path.decode('utf-8', 'backslashreplace')}: {self.message}"
 
 
-def fsck(repo: Repo, revs: list[str] | None = None) -> list[Problem]:
+def fsck(repo: Repo, revs: list[str] | None = None, warn=None) -> list[Problem]:
     """Read commits as every command does (the store's validating reader, to the end rather than to the
     first fault) and check every file's blob exists. REVs: those commits; none: every commit of every
-    branch, history included. Returns problems."""
+    branch, history included. Returns problems. `warn` gets one warning when commits carry stored OSTree
+    metadata that export publishes unchecked (gitree/storedcommit.py)."""
     if revs:
         commits = [(rev, repo.resolve(rev)) for rev in revs]
     else:
@@ -416,6 +417,9 @@ def fsck(repo: Repo, revs: list[str] | None = None) -> list[Problem]:
         found: list = []
         repo.verify(commit, found)
         problems.extend(Problem(rev, p, m) for p, m in found)
+    if warn is not None:
+        from .storedcommit import warn_unchecked
+        warn_unchecked(repo, (c for _, c in commits), warn, "fsck")
     return problems
 
 

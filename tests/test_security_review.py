@@ -255,3 +255,77 @@ def test_declared_16_tib_sparse_file_is_not_spelled_out_in_a_plain_tar(work):
     run_gitree("-C", repo, "checkout", "m", dest, timeout=60)
     st = os.stat(os.path.join(dest, "big"))
     assert st.st_size == 1 << 44 and st.st_blocks * 512 < 1 << 20
+
+
+def _stored_commit_variant(work, repo, name, **changes) -> bytes:
+    """A commit of main's tree carrying, as ostree/commit, main's own export with `changes` (the OSTree
+    commit an attacker publishes); returns those commit bytes."""
+    import dataclasses
+
+    import gitree_compat as oc
+    first = os.path.join(work, "first-" + name)
+    csum = last_line(run_gitree("-C", repo, "export-ostree", "main", "--ostree-repo", first, "--ref", "x"))
+    with open(os.path.join(first, "objects", csum[:2], csum[2:] + ".commit"), "rb") as f:
+        c = oc.decode_commit(f.read())
+    data = oc.encode_commit(dataclasses.replace(
+        c, metadata=[("ostree.endoflife-rebase", oc.Variant("s", "attacker/ref"))], **changes))
+    _with_ostree_subtree(repo, "main", [(b"commit", data)], name)
+    return data
+
+
+def _arrive(work, repo, name) -> tuple[str, str]:
+    """Carry branch `name` in a bundle into a new repository: (that repository, bundle apply's stderr)."""
+    gtb = os.path.join(work, name + ".gtb")
+    run_gitree("-C", repo, "bundle", "create", name, gtb, "--branch", name)
+    victim = os.path.join(work, "victim-" + name + ".git")
+    run_gitree("-C", victim, "init")
+    r = run_gitree("-C", victim, "bundle", "apply", gtb)
+    return victim, r.stderr.decode()
+
+
+@pytest.mark.parametrize("field,value,why", [("subject", "EVIL subject not in git", "message"),
+                                             ("body", "a body git log never showed", "message"),
+                                             ("timestamp", 4000000000, "time")])
+def test_stored_ostree_commit_is_exported_only_when_git_can_check_it(work, base, field, value, why):
+    """Review F2: an arriving commit's ostree/commit whose subject, body or timestamp is not what the git
+    commit says (what import-ostree derives) is not published: export writes a new commit from the git
+    commit (its message and time; none of the stored metadata) with one warning naming the field."""
+    import gitree_compat as oc
+    repo, _ = base
+    _stored_commit_variant(work, repo, "evil", **{field: value})
+    victim, applied = _arrive(work, repo, "evil")
+    assert "ostree.endoflife-rebase" in applied, applied
+    out = os.path.join(work, "out")
+    r = run_gitree("-C", victim, "export-ostree", "evil", "--ostree-repo", out, "--ref", "stable")
+    warned = [ln for ln in r.stderr.decode().splitlines() if "writing a new commit" in ln]
+    assert len(warned) == 1 and why in warned[0], r.stderr
+    csum = last_line(r)
+    with open(os.path.join(out, "objects", csum[:2], csum[2:] + ".commit"), "rb") as f:
+        published = oc.decode_commit(f.read())
+    g = pygit2.Repository(victim)
+    c = g.revparse_single("evil")
+    assert published.subject == c.message.splitlines()[0] and published.timestamp == c.commit_time
+    assert value not in (published.subject, published.body, published.timestamp)
+    assert "ostree.endoflife-rebase" not in dict(published.metadata)
+    assert "no errors found" in subprocess.run(["ostree", f"--repo={out}", "fsck"], capture_output=True,
+                                               text=True, check=True).stdout
+
+
+def test_stored_ostree_metadata_is_named_by_fsck_and_bundle_apply(work, base):
+    """The stored commit's metadata cannot be checked against git, and a genuinely imported history needs it
+    to keep its checksums: when everything checkable agrees it is published as it is, and the commands that
+    read arriving commits name its keys in one warning (`show` lists them too)."""
+    import hashlib
+    repo, _ = base
+    data = _stored_commit_variant(work, repo, "meta")
+    victim, applied = _arrive(work, repo, "meta")
+    lines = [ln for ln in applied.splitlines() if "ostree.endoflife-rebase" in ln]
+    assert len(lines) == 1 and "bundle apply" in lines[0] and "gitree show" in lines[0], applied
+    r = run_gitree("-C", victim, "fsck")
+    lines = [ln for ln in r.stderr.decode().splitlines() if "ostree.endoflife-rebase" in ln]
+    assert len(lines) == 1 and "fsck" in lines[0], r.stderr
+    out = os.path.join(work, "out")
+    r = run_gitree("-C", victim, "export-ostree", "meta", "--ostree-repo", out, "--ref", "stable")
+    assert last_line(r) == hashlib.sha256(data).hexdigest() and "writing a new commit" not in r.stderr.decode()
+    assert "imported OSTree commit" not in run_gitree("-C", repo, "fsck", "main").stderr.decode()
+    assert "ostree" not in run_gitree("-C", repo, "fsck", "main").stderr.decode()
