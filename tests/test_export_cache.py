@@ -366,8 +366,9 @@ def _objfile(repo: str, csum: str, suffix: str) -> str:
     return os.path.join(repo, "objects", csum[:2], f"{csum[2:]}.{suffix}")
 
 
+@pytest.mark.parametrize("mode", ["archive", "bare"])
 @pytest.mark.parametrize("cache", ["knows-the-checksums", "empty"])
-def test_objects_planted_in_a_prepared_target_are_not_trusted(work, cache):
+def test_objects_planted_in_a_prepared_target_are_not_trusted(work, cache, mode):
     """Review F6: a target repository prepared by someone else holds, under the checksums of v2's /bin/sudo
     and /bin dirtree, v1's old sudo and old /bin. Exporting v2 into it must not reference them: a present
     object the export cache has not recorded as written or verified in this target is verified first
@@ -387,11 +388,13 @@ def test_objects_planted_in_a_prepared_target_are_not_trusted(work, cache):
     else:
         import shutil
         shutil.rmtree(os.path.join(repo, "gitree", "ostree-cache"))
-    prepared = fresh_ostree(os.path.join(work, "prepared"), "archive")
+    prepared = fresh_ostree(os.path.join(work, "prepared"), mode)
     for old, new, suffix in ((old_sudo, new_sudo, "filez"), (old_bin, new_bin, "dirtree")):
-        os.makedirs(os.path.dirname(_objfile(prepared, new, suffix)), exist_ok=True)
-        with open(_objfile(old_target, old, suffix), "rb") as f, open(_objfile(prepared, new, suffix), "wb") as g:
-            g.write(f.read())
+        planted = _objfile(prepared, new, "file" if suffix == "filez" and mode == "bare" else suffix)
+        os.makedirs(os.path.dirname(planted), exist_ok=True)
+        with open(_objfile(old_target, old, suffix), "rb") as f, open(planted, "wb") as g:
+            g.write(f.read() if planted.endswith(suffix) else SUDO_OLD)  # bare: the file's bytes themselves
+        os.chmod(planted, 0o4755 if planted.endswith(".file") else 0o644)
     r = run_gitree("-C", repo, "export-ostree", "os", "--ostree-repo", prepared)
     assert _root(prepared) == want
     assert "no errors found" in ostree(f"--repo={prepared}", "fsck")

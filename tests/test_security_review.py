@@ -192,7 +192,8 @@ def _refs(repo: str) -> str:
                           check=True).stdout
 
 
-@pytest.mark.parametrize("argv", [("import-rootfs", "{src}", "-b", "fifo"), ("bundle", "apply", "{src}")])
+@pytest.mark.parametrize("argv", [("import-rootfs", "{src}", "-b", "fifo"), ("bundle", "apply", "{src}"),
+                                  ("bundle", "unwrap", "{src}", "{work}/out.bundle")])
 @pytest.mark.parametrize("kind", ["fifo", "device"])
 def test_fifo_or_device_as_an_input_file_is_refused(work, base, argv, kind):
     """A tar or bundle path that is a FIFO (no writer: opening it would block forever) or a device
@@ -205,9 +206,9 @@ def test_fifo_or_device_as_an_input_file_is_refused(work, base, argv, kind):
     else:
         src = "/dev/zero"
     before = _refs(repo)
-    r = run_gitree("-C", repo, *[a.format(src=src) for a in argv], check=False, timeout=60)
+    r = run_gitree("-C", repo, *[a.format(src=src, work=work) for a in argv], check=False, timeout=60)
     assert_one_error(r, src, "a FIFO" if kind == "fifo" else "a character device", "not a regular file")
-    assert _refs(repo) == before
+    assert _refs(repo) == before and not os.path.exists(os.path.join(work, "out.bundle"))
 
 
 def test_symlink_to_a_fifo_is_refused_too(work, base):
