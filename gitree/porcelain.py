@@ -286,8 +286,8 @@ class ShowInfo:
     with_xattrs: int         # entries with extended attributes
     content_tree: str        # hex ids of the rootfs and metadata trees
     meta_tree: str
-    # an imported commit's stored OSTree commit (ostree/commit), which export-ostree writes as it is when
-    # the tree still matches: its subject and metadata keys, shown because `log` does not show them
+    # an imported commit's stored OSTree commit (ostree/commit), which export-ostree writes as it is when git
+    # can check it (gitree/storedcommit.py): its subject and metadata keys, shown because `log` does not show them
     ostree_commit: str | None = None
 
     def lines(self) -> list[str]:
