@@ -182,6 +182,27 @@ class ContentObject:
         self.close()
 
 
+def _holds(path: str, data: bytes) -> bool:
+    """Whether `path` is a regular file (not followed if a symlink) holding exactly `data`."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size != len(data):
+            return False
+        got = bytearray()
+        while len(got) <= len(data):
+            b = os.read(fd, len(data) + 1 - len(got))
+            if not b:
+                break
+            got += b
+        return got == data
+    finally:
+        os.close(fd)
+
+
 def _file_chunks(f: BinaryIO) -> Iterator[bytes]:
     while True:
         b = f.read(_CHUNK)
@@ -399,13 +420,12 @@ class OstreeRepo:
 
     def stage_object(self, checksum: str, objtype: ObjectType, write: Callable[[int], bool]) -> bool:
         """Install an object whose bytes the caller writes itself (already checksummed: nothing is verified
-        here). Unless it is present, `write(fd)` fills a new staging file in tmp/ (O_EXCL|O_NOFOLLOW) and sets
-        its metadata; the file is fsynced if the repository asks for it and renamed into objects/. `write`
-        returning False abandons it (nothing is installed). True when the object is there afterwards."""
+        here). `write(fd)` fills a new staging file in tmp/ (O_EXCL|O_NOFOLLOW) and sets its metadata; the
+        file is fsynced if the repository asks for it and renamed into objects/, over a file already there
+        (which may not be what its name says: callers that trust a present object check it before calling).
+        `write` returning False abandons it (nothing is installed). True when the object is there afterwards."""
         self.check_write_layout()
         dest = self._obj(checksum, objtype)
-        if os.path.lexists(dest):
-            return True
         tmp = self._tmp_path()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
@@ -454,7 +474,7 @@ class OstreeRepo:
             _DECODERS[objtype](data)
         csum = hashlib.sha256(data).hexdigest()
         dest = self._obj(csum, objtype)
-        if not os.path.exists(dest):
+        if not _holds(dest, data):  # a file already there that holds other bytes is replaced, not trusted
             self._commit_tmp(self._write_tmp_file(data), dest)
         return csum
 
@@ -546,11 +566,9 @@ class OstreeRepo:
             if expected is not None and csum != expected:
                 raise BadOstreeObject(f"{expected}.file: content hashes to {csum}", checksum=expected,
                                     objtype="file")
-            dest = self._obj(csum, ObjectType.FILE)
-            if os.path.lexists(dest):
-                os.unlink(tmp)
-            else:
-                self._commit_tmp(tmp, dest)
+            # an object already under that name is replaced by the one just hashed: it may not be what its name
+            # says (a target repository prepared by someone else), and checking it would cost a read
+            self._commit_tmp(tmp, self._obj(csum, ObjectType.FILE))
         except BaseException:
             if os.path.lexists(tmp):
                 os.unlink(tmp)

@@ -194,10 +194,11 @@ def fsck(repo: Repo | str, revs: Iterable[str] = (), *, check: bool = False,
          on_warning: OnWarning = None) -> FsckResult:
     """Read commits as every command does and list every fault (default: every commit of every branch).
     `check`: raise FsckFailed when there is any."""
-    problems = porcelain.fsck(open_repo(repo), list(revs))
+    w = _Warnings(on_warning, "fsck")
+    problems = porcelain.fsck(open_repo(repo), list(revs), warn=w)
     if check and problems:
         raise FsckFailed(f"fsck found {len(problems)} problem(s)")
-    return FsckResult(problems)
+    return FsckResult(problems, warnings=w.items)
 
 
 @dataclass
@@ -388,9 +389,19 @@ class BundleApplyResult(Result):
 def bundle_apply(repo: Repo | str, path: str, *, branch: str | None = None,
                  on_warning: OnWarning = None) -> BundleApplyResult:
     """Add a bundle's objects, verify every incoming commit, then move its branch (fast-forward only)."""
+    import pygit2
+
     from .transport.bundle import apply
-    name, old, new = apply(open_repo(repo), path, branch)
-    return BundleApplyResult(name, old.hex() if old else None, new.hex())
+    from .ostree.storedcommit import warn_unchecked
+    w = _Warnings(on_warning, "bundle")
+    r = open_repo(repo)
+    name, old, new = apply(r, path, branch)
+    # the arrived commits' stored OSTree metadata, which export would publish unchecked: named once
+    walker = r.git.walk(pygit2.Oid(raw=new), pygit2.enums.SortMode.TOPOLOGICAL)
+    if old is not None:
+        walker.hide(pygit2.Oid(raw=old))
+    warn_unchecked(r, walker, w, "bundle apply")
+    return BundleApplyResult(name, old.hex() if old else None, new.hex(), warnings=w.items)
 
 
 @dataclass

@@ -21,6 +21,7 @@ from .outfile import atomic_output
 from .progress import make_progress
 from .diff import Change, diff_changes
 from .sinks import CheckoutReport, DirectoryWriter, write_tar
+from .sparse import bounded_holes
 from .sources import DirectoryReport, TarInput, directory_entries, tar_entries
 from .importer import ImportStats
 from .repo import Repo
@@ -152,14 +153,15 @@ def checkout_tar(repo: Repo, rev: str, out: str, quiet: bool = True, sparse: boo
         progress = make_progress("checkout", quiet)
     tick = progress.update if progress else None
     sizes = lambda e: repo.blob_size(e.oid, display(e.path))  # noqa: E731
+    walk = repo.walk if sparse else lambda c: bounded_holes(repo.walk(c))  # holes spelled out: bounded
     if out == "-":
         repo.verify(commit)  # nothing is written for a tree the reader refuses: a stream cannot be taken back
         stream = sys.stdout.buffer
-        res = write_tar(repo.walk(commit), stream.write, _chunks_for(repo), sizes, True, tick, sparse)
+        res = write_tar(walk(commit), stream.write, _chunks_for(repo), sizes, True, tick, sparse)
         stream.flush()
     else:
         with atomic_output(out) as f:
-            res = write_tar(repo.walk(commit), f.write, _chunks_for(repo), sizes, True, tick, sparse)
+            res = write_tar(walk(commit), f.write, _chunks_for(repo), sizes, True, tick, sparse)
     if progress and own:
         progress.done()
     return res
@@ -286,8 +288,9 @@ class ShowInfo:
     with_xattrs: int         # entries with extended attributes
     content_tree: str        # hex ids of the rootfs and metadata trees
     meta_tree: str
-    # an imported commit's stored OSTree commit (ostree/commit), which export-ostree writes as it is when
-    # the tree still matches: its subject and metadata keys, shown because `log` does not show them
+    # an imported commit's stored OSTree commit (ostree/commit), which export-ostree writes as it is when git
+    # can check it (gitree/ostree/storedcommit.py): its subject and metadata keys, shown because `log` does not
+    # show them
     ostree_commit: str | None = None
 
     def lines(self) -> list[str]:
@@ -393,10 +396,11 @@ class Problem(NamedTuple):
         return f"{self.rev}: {'/' + self.path.decode('utf-8', 'backslashreplace')}: {self.message}"
 
 
-def fsck(repo: Repo, revs: list[str] | None = None) -> list[Problem]:
+def fsck(repo: Repo, revs: list[str] | None = None, warn=None) -> list[Problem]:
     """Read commits as every command does (the store's validating reader, to the end rather than to the
     first fault) and check every file's blob exists. REVs: those commits; none: every commit of every
-    branch, history included. Returns problems."""
+    branch, history included. Returns problems. `warn` gets one warning when commits carry stored OSTree
+    metadata that export publishes unchecked (gitree/ostree/storedcommit.py)."""
     if revs:
         commits = [(rev, repo.resolve(rev)) for rev in revs]
     else:
@@ -416,6 +420,9 @@ def fsck(repo: Repo, revs: list[str] | None = None) -> list[Problem]:
         found: list = []
         repo.verify(commit, found)
         problems.extend(Problem(rev, p, m) for p, m in found)
+    if warn is not None:
+        from .ostree.storedcommit import warn_unchecked
+        warn_unchecked(repo, (c for _, c in commits), warn, "fsck")
     return problems
 
 

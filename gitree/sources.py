@@ -17,6 +17,7 @@ from typing import BinaryIO, Callable, Iterator, NamedTuple
 from . import tools
 from .entry import Entry, Kind, sorted_xattrs
 from .errors import BadInput, UnsafePath
+from .infile import open_regular
 from .names import display, normalize_member_path
 from .sparse import SparseMap, coarsen
 from .sparse import canonical as sparse_canonical
@@ -69,10 +70,7 @@ class TarInput:
         self.eof = False
         self.name = source if isinstance(source, str) else "<stdin>"
         if isinstance(source, str):
-            try:
-                self.raw = open(source, "rb")
-            except OSError as e:
-                raise BadInput(f"cannot open {source}: {e.strerror}") from None
+            self.raw = open_regular(source, "tar", stdin_hint=True)  # a FIFO or device is refused, not read
         else:
             self.raw = source
         head = self._peek(12)

@@ -11,6 +11,8 @@ from typing import Iterable, Iterator, NamedTuple
 
 MAX_SEGMENTS = 65536          # data segments in one file's map
 MAX_LOGICAL = 1 << 44         # 16 TiB: ext4's largest file with 4 KiB blocks
+MAX_EXPANDED_HOLES = 1 << 36  # 64 GiB: bytes of holes one plain tar (checkout --tar without --sparse) writes
+                              # out as zeros, over all its members
 _ZEROS = bytes(1 << 20)
 
 
@@ -149,3 +151,22 @@ def coarsen(segments: list[tuple[int, int]], limit: int = MAX_SEGMENTS) -> list[
         else:
             out.append([off, n])
     return [(o, n) for o, n in out]
+
+
+def bounded_holes(entries: Iterable, limit: int = MAX_EXPANDED_HOLES) -> Iterator:
+    """Pass entries through, refusing (UnsupportedEntry, before it is written) the sparse file whose holes
+    bring the total a plain tar would spell out as zeros beyond `limit`: a 4 KB tar may declare a 16 TiB
+    file, which a checkout to a directory writes as a hole but a plain tar member must write byte by byte.
+    With --sparse the holes stay holes (GNU sparse 1.0 members) and nothing is bounded here."""
+    from .errors import UnsupportedEntry
+    from .names import display
+
+    total = 0
+    for e in entries:
+        if e.sparse is not None and e.hardlink is None:
+            total += e.sparse.size - e.sparse.data_size
+            if total > limit:
+                raise UnsupportedEntry(
+                    f"{display(e.path)}: a sparse file of {e.sparse.size} bytes; a plain tar would spell out "
+                    f"more than {limit} bytes of holes as zeros (MAX_EXPANDED_HOLES): use --sparse")
+        yield e

@@ -360,3 +360,48 @@ def test_export_into_a_prepared_repository_never_writes_through_its_symlinks(wor
     err = r.stderr.decode().strip().splitlines()
     assert r.returncode != 0 and len(err) == 1 and "not a directory" in err[0], err
     assert os.listdir(outside) == []
+
+
+def _objfile(repo: str, csum: str, suffix: str) -> str:
+    return os.path.join(repo, "objects", csum[:2], f"{csum[2:]}.{suffix}")
+
+
+@pytest.mark.parametrize("mode", ["archive", "bare"])
+@pytest.mark.parametrize("cache", ["knows-the-checksums", "empty"])
+def test_objects_planted_in_a_prepared_target_are_not_trusted(work, cache, mode):
+    """Review F6: a target repository prepared by someone else holds, under the checksums of v2's /bin/sudo
+    and /bin dirtree, v1's old sudo and old /bin. Exporting v2 into it must not reference them: a present
+    object the export cache has not recorded as written or verified in this target is verified first
+    (replaced when wrong), and one the export hashes itself is written over what is there. The export equals
+    `ostree commit` of the tree, `ostree fsck` is clean, and a checkout holds the new sudo. A second export
+    then takes the whole tree from the cache, reading nothing again."""
+    repo, old_target, src = _two_versions(work)
+    want = _want(work, src)
+    real = os.path.join(work, "real-archive")
+    new_sudo = ostree(f"--repo={real}", "ls", "-C", "os", "/bin/sudo").split()[4]
+    new_bin = ostree(f"--repo={real}", "ls", "-C", "-d", "os", "/bin").split()[4]
+    old_sudo = ostree(f"--repo={old_target}", "ls", "-C", "os", "/bin/sudo").split()[4]
+    old_bin = ostree(f"--repo={old_target}", "ls", "-C", "-d", "os", "/bin").split()[4]
+    assert (new_sudo, new_bin) != (old_sudo, old_bin)
+    if cache == "knows-the-checksums":
+        run_gitree("-C", repo, "export-ostree", "os", "--ostree-repo", os.path.join(work, "elsewhere"))
+    else:
+        import shutil
+        shutil.rmtree(os.path.join(repo, "gitree", "ostree-cache"))
+    prepared = fresh_ostree(os.path.join(work, "prepared"), mode)
+    for old, new, suffix in ((old_sudo, new_sudo, "filez"), (old_bin, new_bin, "dirtree")):
+        planted = _objfile(prepared, new, "file" if suffix == "filez" and mode == "bare" else suffix)
+        os.makedirs(os.path.dirname(planted), exist_ok=True)
+        with open(_objfile(old_target, old, suffix), "rb") as f, open(planted, "wb") as g:
+            g.write(f.read() if planted.endswith(suffix) else SUDO_OLD)  # bare: the file's bytes themselves
+        os.chmod(planted, 0o4755 if planted.endswith(".file") else 0o644)
+    r = run_gitree("-C", repo, "export-ostree", "os", "--ostree-repo", prepared)
+    assert _root(prepared) == want
+    assert "no errors found" in ostree(f"--repo={prepared}", "fsck")
+    co = os.path.join(work, "co")
+    ostree(f"--repo={prepared}", "checkout", "os", co)
+    with open(os.path.join(co, "bin", "sudo"), "rb") as f:
+        assert f.read() == SUDO_NEW
+    again = run_gitree("-C", repo, "export-ostree", "os", "--ostree-repo", prepared, "--ref", "again")
+    assert "0 files written" in again.stderr.decode() and "1 directories" in again.stderr.decode(), again.stderr
+    del r

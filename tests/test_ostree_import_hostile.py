@@ -25,13 +25,17 @@ def base_repo(tmpfs_root):
     """A real archive repository made by `ostree commit`, reused (copied) by every case."""
     d = os.path.join(tmpfs_root, "hostile-ostree")
     src = os.path.join(d, "src")
+    _base_files(src)
+    repo = os.path.join(d, "repo")
+    return repo, ostree_commit(src, repo, "base")
+
+
+def _base_files(src: str) -> None:
     os.makedirs(os.path.join(src, "sub"))
     with open(os.path.join(src, "hello.txt"), "w") as f:
         f.write("hello world\n")
     with open(os.path.join(src, "sub", "x"), "w") as f:
         f.write("x\n")
-    repo = os.path.join(d, "repo")
-    return repo, ostree_commit(src, repo, "base")
 
 
 def _copy(made: tuple[str, str], work: str) -> tuple[str, str, str]:
@@ -574,3 +578,89 @@ def test_trees_within_the_depth_and_sharing_limits_import(case, depth, fanout):
     _point_ref_at_tree(repo, csum, tree)
     r = _import(g, repo)
     assert r.returncode == 0, r.stderr
+
+
+def _many_names(repo: str, csum: str, n: int) -> str:
+    """Point the commit's root at a dirtree naming each of its two files `n` times (`big` is 16 MiB of
+    zeros: its .filez is a few KB, so the dirtree is most of the repository)."""
+    root = _root_tree(repo, csum)
+    files = dict(root.files)
+    names = [(f"b{i:05d}", files["big"]) for i in range(n)] + [(f"s{i:05d}", files["small"]) for i in range(n)]
+    tree = _write_object(repo, oc.encode_dirtree(sorted(names), []), "dirtree")
+    return _point_ref_at_tree(repo, csum, tree)
+
+
+def test_a_content_object_named_many_times_is_read_once(work, monkeypatch):
+    """A dirtree naming one content object thousands of times (a 256 MiB .filez of zeros named 4,000 times:
+    a 456 KB repository that took hours) costs one read and one verification of the object: import counts
+    the payload bytes it inflates, and they are those of the distinct objects, not names x size. The commit
+    still exports back to the same checksum, and every name holds the right bytes."""
+    from gitree import api
+    from gitree_compat import repo as ocrepo
+
+    src = os.path.join(work, "src")
+    os.makedirs(src)
+    with open(os.path.join(src, "big"), "wb") as f:
+        f.truncate(16 << 20)
+    with open(os.path.join(src, "small"), "wb") as f:
+        f.write(b"small\n")
+    repo = os.path.join(work, "ostree")
+    csum = _many_names(repo, ostree_commit(src, repo, "base"), 2000)
+    g = os.path.join(work, "g.git")
+    run_gitree("-C", g, "init")
+
+    opened: list[str] = []
+    inflated = [0]
+    real_open, real_chunks = ocrepo.OstreeRepo.open_content, ocrepo.ContentObject.chunks
+
+    def counting_open(self, checksum):
+        opened.append(checksum)
+        return real_open(self, checksum)
+
+    def counting_chunks(self):
+        for c in real_chunks(self):
+            inflated[0] += len(c)
+            yield c
+    monkeypatch.setattr(ocrepo.OstreeRepo, "open_content", counting_open)
+    monkeypatch.setattr(ocrepo.ContentObject, "chunks", counting_chunks)
+    api.import_ostree(g, repo, "os/main", branch="imported")
+    assert sorted(opened) == sorted(set(opened)) and len(opened) == 2, opened
+    assert inflated[0] == (16 << 20) + len(b"small\n")
+    monkeypatch.undo()
+
+    out = os.path.join(work, "out")
+    r = run_gitree("-C", g, "export-ostree", "imported", "--history", "--ostree-repo", out, "--ref", "os/main")
+    assert r.stdout.decode().split()[-1] == csum
+    listing = run_gitree("-C", g, "ls", "-l", "imported").stdout.decode().splitlines()
+    sizes = sorted({(line.split()[-1][0], line.split()[-2]) for line in listing})
+    assert sizes == [("b", str(16 << 20)), ("s", "6")], sizes
+    run_gitree("-C", g, "fsck")
+
+
+def test_a_shared_object_is_read_once_over_a_commit_chain(base_repo, work, monkeypatch):
+    """The memory of verified objects spans the whole imported chain: a parent and child commit sharing
+    their files read each object once."""
+    from gitree import api
+    from gitree_compat import repo as ocrepo
+
+    src, first = base_repo
+    repo = os.path.join(work, "ostree")
+    shutil.copytree(src, repo, symlinks=True)
+    tree_src = os.path.join(work, "tree")
+    _base_files(tree_src)
+    with open(os.path.join(tree_src, "new"), "w") as f:
+        f.write("new\n")
+    subprocess.run(["ostree", f"--repo={repo}", "commit", f"--tree=dir={tree_src}", "-b", "os/main",
+                    "--timestamp=@1", "-s", "second"], check=True, capture_output=True)
+    g = os.path.join(work, "g.git")
+    run_gitree("-C", g, "init")
+    opened: list[str] = []
+    real_open = ocrepo.OstreeRepo.open_content
+
+    def counting_open(self, checksum):
+        opened.append(checksum)
+        return real_open(self, checksum)
+    monkeypatch.setattr(ocrepo.OstreeRepo, "open_content", counting_open)
+    res = api.import_ostree(g, repo, "os/main", branch="imported")
+    assert len(res.commits) == 2
+    assert len(opened) == len(set(opened)) == 3, opened

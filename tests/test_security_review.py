@@ -185,3 +185,148 @@ def test_show_names_the_stored_ostree_commit(work, base):
     assert len(line) == 1 and "ostree.endoflife-rebase" in line[0] and "not in git" in line[0], out
     assert "\x1b" not in out and "\x07" not in out
     assert "imported OSTree commit" not in run_gitree("-C", repo, "show", "main").stdout.decode()
+
+
+def _refs(repo: str) -> str:
+    return subprocess.run(["git", "--git-dir", repo, "for-each-ref"], capture_output=True, text=True,
+                          check=True).stdout
+
+
+@pytest.mark.parametrize("argv", [("import-rootfs", "{src}", "-b", "fifo"), ("bundle", "apply", "{src}"),
+                                  ("bundle", "unwrap", "{src}", "{work}/out.bundle")])
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_fifo_or_device_as_an_input_file_is_refused(work, base, argv, kind):
+    """A tar or bundle path that is a FIFO (no writer: opening it would block forever) or a device
+    (/dev/zero reads forever) is refused in one line before it is read; no ref moves. A stream still
+    comes in as `-`."""
+    repo, _ = base
+    if kind == "fifo":
+        src = os.path.join(work, "stick.tar")
+        os.mkfifo(src)
+    else:
+        src = "/dev/zero"
+    before = _refs(repo)
+    r = run_gitree("-C", repo, *[a.format(src=src, work=work) for a in argv], check=False, timeout=60)
+    assert_one_error(r, src, "a FIFO" if kind == "fifo" else "a character device", "not a regular file")
+    assert _refs(repo) == before and not os.path.exists(os.path.join(work, "out.bundle"))
+
+
+def test_symlink_to_a_fifo_is_refused_too(work, base):
+    """The path is followed (a user may name a tar through a symlink), and what it leads to must be a
+    regular file."""
+    repo, _ = base
+    fifo = os.path.join(work, "fifo")
+    os.mkfifo(fifo)
+    link = os.path.join(work, "rootfs.tar")
+    os.symlink(fifo, link)
+    r = run_gitree("-C", repo, "import-rootfs", link, "-b", "fifo", check=False, timeout=60)
+    assert_one_error(r, "a FIFO", "pipe it to '-'")
+
+
+def test_declared_16_tib_sparse_file_is_not_spelled_out_in_a_plain_tar(work):
+    """A 4 KB tar declaring one 2^44-byte sparse file (1 byte of data) imports (within MAX_LOGICAL), and
+    a directory checkout writes it as a hole; `checkout --tar` without --sparse would stream 16 TiB of
+    zeros, so it is refused in one line naming --sparse and the limit, with no output file left. With
+    --sparse the member stays sparse and GNU tar reads it back."""
+    from gitree.sparse import MAX_EXPANDED_HOLES, SparseMap
+    from gitree.tarformat import TarWriter
+
+    path = os.path.join(work, "sparse16t.tar")
+    with open(path, "wb") as f:
+        w = TarWriter(f.write)
+        w.add(b"./", 0o040000, 0o755, 0, 0)
+        w.add(b"./big", 0o100000, 0o644, 0, 0, size=1, sparse=SparseMap(1 << 44, ((0, 1),)))
+        w.add_data(b"x")
+        w.pad(1)
+        w.close()
+    assert os.path.getsize(path) <= 4096 * 3
+    repo = os.path.join(work, "sp.git")
+    run_gitree("-C", repo, "init")
+    run_gitree("-C", repo, "import-rootfs", path, "-b", "m")
+    out = os.path.join(work, "out.tar")
+    r = run_gitree("-C", repo, "checkout", "m", "--tar", out, check=False, timeout=60)
+    assert_one_error(r, "big", "--sparse", "MAX_EXPANDED_HOLES", str(MAX_EXPANDED_HOLES))
+    assert r.returncode == 5 and sorted(os.listdir(work)) == ["sp.git", "sparse16t.tar"]  # nothing left
+    r = run_gitree("-C", repo, "checkout", "m", "--tar", "-", check=False, timeout=60)
+    assert_one_error(r, "--sparse")
+    run_gitree("-C", repo, "checkout", "m", "--tar", out, "--sparse", timeout=60)
+    listing = subprocess.run(["tar", "-tvf", out], capture_output=True, text=True, check=True).stdout
+    assert str(1 << 44) in listing, listing
+    dest = os.path.join(work, "dest")
+    run_gitree("-C", repo, "checkout", "m", dest, timeout=60)
+    st = os.stat(os.path.join(dest, "big"))
+    assert st.st_size == 1 << 44 and st.st_blocks * 512 < 1 << 20
+
+
+def _stored_commit_variant(work, repo, name, **changes) -> bytes:
+    """A commit of main's tree carrying, as ostree/commit, main's own export with `changes` (the OSTree
+    commit an attacker publishes); returns those commit bytes."""
+    import dataclasses
+
+    import gitree_compat as oc
+    first = os.path.join(work, "first-" + name)
+    csum = last_line(run_gitree("-C", repo, "export-ostree", "main", "--ostree-repo", first, "--ref", "x"))
+    with open(os.path.join(first, "objects", csum[:2], csum[2:] + ".commit"), "rb") as f:
+        c = oc.decode_commit(f.read())
+    data = oc.encode_commit(dataclasses.replace(
+        c, metadata=[("ostree.endoflife-rebase", oc.Variant("s", "attacker/ref"))], **changes))
+    _with_ostree_subtree(repo, "main", [(b"commit", data)], name)
+    return data
+
+
+def _arrive(work, repo, name) -> tuple[str, str]:
+    """Carry branch `name` in a bundle into a new repository: (that repository, bundle apply's stderr)."""
+    gtb = os.path.join(work, name + ".gtb")
+    run_gitree("-C", repo, "bundle", "create", name, gtb, "--branch", name)
+    victim = os.path.join(work, "victim-" + name + ".git")
+    run_gitree("-C", victim, "init")
+    r = run_gitree("-C", victim, "bundle", "apply", gtb)
+    return victim, r.stderr.decode()
+
+
+@pytest.mark.parametrize("field,value,why", [("subject", "EVIL subject not in git", "message"),
+                                             ("body", "a body git log never showed", "message"),
+                                             ("timestamp", 4000000000, "time")])
+def test_stored_ostree_commit_is_exported_only_when_git_can_check_it(work, base, field, value, why):
+    """Review F2: an arriving commit's ostree/commit whose subject, body or timestamp is not what the git
+    commit says (what import-ostree derives) is not published: export writes a new commit from the git
+    commit (its message and time; none of the stored metadata) with one warning naming the field."""
+    import gitree_compat as oc
+    repo, _ = base
+    _stored_commit_variant(work, repo, "evil", **{field: value})
+    victim, applied = _arrive(work, repo, "evil")
+    assert "ostree.endoflife-rebase" in applied, applied
+    out = os.path.join(work, "out")
+    r = run_gitree("-C", victim, "export-ostree", "evil", "--ostree-repo", out, "--ref", "stable")
+    warned = [ln for ln in r.stderr.decode().splitlines() if "writing a new commit" in ln]
+    assert len(warned) == 1 and why in warned[0], r.stderr
+    csum = last_line(r)
+    with open(os.path.join(out, "objects", csum[:2], csum[2:] + ".commit"), "rb") as f:
+        published = oc.decode_commit(f.read())
+    g = pygit2.Repository(victim)
+    c = g.revparse_single("evil")
+    assert published.subject == c.message.splitlines()[0] and published.timestamp == c.commit_time
+    assert value not in (published.subject, published.body, published.timestamp)
+    assert "ostree.endoflife-rebase" not in dict(published.metadata)
+    assert "no errors found" in subprocess.run(["ostree", f"--repo={out}", "fsck"], capture_output=True,
+                                               text=True, check=True).stdout
+
+
+def test_stored_ostree_metadata_is_named_by_fsck_and_bundle_apply(work, base):
+    """The stored commit's metadata cannot be checked against git, and a genuinely imported history needs it
+    to keep its checksums: when everything checkable agrees it is published as it is, and the commands that
+    read arriving commits name its keys in one warning (`show` lists them too)."""
+    import hashlib
+    repo, _ = base
+    data = _stored_commit_variant(work, repo, "meta")
+    victim, applied = _arrive(work, repo, "meta")
+    lines = [ln for ln in applied.splitlines() if "ostree.endoflife-rebase" in ln]
+    assert len(lines) == 1 and "bundle apply" in lines[0] and "gitree show" in lines[0], applied
+    r = run_gitree("-C", victim, "fsck")
+    lines = [ln for ln in r.stderr.decode().splitlines() if "ostree.endoflife-rebase" in ln]
+    assert len(lines) == 1 and "fsck" in lines[0], r.stderr
+    out = os.path.join(work, "out")
+    r = run_gitree("-C", victim, "export-ostree", "meta", "--ostree-repo", out, "--ref", "stable")
+    assert last_line(r) == hashlib.sha256(data).hexdigest() and "writing a new commit" not in r.stderr.decode()
+    assert "imported OSTree commit" not in run_gitree("-C", repo, "fsck", "main").stderr.decode()
+    assert "ostree" not in run_gitree("-C", repo, "fsck", "main").stderr.decode()

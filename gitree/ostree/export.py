@@ -32,6 +32,8 @@ from gitree_compat import Commit, DirMeta, FileMeta, ObjectType, OstreeRepo, Var
 from .. import limits, ostreemeta
 from ..entry import Kind
 from ..exportcache import COMMIT, DIRMETA, DIRTREE, FILE, open_cache, record_key
+from .storedcommit import mismatch as stored_mismatch
+from .targettrust import TargetObjects
 from ..errors import BadInput, CorruptObject, UnsupportedEntry, UsageError, warner
 from ..gittree import decode_tree
 from ..names import display, esc, unesc
@@ -284,6 +286,7 @@ class Exporter:
         self.variant = self.base_variant = b"canonical" if self.canonical else b"full"
         self.xorder: dict[bytes, list[bytes]] | None = None  # set while exporting an imported commit
         self.cache = open_cache(repo.path, warn) or _NoCache()
+        self.present = TargetObjects(self.cache, target, warn)  # what the target holds that may be referenced unread
         self.prefixes: dict[tuple, bytes] = {}  # file header bytes by metadata (few distinct values per tree)
         self.objdir = os.path.join(os.fspath(target.path), "objects")
         self.inline_jobs = 0
@@ -340,7 +343,7 @@ class Exporter:
         ht, hm = self.cache.get(dkeys[0]), self.cache.get(dkeys[1])
         if ht is not None and hm is not None:
             t, m = ht.hex(), hm.hex()
-            if self._has(t, ObjectType.DIR_TREE) and self._has(m, ObjectType.DIR_META):
+            if self.present.vouched(t, ObjectType.DIR_TREE) and self.present.vouched(m, ObjectType.DIR_META):
                 self.dirs_cached += 1
                 return t, m
         dkey = dkeys[0]
@@ -373,7 +376,7 @@ class Exporter:
                               *((b"sparse", sparse_encode(row.sparse)) if row.sparse is not None else ()))
             csum = self.cache.get(fkey)
             known = csum.hex() if csum is not None else None
-            if known is not None and self._has(known, ObjectType.FILE):
+            if known is not None and self.present.usable(known, ObjectType.FILE):
                 self.files_cached += 1
                 pending.files.append((name, known))
                 continue
@@ -462,6 +465,7 @@ class Exporter:
                 csum = self._resolve(slot)
                 if fkey not in self.resolved:
                     self.resolved.add(fkey)
+                    self.present.record(csum, ObjectType.FILE)  # written (or replaced) by this export
                     if slot.hashed:
                         self.cache.put(fkey, bytes.fromhex(csum))
                     self.files_written += 1
@@ -472,6 +476,8 @@ class Exporter:
         r = p.self_row
         m = self.target.write_dirmeta(self._dir_meta(p.path, r.mode, r.uid, r.gid, r.xattrs))
         t = self.target.write_dirtree(files, dirs)
+        self.present.record(t, ObjectType.DIR_TREE)
+        self.present.record(m, ObjectType.DIR_META)
         self.cache.put(p.dkeys[0], bytes.fromhex(t))
         self.cache.put(p.dkeys[1], bytes.fromhex(m))
         p.result = (t, m)
@@ -503,15 +509,14 @@ class Exporter:
         if original is not None:
             data, detached, _ = original
             oc_commit = oc.decode_commit(data)
-            # a commit imported without its parent (a partial OSTree history) still names that parent
-            same_parent = oc_commit.parent == parent or (parent is None and not commit.parents)
-            if (oc_commit.root_tree, oc_commit.root_meta) == (root_tree, root_meta) and same_parent:
+            # written as it is only when all git can check agrees (gitree/storedcommit.py)
+            why = stored_mismatch(oc_commit, hashlib.sha256(data).hexdigest(), commit, parent, (root_tree, root_meta))
+            if why is None:
                 csum = self.target.write_metadata(ObjectType.COMMIT, data)
                 if detached is not None:
                     self.target.write_commitmeta(csum, oc.decode_commitmeta(detached))
                 return csum
-            self.warn(f"commit {commit.id}: its tree or parent differs from the OSTree commit it was imported "
-                      "from; writing a new commit")
+            self.warn(f"commit {commit.id}: {why}; writing a new commit")
         subject, _, body = commit.message.partition("\n")
         body = body.lstrip("\n").rstrip("\n")
         md = list(self.opts.extra_metadata)
@@ -557,18 +562,19 @@ class Exporter:
                 parent = None
         written = []
         try:
-            if parent is not None and self.cache.get(self._commit_key(tip, self._parent_of(parent))) \
-                    == bytes.fromhex(parent):
+            if parent is not None and self.present.vouched(parent, ObjectType.COMMIT) and \
+                    self.cache.get(self._commit_key(tip, self._parent_of(parent))) == bytes.fromhex(parent):
                 # the ref already names the export of REV: exporting again changes nothing
                 chain, written = [], [parent]
             for c in chain:
                 ckey = self._commit_key(c, parent)
                 hit = self.cache.get(ckey)
-                if hit is not None and self.target.has_object(hit.hex(), ObjectType.COMMIT):
+                if hit is not None and self.present.vouched(hit.hex(), ObjectType.COMMIT):
                     csum = hit.hex()
                 else:
                     csum = self.export_commit(c, parent)
                     self.cache.put(ckey, bytes.fromhex(csum))
+                    self.present.record(csum, ObjectType.COMMIT)
                 written.append(csum)
                 parent = csum
         finally:

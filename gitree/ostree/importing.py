@@ -9,6 +9,8 @@ checksum bit for bit.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from typing import Callable, Iterator
 
 import gitree_compat as oc
@@ -21,6 +23,7 @@ from .export import OSTREE_COMMIT, OSTREE_COMMITMETA, OSTREE_XATTR_ORDER, encode
 from ..packwriter import OBJ_BLOB, OBJ_TREE
 from ..layout import TOP_OSTREE
 from ..repo import Repo
+from .storedcommit import derived_message
 
 #: Deepest directory nesting imported: OSTREE_MAX_RECURSION, beyond which ostree itself refuses to pull or
 #: traverse a commit.
@@ -70,16 +73,18 @@ def _check_tree_size(src: OstreeRepo, root_tree: str) -> None:
                        "(MAX_SHARING_FACTOR)")
 
 
-def _ostree_entries(src: OstreeRepo, root_tree: str, root_meta: str,
-                    order: dict[bytes, list[bytes]]) -> Iterator[tuple[Entry, Callable | None]]:
-    """Entries of an OSTree tree in canonical order; every object is verified as it is read.
+def _ostree_entries(src: OstreeRepo, root_tree: str, root_meta: str, order: dict[bytes, list[bytes]],
+                    seen: "_Seen") -> Iterator[tuple[Entry, Callable | None, str | None]]:
+    """Entries of an OSTree tree in canonical order, each with the function yielding a file's bytes and the
+    content object's checksum (None for a directory); every object is verified as it is read.
 
     The walk is iterative and its depth and size are checked first (_tree_size). Objects whose xattrs
     are not in sorted order (OSTree's tar import keeps libarchive's order) have that order recorded in
-    `order`, so export can reproduce them."""
+    `order`, so export can reproduce them. A content object this import has read and verified before
+    (`seen.meta`) is not opened again: its entry is made from the remembered header, with no data function."""
     _check_tree_size(src, root_tree)
     dm = src.read_dirmeta(root_meta)
-    yield Entry(b"", Kind.DIR, dm.mode & 0o7777, dm.uid, dm.gid, _sorted(b"", dm.xattrs, order)), None
+    yield Entry(b"", Kind.DIR, dm.mode & 0o7777, dm.uid, dm.gid, _sorted(b"", dm.xattrs, order)), None, None
     stack = [(b"", _dir_items(src, root_tree))]
     while stack:
         path, items = stack[-1]
@@ -91,19 +96,85 @@ def _ostree_entries(src: OstreeRepo, root_tree: str, root_meta: str,
         cpath = path + b"/" + name if path else name
         if kind == "d":
             dm = src.read_dirmeta(c2)
-            yield Entry(cpath, Kind.DIR, dm.mode & 0o7777, dm.uid, dm.gid, _sorted(cpath, dm.xattrs, order)), None
+            yield Entry(cpath, Kind.DIR, dm.mode & 0o7777, dm.uid, dm.gid, _sorted(cpath, dm.xattrs, order)), \
+                None, None
             stack.append((cpath, _dir_items(src, c1)))
             continue
-        obj = src.open_content(c1)  # a symlink object is verified here, a file's payload as it is read
-        m = obj.meta
+        known = seen.meta.get(c1)
+        obj = None
+        if known is None:
+            obj = src.open_content(c1)  # a symlink object is verified here, a file's payload as it is read
+            m, size = obj.meta, obj.size
+        else:
+            m, size = known
         k = Kind.SYMLINK if m.is_symlink else Kind.FILE
-        e = Entry(cpath, k, m.mode & 0o7777, m.uid, m.gid, _sorted(cpath, m.xattrs, order), size=obj.size)
+        e = Entry(cpath, k, m.mode & 0o7777, m.uid, m.gid, _sorted(cpath, m.xattrs, order), size=size)
         if k is Kind.SYMLINK:
             e.target = m.symlink_target
-            obj.close()
-            yield e, None
+            if obj is not None:
+                obj.close()
+                seen.meta[c1] = (m, size)
+            yield e, None, c1
+        elif obj is None:
+            yield e, None, c1
         else:
-            yield e, obj.chunks
+            done: list[bool] = []
+
+            def data(obj=obj, done=done):
+                yield from obj.chunks()  # raises at the end unless the payload hashes to c1
+                done.append(True)
+            yield e, data, c1
+            if done:  # read whole and verified: later names of c1 are not read again
+                seen.meta[c1] = (m, size)
+
+
+class _Seen:
+    """The content objects one import has read and verified, so that each is read once however many names
+    (or commits of the chain) refer to it: a few KB of dirtree naming one 256 MiB object 4,000 times would
+    otherwise inflate and hash a TiB. Total work is bounded by the bytes of the distinct objects.
+
+    `meta` maps a checksum to its verified header and size (what an entry needs), `inode` to the tree node
+    the import made for its first name, whose git blob id the later names take without reading."""
+
+    def __init__(self) -> None:
+        self.meta: dict[str, tuple[oc.FileMeta, int]] = {}
+        self.inode: dict[str, object] = {}
+
+    def add(self, tx, e: Entry, data_fn, csum: str | None) -> None:
+        if e.kind is not Kind.FILE:
+            tx.add(e, data_fn, False)
+        elif data_fn is None:
+            _add_with_blob(tx, e, self.inode[csum])
+        else:
+            tx.add(e, data_fn, False)  # returns once the bytes are read whole (a small file's blob id later)
+            self.inode[csum] = _node(tx, e.path)
+
+
+def _node(tx, path: bytes):
+    """The tree node the transaction's importer made for `path` (see _add_with_blob)."""
+    parent, _, name = path.rpartition(b"/")
+    d = tx.tree._lookup(parent) if parent else tx.tree.root
+    return d.children[name]
+
+
+def _add_with_blob(tx, e: Entry, first) -> None:
+    """Add regular file `e` whose bytes are those of `first`, a node added before (in this tree or an earlier
+    commit's), without reading them again.
+
+    The importer has no call for a file whose blob is already known (store.py: Importer.add would take an
+    `oid=`), so the entry goes through tx.add as an empty file - every check of its name, fields and parents
+    runs - and its node is then replaced by one holding `first`'s blob id and e's size."""
+    imp = tx.tree
+    if first.oid is None:  # first's bytes still wait in a batch of small files: hash them now
+        imp._submit_batch()
+        imp._drain(-1, -1)
+    tx.add(dataclasses.replace(e, size=0), None, False)
+    parent, _, name = e.path.rpartition(b"/")
+    d = imp._lookup(parent) if parent else imp.root
+    node = copy.copy(d.children[name])  # the placed node is in a batch, whose hash would overwrite its oid
+    node.oid, node.size = first.oid, e.size
+    d.children[name] = node
+    imp.stats.bytes += e.size
 
 
 def _sorted(path: bytes, xattrs, order: dict[bytes, list[bytes]]):
@@ -154,6 +225,7 @@ def import_ostree(repo: Repo, src_path: str, ref: str, branch: str, warn=None, p
     old_tip = repo.branch_tip(branch)
     parent = old_tip
     made: list[bytes] = []
+    seen = _Seen()  # content objects read and verified, over the whole chain
     # One transaction: commits are chained and the branch moves once, at the end; a failure anywhere
     # deletes the pack being written and moves nothing.
     with repo.transaction(level=1, progress=progress, warn=warn) as tx:
@@ -171,8 +243,8 @@ def import_ostree(repo: Repo, src_path: str, ref: str, branch: str, warn=None, p
                     except oc.GVariantError as e:
                         raise BadInput(f"OSTree commit {c_csum}: {c_csum}.commitmeta: {e}") from None
                 order: dict[bytes, list[bytes]] = {}
-                for e, data_fn in _ostree_entries(src, commit.root_tree, commit.root_meta, order):
-                    tx.add(e, data_fn, False)
+                for e, data_fn, obj in _ostree_entries(src, commit.root_tree, commit.root_meta, order, seen):
+                    seen.add(tx, e, data_fn, obj)
             except oc.OstreeFormatError as e:
                 raise BadInput(f"OSTree commit {c_csum}: {e}") from None
             extra = [(OSTREE_COMMIT, tx.store(OBJ_BLOB, data))]
@@ -181,8 +253,7 @@ def import_ostree(repo: Repo, src_path: str, ref: str, branch: str, warn=None, p
             if order:
                 extra.append((OSTREE_XATTR_ORDER, tx.store(OBJ_BLOB, encode_xattr_order(order))))
             ost = tx.store(OBJ_TREE, encode_tree([(MODE_FILE, n, o) for n, o in extra]))
-            message = commit.subject + ("\n\n" + commit.body if commit.body else "")
-            cid = tx.write_commit(message=message or f"OSTree commit {c_csum}", timestamp=commit.timestamp,
+            cid = tx.write_commit(message=derived_message(commit, c_csum), timestamp=commit.timestamp,
                                   parents=[parent] if parent else [], extra_top=[(MODE_DIR, TOP_OSTREE, ost)])
             made.append(cid)
             parent = cid

@@ -24,6 +24,7 @@ import pygit2
 from .. import tools
 from .. import limits
 from ..errors import BadInput, CorruptObject, GitreeError, NotFastForward, NotFound, UnsafePath, UsageError
+from ..infile import open_regular
 from ..outfile import atomic_output
 from ..gittree import MODE_DIR, decode_tree
 from ..packreader import STREAM_OBJECT, read_pack
@@ -296,10 +297,7 @@ class _Unwrapped:
     """The git bundle inside a gitree bundle, streamed out of zstd."""
 
     def __init__(self, repo: Repo | None, path: str):
-        try:
-            self.f = open(path, "rb")
-        except OSError as e:
-            raise BadInput(f"cannot read {path}: {e.strerror}") from None
+        self.f = open_regular(path, "bundle")  # a FIFO or device is refused, not read
         self.path = path
         self.tmpdir = None
         self.proc = None
