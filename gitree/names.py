@@ -21,9 +21,10 @@ def needs_escape(name: bytes) -> bool:
     if name.startswith(ESCAPE_PREFIX):
         return True
     folded = name
-    for ign in _HFS_IGNORABLE_BYTES:
-        if ign in folded:
-            folded = folded.replace(ign, b"")
+    if not name.isascii():  # every ignorable code point is non-ASCII: an ASCII name has none to remove
+        for ign in _HFS_IGNORABLE_BYTES:
+            if ign in folded:
+                folded = folded.replace(ign, b"")
     folded = folded.lower()
     return folded.startswith((b".git", b".mailmap")) or bool(_NTFS_SHORT.match(folded))
 

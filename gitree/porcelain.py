@@ -14,7 +14,7 @@ import pygit2
 
 from . import tools
 from .entry import Entry, Kind
-from .errors import BadInput, NotFound, StrictWarnings, warner
+from .errors import BadInput, CorruptObject, NotFound, StrictWarnings, warner
 from .gittree import MODE_DIR
 from .names import display
 from .outfile import atomic_output
@@ -128,17 +128,49 @@ def _chunks_for(repo: Repo):
     return chunks
 
 
+CHECKOUT_KEEP = 1 << 17  # entries of one validated walk a checkout keeps (about 370 bytes each: under 50 MiB)
+
+
+def _check_blob(repo: Repo, e: Entry) -> None:
+    """What repo.verify checks of each file beyond the walk: its blob exists, is a blob, and holds its sparse
+    map's data bytes."""
+    if e.kind is Kind.FILE and e.hardlink is None:
+        try:
+            size = repo.blob_size(e.oid, display(e.path))
+        except CorruptObject as err:
+            raise CorruptObject(f"{display(e.path)}: {err}") from None
+        if e.sparse is not None and size != e.sparse.data_size:
+            raise CorruptObject(f"{display(e.path)}: blob {e.oid.hex()} does not hold the {e.sparse.data_size} "
+                                "data bytes of its sparse map")
+
+
+def _validated_entries(repo: Repo, commit, subpath: bytes):
+    """The entries a checkout writes, once the whole commit has been read and validated as fsck does (so a
+    tree fsck refuses is never half written). A tree of at most CHECKOUT_KEEP entries is read once and its
+    entries kept (one walk instead of two: the walk is most of a checkout's CPU besides inflating); a larger
+    one is validated to its end by the same walk, then read again."""
+    if subpath:
+        repo.verify(commit)
+        return repo.walk(commit, subpath)
+    kept: list[Entry] | None = []
+    for e in repo.walk(commit):
+        _check_blob(repo, e)
+        if kept is not None:
+            kept.append(e)
+            if len(kept) > CHECKOUT_KEEP:
+                kept = None
+    return kept if kept is not None else repo.walk(commit)
+
+
 def checkout_dir(repo: Repo, rev: str, dest: str, quiet: bool = True, subpath: bytes = b"",
                  progress=None) -> CheckoutReport:
     commit = repo.resolve(rev)
-    # The whole tree is read and validated before DEST is created: a tree fsck refuses is never
-    # half written (the second read is of objects already in the page cache).
-    repo.verify(commit)
+    entries = _validated_entries(repo, commit, subpath)
     own = progress is None
     if own:
         progress = make_progress("checkout", quiet)
     w = DirectoryWriter(dest, _chunks_for(repo), keep_mtime=True, tick=progress.update if progress else None)
-    report = w.run(repo.walk(commit, subpath))
+    report = w.run(entries)
     if progress and own:
         progress.done()
     return report

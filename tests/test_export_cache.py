@@ -313,6 +313,38 @@ def test_pack_reader_reads_whole_objects_and_refuses_deltas_and_damage(work):
         b"".join(inflate_chunks(bad, "t"))
 
 
+def test_inflate_chunks_one_call_and_streamed_agree_and_refuse_a_wrong_size(work):
+    """Both inflate paths (one pread and one call for a small entry, bounded chunks for a large one) give the
+    object's bytes in chunks of at most the bound, and refuse an entry whose index size is wrong."""
+    import dataclasses
+    g = os.path.join(work, "inf.git")
+    subprocess.run(["git", "init", "-q", "--bare", g], check=True)
+    r = pygit2.Repository(g)
+    datas = [b"", b"a", os.urandom(70000), b"hello world " * 300000, os.urandom(300000) + b"\0" * 3000000]
+    oids = [r.create_blob(d) for d in datas]
+    tb = r.TreeBuilder()
+    for i, oid in enumerate(oids):
+        tb.insert(f"f{i}", oid, pygit2.enums.FileMode.BLOB)
+    sig = pygit2.Signature("t", "t@t", 0, 0)
+    r.create_commit("refs/heads/main", sig, sig, "m", tb.write(), [])
+    subprocess.run(["git", "--git-dir", g, "repack", "-a", "-d", "-q", "--window=0"], check=True)
+    ps = PackSet(os.path.join(g, "objects"))
+    try:
+        for data, oid in zip(datas, oids, strict=True):
+            s = ps.blob(oid.raw)
+            assert s is not None
+            for bound in (1000, 65536, 1 << 20, 8 << 20):
+                chunks = list(inflate_chunks(s, "t", bound))
+                assert b"".join(chunks) == data and all(0 < len(c) <= bound for c in chunks)
+            if data:
+                for wrong in (s.size - 1, s.size + 1):
+                    for bound in (1000, 8 << 20):
+                        with pytest.raises(CorruptObject):
+                            b"".join(inflate_chunks(dataclasses.replace(s, size=wrong), "t", bound))
+    finally:
+        ps.close()
+
+
 def test_entry_header_and_zlib_framing_round_trip():
     for otype, size in ((3, 0), (3, 15), (3, 16), (1, 1 << 40), (2, 123456789)):
         h = pack_entry_header(otype, size)

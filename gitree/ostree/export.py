@@ -307,7 +307,7 @@ class Exporter:
         """xattrs as OSTree will hash them: as `ostree commit` of a directory does (sorted, empty values
         dropped), or, for a commit imported from OSTree, exactly as the original objects had them."""
         if self.xorder is None:
-            return oc.canonical_xattrs(xattrs)
+            return oc.canonical_xattrs(xattrs) if xattrs else ()
         order = self.xorder.get(path)
         if order is None:
             return tuple(xattrs)
