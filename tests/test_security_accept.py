@@ -5,6 +5,7 @@ ref as it was."""
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 
 import pygit2
@@ -59,3 +60,103 @@ def test_clone_never_keeps_head_detached_at_what_the_server_named(work, base):
     assert not g.head_is_detached
     assert g.head.name == "refs/heads/main"
     assert set(g.references) == {"refs/heads/main"}
+
+
+# ---------------------------------------------------------------------------------------------
+# tars: the issue's fuzz suite names tars beside side tables, trees, bundles and OSTree objects; only the
+# sparse map had a mutation test (at the TarReader level). This one runs import-rootfs on mutants.
+
+from hypothesis import event, given, strategies as st  # noqa: E402
+from test_security_fuzz import SETTINGS, byte_edit, check_outcome, cli  # noqa: E402
+from test_security_git import BASE_MEMBERS, make_tar  # noqa: E402
+
+_LINK_DIR_MEMBERS = BASE_MEMBERS + [
+    (b"./etc/long", stat.S_IFLNK, 0o777, {"linkname": b"x" * 200}),           # a pax linkpath
+    (b"./etc/" + b"n" * 120, stat.S_IFREG, 0o600, {"data": b"long name"}),    # a pax path
+    (b"./etc/attr", stat.S_IFREG, 0o644, {"data": b"a", "xattrs": ((b"user.k", b"v"), (b"trusted.t", b"\0\xff"))}),
+]
+
+
+def _headers(tar: bytes) -> list[int]:
+    """Offsets of the header blocks of a well-formed tar (pax and member headers alike)."""
+    out, off = [], 0
+    while off + 512 <= len(tar) and tar[off:off + 512] != bytes(512):
+        out.append(off)
+        size = int(tar[off + 124:off + 136].strip(b"\0 ") or b"0", 8)
+        off += 512 + (size + 511) // 512 * 512
+    return out
+
+
+def _fix_checksums(tar: bytes, headers: list[int]) -> bytes:
+    """Every header block's checksum recomputed, so a mutation reaches the fields behind it."""
+    buf = bytearray(tar)
+    for off in headers:
+        if off + 512 > len(buf):
+            break
+        buf[off + 148:off + 156] = b" " * 8
+        buf[off + 148:off + 156] = b"%06o\0 " % sum(buf[off:off + 512])
+    return bytes(buf)
+
+
+@pytest.fixture(scope="module")
+def tar_world():
+    import tempfile
+    root = tempfile.mkdtemp(prefix="gitree-tarfuzz-", dir="/dev/shm")
+    tar = make_tar(os.path.join(root, "base.tar"), _LINK_DIR_MEMBERS)
+    with open(tar, "rb") as f:
+        raw = f.read()
+    yield root, raw, _headers(raw)
+    import shutil
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@SETTINGS
+@given(data=st.data())
+def test_mutated_tars_import_faithfully_or_are_refused(tar_world, data):
+    """Byte edits anywhere in a tar (header checksums recomputed half the time, so the edit reaches the
+    fields, pax records and names behind them): import-rootfs either succeeds with a tree that fsck
+    accepts and that round-trips through `checkout --tar`, or refuses with one line and no branch."""
+    import shutil
+    import tempfile
+    root, raw, headers = tar_world
+    mutated = data.draw(byte_edit(raw))
+    if data.draw(st.booleans()):
+        mutated = _fix_checksums(mutated, headers)
+    scratch = tempfile.mkdtemp(prefix="m-", dir=root)
+    try:
+        src = os.path.join(scratch, "m.tar")
+        with open(src, "wb") as f:
+            f.write(mutated)
+        repo = os.path.join(scratch, "r.git")
+        assert cli("-C", repo, "init")[0] == 0
+        rc, out, err = cli("-C", repo, "import-rootfs", src, "-b", "main")
+        if not check_outcome(rc, err, "import-rootfs"):
+            event("refused")
+            assert list(refs(repo)) == ["<HEAD file>"]
+            return
+        event("imports")
+        rev = out.strip().splitlines()[-1]
+        rc, _, err = cli("-C", repo, "fsck")
+        assert rc == 0, err
+        back_tar = os.path.join(scratch, "back.tar")
+        rc, _, err = cli("-C", repo, "checkout", rev, "--tar", back_tar)
+        assert rc == 0, err
+        back = os.path.join(scratch, "back.git")
+        assert cli("-C", back, "init")[0] == 0
+        rc, out2, err = cli("-C", back, "import-rootfs", back_tar, "-b", "main")
+        assert rc == 0, err
+        listing = [cli("-C", r, "ls", "-R", "-l", c) for r, c in ((repo, rev), (back, out2.strip().splitlines()[-1]))]
+        assert listing[0] == listing[1] and listing[0][0] == 0
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def test_tar_fuzz_base_imports(tar_world):
+    """The mutants start from a tar that imports (so refusals come from the mutation)."""
+    root, raw, headers = tar_world
+    assert len(headers) >= len(_LINK_DIR_MEMBERS) and _fix_checksums(raw, headers) == raw
+    repo = os.path.join(root, "base.git")
+    assert cli("-C", repo, "init")[0] == 0
+    src = os.path.join(root, "base.tar")
+    rc, _, err = cli("-C", repo, "import-rootfs", src, "-b", "main")
+    assert rc == 0, err
