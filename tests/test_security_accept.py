@@ -5,6 +5,7 @@ ref as it was."""
 from __future__ import annotations
 
 import os
+import pathlib
 import stat
 import subprocess
 
@@ -125,8 +126,7 @@ def test_mutated_tars_import_faithfully_or_are_refused(tar_world, data):
     scratch = tempfile.mkdtemp(prefix="m-", dir=root)
     try:
         src = os.path.join(scratch, "m.tar")
-        with open(src, "wb") as f:
-            f.write(mutated)
+        pathlib.Path(src).write_bytes(mutated)
         repo = os.path.join(scratch, "r.git")
         assert cli("-C", repo, "init")[0] == 0
         rc, out, err = cli("-C", repo, "import-rootfs", src, "-b", "main")
