@@ -160,3 +160,33 @@ def test_tar_fuzz_base_imports(tar_world):
     src = os.path.join(root, "base.tar")
     rc, _, err = cli("-C", repo, "import-rootfs", src, "-b", "main")
     assert rc == 0, err
+
+
+def test_directory_walk_does_not_recurse_per_level(work):
+    """A directory source is walked with an explicit stack: 600 levels are read under a Python recursion
+    limit of 150 (the old walk nested one generator per level), in canonical order."""
+    import sys
+
+    from gitree.sources import DirectoryReport, directory_entries
+    src = os.path.join(work, "src")
+    os.mkdir(src)
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        for _ in range(600):
+            os.mkdir("d", dir_fd=fd)
+            os.close(os.open("f", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
+            nfd = os.open("d", os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+    finally:
+        os.close(fd)
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(150)
+    try:
+        paths = [item.entry.path for item in directory_entries(src, DirectoryReport())]
+    finally:
+        sys.setrecursionlimit(old)
+    # each level lists d before f: down the d chain first, then each level's f on the way back up
+    want = [b""] + [b"/".join([b"d"] * i) for i in range(1, 601)] + \
+        [b"/".join([b"d"] * i + [b"f"]) for i in range(599, -1, -1)]
+    assert paths == want
