@@ -362,16 +362,19 @@ def _entry_from_stat(rel: bytes, st: os.stat_result, xattrs) -> Entry:
 
 
 def _walk(abs_: bytes, rel: bytes, st, report, seen, dev) -> Iterator[Item]:
-    yield SourceItem(_entry_from_stat(rel, st, _read_xattrs(abs_, report, rel)), None, False)
-    if dev is not None and st.st_dev != dev:
-        report.mountpoints.append(rel)
-        return
-    try:
-        names = sorted(os.listdir(abs_))
-    except OSError as e:
-        report.unreadable.append((rel, f"directory listing: {e.strerror}"))
-        return
-    for name in names:
+    """The tree below `abs_` in canonical order, walked with an explicit stack (no recursion per level:
+    docs/security.md, "Bounded resources")."""
+    stack: list[tuple[bytes, bytes, Iterator[bytes]]] = []
+    entered = _enter(abs_, rel, st, report, dev)
+    yield entered[0]
+    if entered[1] is not None:
+        stack.append((abs_, rel, iter(entered[1])))
+    while stack:
+        abs_, rel, names = stack[-1]
+        name = next(names, None)
+        if name is None:
+            stack.pop()
+            continue
         cabs = abs_ + b"/" + name
         crel = rel + b"/" + name if rel else name
         try:
@@ -383,41 +386,63 @@ def _walk(abs_: bytes, rel: bytes, st, report, seen, dev) -> Iterator[Item]:
             if (cst.st_dev, cst.st_ino) == report.exclude:
                 report.excluded.append(crel)
                 continue
-            yield from _walk(cabs, crel, cst, report, seen, dev)
+            item, children = _enter(cabs, crel, cst, report, dev)
+            yield item
+            if children is not None:
+                stack.append((cabs, crel, iter(children)))
             continue
-        if cst.st_nlink > 1:
-            key = (cst.st_dev, cst.st_ino)
-            first = seen.get(key)
-            if first is not None:
-                e = _entry_from_stat(crel, cst, ())
-                e.hardlink = first
-                e.size = 0
-                yield SourceItem(e, None, False)
-                continue
-        e = _entry_from_stat(crel, cst, _read_xattrs(cabs, report, crel))
-        if e.kind is Kind.SYMLINK:
-            try:
-                e.target = os.readlink(cabs)
-            except OSError as err:
-                report.unreadable.append((crel, err.strerror))
-                continue
-        elif e.kind is Kind.FILE:
-            if not os.access(cabs, os.R_OK) and os.geteuid() != 0:
-                report.unreadable.append((crel, "permission denied"))
-                continue
-            smap = _sparse_map(cabs, cst)
-            if smap is not None:
-                e.sparse, e.size = smap, smap.data_size
-                data = _sparse_reader(cabs, smap.segments)
-            else:
-                data = _file_reader(cabs, e.size)
-            if cst.st_nlink > 1:
-                seen[(cst.st_dev, cst.st_ino)] = crel
-            yield SourceItem(e, data, True)
-            continue
+        yield from _leaf(cabs, crel, cst, report, seen)
+
+
+def _enter(abs_: bytes, rel: bytes, st, report, dev) -> tuple[Item, list[bytes] | None]:
+    """A directory's own item and its sorted names (None: not to be descended: another file system, or
+    unreadable)."""
+    item = SourceItem(_entry_from_stat(rel, st, _read_xattrs(abs_, report, rel)), None, False)
+    if dev is not None and st.st_dev != dev:
+        report.mountpoints.append(rel)
+        return item, None
+    try:
+        return item, sorted(os.listdir(abs_))
+    except OSError as e:
+        report.unreadable.append((rel, f"directory listing: {e.strerror}"))
+        return item, None
+
+
+def _leaf(cabs: bytes, crel: bytes, cst, report, seen) -> Iterator[Item]:
+    """The item of one entry that is not a directory (nothing when it cannot be read)."""
+    if cst.st_nlink > 1:
+        key = (cst.st_dev, cst.st_ino)
+        first = seen.get(key)
+        if first is not None:
+            e = _entry_from_stat(crel, cst, ())
+            e.hardlink = first
+            e.size = 0
+            yield SourceItem(e, None, False)
+            return
+    e = _entry_from_stat(crel, cst, _read_xattrs(cabs, report, crel))
+    if e.kind is Kind.SYMLINK:
+        try:
+            e.target = os.readlink(cabs)
+        except OSError as err:
+            report.unreadable.append((crel, err.strerror))
+            return
+    elif e.kind is Kind.FILE:
+        if not os.access(cabs, os.R_OK) and os.geteuid() != 0:
+            report.unreadable.append((crel, "permission denied"))
+            return
+        smap = _sparse_map(cabs, cst)
+        if smap is not None:
+            e.sparse, e.size = smap, smap.data_size
+            data = _sparse_reader(cabs, smap.segments)
+        else:
+            data = _file_reader(cabs, e.size)
         if cst.st_nlink > 1:
             seen[(cst.st_dev, cst.st_ino)] = crel
-        yield SourceItem(e, None, False)
+        yield SourceItem(e, data, True)
+        return
+    if cst.st_nlink > 1:
+        seen[(cst.st_dev, cst.st_ino)] = crel
+    yield SourceItem(e, None, False)
 
 
 __all__ = ["TarInput", "tar_entries", "directory_entries", "DirectoryReport", "UnsafePath"]

@@ -109,6 +109,10 @@ def fetch(repo: Repo, remote: str, branches: list[str] | None = None, depth: int
                 old = repo.branch_tip(name)
                 if old == new:
                     continue
+                if repo.git.get(pygit2.Oid(raw=new)).type != pygit2.enums.ObjectType.COMMIT:
+                    # a tag or tree at a server branch: refused before the fast-forward check reads it
+                    raise CorruptObject(f"fetch from {remote}: branch {name} on the server names "
+                                        f"{new.hex()}, which is not a commit; no branch was changed")
                 if old is not None and depth is None and \
                         not repo.git.descendant_of(pygit2.Oid(raw=new), pygit2.Oid(raw=old)):
                     raise NotFastForward(f"git fetch from {remote}: branch {name} on the server is not a fast-forward "
@@ -159,7 +163,9 @@ def clone(url: str, path: str, depth: int | None = None, branch: str | None = No
             repo.branch_ref(r)
         # every commit is read as fsck reads it before the clone is kept (a failure removes it)
         verify_incoming(repo, [repo.git.references[r].target.raw for r in heads], [], f"clone of {url}")
-        if repo.git.head_is_unborn:  # the server's HEAD names no branch: follow the first one
+        # the server's HEAD names no branch (unborn, or detached: git clone leaves HEAD at whatever commit a
+        # HEAD pointing outside refs/heads/ named, which no branch holds and nothing verified): the first one
+        if repo.git.head_is_unborn or repo.git.head_is_detached:
             repo.git.set_head(sorted(heads)[0])
         return repo
     except BaseException:
