@@ -29,9 +29,9 @@ def _preload() -> None:
     the stdlib under /root is still readable."""
     import gitree
     import gitree_compat  # noqa: F401
-    for m in pkgutil.iter_modules(gitree.__path__):
-        if m.name != "__main__":
-            importlib.import_module(f"gitree.{m.name}")
+    for m in pkgutil.walk_packages(gitree.__path__, "gitree."):  # subpackages' modules too
+        if m.name != "gitree.__main__":
+            importlib.import_module(m.name)
 
 
 def as_nobody(fn, *args):
