@@ -1,0 +1,187 @@
+"""The library contract of issue 11, checked as a whole: every command of `gitree --help` has its API function,
+each writer (import-rootfs, import-ostree, bundle apply, make-bootable) leaves no temporary file and moves no
+branch when it fails after it has written objects, and the exit codes of `gitree --help` and docs/api.md are
+errors.exit_codes_table()."""
+
+from __future__ import annotations
+
+import inspect
+import io
+import os
+import re
+import subprocess
+import tarfile
+
+import pytest
+from helpers import run_gitree
+
+from gitree import api
+from gitree.errors import ERRORS, BadInput, CorruptObject, GitreeError, UnsafePath, exit_codes_table
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+T1 = 1_700_000_000
+
+
+def build_tar(path: str, files: dict[str, bytes], dirs: tuple[str, ...] = ()) -> str:
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as t:
+        made = set()
+        for name in [*dirs, *files]:
+            parts = name.split("/")
+            for i in range(1, len(parts) if name in files else len(parts) + 1):
+                d = "/".join(parts[:i])
+                if d not in made:
+                    made.add(d)
+                    ti = tarfile.TarInfo(d)
+                    ti.type, ti.mode, ti.mtime = tarfile.DIRTYPE, 0o755, T1
+                    t.addfile(ti)
+        for name, data in files.items():
+            ti = tarfile.TarInfo(name)
+            ti.size, ti.mode, ti.mtime = len(data), 0o644, T1
+            t.addfile(ti, io.BytesIO(data))
+    return path
+
+
+def state(repo: str) -> tuple[list[str], dict[str, str]]:
+    """The repository's temporary files (in objects/pack and objects/) and its branches."""
+    tmp = []
+    for d in (os.path.join(repo, "objects"), os.path.join(repo, "objects", "pack")):
+        tmp += [n for n in os.listdir(d) if n.startswith("tmp") or n.endswith((".tmp", ".part", ".keep"))]
+    r = api.open_repo(repo)
+    heads = {ref: str(r.git.references[ref].target) for ref in r.git.references if ref.startswith("refs/heads/")}
+    return sorted(tmp), heads
+
+
+# ---------------------------------------------------------------------------------------------------------
+# one API function per command, in the shape f(repo, ..., *, options, progress=None, on_warning=None)
+
+def _cli_commands() -> set[str]:
+    from gitree.cli import cli
+    names = set()
+    for name, cmd in cli.commands.items():
+        sub = getattr(cmd, "commands", None)
+        names |= {f"{name}_{s}" for s in sub} if sub else {name}
+    return {n.replace("-", "_") for n in names}
+
+
+def test_every_command_has_its_api_function_and_is_documented():
+    commands = _cli_commands()
+    assert commands and commands <= set(api.COMMANDS) and set(api.COMMANDS) <= set(api.__all__)
+    doc = open(os.path.join(ROOT, "docs", "api.md"), encoding="utf-8").read()
+    examples = "\n".join(re.findall(r"```python\n(.*?)```", doc, re.S))
+    for name in commands:
+        f = getattr(api, name)
+        params = inspect.signature(f).parameters
+        assert "on_warning" in params and params["on_warning"].kind is inspect.Parameter.KEYWORD_ONLY, name
+        assert params["on_warning"].default is None, name
+        assert f"api.{name}(" in examples, f"docs/api.md has no example calling api.{name}"
+        assert inspect.signature(f).return_annotation.endswith("Result"), name
+
+
+def test_long_commands_take_progress():
+    for name in ("import_rootfs", "checkout", "checkout_tar", "export_ostree", "import_ostree", "deploy"):
+        params = inspect.signature(getattr(api, name)).parameters
+        assert params["progress"].kind is inspect.Parameter.KEYWORD_ONLY and params["progress"].default is None
+
+
+def test_help_and_api_md_list_the_same_exit_codes():
+    table = exit_codes_table()
+    assert {n for _, n, _ in table if n} == {c.__name__ for c in ERRORS}
+    helptext = run_gitree("--help").stdout.decode()
+    listed = re.findall(r"^\s+(\d+)  (?:(\w+): )?", helptext.split("Exit codes")[1], re.M)
+    assert [(int(c), n) for c, n in listed] == [(c, n) for c, n, _ in table]
+    doc = open(os.path.join(ROOT, "docs", "api.md"), encoding="utf-8").read()
+    rows = re.findall(r"^\| (\d+) \| (\S+) \|", doc, re.M)
+    assert [(int(c), "" if n == "-" else n) for c, n in rows] == [(c, n) for c, n, _ in table]
+    for cls in ERRORS:
+        assert issubclass(cls, GitreeError) and isinstance(cls.exit_code, int)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# failures after objects were written: no temporary file, no branch moved
+
+def test_import_rootfs_failing_midway_leaves_nothing(work):
+    repo = api.init(os.path.join(work, "r.git")).path
+    api.import_rootfs(repo, build_tar(os.path.join(work, "a.tar"), {"etc/a": b"a\n"}), branch="main", timestamp=T1)
+    before = state(repo)
+    # many files are written, then a file replaces a non-empty directory
+    files = {f"usr/f{i}": os.urandom(2000) for i in range(200)}
+    bad = os.path.join(work, "bad.tar")
+    build_tar(bad, files)
+    with tarfile.open(bad, "a") as t:
+        ti = tarfile.TarInfo("usr")
+        ti.size = 1
+        t.addfile(ti, io.BytesIO(b"x"))
+    with pytest.raises(UnsafePath):
+        api.import_rootfs(repo, bad, branch="main", timestamp=T1 + 1)
+    assert state(repo) == before
+
+
+def test_import_ostree_failing_midway_leaves_nothing(work):
+    repo = api.init(os.path.join(work, "r.git")).path
+    api.import_rootfs(repo, build_tar(os.path.join(work, "1.tar"), {"etc/a": b"one\n"}), branch="main",
+                      timestamp=T1)
+    api.import_rootfs(repo, build_tar(os.path.join(work, "2.tar"), {"etc/a": b"one\n", "etc/b": b"only in two\n"}),
+                      branch="main", timestamp=T1 + 1)
+    ost = os.path.join(work, "ostree")
+    api.export_ostree(repo, "main", ost, ref="os/main", history=True, mode="archive")
+    # the newest commit's own file is corrupt: the oldest commit is imported (written) first, then this fails
+    listing = subprocess.run(["ostree", f"--repo={ost}", "ls", "-C", "os/main", "/etc/b"], capture_output=True,
+                             text=True, check=True).stdout.split()
+    csum = next(w for w in listing if re.fullmatch(r"[0-9a-f]{64}", w))
+    obj = os.path.join(ost, "objects", csum[:2], csum[2:] + ".filez")
+    data = bytearray(open(obj, "rb").read())
+    data[-3] ^= 0xFF
+    os.chmod(obj, 0o644)
+    with open(obj, "wb") as f:
+        f.write(data)
+    before = state(repo)
+    with pytest.raises(GitreeError) as e:
+        api.import_ostree(repo, ost, "os/main", branch="back")
+    assert isinstance(e.value, (CorruptObject, BadInput)), e.value
+    assert state(repo) == before
+    # the same through the CLI: one line, the class's exit code
+    r = run_gitree("-C", repo, "import-ostree", ost, "os/main", "-b", "back", check=False)
+    assert r.returncode == e.value.exit_code and len(r.stderr.decode().splitlines()) == 1
+    assert state(repo) == before
+
+
+def test_bundle_apply_failing_midway_leaves_nothing(work):
+    src = api.init(os.path.join(work, "src.git")).path
+    files = {f"usr/f{i}": os.urandom(3000) for i in range(50)}
+    api.import_rootfs(src, build_tar(os.path.join(work, "1.tar"), files), branch="main", timestamp=T1)
+    bundle = os.path.join(work, "u.gtb")
+    api.bundle_create(src, "main", bundle)
+    # a target whose "main" already has another history: the objects arrive, then the branch cannot move
+    dst = api.init(os.path.join(work, "dst.git")).path
+    api.import_rootfs(dst, build_tar(os.path.join(work, "o.tar"), {"etc/o": b"other\n"}), branch="main",
+                      timestamp=T1)
+    before = state(dst)
+    packs = sorted(os.listdir(os.path.join(dst, "objects", "pack")))
+    with pytest.raises(api.NotFastForward):
+        api.bundle_apply(dst, bundle)
+    assert state(dst) == before
+    assert sorted(os.listdir(os.path.join(dst, "objects", "pack"))) == packs    # the installed pack is gone too
+    # a bundle whose stream is cut: fails while reading objects
+    cut = os.path.join(work, "cut.gtb")
+    with open(bundle, "rb") as f, open(cut, "wb") as g:
+        g.write(f.read()[: os.path.getsize(bundle) * 2 // 3])
+    with pytest.raises(GitreeError):
+        api.bundle_apply(dst, cut, branch="fresh")
+    assert state(dst) == before
+    assert sorted(os.listdir(os.path.join(dst, "objects", "pack"))) == packs
+
+
+def test_make_bootable_failing_midway_leaves_nothing(work):
+    repo = api.init(os.path.join(work, "r.git")).path
+    files = {"boot/vmlinuz-6.1.0-test": os.urandom(5000), "boot/initrd.img-6.1.0-test": os.urandom(5000),
+             "etc/os-release": b"ID=debian\nVERSION_ID=12\n",
+             **{f"usr/bin/f{i}": os.urandom(2000) for i in range(100)},
+             # the file make-bootable writes last is here a non-empty directory: it fails after the walk
+             "usr/lib/tmpfiles.d/gitree-var.conf/x": b"in the way\n"}
+    api.import_rootfs(repo, build_tar(os.path.join(work, "k.tar"), files), branch="rootfs", timestamp=T1)
+    before = state(repo)
+    packs = sorted(os.listdir(os.path.join(repo, "objects", "pack")))
+    with pytest.raises(UnsafePath):
+        api.make_bootable(repo, "rootfs", branch="boot", initramfs_check=False)
+    assert state(repo) == before
+    assert sorted(os.listdir(os.path.join(repo, "objects", "pack"))) == packs
