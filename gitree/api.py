@@ -4,7 +4,8 @@ Every function is `f(repo, ..., *, keyword options, progress=None, on_warning=No
 
 - `repo` is a `Repo` or the path of one (not for `init` and `clone`, which make one; nor `lxc_destroy`).
 - `progress` is None or an object with `update(files, nbytes, path)` (gitree.progress.TerminalProgress is the
-  CLI's); the caller owns it (and calls its `done()` if it has one).
+  CLI's), optionally with `waiting()`, called when an import waits for another writer's lock; the caller owns
+  it (and calls its `done()` if it has one).
 - `on_warning` receives each `GitreeWarning` as it happens; every result also lists them in `warnings`.
   Nothing here prints: the CLI (gitree.cli) prints results and warnings.
 - Errors are subclasses of `GitreeError` (gitree.errors), one per condition, each with its CLI exit code.
@@ -84,7 +85,7 @@ def import_rootfs(repo: Repo | str, source: str, *, branch: str, message: str | 
 
     `strict`: anything read but not kept fails the import (StrictWarnings) instead of warning; nothing moves."""
     w = _Warnings(on_warning, "import")
-    res = porcelain.import_rootfs(open_repo(repo), source, branch, message, timestamp, keep_mtime, True,
+    res = porcelain.import_rootfs(open_repo(repo), source, branch, message, timestamp, keep_mtime,
                                   one_file_system=one_file_system, level=level, warn=w, strict=strict,
                                   progress=progress)
     return ImportResult(res.commit.hex(), branch, res.stats, warnings=w.items)
@@ -276,12 +277,13 @@ class BootableResult(Result):
 
 def make_bootable(repo: Repo | str, rev: str, *, branch: str, version: str | None = None, kernel: str | None = None,
                   message: str | None = None, timestamp: int | None = None, initramfs_check: bool = True,
-                  metadata: Iterable[tuple[str, str]] = (), on_warning: OnWarning = None) -> BootableResult:
+                  metadata: Iterable[tuple[str, str]] = (), progress=None,
+                  on_warning: OnWarning = None) -> BootableResult:
     """Rewrite REV into an OSTree-bootable tree (kernel and initramfs in usr/lib/modules, /etc in usr/etc...)
     as a new commit on `branch`. `metadata`: more OSTree string metadata (key, value)."""
     from .boot.bootable import make_bootable as run
     res = run(open_repo(repo), rev, branch, version, kernel, message, timestamp, initramfs_check,
-              metadata=tuple(metadata))
+              metadata=tuple(metadata), progress=progress)
     return BootableResult(res.commit.hex(), res.kernel, list(res.changes), res.seconds)
 
 

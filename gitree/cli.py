@@ -299,7 +299,7 @@ def make_bootable(c: Ctx, rev, branch, version, kernel, message, timestamp, no_i
         pairs.append((key, value))
     res = api.make_bootable(c.repo(), rev, branch=branch, version=version, kernel=kernel, message=message,
                             timestamp=timestamp, initramfs_check=not no_initramfs_check, metadata=pairs,
-                            on_warning=c.on_warning)
+                            progress=c.progress("make-bootable"), on_warning=c.on_warning)
 
     def text():
         for line in res.changes:
@@ -319,8 +319,11 @@ def make_bootable(c: Ctx, rev, branch, version, kernel, message, timestamp, no_i
 @pass_ctx
 def deploy(c: Ctx, rev, sysroot, osname, ref, karg, bootloader):
     """Export bootable REV into PATH/ostree/repo and `ostree admin deploy` it; prints the OSTree commit last."""
+    progress = c.progress("deploy")
     res = api.deploy(c.repo(), rev, sysroot=sysroot, osname=osname, ref=ref, kargs=karg, bootloader=bootloader,
-                     on_warning=c.on_warning)
+                     progress=progress, on_warning=c.on_warning)
+    if progress:
+        progress.done()
 
     def text():
         click.echo(f"deployed {res.ref} in {res.deployment} (export {res.export_seconds:.1f} s, "

@@ -47,6 +47,11 @@ class TerminalProgress:
         self.stream.flush()
         self.shown = True
 
+    def waiting(self) -> None:
+        """The operation waits for another writer's lock (called by the import before it moves its branch)."""
+        self.stream.write("\r\x1b[Kgitree: waiting for another writer to finish...\n")
+        self.stream.flush()
+
     def done(self) -> None:
         self._draw()
         self.stream.write("\n")

@@ -78,7 +78,8 @@ def test_every_command_has_its_api_function_and_is_documented():
 
 
 def test_long_commands_take_progress():
-    for name in ("import_rootfs", "checkout", "checkout_tar", "export_ostree", "import_ostree", "deploy"):
+    for name in ("import_rootfs", "checkout", "checkout_tar", "export_ostree", "import_ostree", "make_bootable",
+                 "deploy"):
         params = inspect.signature(getattr(api, name)).parameters
         assert params["progress"].kind is inspect.Parameter.KEYWORD_ONLY and params["progress"].default is None
 
@@ -185,3 +186,22 @@ def test_make_bootable_failing_midway_leaves_nothing(work):
         api.make_bootable(repo, "rootfs", branch="boot", initramfs_check=False)
     assert state(repo) == before
     assert sorted(os.listdir(os.path.join(repo, "objects", "pack"))) == packs
+
+
+# ---------------------------------------------------------------------------------------------------------
+# one atomic-output helper: the LXC config and hook go through it too
+
+def test_lxc_files_are_written_through_atomic_output(work):
+    from gitree.boot import lxc
+    d = os.path.join(work, "c")
+    os.makedirs(d)
+    os.symlink("/nonexistent-target", os.path.join(d, "hook.gitree-tmp"))   # the old fixed temporary name
+    old = os.umask(0o077)
+    try:
+        lxc._write(os.path.join(d, "hook"), "#!/bin/sh\n", 0o755)
+    finally:
+        os.umask(old)
+    st = os.lstat(os.path.join(d, "hook"))
+    assert st.st_mode & 0o7777 == 0o755 and open(os.path.join(d, "hook")).read() == "#!/bin/sh\n"
+    assert sorted(os.listdir(d)) == ["hook", "hook.gitree-tmp"]            # nothing followed, nothing left
+    assert os.readlink(os.path.join(d, "hook.gitree-tmp")) == "/nonexistent-target"

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from .. import tools
 from .deploy import DeployResult, deploy
 from ..errors import BadInput, NeedsRoot, TargetExists, TimedOut, ToolFailed, UsageError
+from ..outfile import atomic_output
 from ..repo import Repo
 
 DEFAULT_LXCPATH = "/var/lib/lxc"
@@ -170,11 +171,9 @@ lxc.hook.destroy = {hook}
 
 
 def _write(path: str, data: str, mode: int) -> None:
-    tmp = path + ".gitree-tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(data)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
+    with atomic_output(path, mode) as f:
+        f.write(data.encode("utf-8"))
+        os.fchmod(f.fileno(), mode)     # exactly this mode: the hook must be executable whatever the umask
 
 
 def create(repo: Repo, name: str, rev: str, lxcpath: str = DEFAULT_LXCPATH, osname: str = "debian",
