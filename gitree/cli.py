@@ -247,7 +247,7 @@ def export_ostree(c: Ctx, rev, ostree_repo, ref, mode, no_bindings, history, str
         compression = int(compression)
     progress = c.progress("export")
     res = api.export_ostree(c.repo(), rev, ostree_repo, ref=ref, mode=mode, bindings=not no_bindings,
-                            history=history, strict=strict, update_summary=update_summary, gpg_keys=gpg_keys,
+                            history=history, strict=strict or c.strict, update_summary=update_summary, gpg_keys=gpg_keys,
                             gpg_homedir=gpg_homedir, collection_id=collection_id, ref_bindings=ref_bindings,
                             compression=compression, progress=progress, on_warning=c.on_warning)
     if progress:

@@ -16,7 +16,8 @@ import pytest
 from helpers import run_gitree
 
 from gitree import api
-from gitree.errors import ERRORS, BadInput, CorruptObject, GitreeError, UnsafePath, exit_codes_table
+from gitree.errors import (ERRORS, BadInput, CorruptObject, GitreeError, UnsafePath, UnsupportedEntry,
+                           exit_codes_table)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 T1 = 1_700_000_000
@@ -205,3 +206,26 @@ def test_lxc_files_are_written_through_atomic_output(work):
     assert st.st_mode & 0o7777 == 0o755 and open(os.path.join(d, "hook")).read() == "#!/bin/sh\n"
     assert sorted(os.listdir(d)) == ["hook", "hook.gitree-tmp"]            # nothing followed, nothing left
     assert os.readlink(os.path.join(d, "hook.gitree-tmp")) == "/nonexistent-target"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# --strict: export-ostree refuses what it would skip before its ref moves; others fail after their warning
+
+def test_global_strict_export_moves_no_ref(work):
+    repo = api.init(os.path.join(work, "r.git")).path
+    tar = os.path.join(work, "dev.tar")
+    with tarfile.open(tar, "w", format=tarfile.PAX_FORMAT) as t:
+        for name, kind in (("dev", tarfile.DIRTYPE), ("dev/null", tarfile.CHRTYPE)):
+            ti = tarfile.TarInfo(name)
+            ti.type, ti.mode, ti.devmajor, ti.devminor = kind, 0o755, 1, 3
+            t.addfile(ti)
+    api.import_rootfs(repo, tar, branch="main", timestamp=T1)
+    ost = os.path.join(work, "o")
+    r = run_gitree("-C", repo, "--strict", "export-ostree", "main", "--ostree-repo", ost, "--ref", "os/main",
+                   check=False)
+    assert r.returncode == UnsupportedEntry.exit_code, r.stderr
+    assert r.stderr.decode() == "gitree: error: /dev/null: OSTree cannot hold a char node\n"
+    refs = subprocess.run(["ostree", f"--repo={ost}", "refs"], capture_output=True, text=True, check=True)
+    assert refs.stdout == ""
+    r = run_gitree("-C", repo, "export-ostree", "main", "--ostree-repo", ost, "--ref", "os/main")
+    assert b"gitree: warning: skipped 1 entry OSTree cannot hold: /dev/null (char node)" in r.stderr
