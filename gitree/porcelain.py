@@ -326,7 +326,7 @@ def _stored_ostree_commit(repo: Repo, commit) -> str | None:
     top = repo.top_entries(commit)
     if TOP_OSTREE not in top:
         return None
-    ent = {e.name: e.oid for e in decode_tree(repo.read_bounded(top[TOP_OSTREE][1], OBJ_TREE,
+    ent = {e.name: e.oid for e in decode_tree(repo.read_bounded(top[TOP_OSTREE].oid, OBJ_TREE,
                                                               MAX_OSTREE_OBJECT_BYTES, "ostree/"))}
     if b"commit" not in ent:
         return None

@@ -229,3 +229,23 @@ def test_global_strict_export_moves_no_ref(work):
     assert refs.stdout == ""
     r = run_gitree("-C", repo, "export-ostree", "main", "--ostree-repo", ost, "--ref", "os/main")
     assert b"gitree: warning: skipped 1 entry OSTree cannot hold: /dev/null (char node)" in r.stderr
+
+
+def test_make_bootable_then_export_reads_the_named_top_entries(work):
+    """The positive control of the failing make-bootable above, through the top tree's named entries
+    (repo.top_entries: ContentRef) that make-bootable, export and show read."""
+    repo = api.init(os.path.join(work, "r.git")).path
+    files = {"boot/vmlinuz-6.1.0-test": b"kernel", "boot/initrd.img-6.1.0-test": b"initramfs",
+             "etc/os-release": b"ID=debian\nVERSION_ID=12\n"}
+    api.import_rootfs(repo, build_tar(os.path.join(work, "k.tar"), files), branch="rootfs", timestamp=T1)
+    boot = api.make_bootable(repo, "rootfs", branch="boot", initramfs_check=False)
+    with pytest.raises(BadInput, match="already bootable"):
+        api.make_bootable(repo, "boot", branch="boot2", initramfs_check=False)
+    ost = os.path.join(work, "o")
+    exp = api.export_ostree(repo, "boot", ost, ref="os/boot")
+    shown = subprocess.run(["ostree", f"--repo={ost}", "show", "os/boot"], capture_output=True, text=True,
+                           check=True).stdout
+    assert "Version: 12.0" in shown and exp.checksum in shown, shown
+    back = api.import_ostree(repo, ost, "os/boot", branch="back")
+    assert "metadata keys: ostree.linux, version, ostree.bootable" in "\n".join(api.show(repo, back.commit).lines())
+    assert boot.kernel == "6.1.0-test"

@@ -151,7 +151,7 @@ def tree_metadata(repo: Repo, commit) -> list:
     top = repo.top_entries(commit)
     if ostreemeta.BLOB_NAME not in top:
         return []
-    return ostreemeta.decode(repo.read_bounded(top[ostreemeta.BLOB_NAME][1], OBJ_BLOB, MAX_META_BYTES,
+    return ostreemeta.decode(repo.read_bounded(top[ostreemeta.BLOB_NAME].oid, OBJ_BLOB, MAX_META_BYTES,
                                                "ostree-meta"))
 
 
