@@ -22,7 +22,7 @@ from typing import Iterable, Iterator
 from . import porcelain
 from .errors import (BadInput, BranchMoved, CorruptObject, FsckFailed, GitreeError, GitreeWarning, NotFound,
                      OnWarning, RepoLocked, ToolFailed, UnsafePath, UnsupportedEntry, UsageError)
-from .errors import NeedsRoot, NotFastForward, TargetExists, TimedOut, WriteFailed
+from .errors import NeedsRoot, NotFastForward, StrictWarnings, TargetExists, TimedOut, WriteFailed
 from .diff import Change, diff_changes
 from .porcelain import CommitInfo, LsItem, Problem, ShowInfo
 from .importer import ImportStats
@@ -388,21 +388,27 @@ class BundleApplyResult(Result):
     new: str
 
 
-def bundle_apply(repo: Repo | str, path: str, *, branch: str | None = None,
+def bundle_apply(repo: Repo | str, path: str, *, branch: str | None = None, strict: bool = False,
                  on_warning: OnWarning = None) -> BundleApplyResult:
-    """Add a bundle's objects, verify every incoming commit, then move its branch (fast-forward only)."""
+    """Add a bundle's objects, verify every incoming commit, then move its branch (fast-forward only).
+    `strict`: a warning fails the apply (StrictWarnings) before the branch moves; nothing is kept."""
     import pygit2
 
     from .transport.bundle import apply
     from .ostree.storedcommit import warn_unchecked
     w = _Warnings(on_warning, "bundle")
     r = open_repo(repo)
-    name, old, new = apply(r, path, branch)
-    # the arrived commits' stored OSTree metadata, which export would publish unchecked: named once
-    walker = r.git.walk(pygit2.Oid(raw=new), pygit2.enums.SortMode.TOPOLOGICAL)
-    if old is not None:
-        walker.hide(pygit2.Oid(raw=old))
-    warn_unchecked(r, walker, w, "bundle apply")
+
+    def before_move(old: bytes | None, new: bytes) -> None:
+        # the arrived commits' stored OSTree metadata, which export would publish unchecked: named once
+        walker = r.git.walk(pygit2.Oid(raw=new), pygit2.enums.SortMode.TOPOLOGICAL)
+        if old is not None:
+            walker.hide(pygit2.Oid(raw=old))
+        warn_unchecked(r, walker, w, "bundle apply")
+        if strict and w.items:
+            raise StrictWarnings(f"--strict: {len(w.items)} warning(s) above; nothing was applied")
+
+    name, old, new = apply(r, path, branch, before_move=before_move)
     return BundleApplyResult(name, old.hex() if old else None, new.hex(), warnings=w.items)
 
 

@@ -247,8 +247,9 @@ def export_ostree(c: Ctx, rev, ostree_repo, ref, mode, no_bindings, history, str
         compression = int(compression)
     progress = c.progress("export")
     res = api.export_ostree(c.repo(), rev, ostree_repo, ref=ref, mode=mode, bindings=not no_bindings,
-                            history=history, strict=strict or c.strict, update_summary=update_summary, gpg_keys=gpg_keys,
-                            gpg_homedir=gpg_homedir, collection_id=collection_id, ref_bindings=ref_bindings,
+                            history=history, strict=strict or c.strict, update_summary=update_summary,
+                            gpg_keys=gpg_keys, gpg_homedir=gpg_homedir, collection_id=collection_id,
+                            ref_bindings=ref_bindings,
                             compression=compression, progress=progress, on_warning=c.on_warning)
     if progress:
         progress.done()
@@ -398,7 +399,7 @@ def bundle_create(c: Ctx, spec, file, branch):
 @pass_ctx
 def bundle_apply(c: Ctx, file, branch):
     """Add FILE's objects, verify the new tree, then move its branch (fast-forward only)."""
-    res = api.bundle_apply(c.repo(), file, branch=branch, on_warning=c.on_warning)
+    res = api.bundle_apply(c.repo(), file, branch=branch, strict=c.strict, on_warning=c.on_warning)
 
     def text():
         click.echo(f"{res.branch}: {res.old[:12] if res.old else '(new)'} -> {res.new[:12]}", err=True)

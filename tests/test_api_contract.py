@@ -16,7 +16,7 @@ import pytest
 from helpers import run_gitree
 
 from gitree import api
-from gitree.errors import (ERRORS, BadInput, CorruptObject, GitreeError, UnsafePath, UnsupportedEntry,
+from gitree.errors import (ERRORS, BadInput, CorruptObject, GitreeError, StrictWarnings, UnsafePath, UnsupportedEntry,
                            exit_codes_table)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -249,3 +249,28 @@ def test_make_bootable_then_export_reads_the_named_top_entries(work):
     back = api.import_ostree(repo, ost, "os/boot", branch="back")
     assert "metadata keys: ostree.linux, version, ostree.bootable" in "\n".join(api.show(repo, back.commit).lines())
     assert boot.kernel == "6.1.0-test"
+
+
+def test_strict_bundle_apply_fails_before_the_branch_moves(work):
+    src = api.init(os.path.join(work, "src.git")).path
+    files = {"boot/vmlinuz-6.1.0-test": b"kernel", "boot/initrd.img-6.1.0-test": b"initramfs",
+             "etc/os-release": b"ID=debian\nVERSION_ID=12\n"}
+    api.import_rootfs(src, build_tar(os.path.join(work, "k.tar"), files), branch="rootfs", timestamp=T1)
+    api.make_bootable(src, "rootfs", branch="boot", initramfs_check=False)
+    api.export_ostree(src, "boot", os.path.join(work, "o"), ref="os/boot")
+    api.import_ostree(src, os.path.join(work, "o"), "os/boot", branch="back")   # a stored OSTree commit
+    bundle = os.path.join(work, "b.gtb")
+    api.bundle_create(src, "back", bundle)
+    dst = api.init(os.path.join(work, "dst.git")).path
+    before = state(dst)
+    packs = sorted(os.listdir(os.path.join(dst, "objects", "pack")))
+    r = run_gitree("-C", dst, "--strict", "bundle", "apply", bundle, check=False)
+    assert r.returncode == StrictWarnings.exit_code, r.stderr
+    lines = r.stderr.decode().splitlines()
+    assert lines[0].startswith("gitree: warning: bundle apply: 1 commit(s) carry a stored OSTree commit"), lines
+    assert lines[-1] == "gitree: error: --strict: 1 warning(s) above; nothing was applied"
+    assert state(dst) == before and sorted(os.listdir(os.path.join(dst, "objects", "pack"))) == packs
+    seen = []
+    res = api.bundle_apply(dst, bundle, on_warning=seen.append)       # without strict: a warning, applied
+    assert res.branch == "back" and seen == res.warnings and len(seen) == 1
+    assert api.open_repo(dst).branch_tip("back").hex() == res.new
