@@ -25,7 +25,9 @@ from .errors import (BadInput, BranchMoved, CorruptObject, FsckFailed, GitreeErr
 from .errors import NeedsRoot, NotFastForward, StrictWarnings, TargetExists, TimedOut, WriteFailed
 from .diff import Change, diff_changes
 from .porcelain import CommitInfo, LsItem, Problem, ShowInfo
+from .entry import MAX_DEPTH  # noqa: F401 - the deepest tree gitree reads or writes (a front end sizes its stack)
 from .importer import ImportStats
+from .packwriter import remove_live_temporaries  # noqa: F401 - on an interrupt: delete packs being written
 from .repo import Repo
 
 

@@ -500,16 +500,14 @@ def main(argv=None) -> int:
     """Run the CLI in a thread (so Ctrl-C can clean up), with the default stack: the git reader, the
     writers and diff walk trees iteratively, whatever their depth. The recursion limit only leaves
     room for a generator per level of a tree at the depth limit."""
-    from .entry import MAX_DEPTH
-    sys.setrecursionlimit(max(sys.getrecursionlimit(), 2 * MAX_DEPTH + 1000))
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 2 * api.MAX_DEPTH + 1000))
     result: list[int] = []
     t = threading.Thread(target=lambda: result.append(_main(argv)), name="gitree", daemon=True)
     t.start()
     try:
         t.join()
     except KeyboardInterrupt:
-        from .packwriter import remove_live_temporaries
-        remove_live_temporaries()
+        api.remove_live_temporaries()
         click.echo("gitree: interrupted", err=True)
         sys.stderr.flush()
         os._exit(INTERRUPTED_EXIT)

@@ -274,3 +274,13 @@ def test_strict_bundle_apply_fails_before_the_branch_moves(work):
     res = api.bundle_apply(dst, bundle, on_warning=seen.append)       # without strict: a warning, applied
     assert res.branch == "back" and seen == res.warnings and len(seen) == 1
     assert api.open_repo(dst).branch_tip("back").hex() == res.new
+
+
+def test_cli_imports_only_the_api_errors_and_progress():
+    import ast
+    tree = ast.parse(open(os.path.join(ROOT, "gitree", "cli.py"), encoding="utf-8").read())
+    local = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            local |= {node.module} if node.module else {a.name for a in node.names}
+    assert local == {"api", "errors", "progress"}
