@@ -54,41 +54,40 @@ def import_rootfs(repo: Repo, source: str, branch: str, message: str | None = No
         raise BadInput(f"no such file or directory: {source}")
     warnings: list[str] = []
     tar_in = None
-    tx = repo.transaction(keep_mtime=keep_mtime, level=level, progress=progress, warn=warn)
-    try:
-        if source == "-" or not os.path.isdir(source):
-            tar_in = TarInput(sys.stdin.buffer if source == "-" else source)
-            items = tar_entries(tar_in, warnings)
-        else:
-            report = DirectoryReport()
-            items = directory_entries(source, report, one_file_system, exclude=repo.path)
-        try:
-            for item in items:
-                try:
-                    tx.add(item.entry, item.data, item.rereadable)
-                except OSError as e:
-                    raise BadInput(f"{display(item.entry.path)}: {e.strerror or e}") from None
-        except BadInput as err:
-            why = tar_in.failure() if tar_in is not None else None
-            if why is not None:
-                raise BadInput(why) from None
-            if tar_in is not None and tar_in.format != "tar":
-                raise BadInput(f"{err} (in the {tar_in.format}-compressed stream)") from None
-            raise
-        if tar_in is not None:
-            closing, tar_in = tar_in, None
-            closing.close()
-        else:
-            warnings.extend(report.lines())
-        for w in warnings:
-            warn(w)
-        if strict and warnings:
-            raise StrictWarnings(f"--strict: {len(warnings)} warning(s) above; nothing was imported")
-        msg = message if message is not None else f"Import {os.path.basename(source.rstrip('/')) or source}"
-        cid = tx.commit(branch=branch, message=msg, timestamp=timestamp,
-                        lock_wait=getattr(progress, "waiting", None))
+    try:  # the transaction aborts on any exit that did not commit: its pack is deleted, no branch moves
+        with repo.transaction(keep_mtime=keep_mtime, level=level, progress=progress, warn=warn) as tx:
+            if source == "-" or not os.path.isdir(source):
+                tar_in = TarInput(sys.stdin.buffer if source == "-" else source)
+                items = tar_entries(tar_in, warnings)
+            else:
+                report = DirectoryReport()
+                items = directory_entries(source, report, one_file_system, exclude=repo.path)
+            try:
+                for item in items:
+                    try:
+                        tx.add(item.entry, item.data, item.rereadable)
+                    except OSError as e:
+                        raise BadInput(f"{display(item.entry.path)}: {e.strerror or e}") from None
+            except BadInput as err:
+                why = tar_in.failure() if tar_in is not None else None
+                if why is not None:
+                    raise BadInput(why) from None
+                if tar_in is not None and tar_in.format != "tar":
+                    raise BadInput(f"{err} (in the {tar_in.format}-compressed stream)") from None
+                raise
+            if tar_in is not None:
+                closing, tar_in = tar_in, None
+                closing.close()
+            else:
+                warnings.extend(report.lines())
+            for w in warnings:
+                warn(w)
+            if strict and warnings:
+                raise StrictWarnings(f"--strict: {len(warnings)} warning(s) above; nothing was imported")
+            msg = message if message is not None else f"Import {os.path.basename(source.rstrip('/')) or source}"
+            cid = tx.commit(branch=branch, message=msg, timestamp=timestamp,
+                            lock_wait=getattr(progress, "waiting", None))
     except BaseException:
-        tx.abort()
         if tar_in is not None:
             tar_in.close(ok=False)
         raise
