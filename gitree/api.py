@@ -437,20 +437,21 @@ class LxcResult(Result):
 
 
 def lxc_create(repo: Repo | str, name: str, rev: str, *, lxcpath: str = "/var/lib/lxc", osname: str = "debian",
-               kargs: Iterable[str] = (), ref: str | None = None, on_warning: OnWarning = None) -> LxcResult:
+               kargs: Iterable[str] = (), ref: str | None = None, progress=None,
+               on_warning: OnWarning = None) -> LxcResult:
     """Deploy bootable REV into a new LXC container NAME (root only)."""
     from .boot import lxc
     w = _Warnings(on_warning, "deploy")
-    cont, res = lxc.create(open_repo(repo), name, rev, lxcpath, osname, tuple(kargs), ref, warn=w)
+    cont, res = lxc.create(open_repo(repo), name, rev, lxcpath, osname, tuple(kargs), ref, warn=w, progress=progress)
     return LxcResult(name, lxcpath, cont.config, _deploy_result(res), warnings=w.items)
 
 
 def lxc_upgrade(repo: Repo | str, name: str, rev: str, *, lxcpath: str = "/var/lib/lxc", kargs: Iterable[str] = (),
-                ref: str | None = None, on_warning: OnWarning = None) -> LxcResult:
+                ref: str | None = None, progress=None, on_warning: OnWarning = None) -> LxcResult:
     """Deploy REV into container NAME's sysroot; its next start runs it."""
     from .boot import lxc
     w = _Warnings(on_warning, "deploy")
-    res = lxc.upgrade(open_repo(repo), name, rev, lxcpath, ref, tuple(kargs), warn=w)
+    res = lxc.upgrade(open_repo(repo), name, rev, lxcpath, ref, tuple(kargs), warn=w, progress=progress)
     return LxcResult(name, lxcpath, None, _deploy_result(res), warnings=w.items)
 
 

@@ -456,8 +456,11 @@ def fsck(c: Ctx, revs):
 @pass_ctx
 def lxc_create(c: Ctx, name, rev, lxcpath, osname, karg, ref):
     """Deploy bootable REV into a new LXC container NAME (its own sysroot, hooks doing the initramfs' work)."""
+    progress = c.progress("lxc-create")
     res = api.lxc_create(c.repo(), name, rev, lxcpath=lxcpath, osname=osname, kargs=karg, ref=ref,
-                         on_warning=c.on_warning)
+                         progress=progress, on_warning=c.on_warning)
+    if progress:
+        progress.done()
 
     def text():
         d = res.deploy
@@ -478,7 +481,11 @@ def lxc_create(c: Ctx, name, rev, lxcpath, osname, karg, ref):
 @pass_ctx
 def lxc_upgrade(c: Ctx, name, rev, lxcpath, karg, ref):
     """Deploy REV into container NAME's sysroot; its next start runs it (the previous one stays for rollback)."""
-    res = api.lxc_upgrade(c.repo(), name, rev, lxcpath=lxcpath, kargs=karg, ref=ref, on_warning=c.on_warning)
+    progress = c.progress("lxc-upgrade")
+    res = api.lxc_upgrade(c.repo(), name, rev, lxcpath=lxcpath, kargs=karg, ref=ref, progress=progress,
+                          on_warning=c.on_warning)
+    if progress:
+        progress.done()
 
     def text():
         click.echo(f"container {name}: deployed {res.deploy.deployment}; restart it to run it", err=True)

@@ -80,7 +80,7 @@ def test_every_command_has_its_api_function_and_is_documented():
 
 def test_long_commands_take_progress():
     for name in ("import_rootfs", "checkout", "checkout_tar", "export_ostree", "import_ostree", "make_bootable",
-                 "deploy"):
+                 "deploy", "lxc_create", "lxc_upgrade"):
         params = inspect.signature(getattr(api, name)).parameters
         assert params["progress"].kind is inspect.Parameter.KEYWORD_ONLY and params["progress"].default is None
 
