@@ -45,7 +45,7 @@ class Ctx:
             click.echo(f"gitree: warning: {one_line(w.message)}", err=True)
 
     def progress(self, label: str):
-        return None if self.json else make_progress(label, self.quiet)
+        return make_progress(label, self.quiet or self.json)
 
     def emit(self, command: str, result, text=None) -> None:
         """Print `result`: as JSON with --json, else by calling `text()`."""
