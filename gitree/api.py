@@ -4,7 +4,8 @@ Every function is `f(repo, ..., *, keyword options, progress=None, on_warning=No
 
 - `repo` is a `Repo` or the path of one (not for `init` and `clone`, which make one; nor `lxc_destroy`).
 - `progress` is None or an object with `update(files, nbytes, path)` (gitree.progress.TerminalProgress is the
-  CLI's); the caller owns it (and calls its `done()` if it has one).
+  CLI's), optionally with `waiting()`, called when an import waits for another writer's lock; the caller owns
+  it (and calls its `done()` if it has one).
 - `on_warning` receives each `GitreeWarning` as it happens; every result also lists them in `warnings`.
   Nothing here prints: the CLI (gitree.cli) prints results and warnings.
 - Errors are subclasses of `GitreeError` (gitree.errors), one per condition, each with its CLI exit code.
@@ -21,10 +22,12 @@ from typing import Iterable, Iterator
 from . import porcelain
 from .errors import (BadInput, BranchMoved, CorruptObject, FsckFailed, GitreeError, GitreeWarning, NotFound,
                      OnWarning, RepoLocked, ToolFailed, UnsafePath, UnsupportedEntry, UsageError)
-from .errors import NeedsRoot, NotFastForward, TargetExists, TimedOut, WriteFailed
+from .errors import NeedsRoot, NotFastForward, StrictWarnings, TargetExists, TimedOut, WriteFailed
 from .diff import Change, diff_changes
 from .porcelain import CommitInfo, LsItem, Problem, ShowInfo
+from .entry import MAX_DEPTH  # noqa: F401 - the deepest tree gitree reads or writes (a front end sizes its stack)
 from .importer import ImportStats
+from .packwriter import remove_live_temporaries  # noqa: F401 - on an interrupt: delete packs being written
 from .repo import Repo
 
 
@@ -84,7 +87,7 @@ def import_rootfs(repo: Repo | str, source: str, *, branch: str, message: str | 
 
     `strict`: anything read but not kept fails the import (StrictWarnings) instead of warning; nothing moves."""
     w = _Warnings(on_warning, "import")
-    res = porcelain.import_rootfs(open_repo(repo), source, branch, message, timestamp, keep_mtime, True,
+    res = porcelain.import_rootfs(open_repo(repo), source, branch, message, timestamp, keep_mtime,
                                   one_file_system=one_file_system, level=level, warn=w, strict=strict,
                                   progress=progress)
     return ImportResult(res.commit.hex(), branch, res.stats, warnings=w.items)
@@ -276,12 +279,13 @@ class BootableResult(Result):
 
 def make_bootable(repo: Repo | str, rev: str, *, branch: str, version: str | None = None, kernel: str | None = None,
                   message: str | None = None, timestamp: int | None = None, initramfs_check: bool = True,
-                  metadata: Iterable[tuple[str, str]] = (), on_warning: OnWarning = None) -> BootableResult:
+                  metadata: Iterable[tuple[str, str]] = (), progress=None,
+                  on_warning: OnWarning = None) -> BootableResult:
     """Rewrite REV into an OSTree-bootable tree (kernel and initramfs in usr/lib/modules, /etc in usr/etc...)
     as a new commit on `branch`. `metadata`: more OSTree string metadata (key, value)."""
     from .boot.bootable import make_bootable as run
     res = run(open_repo(repo), rev, branch, version, kernel, message, timestamp, initramfs_check,
-              metadata=tuple(metadata))
+              metadata=tuple(metadata), progress=progress)
     return BootableResult(res.commit.hex(), res.kernel, list(res.changes), res.seconds)
 
 
@@ -386,21 +390,27 @@ class BundleApplyResult(Result):
     new: str
 
 
-def bundle_apply(repo: Repo | str, path: str, *, branch: str | None = None,
+def bundle_apply(repo: Repo | str, path: str, *, branch: str | None = None, strict: bool = False,
                  on_warning: OnWarning = None) -> BundleApplyResult:
-    """Add a bundle's objects, verify every incoming commit, then move its branch (fast-forward only)."""
+    """Add a bundle's objects, verify every incoming commit, then move its branch (fast-forward only).
+    `strict`: a warning fails the apply (StrictWarnings) before the branch moves; nothing is kept."""
     import pygit2
 
     from .transport.bundle import apply
     from .ostree.storedcommit import warn_unchecked
     w = _Warnings(on_warning, "bundle")
     r = open_repo(repo)
-    name, old, new = apply(r, path, branch)
-    # the arrived commits' stored OSTree metadata, which export would publish unchecked: named once
-    walker = r.git.walk(pygit2.Oid(raw=new), pygit2.enums.SortMode.TOPOLOGICAL)
-    if old is not None:
-        walker.hide(pygit2.Oid(raw=old))
-    warn_unchecked(r, walker, w, "bundle apply")
+
+    def before_move(old: bytes | None, new: bytes) -> None:
+        # the arrived commits' stored OSTree metadata, which export would publish unchecked: named once
+        walker = r.git.walk(pygit2.Oid(raw=new), pygit2.enums.SortMode.TOPOLOGICAL)
+        if old is not None:
+            walker.hide(pygit2.Oid(raw=old))
+        warn_unchecked(r, walker, w, "bundle apply")
+        if strict and w.items:
+            raise StrictWarnings(f"--strict: {len(w.items)} warning(s) above; nothing was applied")
+
+    name, old, new = apply(r, path, branch, before_move=before_move)
     return BundleApplyResult(name, old.hex() if old else None, new.hex(), warnings=w.items)
 
 
@@ -427,20 +437,21 @@ class LxcResult(Result):
 
 
 def lxc_create(repo: Repo | str, name: str, rev: str, *, lxcpath: str = "/var/lib/lxc", osname: str = "debian",
-               kargs: Iterable[str] = (), ref: str | None = None, on_warning: OnWarning = None) -> LxcResult:
+               kargs: Iterable[str] = (), ref: str | None = None, progress=None,
+               on_warning: OnWarning = None) -> LxcResult:
     """Deploy bootable REV into a new LXC container NAME (root only)."""
     from .boot import lxc
     w = _Warnings(on_warning, "deploy")
-    cont, res = lxc.create(open_repo(repo), name, rev, lxcpath, osname, tuple(kargs), ref, warn=w)
+    cont, res = lxc.create(open_repo(repo), name, rev, lxcpath, osname, tuple(kargs), ref, warn=w, progress=progress)
     return LxcResult(name, lxcpath, cont.config, _deploy_result(res), warnings=w.items)
 
 
 def lxc_upgrade(repo: Repo | str, name: str, rev: str, *, lxcpath: str = "/var/lib/lxc", kargs: Iterable[str] = (),
-                ref: str | None = None, on_warning: OnWarning = None) -> LxcResult:
+                ref: str | None = None, progress=None, on_warning: OnWarning = None) -> LxcResult:
     """Deploy REV into container NAME's sysroot; its next start runs it."""
     from .boot import lxc
     w = _Warnings(on_warning, "deploy")
-    res = lxc.upgrade(open_repo(repo), name, rev, lxcpath, ref, tuple(kargs), warn=w)
+    res = lxc.upgrade(open_repo(repo), name, rev, lxcpath, ref, tuple(kargs), warn=w, progress=progress)
     return LxcResult(name, lxcpath, None, _deploy_result(res), warnings=w.items)
 
 

@@ -45,7 +45,7 @@ class Ctx:
             click.echo(f"gitree: warning: {one_line(w.message)}", err=True)
 
     def progress(self, label: str):
-        return None if self.json else make_progress(label, self.quiet)
+        return make_progress(label, self.quiet or self.json)
 
     def emit(self, command: str, result, text=None) -> None:
         """Print `result`: as JSON with --json, else by calling `text()`."""
@@ -247,8 +247,9 @@ def export_ostree(c: Ctx, rev, ostree_repo, ref, mode, no_bindings, history, str
         compression = int(compression)
     progress = c.progress("export")
     res = api.export_ostree(c.repo(), rev, ostree_repo, ref=ref, mode=mode, bindings=not no_bindings,
-                            history=history, strict=strict, update_summary=update_summary, gpg_keys=gpg_keys,
-                            gpg_homedir=gpg_homedir, collection_id=collection_id, ref_bindings=ref_bindings,
+                            history=history, strict=strict or c.strict, update_summary=update_summary,
+                            gpg_keys=gpg_keys, gpg_homedir=gpg_homedir, collection_id=collection_id,
+                            ref_bindings=ref_bindings,
                             compression=compression, progress=progress, on_warning=c.on_warning)
     if progress:
         progress.done()
@@ -299,7 +300,7 @@ def make_bootable(c: Ctx, rev, branch, version, kernel, message, timestamp, no_i
         pairs.append((key, value))
     res = api.make_bootable(c.repo(), rev, branch=branch, version=version, kernel=kernel, message=message,
                             timestamp=timestamp, initramfs_check=not no_initramfs_check, metadata=pairs,
-                            on_warning=c.on_warning)
+                            progress=c.progress("make-bootable"), on_warning=c.on_warning)
 
     def text():
         for line in res.changes:
@@ -319,8 +320,11 @@ def make_bootable(c: Ctx, rev, branch, version, kernel, message, timestamp, no_i
 @pass_ctx
 def deploy(c: Ctx, rev, sysroot, osname, ref, karg, bootloader):
     """Export bootable REV into PATH/ostree/repo and `ostree admin deploy` it; prints the OSTree commit last."""
+    progress = c.progress("deploy")
     res = api.deploy(c.repo(), rev, sysroot=sysroot, osname=osname, ref=ref, kargs=karg, bootloader=bootloader,
-                     on_warning=c.on_warning)
+                     progress=progress, on_warning=c.on_warning)
+    if progress:
+        progress.done()
 
     def text():
         click.echo(f"deployed {res.ref} in {res.deployment} (export {res.export_seconds:.1f} s, "
@@ -395,7 +399,7 @@ def bundle_create(c: Ctx, spec, file, branch):
 @pass_ctx
 def bundle_apply(c: Ctx, file, branch):
     """Add FILE's objects, verify the new tree, then move its branch (fast-forward only)."""
-    res = api.bundle_apply(c.repo(), file, branch=branch, on_warning=c.on_warning)
+    res = api.bundle_apply(c.repo(), file, branch=branch, strict=c.strict, on_warning=c.on_warning)
 
     def text():
         click.echo(f"{res.branch}: {res.old[:12] if res.old else '(new)'} -> {res.new[:12]}", err=True)
@@ -452,8 +456,11 @@ def fsck(c: Ctx, revs):
 @pass_ctx
 def lxc_create(c: Ctx, name, rev, lxcpath, osname, karg, ref):
     """Deploy bootable REV into a new LXC container NAME (its own sysroot, hooks doing the initramfs' work)."""
+    progress = c.progress("lxc-create")
     res = api.lxc_create(c.repo(), name, rev, lxcpath=lxcpath, osname=osname, kargs=karg, ref=ref,
-                         on_warning=c.on_warning)
+                         progress=progress, on_warning=c.on_warning)
+    if progress:
+        progress.done()
 
     def text():
         d = res.deploy
@@ -474,7 +481,11 @@ def lxc_create(c: Ctx, name, rev, lxcpath, osname, karg, ref):
 @pass_ctx
 def lxc_upgrade(c: Ctx, name, rev, lxcpath, karg, ref):
     """Deploy REV into container NAME's sysroot; its next start runs it (the previous one stays for rollback)."""
-    res = api.lxc_upgrade(c.repo(), name, rev, lxcpath=lxcpath, kargs=karg, ref=ref, on_warning=c.on_warning)
+    progress = c.progress("lxc-upgrade")
+    res = api.lxc_upgrade(c.repo(), name, rev, lxcpath=lxcpath, kargs=karg, ref=ref, progress=progress,
+                          on_warning=c.on_warning)
+    if progress:
+        progress.done()
 
     def text():
         click.echo(f"container {name}: deployed {res.deploy.deployment}; restart it to run it", err=True)
@@ -496,16 +507,14 @@ def main(argv=None) -> int:
     """Run the CLI in a thread (so Ctrl-C can clean up), with the default stack: the git reader, the
     writers and diff walk trees iteratively, whatever their depth. The recursion limit only leaves
     room for a generator per level of a tree at the depth limit."""
-    from .entry import MAX_DEPTH
-    sys.setrecursionlimit(max(sys.getrecursionlimit(), 2 * MAX_DEPTH + 1000))
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 2 * api.MAX_DEPTH + 1000))
     result: list[int] = []
     t = threading.Thread(target=lambda: result.append(_main(argv)), name="gitree", daemon=True)
     t.start()
     try:
         t.join()
     except KeyboardInterrupt:
-        from .packwriter import remove_live_temporaries
-        remove_live_temporaries()
+        api.remove_live_temporaries()
         click.echo("gitree: interrupted", err=True)
         sys.stderr.flush()
         os._exit(INTERRUPTED_EXIT)

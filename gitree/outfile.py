@@ -4,7 +4,7 @@ The temporary file is created in the target's directory under a random name with
 O_CREAT|O_EXCL|O_NOFOLLOW, so a symlink or file someone placed at a predictable temporary name is never
 opened; it is renamed over the target only once complete (rename replaces a symlink at the target itself
 instead of writing through it). The one way gitree writes an output file: `checkout --tar FILE`,
-`bundle create`, `bundle unwrap`, summary.sig.
+`bundle create`, `bundle unwrap`, summary.sig, an LXC container's config and hook.
 """
 
 from __future__ import annotations

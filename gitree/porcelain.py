@@ -18,7 +18,6 @@ from .errors import BadInput, CorruptObject, NotFound, StrictWarnings, warner
 from .gittree import MODE_DIR
 from .names import display
 from .outfile import atomic_output
-from .progress import make_progress
 from .diff import Change, diff_changes
 from .sinks import CheckoutReport, DirectoryWriter, write_tar
 from .sparse import bounded_holes
@@ -41,7 +40,7 @@ class ImportResult:
 
 
 def import_rootfs(repo: Repo, source: str, branch: str, message: str | None = None,
-                  timestamp: int | None = None, keep_mtime: bool = False, quiet: bool = True,
+                  timestamp: int | None = None, keep_mtime: bool = False,
                   one_file_system: bool = True, level: int | None = None, warn: Warn | None = None,
                   strict: bool = False, progress=None) -> ImportResult:
     """Import a directory, a tar file (any compression) or '-' (a tar on stdin) as a commit on `branch`.
@@ -53,46 +52,42 @@ def import_rootfs(repo: Repo, source: str, branch: str, message: str | None = No
         level = _compression_level(repo)
     if source != "-" and not os.path.lexists(source):
         raise BadInput(f"no such file or directory: {source}")
-    if progress is None:
-        progress = make_progress("import", quiet)
     warnings: list[str] = []
     tar_in = None
-    tx = repo.transaction(keep_mtime=keep_mtime, level=level, progress=progress, warn=warn)
-    try:
-        if source == "-" or not os.path.isdir(source):
-            tar_in = TarInput(sys.stdin.buffer if source == "-" else source)
-            items = tar_entries(tar_in, warnings)
-        else:
-            report = DirectoryReport()
-            items = directory_entries(source, report, one_file_system, exclude=repo.path)
-        try:
-            for item in items:
-                try:
-                    tx.add(item.entry, item.data, item.rereadable)
-                except OSError as e:
-                    raise BadInput(f"{display(item.entry.path)}: {e.strerror or e}") from None
-        except BadInput as err:
-            why = tar_in.failure() if tar_in is not None else None
-            if why is not None:
-                raise BadInput(why) from None
-            if tar_in is not None and tar_in.format != "tar":
-                raise BadInput(f"{err} (in the {tar_in.format}-compressed stream)") from None
-            raise
-        if tar_in is not None:
-            closing, tar_in = tar_in, None
-            closing.close()
-        else:
-            warnings.extend(report.lines())
-        for w in warnings:
-            warn(w)
-        if strict and warnings:
-            raise StrictWarnings(f"--strict: {len(warnings)} warning(s) above; nothing was imported")
-        msg = message if message is not None else f"Import {os.path.basename(source.rstrip('/')) or source}"
-        cid = tx.commit(branch=branch, message=msg, timestamp=timestamp,
-                        lock_wait=lambda: print("gitree: waiting for another writer to finish...",
-                                                file=sys.stderr))
+    try:  # the transaction aborts on any exit that did not commit: its pack is deleted, no branch moves
+        with repo.transaction(keep_mtime=keep_mtime, level=level, progress=progress, warn=warn) as tx:
+            if source == "-" or not os.path.isdir(source):
+                tar_in = TarInput(sys.stdin.buffer if source == "-" else source)
+                items = tar_entries(tar_in, warnings)
+            else:
+                report = DirectoryReport()
+                items = directory_entries(source, report, one_file_system, exclude=repo.path)
+            try:
+                for item in items:
+                    try:
+                        tx.add(item.entry, item.data, item.rereadable)
+                    except OSError as e:
+                        raise BadInput(f"{display(item.entry.path)}: {e.strerror or e}") from None
+            except BadInput as err:
+                why = tar_in.failure() if tar_in is not None else None
+                if why is not None:
+                    raise BadInput(why) from None
+                if tar_in is not None and tar_in.format != "tar":
+                    raise BadInput(f"{err} (in the {tar_in.format}-compressed stream)") from None
+                raise
+            if tar_in is not None:
+                closing, tar_in = tar_in, None
+                closing.close()
+            else:
+                warnings.extend(report.lines())
+            for w in warnings:
+                warn(w)
+            if strict and warnings:
+                raise StrictWarnings(f"--strict: {len(warnings)} warning(s) above; nothing was imported")
+            msg = message if message is not None else f"Import {os.path.basename(source.rstrip('/')) or source}"
+            cid = tx.commit(branch=branch, message=msg, timestamp=timestamp,
+                            lock_wait=getattr(progress, "waiting", None))
     except BaseException:
-        tx.abort()
         if tar_in is not None:
             tar_in.close(ok=False)
         raise
@@ -162,27 +157,16 @@ def _validated_entries(repo: Repo, commit, subpath: bytes):
     return kept if kept is not None else repo.walk(commit)
 
 
-def checkout_dir(repo: Repo, rev: str, dest: str, quiet: bool = True, subpath: bytes = b"",
-                 progress=None) -> CheckoutReport:
+def checkout_dir(repo: Repo, rev: str, dest: str, subpath: bytes = b"", progress=None) -> CheckoutReport:
     commit = repo.resolve(rev)
     entries = _validated_entries(repo, commit, subpath)
-    own = progress is None
-    if own:
-        progress = make_progress("checkout", quiet)
     w = DirectoryWriter(dest, _chunks_for(repo), keep_mtime=True, tick=progress.update if progress else None)
-    report = w.run(entries)
-    if progress and own:
-        progress.done()
-    return report
+    return w.run(entries)
 
 
-def checkout_tar(repo: Repo, rev: str, out: str, quiet: bool = True, sparse: bool = False,
-                 progress=None) -> tuple[int, int]:
+def checkout_tar(repo: Repo, rev: str, out: str, sparse: bool = False, progress=None) -> tuple[int, int]:
     commit = repo.resolve(rev)
     repo.commit_trees(commit)
-    own = progress is None
-    if own:
-        progress = make_progress("checkout", quiet)
     tick = progress.update if progress else None
     sizes = lambda e: repo.blob_size(e.oid, display(e.path))  # noqa: E731
     walk = repo.walk if sparse else lambda c: bounded_holes(repo.walk(c))  # holes spelled out: bounded
@@ -194,8 +178,6 @@ def checkout_tar(repo: Repo, rev: str, out: str, quiet: bool = True, sparse: boo
     else:
         with atomic_output(out) as f:
             res = write_tar(walk(commit), f.write, _chunks_for(repo), sizes, True, tick, sparse)
-    if progress and own:
-        progress.done()
     return res
 
 
@@ -343,7 +325,7 @@ def _stored_ostree_commit(repo: Repo, commit) -> str | None:
     top = repo.top_entries(commit)
     if TOP_OSTREE not in top:
         return None
-    ent = {e.name: e.oid for e in decode_tree(repo.read_bounded(top[TOP_OSTREE][1], OBJ_TREE,
+    ent = {e.name: e.oid for e in decode_tree(repo.read_bounded(top[TOP_OSTREE].oid, OBJ_TREE,
                                                               MAX_OSTREE_OBJECT_BYTES, "ostree/"))}
     if b"commit" not in ent:
         return None

@@ -47,13 +47,40 @@ class TerminalProgress:
         self.stream.flush()
         self.shown = True
 
+    def waiting(self) -> None:
+        """The operation waits for another writer's lock (called by the import before it moves its branch)."""
+        self.stream.write("\r\x1b[K" + WAITING + "\n")
+        self.stream.flush()
+
     def done(self) -> None:
         self._draw()
         self.stream.write("\n")
         self.stream.flush()
 
 
+class QuietProgress:
+    """No display (-q, --json, stderr not a terminal): only the note that the command waits for another
+    writer's lock, which scripts and the tests watch for."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr
+
+    def update(self, files: int, nbytes: int, path: bytes = b"") -> None:
+        pass
+
+    def waiting(self) -> None:
+        self.stream.write(WAITING + "\n")
+        self.stream.flush()
+
+    def done(self) -> None:
+        pass
+
+
+WAITING = "gitree: waiting for another writer to finish..."
+
+
 def make_progress(label: str, quiet: bool, total_bytes: int | None = None):
+    """The CLI's progress: a terminal line, or (quiet, or stderr not a terminal) QuietProgress."""
     if quiet or not sys.stderr.isatty():
-        return None
+        return QuietProgress()
     return TerminalProgress(label, total_bytes)

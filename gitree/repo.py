@@ -19,6 +19,7 @@ import pygit2
 
 from . import tools, treeread
 from .entry import Entry
+from .gittree import ContentRef
 from .errors import BranchMoved, CorruptObject, NotFound, RepoLocked, TargetExists, UsageError
 from .importer import Progress, Transaction
 from .packwriter import OBJ_BLOB, OBJ_COMMIT, OBJ_TREE
@@ -211,8 +212,9 @@ class Repo:
         """(content root tree id, meta root tree id) of a gitree commit."""
         return treeread.commit_trees(self, commit)
 
-    def top_entries(self, commit: pygit2.Commit) -> dict[bytes, tuple[bytes, bytes]]:
-        return treeread.top_entries(self, commit)
+    def top_entries(self, commit: pygit2.Commit) -> dict[bytes, ContentRef]:
+        """The top tree's entries by name, each a ContentRef (git mode, oid)."""
+        return {name: ContentRef(*ref) for name, ref in treeread.top_entries(self, commit).items()}
 
     def read_dir(self, path: bytes, content_oid: bytes, meta_oid: bytes) -> treeread.DirNode:
         return treeread.read_dir(self, path, content_oid, meta_oid)

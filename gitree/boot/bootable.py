@@ -151,7 +151,7 @@ def tree_metadata(repo: Repo, commit) -> list:
     top = repo.top_entries(commit)
     if ostreemeta.BLOB_NAME not in top:
         return []
-    return ostreemeta.decode(repo.read_bounded(top[ostreemeta.BLOB_NAME][1], OBJ_BLOB, MAX_META_BYTES,
+    return ostreemeta.decode(repo.read_bounded(top[ostreemeta.BLOB_NAME].oid, OBJ_BLOB, MAX_META_BYTES,
                                                "ostree-meta"))
 
 
@@ -299,7 +299,8 @@ class _Rewriter:
 
 def make_bootable(repo: Repo, rev: str, branch: str, version: str | None = None, kernel: str | None = None,
                   message: str | None = None, timestamp: int | None = None,
-                  check_prepare_root: bool = True, metadata: tuple[tuple[str, str], ...] = ()) -> BootableResult:
+                  check_prepare_root: bool = True, metadata: tuple[tuple[str, str], ...] = (),
+                  progress=None) -> BootableResult:
     """Write the bootable form of REV as a new commit on `branch` (its tip becomes the parent).
     metadata: more string keys for the OSTree commit (ostree commit --add-metadata-string), after the three."""
     t0 = time.monotonic()
@@ -324,7 +325,7 @@ def make_bootable(repo: Repo, rev: str, branch: str, version: str | None = None,
         raise BadInput(f"{commit.id} has both /etc and /usr/etc")
     if version is None:
         version = _next_version(repo, branch, osr.get("VERSION_ID") or "0")
-    with repo.transaction(keep_mtime=True, level=1) as tx:
+    with repo.transaction(keep_mtime=True, level=1, progress=progress) as tx:
         rw = _Rewriter(repo, tx, k)
         for e in repo.walk(commit):
             rw.feed(e)

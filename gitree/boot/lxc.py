@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from .. import tools
 from .deploy import DeployResult, deploy
 from ..errors import BadInput, NeedsRoot, TargetExists, TimedOut, ToolFailed, UsageError
+from ..outfile import atomic_output
 from ..repo import Repo
 
 DEFAULT_LXCPATH = "/var/lib/lxc"
@@ -170,15 +171,14 @@ lxc.hook.destroy = {hook}
 
 
 def _write(path: str, data: str, mode: int) -> None:
-    tmp = path + ".gitree-tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(data)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
+    with atomic_output(path, mode) as f:
+        f.write(data.encode("utf-8"))
+        os.fchmod(f.fileno(), mode)     # exactly this mode: the hook must be executable whatever the umask
 
 
 def create(repo: Repo, name: str, rev: str, lxcpath: str = DEFAULT_LXCPATH, osname: str = "debian",
-           kargs: tuple[str, ...] = (), ref: str | None = None, warn=None) -> tuple[Container, DeployResult]:
+           kargs: tuple[str, ...] = (), ref: str | None = None, warn=None,
+           progress=None) -> tuple[Container, DeployResult]:
     if os.geteuid() != 0:
         raise NeedsRoot("lxc-create deploys into a bare OSTree repository and runs LXC: run it as root")
     if not OSNAME_RE.fullmatch(osname):
@@ -190,7 +190,7 @@ def create(repo: Repo, name: str, rev: str, lxcpath: str = DEFAULT_LXCPATH, osna
     os.makedirs(c.path, mode=0o700)
     try:
         os.makedirs(os.path.join(c.path, "rootfs"))
-        res = deploy(repo, rev, c.sysroot, osname, ref, kargs, warn=warn)
+        res = deploy(repo, rev, c.sysroot, osname, ref, kargs, warn=warn, progress=progress)
         _write(os.path.join(c.path, HOOK_NAME), HOOK, 0o755)
         _write(c.config, config_text(c, osname, apparmor_enabled()), 0o644)
     except BaseException:
@@ -200,11 +200,11 @@ def create(repo: Repo, name: str, rev: str, lxcpath: str = DEFAULT_LXCPATH, osna
 
 
 def upgrade(repo: Repo, name: str, rev: str, lxcpath: str = DEFAULT_LXCPATH, ref: str | None = None,
-            kargs: tuple[str, ...] = (), warn=None) -> DeployResult:
+            kargs: tuple[str, ...] = (), warn=None, progress=None) -> DeployResult:
     """Deploy REV into the container's sysroot: the next start runs it (the previous one stays for rollback)."""
     c = _existing(name, lxcpath)
     osname = _osname(c)
-    return deploy(repo, rev, c.sysroot, osname, ref, kargs, warn=warn)
+    return deploy(repo, rev, c.sysroot, osname, ref, kargs, warn=warn, progress=progress)
 
 
 def destroy(name: str, lxcpath: str = DEFAULT_LXCPATH) -> str | None:

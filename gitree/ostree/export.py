@@ -497,7 +497,7 @@ class Exporter:
         original = None
         self.xorder, self.variant = None, self.base_variant
         if TOP_OSTREE in top:
-            original = self._original(top[TOP_OSTREE][1], commit)
+            original = self._original(top[TOP_OSTREE].oid, commit)
             if original is not None and not self.canonical:
                 order_blob = original[2]
                 self.xorder = decode_xattr_order(order_blob) if order_blob is not None else {}
@@ -522,7 +522,7 @@ class Exporter:
         md = list(self.opts.extra_metadata)
         if ostreemeta.BLOB_NAME in top:  # a bootable commit's keys (ostree.linux, version, ...)
             md += ostreemeta.to_variants(ostreemeta.decode(
-                self.repo.read_bounded(top[ostreemeta.BLOB_NAME][1], OBJ_BLOB, limits.MAX_META_BYTES,
+                self.repo.read_bounded(top[ostreemeta.BLOB_NAME].oid, OBJ_BLOB, limits.MAX_META_BYTES,
                                        "ostree-meta")))
         if self.opts.bindings:   # as ostree commit: the sorted refs, and the repository's collection ID
             md.append(("ostree.ref-binding", Variant("as", sorted({self.opts.ref, *self.opts.ref_bindings}))))

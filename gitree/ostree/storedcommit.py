@@ -61,7 +61,7 @@ def unchecked_keys(repo, commit: pygit2.Commit) -> list[str]:
     top = repo.top_entries(commit)
     if TOP_OSTREE not in top:
         return []
-    ent = {e.name: e.oid for e in decode_tree(repo.read_bounded(top[TOP_OSTREE][1], OBJ_TREE,
+    ent = {e.name: e.oid for e in decode_tree(repo.read_bounded(top[TOP_OSTREE].oid, OBJ_TREE,
                                                               MAX_OSTREE_OBJECT_BYTES, "ostree/"))}
     keys: list[str] = []
     try:

@@ -410,9 +410,11 @@ def _incoming_branch(repo: Repo, refname: str, where: str) -> str:
     return refname[len("refs/heads/"):]
 
 
-def apply(repo: Repo, path: str, branch: str | None = None, level: int = 1) -> tuple[str, bytes | None, bytes]:
+def apply(repo: Repo, path: str, branch: str | None = None, level: int = 1,
+          before_move: Callable[[bytes | None, bytes], None] | None = None) -> tuple[str, bytes | None, bytes]:
     """Apply a bundle: objects first, every incoming commit read and verified as fsck does, the branch
-    moves last. Returns (branch, old tip, new tip)."""
+    moves last. `before_move(old, new)` runs just before the branch moves (the objects are readable then);
+    an exception from it aborts the apply like any other. Returns (branch, old tip, new tip)."""
     u = _Unwrapped(repo, path)
     try:
         # A transaction: its pack is deleted, installed or not, unless the branch moved (or was already there).
@@ -473,6 +475,8 @@ def apply(repo: Repo, path: str, branch: str | None = None, level: int = 1) -> t
                 if old_tip is not None and not repo.git.descendant_of(commit.id, pygit2.Oid(raw=old_tip)):
                     raise NotFastForward(f"branch {branch} is at {old_tip.hex()}, which {new.hex()} does not descend "
                                           "from; nothing was changed")
+                if before_move is not None:
+                    before_move(old_tip, new)
                 repo.set_branch(branch, new, old_tip, f"gitree: bundle apply {os.path.basename(path)}")
                 tx.commit()
             return branch, old_tip, new

@@ -1,0 +1,286 @@
+"""The library contract of issue 11, checked as a whole: every command of `gitree --help` has its API function,
+each writer (import-rootfs, import-ostree, bundle apply, make-bootable) leaves no temporary file and moves no
+branch when it fails after it has written objects, and the exit codes of `gitree --help` and docs/api.md are
+errors.exit_codes_table()."""
+
+from __future__ import annotations
+
+import inspect
+import io
+import os
+import re
+import subprocess
+import tarfile
+
+import pytest
+from helpers import run_gitree
+
+from gitree import api
+from gitree.errors import (ERRORS, BadInput, CorruptObject, GitreeError, StrictWarnings, UnsafePath, UnsupportedEntry,
+                           exit_codes_table)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+T1 = 1_700_000_000
+
+
+def build_tar(path: str, files: dict[str, bytes], dirs: tuple[str, ...] = ()) -> str:
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as t:
+        made = set()
+        for name in [*dirs, *files]:
+            parts = name.split("/")
+            for i in range(1, len(parts) if name in files else len(parts) + 1):
+                d = "/".join(parts[:i])
+                if d not in made:
+                    made.add(d)
+                    ti = tarfile.TarInfo(d)
+                    ti.type, ti.mode, ti.mtime = tarfile.DIRTYPE, 0o755, T1
+                    t.addfile(ti)
+        for name, data in files.items():
+            ti = tarfile.TarInfo(name)
+            ti.size, ti.mode, ti.mtime = len(data), 0o644, T1
+            t.addfile(ti, io.BytesIO(data))
+    return path
+
+
+def state(repo: str) -> tuple[list[str], dict[str, str]]:
+    """The repository's temporary files (in objects/pack and objects/) and its branches."""
+    tmp = []
+    for d in (os.path.join(repo, "objects"), os.path.join(repo, "objects", "pack")):
+        tmp += [n for n in os.listdir(d) if n.startswith("tmp") or n.endswith((".tmp", ".part", ".keep"))]
+    r = api.open_repo(repo)
+    heads = {ref: str(r.git.references[ref].target) for ref in r.git.references if ref.startswith("refs/heads/")}
+    return sorted(tmp), heads
+
+
+# ---------------------------------------------------------------------------------------------------------
+# one API function per command, in the shape f(repo, ..., *, options, progress=None, on_warning=None)
+
+def _cli_commands() -> set[str]:
+    from gitree.cli import cli
+    names = set()
+    for name, cmd in cli.commands.items():
+        sub = getattr(cmd, "commands", None)
+        names |= {f"{name}_{s}" for s in sub} if sub else {name}
+    return {n.replace("-", "_") for n in names}
+
+
+def test_every_command_has_its_api_function_and_is_documented():
+    commands = _cli_commands()
+    assert commands and commands <= set(api.COMMANDS) and set(api.COMMANDS) <= set(api.__all__)
+    doc = open(os.path.join(ROOT, "docs", "api.md"), encoding="utf-8").read()
+    examples = "\n".join(re.findall(r"```python\n(.*?)```", doc, re.S))
+    for name in commands:
+        f = getattr(api, name)
+        params = inspect.signature(f).parameters
+        assert "on_warning" in params and params["on_warning"].kind is inspect.Parameter.KEYWORD_ONLY, name
+        assert params["on_warning"].default is None, name
+        assert f"api.{name}(" in examples, f"docs/api.md has no example calling api.{name}"
+        assert inspect.signature(f).return_annotation.endswith("Result"), name
+
+
+def test_long_commands_take_progress():
+    for name in ("import_rootfs", "checkout", "checkout_tar", "export_ostree", "import_ostree", "make_bootable",
+                 "deploy", "lxc_create", "lxc_upgrade"):
+        params = inspect.signature(getattr(api, name)).parameters
+        assert params["progress"].kind is inspect.Parameter.KEYWORD_ONLY and params["progress"].default is None
+
+
+def test_help_and_api_md_list_the_same_exit_codes():
+    table = exit_codes_table()
+    assert {n for _, n, _ in table if n} == {c.__name__ for c in ERRORS}
+    helptext = run_gitree("--help").stdout.decode()
+    listed = re.findall(r"^\s+(\d+)  (?:(\w+): )?", helptext.split("Exit codes")[1], re.M)
+    assert [(int(c), n) for c, n in listed] == [(c, n) for c, n, _ in table]
+    doc = open(os.path.join(ROOT, "docs", "api.md"), encoding="utf-8").read()
+    rows = re.findall(r"^\| (\d+) \| (\S+) \|", doc, re.M)
+    assert [(int(c), "" if n == "-" else n) for c, n in rows] == [(c, n) for c, n, _ in table]
+    for cls in ERRORS:
+        assert issubclass(cls, GitreeError) and isinstance(cls.exit_code, int)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# failures after objects were written: no temporary file, no branch moved
+
+def test_import_rootfs_failing_midway_leaves_nothing(work):
+    repo = api.init(os.path.join(work, "r.git")).path
+    api.import_rootfs(repo, build_tar(os.path.join(work, "a.tar"), {"etc/a": b"a\n"}), branch="main", timestamp=T1)
+    before = state(repo)
+    # many files are written, then a file replaces a non-empty directory
+    files = {f"usr/f{i}": os.urandom(2000) for i in range(200)}
+    bad = os.path.join(work, "bad.tar")
+    build_tar(bad, files)
+    with tarfile.open(bad, "a") as t:
+        ti = tarfile.TarInfo("usr")
+        ti.size = 1
+        t.addfile(ti, io.BytesIO(b"x"))
+    with pytest.raises(UnsafePath):
+        api.import_rootfs(repo, bad, branch="main", timestamp=T1 + 1)
+    assert state(repo) == before
+
+
+def test_import_ostree_failing_midway_leaves_nothing(work):
+    repo = api.init(os.path.join(work, "r.git")).path
+    api.import_rootfs(repo, build_tar(os.path.join(work, "1.tar"), {"etc/a": b"one\n"}), branch="main",
+                      timestamp=T1)
+    api.import_rootfs(repo, build_tar(os.path.join(work, "2.tar"), {"etc/a": b"one\n", "etc/b": b"only in two\n"}),
+                      branch="main", timestamp=T1 + 1)
+    ost = os.path.join(work, "ostree")
+    api.export_ostree(repo, "main", ost, ref="os/main", history=True, mode="archive")
+    # the newest commit's own file is corrupt: the oldest commit is imported (written) first, then this fails
+    listing = subprocess.run(["ostree", f"--repo={ost}", "ls", "-C", "os/main", "/etc/b"], capture_output=True,
+                             text=True, check=True).stdout.split()
+    csum = next(w for w in listing if re.fullmatch(r"[0-9a-f]{64}", w))
+    obj = os.path.join(ost, "objects", csum[:2], csum[2:] + ".filez")
+    data = bytearray(open(obj, "rb").read())
+    data[-3] ^= 0xFF
+    os.chmod(obj, 0o644)
+    with open(obj, "wb") as f:
+        f.write(data)
+    before = state(repo)
+    with pytest.raises(GitreeError) as e:
+        api.import_ostree(repo, ost, "os/main", branch="back")
+    assert isinstance(e.value, (CorruptObject, BadInput)), e.value
+    assert state(repo) == before
+    # the same through the CLI: one line, the class's exit code
+    r = run_gitree("-C", repo, "import-ostree", ost, "os/main", "-b", "back", check=False)
+    assert r.returncode == e.value.exit_code and len(r.stderr.decode().splitlines()) == 1
+    assert state(repo) == before
+
+
+def test_bundle_apply_failing_midway_leaves_nothing(work):
+    src = api.init(os.path.join(work, "src.git")).path
+    files = {f"usr/f{i}": os.urandom(3000) for i in range(50)}
+    api.import_rootfs(src, build_tar(os.path.join(work, "1.tar"), files), branch="main", timestamp=T1)
+    bundle = os.path.join(work, "u.gtb")
+    api.bundle_create(src, "main", bundle)
+    # a target whose "main" already has another history: the objects arrive, then the branch cannot move
+    dst = api.init(os.path.join(work, "dst.git")).path
+    api.import_rootfs(dst, build_tar(os.path.join(work, "o.tar"), {"etc/o": b"other\n"}), branch="main",
+                      timestamp=T1)
+    before = state(dst)
+    packs = sorted(os.listdir(os.path.join(dst, "objects", "pack")))
+    with pytest.raises(api.NotFastForward):
+        api.bundle_apply(dst, bundle)
+    assert state(dst) == before
+    assert sorted(os.listdir(os.path.join(dst, "objects", "pack"))) == packs    # the installed pack is gone too
+    # a bundle whose stream is cut: fails while reading objects
+    cut = os.path.join(work, "cut.gtb")
+    with open(bundle, "rb") as f, open(cut, "wb") as g:
+        g.write(f.read()[: os.path.getsize(bundle) * 2 // 3])
+    with pytest.raises(GitreeError):
+        api.bundle_apply(dst, cut, branch="fresh")
+    assert state(dst) == before
+    assert sorted(os.listdir(os.path.join(dst, "objects", "pack"))) == packs
+
+
+def test_make_bootable_failing_midway_leaves_nothing(work):
+    repo = api.init(os.path.join(work, "r.git")).path
+    files = {"boot/vmlinuz-6.1.0-test": os.urandom(5000), "boot/initrd.img-6.1.0-test": os.urandom(5000),
+             "etc/os-release": b"ID=debian\nVERSION_ID=12\n",
+             **{f"usr/bin/f{i}": os.urandom(2000) for i in range(100)},
+             # the file make-bootable writes last is here a non-empty directory: it fails after the walk
+             "usr/lib/tmpfiles.d/gitree-var.conf/x": b"in the way\n"}
+    api.import_rootfs(repo, build_tar(os.path.join(work, "k.tar"), files), branch="rootfs", timestamp=T1)
+    before = state(repo)
+    packs = sorted(os.listdir(os.path.join(repo, "objects", "pack")))
+    with pytest.raises(UnsafePath):
+        api.make_bootable(repo, "rootfs", branch="boot", initramfs_check=False)
+    assert state(repo) == before
+    assert sorted(os.listdir(os.path.join(repo, "objects", "pack"))) == packs
+
+
+# ---------------------------------------------------------------------------------------------------------
+# one atomic-output helper: the LXC config and hook go through it too
+
+def test_lxc_files_are_written_through_atomic_output(work):
+    from gitree.boot import lxc
+    d = os.path.join(work, "c")
+    os.makedirs(d)
+    os.symlink("/nonexistent-target", os.path.join(d, "hook.gitree-tmp"))   # the old fixed temporary name
+    old = os.umask(0o077)
+    try:
+        lxc._write(os.path.join(d, "hook"), "#!/bin/sh\n", 0o755)
+    finally:
+        os.umask(old)
+    st = os.lstat(os.path.join(d, "hook"))
+    assert st.st_mode & 0o7777 == 0o755 and open(os.path.join(d, "hook")).read() == "#!/bin/sh\n"
+    assert sorted(os.listdir(d)) == ["hook", "hook.gitree-tmp"]            # nothing followed, nothing left
+    assert os.readlink(os.path.join(d, "hook.gitree-tmp")) == "/nonexistent-target"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# --strict: export-ostree refuses what it would skip before its ref moves; others fail after their warning
+
+def test_global_strict_export_moves_no_ref(work):
+    repo = api.init(os.path.join(work, "r.git")).path
+    tar = os.path.join(work, "dev.tar")
+    with tarfile.open(tar, "w", format=tarfile.PAX_FORMAT) as t:
+        for name, kind in (("dev", tarfile.DIRTYPE), ("dev/null", tarfile.CHRTYPE)):
+            ti = tarfile.TarInfo(name)
+            ti.type, ti.mode, ti.devmajor, ti.devminor = kind, 0o755, 1, 3
+            t.addfile(ti)
+    api.import_rootfs(repo, tar, branch="main", timestamp=T1)
+    ost = os.path.join(work, "o")
+    r = run_gitree("-C", repo, "--strict", "export-ostree", "main", "--ostree-repo", ost, "--ref", "os/main",
+                   check=False)
+    assert r.returncode == UnsupportedEntry.exit_code, r.stderr
+    assert r.stderr.decode() == "gitree: error: /dev/null: OSTree cannot hold a char node\n"
+    refs = subprocess.run(["ostree", f"--repo={ost}", "refs"], capture_output=True, text=True, check=True)
+    assert refs.stdout == ""
+    r = run_gitree("-C", repo, "export-ostree", "main", "--ostree-repo", ost, "--ref", "os/main")
+    assert b"gitree: warning: skipped 1 entry OSTree cannot hold: /dev/null (char node)" in r.stderr
+
+
+def test_make_bootable_then_export_reads_the_named_top_entries(work):
+    """The positive control of the failing make-bootable above, through the top tree's named entries
+    (repo.top_entries: ContentRef) that make-bootable, export and show read."""
+    repo = api.init(os.path.join(work, "r.git")).path
+    files = {"boot/vmlinuz-6.1.0-test": b"kernel", "boot/initrd.img-6.1.0-test": b"initramfs",
+             "etc/os-release": b"ID=debian\nVERSION_ID=12\n"}
+    api.import_rootfs(repo, build_tar(os.path.join(work, "k.tar"), files), branch="rootfs", timestamp=T1)
+    boot = api.make_bootable(repo, "rootfs", branch="boot", initramfs_check=False)
+    with pytest.raises(BadInput, match="already bootable"):
+        api.make_bootable(repo, "boot", branch="boot2", initramfs_check=False)
+    ost = os.path.join(work, "o")
+    exp = api.export_ostree(repo, "boot", ost, ref="os/boot")
+    shown = subprocess.run(["ostree", f"--repo={ost}", "show", "os/boot"], capture_output=True, text=True,
+                           check=True).stdout
+    assert "Version: 12.0" in shown and exp.checksum in shown, shown
+    back = api.import_ostree(repo, ost, "os/boot", branch="back")
+    assert "metadata keys: ostree.linux, version, ostree.bootable" in "\n".join(api.show(repo, back.commit).lines())
+    assert boot.kernel == "6.1.0-test"
+
+
+def test_strict_bundle_apply_fails_before_the_branch_moves(work):
+    src = api.init(os.path.join(work, "src.git")).path
+    files = {"boot/vmlinuz-6.1.0-test": b"kernel", "boot/initrd.img-6.1.0-test": b"initramfs",
+             "etc/os-release": b"ID=debian\nVERSION_ID=12\n"}
+    api.import_rootfs(src, build_tar(os.path.join(work, "k.tar"), files), branch="rootfs", timestamp=T1)
+    api.make_bootable(src, "rootfs", branch="boot", initramfs_check=False)
+    api.export_ostree(src, "boot", os.path.join(work, "o"), ref="os/boot")
+    api.import_ostree(src, os.path.join(work, "o"), "os/boot", branch="back")   # a stored OSTree commit
+    bundle = os.path.join(work, "b.gtb")
+    api.bundle_create(src, "back", bundle)
+    dst = api.init(os.path.join(work, "dst.git")).path
+    before = state(dst)
+    packs = sorted(os.listdir(os.path.join(dst, "objects", "pack")))
+    r = run_gitree("-C", dst, "--strict", "bundle", "apply", bundle, check=False)
+    assert r.returncode == StrictWarnings.exit_code, r.stderr
+    lines = r.stderr.decode().splitlines()
+    assert lines[0].startswith("gitree: warning: bundle apply: 1 commit(s) carry a stored OSTree commit"), lines
+    assert lines[-1] == "gitree: error: --strict: 1 warning(s) above; nothing was applied"
+    assert state(dst) == before and sorted(os.listdir(os.path.join(dst, "objects", "pack"))) == packs
+    seen = []
+    res = api.bundle_apply(dst, bundle, on_warning=seen.append)       # without strict: a warning, applied
+    assert res.branch == "back" and seen == res.warnings and len(seen) == 1
+    assert api.open_repo(dst).branch_tip("back").hex() == res.new
+
+
+def test_cli_imports_only_the_api_errors_and_progress():
+    import ast
+    tree = ast.parse(open(os.path.join(ROOT, "gitree", "cli.py"), encoding="utf-8").read())
+    local = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            local |= {node.module} if node.module else {a.name for a in node.names}
+    assert local == {"api", "errors", "progress"}
