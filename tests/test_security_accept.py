@@ -24,7 +24,7 @@ def _child(server: str, cid: str) -> str:
 
 
 @pytest.mark.parametrize("kind", ["tag", "tree"])
-def test_fetch_of_a_branch_naming_a_tag_or_tree_moves_nothing(work, base, kind):
+def test_fetch_of_a_branch_naming_a_tag_or_tree_moves_nothing(work, base, kind):  # noqa: F811
     """A server branch naming an annotated tag (or a tree) ended fetch in `internal error: InvalidError`
     from the fast-forward check; it is refused with one line before that check, moving no branch."""
     repo, cid = base
@@ -46,7 +46,7 @@ def test_fetch_of_a_branch_naming_a_tag_or_tree_moves_nothing(work, base, kind):
     assert not [n for n in pygit2.Repository(local).references if "gitree-fetch" in n]
 
 
-def test_clone_never_keeps_head_detached_at_what_the_server_named(work, base):
+def test_clone_never_keeps_head_detached_at_what_the_server_named(work, base):  # noqa: F811
     """A server whose HEAD points outside refs/heads/ (at refs/gitree/ostree-cache, say) left the clone's
     HEAD detached at that commit, which no branch holds and nothing verified. The clone's HEAD names one
     of its (verified) branches."""
