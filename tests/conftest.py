@@ -13,6 +13,25 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 from helpers import run_gitree  # noqa: E402,F401
 
+from gitree import api  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _no_process_state_leaks():
+    """Most tests call gitree.api in this process: none may leave the working directory, the umask or the
+    environment changed for the next test."""
+    cwd, env = os.getcwd(), dict(os.environ)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    yield
+    now = os.umask(umask)
+    assert now == umask, f"the test left the umask at {now:o} (was {umask:o})"
+    assert os.getcwd() == cwd, f"the test left the working directory at {os.getcwd()}"
+    changed = {k for k in set(env) | set(os.environ)
+               if env.get(k) != os.environ.get(k) and k != "PYTEST_CURRENT_TEST"}
+    assert not changed, f"the test changed the environment: {sorted(changed)}"
+
+
 @pytest.fixture(scope="session")
 def tmpfs_root():
     """A tmpfs mounted for this test session (fast file creation; supports user/trusted/security xattrs)."""
@@ -38,7 +57,7 @@ def work(tmpfs_root, request):
 @pytest.fixture
 def repo(work):
     path = os.path.join(work, "repo.git")
-    run_gitree("-C", path, "init")
+    api.init(path)
     return path
 
 
@@ -61,11 +80,12 @@ def bootable_repo(tmpfs_root):
     tar = build_bootable_rootfs()
     base = tempfile.mkdtemp(prefix="bootable-repo-", dir=tmpfs_root)
     repo = os.path.join(base, "g.git")
-    run_gitree("-C", repo, "init")
-    run_gitree("-C", repo, "import-rootfs", tar, "--branch", "debian/rootfs", "-m", "bookworm bootable")
+    api.init(repo)
+    api.import_rootfs(repo, tar, branch="debian/rootfs", message="bookworm bootable")
     t0 = time.monotonic()
-    r = run_gitree("-C", repo, "make-bootable", "debian/rootfs", "--branch", "debian/boot")
-    print(f"\nmake-bootable of the real rootfs: {time.monotonic() - t0:.1f} s\n{r.stderr.decode()}")
-    run_gitree("-C", repo, "make-bootable", "debian/rootfs", "--branch", "debian/boot")
-    kver = re.search(rb"kernel (\S+):", r.stderr).group(1).decode()
+    r = api.make_bootable(repo, "debian/rootfs", branch="debian/boot")
+    print(f"\nmake-bootable of the real rootfs: {time.monotonic() - t0:.1f} s\n" + "\n".join(r.changes))
+    api.make_bootable(repo, "debian/rootfs", branch="debian/boot")
+    kver = re.search(r"kernel (\S+):", "\n".join(r.changes)).group(1)
+    assert kver == r.kernel
     return repo, kver

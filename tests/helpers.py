@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+import tempfile
 
 from gitree.names import normalize_member_path
 from gitree.tarformat import LNKTYPE, TarReader
@@ -107,3 +108,41 @@ def dir_summary(root: str, keep_mtime=False) -> tuple[dict, set]:
                 inodes.setdefault((st.st_dev, st.st_ino), []).append(rel)
     groups = {frozenset(v) for v in inodes.values() if len(v) > 1}
     return out, groups
+
+
+def tar_bytes(repo, rev: str, scratch: str) -> bytes:
+    """REV's tree as `gitree checkout --tar` writes it, through gitree.api (written to a file in SCRATCH)."""
+    from gitree import api
+    fd, path = tempfile.mkstemp(prefix="checkout-", suffix=".tar", dir=scratch)
+    os.close(fd)
+    try:
+        api.checkout_tar(repo, rev, path)
+        with open(path, "rb") as f:
+            return f.read()
+    finally:
+        os.unlink(path)
+
+
+def warning_text(res) -> str:
+    """The warnings of a gitree.api result, one message a line (what the CLI prints as `gitree: warning:`)."""
+    return "\n".join(w.message for w in res.warnings)
+
+
+def api_refuses(call, *keywords: str, cls=None):
+    """`call()` (a gitree.api call) raises a typed gitree error, `cls` if given, never any other exception (which
+    the CLI would report as an internal error), and its message names each keyword (alternatives split by |,
+    case-insensitive). Returns the error. The CLI's side of the contract, one line on stderr and no traceback,
+    is checked by the tests that keep running the command line (assert_one_error_line)."""
+    from gitree.errors import GitreeError
+    try:
+        call()
+    except GitreeError as e:
+        err = e
+    else:
+        raise AssertionError(f"expected a gitree error, {call} succeeded")
+    if cls is not None:
+        assert isinstance(err, cls), f"expected {cls.__name__}, got {type(err).__name__}: {err}"
+    low = str(err).lower()
+    for k in keywords:
+        assert any(a.lower() in low for a in k.split("|")), f"{k!r} not in {str(err)!r}"
+    return err

@@ -18,8 +18,9 @@ import time
 
 import pytest
 from bootenv import run_to_marker
-from helpers import last_line, run_gitree
+from helpers import run_gitree
 
+from gitree import api
 from gitree.initramfs import member_names
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="deploying into a bare OSTree repository needs root")
@@ -101,7 +102,8 @@ def synthetic_rootfs(work: str, kernel: bool = True, prepare_root: bool = True) 
 
 
 def gitree_ls(repo: str, rev: str, path: str) -> str:
-    return run_gitree("-C", repo, "ls", "-l", rev, path).stdout.decode()
+    """`gitree ls -l REV PATH`'s text, from gitree.api."""
+    return "".join(line + "\n" for line in api.ls(repo, rev, path).lines(long=True))
 
 
 def show(repo: str, spec: str) -> bytes:
@@ -127,15 +129,16 @@ def test_initramfs_member_names(work, compress):
 def synthetic(work):
     src = synthetic_rootfs(work)
     repo = os.path.join(work, "g.git")
-    run_gitree("-C", repo, "init")
-    run_gitree("-C", repo, "import-rootfs", src, "--branch", "os/plain", "--timestamp", "1700000000", "-m", "v1")
+    api.init(repo)
+    api.import_rootfs(repo, src, branch="os/plain", timestamp=1700000000, message="v1")
     return repo
 
 
 def test_make_bootable_rewrites_the_tree(synthetic):
     repo = synthetic
-    r = run_gitree("-C", repo, "make-bootable", "os/plain", "--branch", "os/boot", "-m", "bootable v1")
-    err = r.stderr.decode()
+    r = api.make_bootable(repo, "os/plain", branch="os/boot", message="bootable v1")
+    assert r.kernel == KVER and r.commit == sh("git", "--git-dir", repo, "rev-parse", "os/boot").strip()
+    err = "\n".join(r.changes)
     assert f"kernel {KVER}: /boot/vmlinuz-{KVER} -> /usr/lib/modules/{KVER}/vmlinuz" in err
     assert "has ostree-prepare-root" in err
     b = "os/boot"
@@ -145,10 +148,10 @@ def test_make_bootable_rewrites_the_tree(synthetic):
     assert show(repo, f"{b}:rootfs/{kdir}/initramfs.img") == show(repo, f"os/plain:rootfs/boot/initrd.img-{KVER}")
     # /etc -> /usr/etc with its metadata; /dev, /boot, /tmp contents gone; /var empty
     assert "-rw-r-----     0    42" in gitree_ls(repo, b, "usr/etc/shadow")
-    names = run_gitree("-C", repo, "ls", b).stdout.decode().split()
+    names = " ".join(api.ls(repo, b).lines()).split()
     assert "etc" not in names and "vmlinuz" not in names
     for d in ("dev", "boot", "var", "sysroot", "proc", "sys", "run"):
-        assert run_gitree("-C", repo, "ls", b, d).stdout.decode() == "", d
+        assert api.ls(repo, b, d).items == [], d
     links = {line.split()[-3]: line.split()[-1] for line in gitree_ls(repo, b, "").splitlines() if " -> " in line}
     assert links["home"] == "var/home" and links["root"] == "var/roothome" and links["opt"] == "var/opt"
     assert links["srv"] == "var/srv" and links["mnt"] == "var/mnt" and links["media"] == "run/media"
@@ -170,29 +173,28 @@ def test_make_bootable_rewrites_the_tree(synthetic):
         "=> /usr/share/factory/var/lib/thing/state" in gitree_ls(repo, b, "usr/bin/state-link")
     assert show(repo, f"{b}:ostree-meta") == (b"gitree-ostree-meta 1\nostree.linux s 5.10.0-test\n"
                                              b"version s 1.0\nostree.bootable b true\n")
-    run_gitree("-C", repo, "fsck")
+    api.fsck(repo, check=True)
     subprocess.run(["git", "--git-dir", repo, "fsck", "--strict", "--no-progress"], check=True)
     # the version counts up on the branch; old commits without ostree-meta stay readable
-    run_gitree("-C", repo, "make-bootable", "os/plain", "--branch", "os/boot")
+    api.make_bootable(repo, "os/plain", branch="os/boot")
     assert b"version s 1.1\n" in show(repo, f"{b}:ostree-meta")
-    r = run_gitree("-C", repo, "make-bootable", b, "--branch", "again", check=False)
-    assert r.returncode != 0 and "already bootable" in r.stderr.decode()
-    run_gitree("-C", repo, "export-ostree", "os/plain", "--ostree-repo", os.path.join(os.path.dirname(repo), "o"))
+    with pytest.raises(api.BadInput, match="already bootable"):
+        api.make_bootable(repo, b, branch="again")
+    api.export_ostree(repo, "os/plain", os.path.join(os.path.dirname(repo), "o"))
 
 
 def test_bootable_export_equals_ostree_commit_bootable(synthetic, work):
     """The exported commit is the one `ostree commit --bootable --add-metadata-string=version=...` makes."""
     repo = synthetic
-    run_gitree("-C", repo, "make-bootable", "os/plain", "--branch", "os/boot", "-m", "bootable v1\n\nbody",
-               "--version", "1.0")
+    api.make_bootable(repo, "os/plain", branch="os/boot", message="bootable v1\n\nbody", version="1.0")
     co = os.path.join(work, "co")
-    run_gitree("-C", repo, "checkout", "os/boot", co)
+    api.checkout(repo, "os/boot", co)
     real = os.path.join(work, "real")
     sh("ostree", "init", f"--repo={real}", "--mode=archive")
     want = sh("ostree", f"--repo={real}", "commit", "--bootable", "--add-metadata-string=version=1.0",
               f"--tree=dir={co}", "-b", "os/boot", "--timestamp=@1700000000", "-s", "bootable v1",
               "-m", "body").strip()
-    got = last_line(run_gitree("-C", repo, "export-ostree", "os/boot", "--ostree-repo", os.path.join(work, "mine")))
+    got = api.export_ostree(repo, "os/boot", os.path.join(work, "mine")).checksum
     assert got == want
     out = sh("ostree", f"--repo={os.path.join(work, 'mine')}", "show", "os/boot")
     assert "ostree.linux" in out or sh("ostree", f"--repo={os.path.join(work, 'mine')}", "show",
@@ -201,23 +203,23 @@ def test_bootable_export_equals_ostree_commit_bootable(synthetic, work):
 
 def test_make_bootable_refuses_without_kernel_or_prepare_root(work):
     repo = os.path.join(work, "g.git")
-    run_gitree("-C", repo, "init")
-    run_gitree("-C", repo, "import-rootfs", synthetic_rootfs(work, kernel=False), "--branch", "nokernel")
+    api.init(repo)
+    api.import_rootfs(repo, synthetic_rootfs(work, kernel=False), branch="nokernel")
     r = run_gitree("-C", repo, "make-bootable", "nokernel", "--branch", "b", check=False)
     lines = r.stderr.decode().strip().splitlines()
     assert r.returncode != 0 and len(lines) == 1 and lines[0].startswith("gitree: error: no kernel in"), lines
-    run_gitree("-C", repo, "import-rootfs", synthetic_rootfs(work, prepare_root=False), "--branch", "nohook")
-    r = run_gitree("-C", repo, "make-bootable", "nohook", "--branch", "b", check=False)
-    lines = r.stderr.decode().strip().splitlines()
-    assert r.returncode != 0 and len(lines) == 1 and "has no ostree-prepare-root" in lines[0], lines
+    api.import_rootfs(repo, synthetic_rootfs(work, prepare_root=False), branch="nohook")
+    with pytest.raises(api.BadInput, match="has no ostree-prepare-root"):
+        api.make_bootable(repo, "nohook", branch="b")
     assert subprocess.run(["git", "--git-dir", repo, "rev-parse", "--verify", "-q", "b"],
                           capture_output=True).returncode != 0
-    r = run_gitree("-C", repo, "make-bootable", "nohook", "--branch", "b", "--no-initramfs-check")
-    assert "(not checked)" in r.stderr.decode()
+    r = api.make_bootable(repo, "nohook", branch="b", initramfs_check=False)
+    assert "(not checked)" in "\n".join(r.changes)
     # deploy refuses a commit that is not bootable, before touching the sysroot
     sysroot = os.path.join(work, "sysroot")
-    r = run_gitree("-C", repo, "deploy", "--sysroot", sysroot, "--os", "t", "nohook", check=False)
-    assert r.returncode != 0 and "not bootable" in r.stderr.decode() and not os.path.exists(sysroot)
+    with pytest.raises(api.BadInput, match="not bootable"):
+        api.deploy(repo, "nohook", sysroot=sysroot, osname="t")
+    assert not os.path.exists(sysroot)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,10 +260,10 @@ def deploy_sequence(repo: str, work: str, osname: str, branch: str, kver: str) -
     rel = f"rootfs/usr/lib/modules/{kver}"
     vmlinuz, initramfs = show(repo, f"{branch}:{rel}/vmlinuz"), show(repo, f"{branch}:{rel}/initramfs.img")
     t0 = time.monotonic()
-    r = run_gitree("-C", repo, "deploy", "--sysroot", sysroot, "--os", osname, branch + "~1", "--ref", branch,
-                   "--karg", "console=ttyS0", "--karg", "quiet")
+    r = api.deploy(repo, branch + "~1", sysroot=sysroot, osname=osname, ref=branch, kargs=["console=ttyS0", "quiet"])
     t_first = time.monotonic() - t0
-    c1 = last_line(r)
+    c1 = r.checksum
+    assert r.ref == branch and r.options is not None and r.options.split()[:2] == ["console=ttyS0", "quiet"]
     assert os.readlink(os.path.join(sysroot, "boot", "loader")) == "loader.1"
     (e1,) = entries(sysroot)
     assert e1["options"].split()[:2] == ["console=ttyS0", "quiet"]
@@ -272,7 +274,7 @@ def deploy_sequence(repo: str, work: str, osname: str, branch: str, kver: str) -
     assert os.path.isdir(os.path.join(dep1, "sysroot")) and os.readlink(os.path.join(dep1, "ostree")) == \
         "sysroot/ostree"
     t0 = time.monotonic()
-    c2 = last_line(run_gitree("-C", repo, "deploy", "--sysroot", sysroot, "--os", osname, branch))
+    c2 = api.deploy(repo, branch, sysroot=sysroot, osname=osname).checksum
     t_second = time.monotonic() - t0
     assert c2 != c1
     assert os.readlink(os.path.join(sysroot, "boot", "loader")) == "loader.0"
@@ -292,9 +294,8 @@ def deploy_sequence(repo: str, work: str, osname: str, branch: str, kver: str) -
     (e,) = entries(sysroot)
     check_entry(sysroot, e, osname, c1, vmlinuz, initramfs)
     # rollback 2: deploy v2 again, then the older commit: the same OSTree commit as the first time
-    run_gitree("-C", repo, "deploy", "--sysroot", sysroot, "--os", osname, branch)
-    again = last_line(run_gitree("-C", repo, "deploy", "--sysroot", sysroot, "--os", osname, branch + "~1",
-                                 "--ref", branch))
+    api.deploy(repo, branch, sysroot=sysroot, osname=osname)
+    again = api.deploy(repo, branch + "~1", sysroot=sysroot, osname=osname, ref=branch).checksum
     assert again == c1
     status = sh("ostree", "admin", f"--sysroot={sysroot}", "status")
     assert status.index(c1) < status.index(c2)
@@ -305,8 +306,8 @@ def deploy_sequence(repo: str, work: str, osname: str, branch: str, kver: str) -
 
 def test_deploy_sequence_synthetic(synthetic, work):
     repo = synthetic
-    run_gitree("-C", repo, "make-bootable", "os/plain", "--branch", "os/boot")
-    run_gitree("-C", repo, "make-bootable", "os/plain", "--branch", "os/boot")
+    api.make_bootable(repo, "os/plain", branch="os/boot")
+    api.make_bootable(repo, "os/plain", branch="os/boot")
     deploy_sequence(repo, work, "testos", "os/boot", KVER)
     remove_sysroot(os.path.join(work, "sysroot"))
 
@@ -340,9 +341,9 @@ def test_boot_deployment_in_qemu(debian_bootable):
     repo, base, kver = debian_bootable
     sysroot = os.path.join(base, "boot-sysroot")
     t0 = time.monotonic()
-    r = run_gitree("-C", repo, "deploy", "--sysroot", sysroot, "--os", "debian", "debian/boot")
+    r = api.deploy(repo, "debian/boot", sysroot=sysroot, osname="debian")
     t_deploy = time.monotonic() - t0
-    csum = last_line(r)
+    csum = r.checksum
     (entry,) = entries(sysroot)
     image = os.path.join(base, "disk.img")
     size = int(sh("du", "-sb", sysroot).split()[0])
@@ -360,7 +361,8 @@ def test_boot_deployment_in_qemu(debian_bootable):
     found, t_boot, log = run_to_marker(cmd, timeout=300)
     tail = "\n".join(log[-40:])
     assert found is not None, f"no marker after {t_boot:.0f} s; console tail:\n{tail}"
-    print(f"\ndeploy {t_deploy:.1f} s ({r.stderr.decode().splitlines()[0]}), disk image {t_image:.1f} s, "
+    print(f"\ndeploy {t_deploy:.1f} s (export {r.export_seconds:.1f} s, ostree admin deploy "
+          f"{r.deploy_seconds:.1f} s), disk image {t_image:.1f} s, "
           f"boot to marker under TCG {t_boot:.1f} s")
     print(found)
     assert "ostree-booted=yes" in found and "id=debian" in found

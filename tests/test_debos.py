@@ -8,6 +8,7 @@ debos runs `run` actions with `chroot: false` on the host, so the gitree they ca
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -16,7 +17,9 @@ import time
 
 import pytest
 from bootenv import build_bootable_rootfs
-from helpers import last_line, run_gitree
+from helpers import run_gitree
+
+from gitree import api
 from test_boot import remove_sysroot, synthetic_rootfs
 
 from gitree.errors import UsageError
@@ -38,10 +41,10 @@ def test_debos_commit_options_against_ostree_commit(work):
     gitree keeps the order given), with the same content."""
     src = synthetic_rootfs(work)
     repo = os.path.join(work, "g.git")
-    run_gitree("-C", repo, "init")
-    run_gitree("-C", repo, "import-rootfs", src, "--branch", "os/plain", "--timestamp", "1700000000", "-m", "s")
+    api.init(repo)
+    api.import_rootfs(repo, src, branch="os/plain", timestamp=1700000000, message="s")
     co_plain = os.path.join(work, "co-plain")
-    run_gitree("-C", repo, "checkout", "os/plain", co_plain)
+    api.checkout(repo, "os/plain", co_plain)
     os.unlink(os.path.join(co_plain, "dev", "null"))   # OSTree holds no device nodes; export skips it too
     real = os.path.join(work, "real")
     sh("ostree", "init", f"--repo={real}", "--mode=archive", "--collection-id=org.example.Os")
@@ -49,19 +52,19 @@ def test_debos_commit_options_against_ostree_commit(work):
     want = sh("ostree", f"--repo={real}", "commit", *binds, f"--tree=dir={co_plain}", "-b", "os/plain",
               "--timestamp=@1700000000", "-s", "s").strip()
     mine = os.path.join(work, "mine")
-    got = last_line(run_gitree("-C", repo, "export-ostree", "os/plain", "--ostree-repo", mine, "--collection-id",
-                               "org.example.Os", "--ref-binding", "os/stable", "--ref-binding", "os/alpha"))
+    got = api.export_ostree(repo, "os/plain", mine, collection_id="org.example.Os",
+                            ref_bindings=["os/stable", "os/alpha"]).checksum
     assert got == want
 
-    run_gitree("-C", repo, "make-bootable", "os/plain", "--branch", "os/boot", "-m", "subject", "--version", "1.0",
-               "--metadata", "vendor.build=42", "--metadata", "debos.recipe=gitree-bootable.yaml")
+    api.make_bootable(repo, "os/plain", branch="os/boot", message="subject", version="1.0",
+                      metadata=[("vendor.build", "42"), ("debos.recipe", "gitree-bootable.yaml")])
     co = os.path.join(work, "co")
-    run_gitree("-C", repo, "checkout", "os/boot", co)
+    api.checkout(repo, "os/boot", co)
     want = sh("ostree", f"--repo={real}", "commit", "--bootable", "--add-metadata-string=version=1.0",
               "--add-metadata-string=vendor.build=42", "--add-metadata-string=debos.recipe=gitree-bootable.yaml",
               *binds, f"--tree=dir={co}", "-b", "os/boot", "--timestamp=@1700000000", "-s", "subject").strip()
-    got = last_line(run_gitree("-C", repo, "export-ostree", "os/boot", "--ostree-repo", mine, "--collection-id",
-                               "org.example.Os", "--ref-binding", "os/stable", "--ref-binding", "os/alpha"))
+    got = api.export_ostree(repo, "os/boot", mine, collection_id="org.example.Os",
+                            ref_bindings=["os/stable", "os/alpha"]).checksum
     for key in ("ostree.linux", "version", "ostree.bootable", "vendor.build", "debos.recipe",
                 "ostree.collection-binding", "ostree.ref-binding"):
         assert sh("ostree", f"--repo={mine}", "show", f"--print-metadata-key={key}", got) == \
@@ -70,14 +73,16 @@ def test_debos_commit_options_against_ostree_commit(work):
     raw_real = sh("ostree", f"--repo={real}", "show", "--raw", want)
     assert raw_mine.split("uint64 1700000000", 1)[1] == raw_real.split("uint64 1700000000", 1)[1]  # tree, meta
     # an existing repository with another collection ID, and malformed IDs and refs, are refused
-    for args, msg in ((["--collection-id", "org.other.Os"], "has collection ID org.example.Os"),
-                      (["--collection-id", "nodots"], "invalid collection ID"),
-                      (["--collection-id", "org.x\n[core]"], "invalid collection ID"),
-                      (["--ref-binding", "../x"], "invalid OSTree ref name")):
-        r = run_gitree("-C", repo, "export-ostree", "os/boot", "--ostree-repo", mine, *args, check=False)
-        assert r.returncode == UsageError.exit_code and msg in r.stderr.decode(), (args, r.stderr)
-    r = run_gitree("-C", repo, "make-bootable", "os/plain", "--branch", "x", "--metadata", "version=2", check=False)
-    assert r.returncode == UsageError.exit_code and "set by make-bootable" in r.stderr.decode()
+    r = run_gitree("-C", repo, "export-ostree", "os/boot", "--ostree-repo", mine, "--collection-id", "org.x\n[core]",
+                   check=False)
+    assert r.returncode == UsageError.exit_code and "invalid collection ID" in r.stderr.decode(), r.stderr
+    for kw, msg in (({"collection_id": "org.other.Os"}, "has collection ID org.example.Os"),
+                    ({"collection_id": "nodots"}, "invalid collection ID"),
+                    ({"ref_bindings": ["../x"]}, "invalid OSTree ref name")):
+        with pytest.raises(UsageError, match=re.escape(msg)):
+            api.export_ostree(repo, "os/boot", mine, **kw)
+    with pytest.raises(UsageError, match="set by make-bootable"):
+        api.make_bootable(repo, "os/plain", branch="x", metadata=[("version", "2")])
 
 
 @pytest.mark.slow
@@ -98,8 +103,8 @@ def test_debos_recipe_builds_the_bootable_image(tmpfs_root):
         assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
         print(f"\ndebos build (unpack, import, make-bootable, archive export, deploy, mke2fs): {t_build:.1f} s")
         repo = os.path.join(out, "gitree.git")
-        run_gitree("-C", repo, "fsck", "debian/bookworm")
-        log = run_gitree("-C", repo, "log", "debian/bookworm").stdout.decode()
+        api.fsck(repo, ["debian/bookworm"], check=True)
+        log = "\n".join(api.log(repo, "debian/bookworm").lines())
         assert "bookworm by debos" in log
         meta = subprocess.run(["git", "--git-dir", repo, "show", "debian/bookworm:ostree-meta"], check=True,
                               capture_output=True).stdout

@@ -16,10 +16,11 @@ import tempfile
 import time
 
 import pytest
-from helpers import last_line, run_gitree, tar_summary
+from helpers import run_gitree, tar_bytes, tar_summary
 from test_ostree_bridge import build_t1
 
 import gitree_compat as oc
+from gitree import api
 from gitree_compat import ObjectType, OstreeRepo
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="ostree and rootfs metadata need root")
@@ -129,7 +130,7 @@ def make_v2(src_repo: str, work: str) -> str:
     """Check out v1 and change it as a package update does: rebuilt binaries, a changed config, a new and a
     removed file, new permissions and an xattr."""
     d = os.path.join(work, "v2tree")
-    run_gitree("-C", src_repo, "checkout", "debian", d)
+    api.checkout(src_repo, "debian", d)
     rnd = hashlib.sha256(b"v2").digest() * 64
     for rel in ("usr/bin/ping", "usr/lib/x86_64-linux-gnu/libc.so.6", "usr/bin/bash"):
         p = os.path.join(d, rel)
@@ -157,11 +158,10 @@ def versions(rootfs_tar, tmpfs_root):
     """A gitree repo with branch `debian`: v1 (the real rootfs) and v2 on top."""
     base = tempfile.mkdtemp(prefix="dist-versions-", dir=tmpfs_root)
     repo = os.path.join(base, "g.git")
-    run_gitree("-C", repo, "init")
-    run_gitree("-C", repo, "import-rootfs", rootfs_tar, "--branch", "debian", "--timestamp", "1700000000",
-               "-m", "v1")
+    api.init(repo)
+    api.import_rootfs(repo, rootfs_tar, branch="debian", timestamp=1700000000, message="v1")
     v2 = make_v2(repo, base)
-    run_gitree("-C", repo, "import-rootfs", v2, "--branch", "debian", "--timestamp", "1700000100", "-m", "v2")
+    api.import_rootfs(repo, v2, branch="debian", timestamp=1700000100, message="v2")
     shutil.rmtree(v2)
     yield repo
     shutil.rmtree(base, ignore_errors=True)
@@ -172,8 +172,7 @@ def versions(rootfs_tar, tmpfs_root):
 
 def test_second_pull_fetches_only_new_objects(versions, work, http):
     served = os.path.join(http.root, "repo")
-    c1 = last_line(run_gitree("-C", versions, "export-ostree", "debian~1", "--ref", "debian", "--ostree-repo",
-                              served, "--update-summary"))
+    c1 = api.export_ostree(versions, "debian~1", served, ref="debian", update_summary=True).checksum
     client = os.path.join(work, "client")
     sh("ostree", "init", f"--repo={client}", "--mode=bare-user")
     sh("ostree", f"--repo={client}", "remote", "add", "--no-gpg-verify", "origin", http.url("repo"))
@@ -181,8 +180,7 @@ def test_second_pull_fetches_only_new_objects(versions, work, http):
     assert sh("ostree", f"--repo={client}", "rev-parse", "origin:debian") == c1
     before = ostree_objects(served)
 
-    c2 = last_line(run_gitree("-C", versions, "export-ostree", "debian", "--ostree-repo", served,
-                              "--update-summary"))
+    c2 = api.export_ostree(versions, "debian", served, update_summary=True).checksum
     assert OstreeRepo(served).read_commit(c2).parent == c1
     new = {p: n for p, n in ostree_objects(served).items() if p not in before}
     http.mark()
@@ -227,11 +225,11 @@ def gpg_keys(tmpfs_root):
     shutil.rmtree(base, ignore_errors=True)
 
 
-def _signed_export(src: str, repo: str, served: str, keys, who="publisher", *extra: str) -> str:
+def _signed_export(src: str, repo: str, served: str, keys, who="publisher", **extra) -> str:
     home, fpr, _ = keys[who]
-    run_gitree("-C", repo, "import-rootfs", src, "--branch", "os/main", "--timestamp", "1700000000", "-m", "rel")
-    return last_line(run_gitree("-C", repo, "export-ostree", "os/main", "--ostree-repo", served,
-                                "--update-summary", "--gpg-sign", fpr, "--gpg-homedir", home, *extra))
+    api.import_rootfs(repo, src, branch="os/main", timestamp=1700000000, message="rel")
+    return api.export_ostree(repo, "os/main", served, update_summary=True, gpg_keys=[fpr], gpg_homedir=home,
+                             **extra).checksum
 
 
 def _client(work: str, name: str, url: str, pub: str, verify_summary: bool = True) -> str:
@@ -247,7 +245,7 @@ def test_signed_export_is_accepted_and_tampering_refused(work, http, gpg_keys):
     os.makedirs(src)
     build_t1(src)
     repo = os.path.join(work, "g.git")
-    run_gitree("-C", repo, "init")
+    api.init(repo)
     served = os.path.join(http.root, "repo")
     csum = _signed_export(src, repo, served, gpg_keys)
     home, fpr, pub = gpg_keys["publisher"]
@@ -261,8 +259,7 @@ def test_signed_export_is_accepted_and_tampering_refused(work, http, gpg_keys):
         f.write(bytes(sigs[0]))
     sh("gpg", "--homedir", home, "--verify", os.path.join(work, "sig"), commit_path)
     # re-exporting does not sign twice
-    run_gitree("-C", repo, "export-ostree", "os/main", "--ostree-repo", served, "--update-summary",
-               "--gpg-sign", fpr, "--gpg-homedir", home)
+    api.export_ostree(repo, "os/main", served, update_summary=True, gpg_homedir=home, gpg_keys=[fpr])
     assert len(oc.asv_get(OstreeRepo(served).read_commitmeta(csum), "ostree.gpgsigs").value) == 1
 
     client = _client(work, "client", http.url("repo"), pub)
@@ -277,8 +274,8 @@ def test_signed_export_is_accepted_and_tampering_refused(work, http, gpg_keys):
     sig = open(os.path.join(evil, "summary.sig"), "rb").read()
     with open(os.path.join(src, "hello.txt"), "a") as f:
         f.write("evil\n")
-    run_gitree("-C", repo, "import-rootfs", src, "--branch", "evil", "-m", "evil")
-    run_gitree("-C", repo, "export-ostree", "evil", "--ref", "os/main", "--ostree-repo", evil, "--update-summary")
+    api.import_rootfs(repo, src, branch="evil", message="evil")
+    api.export_ostree(repo, "evil", evil, ref="os/main", update_summary=True)
     with open(os.path.join(evil, "summary.sig"), "wb") as f:
         f.write(sig)
     c2 = _client(work, "client2", http.url("evil-summary"), pub)
@@ -288,7 +285,7 @@ def test_signed_export_is_accepted_and_tampering_refused(work, http, gpg_keys):
     # a tampered commit carrying the publisher's signature is refused (summary checks off, commit checks on)
     evil2 = os.path.join(http.root, "evil-commit")
     shutil.copytree(served, evil2, symlinks=True)
-    bad = last_line(run_gitree("-C", repo, "export-ostree", "evil", "--ref", "os/main", "--ostree-repo", evil2))
+    bad = api.export_ostree(repo, "evil", evil2, ref="os/main").checksum
     shutil.copy(OstreeRepo(served).object_path(csum, ObjectType.COMMIT_META),
                 OstreeRepo(evil2).object_path(bad, ObjectType.COMMIT_META))
     os.unlink(os.path.join(evil2, "summary"))
@@ -299,8 +296,7 @@ def test_signed_export_is_accepted_and_tampering_refused(work, http, gpg_keys):
     # ... and so is a commit signed by a key the client does not trust
     evil3 = os.path.join(http.root, "evil-key")
     ahome, afpr, _ = gpg_keys["attacker"]
-    run_gitree("-C", repo, "export-ostree", "evil", "--ref", "os/main", "--ostree-repo", evil3,
-               "--update-summary", "--gpg-sign", afpr, "--gpg-homedir", ahome)
+    api.export_ostree(repo, "evil", evil3, ref="os/main", update_summary=True, gpg_homedir=ahome, gpg_keys=[afpr])
     c4 = _client(work, "client4", http.url("evil-key"), pub, verify_summary=False)
     r = subprocess.run(["ostree", f"--repo={c4}", "pull", "origin", "os/main"], capture_output=True, text=True)
     assert r.returncode != 0 and "signature" in r.stderr.lower(), r.stderr
@@ -316,12 +312,11 @@ def test_signing_keeps_imported_detached_metadata(work, gpg_keys):
     csum = sh("ostree", f"--repo={real}", "commit", f"--tree=dir={src}", "-b", "os/main", "--timestamp=@5",
               "-s", "s", "--add-detached-metadata-string=origin=factory")
     repo = os.path.join(work, "g.git")
-    run_gitree("-C", repo, "init")
-    run_gitree("-C", repo, "import-ostree", real, "os/main", "--branch", "os/main")
+    api.init(repo)
+    api.import_ostree(repo, real, "os/main", branch="os/main")
     home, fpr, _ = gpg_keys["publisher"]
     out = os.path.join(work, "out")
-    got = last_line(run_gitree("-C", repo, "export-ostree", "os/main", "--ostree-repo", out,
-                               "--gpg-sign", fpr, "--gpg-homedir", home))
+    got = api.export_ostree(repo, "os/main", out, gpg_homedir=home, gpg_keys=[fpr]).checksum
     assert got == csum
     md = OstreeRepo(out).read_commitmeta(csum)
     assert oc.asv_get(md, "origin").value == "factory"
@@ -331,11 +326,11 @@ def test_signing_keeps_imported_detached_metadata(work, gpg_keys):
 
 def test_gpg_sign_with_an_unknown_key_is_one_error_line(work, gpg_keys):
     repo = os.path.join(work, "g.git")
-    run_gitree("-C", repo, "init")
+    api.init(repo)
     src = os.path.join(work, "tree")
     os.makedirs(src)
     build_t1(src)
-    run_gitree("-C", repo, "import-rootfs", src, "--branch", "b")
+    api.import_rootfs(repo, src, branch="b")
     home, _, _ = gpg_keys["publisher"]
     r = run_gitree("-C", repo, "export-ostree", "b", "--ostree-repo", os.path.join(work, "o"), "--gpg-sign",
                    "0123456789ABCDEF", "--gpg-homedir", home, check=False)
@@ -364,13 +359,15 @@ def _head_packs(repo: str) -> set[str]:
 
 def test_bundle_update_is_small_and_applies(versions, work):
     bundle = os.path.join(work, "update.gtb")
-    r = run_gitree("-C", versions, "bundle", "create", "debian~1..debian", bundle)
+    info = api.bundle_create(versions, "debian~1..debian", bundle)
     size = os.path.getsize(bundle)
-    assert last_line(r) == f"{size} {bundle}"
+    assert (info.size, info.path, info.branch) == (size, bundle, "debian")
+    assert info.new == sh("git", "--git-dir", versions, "rev-parse", "debian")
+    assert info.old == sh("git", "--git-dir", versions, "rev-parse", "debian~1")
 
     # a device repository that has v1 only
     dev = os.path.join(work, "dev.git")
-    run_gitree("-C", dev, "init")
+    api.init(dev)
     sh("git", "--git-dir", versions, "branch", "-f", "v1", "debian~1")
     sh("git", "--git-dir", dev, "fetch", "-q", versions, "v1:refs/heads/debian")
     v1 = sh("git", "--git-dir", dev, "rev-parse", "debian")
@@ -387,24 +384,23 @@ def test_bundle_update_is_small_and_applies(versions, work):
     assert sh("git", "--git-dir", dev, "rev-parse", "debian") == v1 and _head_packs(dev) == packs
     # a repository without the base: refused before anything is written
     other = os.path.join(work, "other.git")
-    run_gitree("-C", other, "init")
-    r = run_gitree("-C", other, "bundle", "apply", bundle, check=False)
-    lines = r.stderr.decode().strip().splitlines()
-    assert r.returncode != 0 and len(lines) == 1 and "does not have" in lines[0], lines
+    api.init(other)
+    with pytest.raises(api.NotFound, match="does not have"):
+        api.bundle_apply(other, bundle)
     assert not sh("git", "--git-dir", other, "for-each-ref")
 
-    r = run_gitree("-C", dev, "bundle", "apply", bundle)
-    assert last_line(r) == sh("git", "--git-dir", versions, "rev-parse", "debian")
-    run_gitree("-C", dev, "fsck")
+    res = api.bundle_apply(dev, bundle)
+    assert (res.branch, res.old, res.new) == ("debian", v1, sh("git", "--git-dir", versions, "rev-parse", "debian"))
+    api.fsck(dev, check=True)
     sh("git", "--git-dir", dev, "fsck", "--strict", "--no-progress")
     a, b = os.path.join(work, "a.tar"), os.path.join(work, "b.tar")
-    run_gitree("-C", dev, "checkout", "debian", "--tar", a)
-    run_gitree("-C", versions, "checkout", "debian", "--tar", b)
+    api.checkout_tar(dev, "debian", a)
+    api.checkout_tar(versions, "debian", b)
     assert open(a, "rb").read() == open(b, "rb").read()
 
     # unwrapped, it is a git bundle git itself verifies and unbundles
     plain = os.path.join(work, "plain.bundle")
-    run_gitree("-C", dev, "bundle", "unwrap", bundle, plain)
+    api.bundle_unwrap(dev, bundle, plain)
     fresh = os.path.join(work, "fresh.git")
     sh("git", "init", "-q", "--bare", fresh)
     sh("git", "--git-dir", fresh, "fetch", "-q", versions, "v1:refs/heads/v1")
@@ -415,7 +411,7 @@ def test_bundle_update_is_small_and_applies(versions, work):
 
     # against OSTree's static delta for the same step
     o = os.path.join(work, "o")
-    c2 = last_line(run_gitree("-C", versions, "export-ostree", "debian", "--ostree-repo", o, "--history"))
+    c2 = api.export_ostree(versions, "debian", o, history=True).checksum
     c1 = OstreeRepo(o).read_commit(c2).parent
     parts, fb_n, fb_b = static_delta_size(o, c1, c2)
     delta = parts + fb_b
@@ -430,19 +426,19 @@ def test_full_bundle_into_an_empty_repository(work):
     build_t1(src)
     os.mknod(os.path.join(src, "null"), 0o20666, os.makedev(1, 3))
     repo = os.path.join(work, "g.git")
-    run_gitree("-C", repo, "init")
-    run_gitree("-C", repo, "import-rootfs", src, "--branch", "os/main")
+    api.init(repo)
+    api.import_rootfs(repo, src, branch="os/main")
     f = os.path.join(work, "all.gtb")
-    run_gitree("-C", repo, "bundle", "create", "os/main", f)
+    api.bundle_create(repo, "os/main", f)
     dev = os.path.join(work, "dev.git")
-    run_gitree("-C", dev, "init")
-    run_gitree("-C", dev, "bundle", "apply", f)
-    a = run_gitree("-C", dev, "checkout", "os/main", "--tar", "-").stdout
-    b = run_gitree("-C", repo, "checkout", "os/main", "--tar", "-").stdout
+    api.init(dev)
+    api.bundle_apply(dev, f)
+    a = tar_bytes(dev, "os/main", work)
+    b = tar_bytes(repo, "os/main", work)
     assert a == b and tar_summary(a) == tar_summary(b)
     # not a bundle at all
-    r = run_gitree("-C", dev, "bundle", "apply", os.path.join(src, "hello.txt"), check=False)
-    assert r.returncode != 0 and "not a gitree bundle" in r.stderr.decode()
+    with pytest.raises(api.BadInput, match="not a gitree bundle"):
+        api.bundle_apply(dev, os.path.join(src, "hello.txt"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -482,46 +478,45 @@ def test_push_clone_fetch_over_git_daemon(work, git_daemon):
     src = os.path.join(work, "tree")
     os.makedirs(src)
     repo = os.path.join(work, "g.git")
-    run_gitree("-C", repo, "init")
+    api.init(repo)
     for v in (1, 2):
         rich_tree(src, v)
-        run_gitree("-C", repo, "import-rootfs", src, "--branch", "os/main", "--timestamp", str(1000 + v),
-                   "-m", f"v{v}")
+        api.import_rootfs(repo, src, branch="os/main", timestamp=1000 + v, message=f"v{v}")
     sh("git", "init", "-q", "--bare", os.path.join(base, "r.git"))
-    run_gitree("-C", repo, "push", f"{url}/r.git", "os/main")
-    want = run_gitree("-C", repo, "checkout", "os/main", "--tar", "-").stdout
+    api.push(repo, f"{url}/r.git", ["os/main"])
+    want = tar_bytes(repo, "os/main", work)
 
     clone = os.path.join(work, "clone.git")
-    run_gitree("clone", f"{url}/r.git", clone)
-    got = run_gitree("-C", clone, "checkout", "os/main", "--tar", "-").stdout
+    api.clone(f"{url}/r.git", clone)
+    got = tar_bytes(clone, "os/main", work)
     assert got == want and tar_summary(got) == tar_summary(want)
-    run_gitree("-C", clone, "fsck")
-    assert run_gitree("-C", clone, "diff", "os/main~1", "os/main").stdout.decode().strip() == "M /version  content"
+    api.fsck(clone, check=True)
+    assert api.diff(clone, "os/main~1", "os/main").lines() == ["M /version  content"]
 
     # shallow: only the newest version, and it checks out the same
     shallow = os.path.join(work, "shallow.git")
-    run_gitree("clone", "--depth", "1", f"{url}/r.git", shallow)
+    api.clone(f"{url}/r.git", shallow, depth=1)
     assert sh("git", "--git-dir", shallow, "rev-list", "--count", "os/main") == "1"
-    assert run_gitree("-C", shallow, "checkout", "os/main", "--tar", "-").stdout == want
+    assert tar_bytes(shallow, "os/main", work) == want
 
     # a new version pushed by the source, fetched by both clones (the shallow one stays shallow)
     rich_tree(src, 3)
-    run_gitree("-C", repo, "import-rootfs", src, "--branch", "os/main", "--timestamp", "1003", "-m", "v3")
-    run_gitree("-C", repo, "push", f"{url}/r.git")
-    want3 = run_gitree("-C", repo, "checkout", "os/main", "--tar", "-").stdout
-    run_gitree("-C", clone, "fetch", "origin")
-    run_gitree("-C", shallow, "fetch", "--depth", "1", "origin", "os/main")
+    api.import_rootfs(repo, src, branch="os/main", timestamp=1003, message="v3")
+    api.push(repo, f"{url}/r.git")
+    want3 = tar_bytes(repo, "os/main", work)
+    api.fetch(clone, "origin")
+    api.fetch(shallow, "origin", ["os/main"], depth=1)
     for c in (clone, shallow):
-        assert run_gitree("-C", c, "checkout", "os/main", "--tar", "-").stdout == want3
+        assert tar_bytes(c, "os/main", work) == want3
     assert sh("git", "--git-dir", shallow, "rev-list", "--count", "os/main") == "1"
 
     # a rewritten history is not fetched over the local branch (fast-forward only): one error line
     sh("git", "--git-dir", repo, "update-ref", "refs/heads/os/main", "os/main~1")
-    run_gitree("-C", repo, "push", "--force", f"{url}/r.git", "os/main")
+    api.push(repo, f"{url}/r.git", ["os/main"], force=True)
     r = run_gitree("-C", clone, "fetch", "origin", check=False)
     lines = r.stderr.decode().strip().splitlines()
     assert r.returncode != 0 and len(lines) == 1 and lines[0].startswith("gitree: error:"), lines
-    assert run_gitree("-C", clone, "checkout", "os/main", "--tar", "-").stdout == want3
+    assert tar_bytes(clone, "os/main", work) == want3
 
 
 # ---------------------------------------------------------------------------------------------
@@ -531,21 +526,18 @@ def test_admin_upgrade_over_http(work, http):
     from test_boot import remove_sysroot, synthetic_rootfs
     src = synthetic_rootfs(work)
     repo = os.path.join(work, "g.git")
-    run_gitree("-C", repo, "init")
+    api.init(repo)
     for v in (1, 2):
         if v == 2:
             with open(os.path.join(src, "usr", "bin", "new-tool"), "w") as f:
                 f.write("#!fake v2\n")
-        run_gitree("-C", repo, "import-rootfs", src, "--branch", "os/plain", "--timestamp", str(1700000000 + v),
-                   "-m", f"v{v}")
-        run_gitree("-C", repo, "make-bootable", "os/plain", "--branch", "os/boot")
+        api.import_rootfs(repo, src, branch="os/plain", timestamp=1700000000 + v, message=f"v{v}")
+        api.make_bootable(repo, "os/plain", branch="os/boot")
     sysroot = os.path.join(work, "sysroot")
-    c1 = last_line(run_gitree("-C", repo, "deploy", "--sysroot", sysroot, "--os", "testos", "os/boot~1",
-                              "--ref", "os/boot"))
+    c1 = api.deploy(repo, "os/boot~1", sysroot=sysroot, osname="testos", ref="os/boot").checksum
     try:
         served = os.path.join(http.root, "repo")
-        c2 = last_line(run_gitree("-C", repo, "export-ostree", "os/boot", "--ostree-repo", served, "--history",
-                                  "--update-summary"))
+        c2 = api.export_ostree(repo, "os/boot", served, history=True, update_summary=True).checksum
         assert OstreeRepo(served).read_commit(c2).parent == c1   # the export continues the deployed history
         new = set(ostree_objects(served)) - set(ostree_objects(os.path.join(sysroot, "ostree", "repo")))
         sh("ostree", "admin", f"--sysroot={sysroot}", "set-origin", "--index=0", "--set=gpg-verify=false", "origin",

@@ -15,9 +15,10 @@ import zlib
 
 import pygit2
 import pytest
-from helpers import last_line, run_gitree
+from helpers import run_gitree, warning_text
 from test_ostree_bridge import build_t1, fresh_ostree, ostree, ostree_commit
 
+from gitree import api
 from gitree import exportcache as ec
 from gitree.errors import CorruptObject
 from gitree.packreader import PackSet, inflate_chunks, parse_entry_header, zlib_to_raw
@@ -41,13 +42,13 @@ def _two_versions(work):
     os.chmod(sudo, 0o4755)
     repo = os.path.join(work, "g.git")
     target = os.path.join(work, "o")
-    run_gitree("-C", repo, "init")
-    run_gitree("-C", repo, "import-rootfs", src, "-b", "os", "--timestamp", "100", "-m", "v1")
-    run_gitree("-C", repo, "export-ostree", "os", "--ostree-repo", target)
+    api.init(repo)
+    api.import_rootfs(repo, src, branch="os", timestamp=100, message="v1")
+    api.export_ostree(repo, "os", target)
     with open(sudo, "wb") as f:
         f.write(SUDO_NEW)
     os.chmod(sudo, 0o4755)
-    run_gitree("-C", repo, "import-rootfs", src, "-b", "os", "--timestamp", "200", "-m", "v2")
+    api.import_rootfs(repo, src, branch="os", timestamp=200, message="v2")
     return repo, target, src
 
 
@@ -93,13 +94,18 @@ def test_planted_cache_ref_is_ignored_and_deleted(work):
     subprocess.run(["git", "clone", "-q", "--bare", repo, attacker], check=True)
     pygit2.Repository(attacker).create_reference_direct("refs/gitree/ostree-cache", cid, True)
     bundle = os.path.join(work, "planted.bundle")
-    made = run_gitree("-C", attacker, "bundle", "create", "os", bundle, "--branch", "refs/gitree/ostree-cache",
-                      check=False)
-    if made.returncode == 0:
-        run_gitree("-C", repo, "bundle", "apply", bundle, check=False)
+    try:
+        api.bundle_create(attacker, "os", bundle, branch="refs/gitree/ostree-cache")
+    except api.GitreeError:
+        pass
+    else:
+        try:
+            api.bundle_apply(repo, bundle)
+        except api.GitreeError:
+            pass
     g.create_reference_direct("refs/gitree/ostree-cache", cid, True)  # and planted directly, in any case
-    r = run_gitree("-C", repo, "export-ostree", "os", "--ostree-repo", target)
-    assert "ignored and deleted refs/gitree/ostree-cache" in r.stderr.decode()
+    r = api.export_ostree(repo, "os", target)
+    assert "ignored and deleted refs/gitree/ostree-cache" in warning_text(r)
     assert pygit2.Repository(repo).references.get("refs/gitree/ostree-cache") is None
     assert _root(target) == _want(work, src) != [old_tree, old_meta]
     ostree(f"--repo={target}", "fsck")
@@ -131,14 +137,14 @@ def test_forged_records_cannot_make_export_ship_a_wrong_tree(work, forgery):
         with open(os.path.join(repo, *ec.CACHE_DIR, "key"), "wb") as f:
             f.write(attacker_key)
         os.chmod(os.path.join(repo, *ec.CACHE_DIR, "key"), 0o644)  # not private: replaced by a new key
-    r = run_gitree("-C", repo, "export-ostree", "os", "--ostree-repo", target)
-    err = r.stderr.decode()
+    r = api.export_ostree(repo, "os", target)
+    err = warning_text(r)
     assert err.count("OSTree export cache") == 1, err
     assert _root(target) == _want(work, src) != [old_tree, old_meta]
     ostree(f"--repo={target}", "fsck")
     # the forged records were dropped and the cache rebuilt: the next export is silent and all cached
-    r = run_gitree("-C", repo, "export-ostree", "os", "--ostree-repo", os.path.join(work, "o2"))
-    assert "OSTree export cache" not in r.stderr.decode()
+    r = api.export_ostree(repo, "os", os.path.join(work, "o2"))
+    assert "OSTree export cache" not in warning_text(r)
 
 
 def test_tampered_cache_file_is_detected_and_rebuilt(work):
@@ -150,16 +156,16 @@ def test_tampered_cache_file_is_detected_and_rebuilt(work):
         data[i + ec.KEY_LEN] ^= 1
     open(path, "wb").write(data)
     fresh = os.path.join(work, "fresh")
-    r = run_gitree("-C", repo, "export-ostree", "os", "--ostree-repo", fresh)
-    assert r.stderr.decode().count("fails its authentication") == 1
+    r = api.export_ostree(repo, "os", fresh)
+    assert warning_text(r).count("fails its authentication") == 1
     assert _root(fresh) == _want(work, src)
     ostree(f"--repo={fresh}", "fsck")
-    r = run_gitree("-C", repo, "export-ostree", "os", "--ostree-repo", os.path.join(work, "fresh2"))
-    assert "OSTree export cache" not in r.stderr.decode()
+    r = api.export_ostree(repo, "os", os.path.join(work, "fresh2"))
+    assert "OSTree export cache" not in warning_text(r)
     # a file that is not a cache at all is dropped whole, with one line
     open(path, "wb").write(b"garbage" * 100)
-    r = run_gitree("-C", repo, "export-ostree", "os", "--ostree-repo", os.path.join(work, "fresh3"))
-    assert r.stderr.decode().count("OSTree export cache") == 1
+    r = api.export_ostree(repo, "os", os.path.join(work, "fresh3"))
+    assert warning_text(r).count("OSTree export cache") == 1
     assert _root(os.path.join(work, "fresh3")) == _want(work, src)
 
 
@@ -209,8 +215,8 @@ def test_import_records_checksums_that_export_uses(work):
     with open(os.path.join(src, "big.bin"), "wb") as f:
         f.write(os.urandom(1 << 20) + b"\0" * (3 << 20))
     repo = os.path.join(work, "g.git")
-    run_gitree("-C", repo, "init")
-    run_gitree("-C", repo, "import-rootfs", src, "-b", "b", "--timestamp", "5", "-m", "s")
+    api.init(repo)
+    api.import_rootfs(repo, src, branch="b", timestamp=5, message="s")
     c = ec.ExportCache(repo, warn=pytest.fail)
     files = [k for k in c.index]
     assert len(files) == 6  # the six regular files of T1 plus big.bin, less the duplicate empty/none
@@ -219,12 +225,11 @@ def test_import_records_checksums_that_export_uses(work):
     want = ostree_commit(real, src, "b", 5, "s")
     for mode in ("archive", "bare-user", "bare"):
         out = os.path.join(work, f"o-{mode}")
-        assert last_line(run_gitree("-C", repo, "export-ostree", "b", "--ostree-repo", out, "--mode", mode)) == \
-            want
+        assert api.export_ostree(repo, "b", out, mode=mode).checksum == want
         ostree(f"--repo={out}", "fsck")
 
 
-@pytest.mark.parametrize("level", ["reuse", "1", "6", "9"])
+@pytest.mark.parametrize("level", ["reuse", 1, 6, 9])
 def test_compression_choices_give_the_same_commit(work, level):
     src = os.path.join(work, "tree")
     os.makedirs(src)
@@ -232,19 +237,20 @@ def test_compression_choices_give_the_same_commit(work, level):
     with open(os.path.join(src, "text"), "wb") as f:
         f.write(b"".join(b"line %d of a compressible file\n" % i for i in range(50000)))
     repo = os.path.join(work, "g.git")
-    run_gitree("-C", repo, "init")
-    run_gitree("-C", repo, "import-rootfs", src, "-b", "b", "--timestamp", "5", "-m", "s")
+    api.init(repo)
+    api.import_rootfs(repo, src, branch="b", timestamp=5, message="s")
     real = fresh_ostree(os.path.join(work, "real"), "archive")
     want = ostree_commit(real, src, "b", 5, "s")
     out = os.path.join(work, "o")
-    assert last_line(run_gitree("-C", repo, "export-ostree", "b", "--ostree-repo", out,
-                                "--compression", level)) == want
+    assert api.export_ostree(repo, "b", out, compression=level).checksum == want
     ostree(f"--repo={out}", "fsck")
     co = os.path.join(work, "co")
     ostree(f"--repo={out}", "checkout", "-U", "b", co)
     assert open(os.path.join(co, "text"), "rb").read() == open(os.path.join(src, "text"), "rb").read()
     bad = run_gitree("-C", repo, "export-ostree", "b", "--ostree-repo", out, "--compression", "11", check=False)
     assert bad.returncode != 0 and "--compression" in bad.stderr.decode()
+    with pytest.raises(api.UsageError, match="compression"):
+        api.export_ostree(repo, "b", out, compression=11)
 
 
 def test_export_without_cached_checksums_hashes_the_pack_stream(work):
@@ -253,13 +259,13 @@ def test_export_without_cached_checksums_hashes_the_pack_stream(work):
     os.makedirs(src)
     build_t1(src)
     repo = os.path.join(work, "g.git")
-    run_gitree("-C", repo, "init")
-    run_gitree("-C", repo, "import-rootfs", src, "-b", "b", "--timestamp", "5", "-m", "s")
+    api.init(repo)
+    api.import_rootfs(repo, src, branch="b", timestamp=5, message="s")
     import shutil
     shutil.rmtree(os.path.join(repo, "gitree"))
     real = fresh_ostree(os.path.join(work, "real"), "archive")
     out = os.path.join(work, "o")
-    assert last_line(run_gitree("-C", repo, "export-ostree", "b", "--ostree-repo", out)) == \
+    assert api.export_ostree(repo, "b", out).checksum == \
         ostree_commit(real, src, "b", 5, "s")
     ostree(f"--repo={out}", "fsck")
 
@@ -368,8 +374,8 @@ def test_export_into_a_prepared_repository_never_writes_through_its_symlinks(wor
     with open(os.path.join(src, "etc", "os-release"), "w") as f:
         f.write("ID=test\n")
     repo = os.path.join(work, "repo.git")
-    run_gitree("-C", repo, "init")
-    run_gitree("-C", repo, "import-rootfs", src, "-b", "main")
+    api.init(repo)
+    api.import_rootfs(repo, src, branch="main")
     outside = os.path.join(work, "outside")
     os.mkdir(outside)
     target = os.path.join(work, "target")

@@ -6,7 +6,8 @@ import os
 import subprocess
 
 import pytest
-from helpers import last_line, run_gitree
+
+from gitree import api
 from test_ostree_bridge import build_t1, fresh_ostree, ostree, ostree_commit
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="ostree commit of arbitrary owners needs root")
@@ -18,12 +19,12 @@ def test_gc_then_export_matches_ostree_commit(work):
     build_t1(src)
     base = b"".join(b"shared line %d of a library\n" % i for i in range(4000))
     repo = os.path.join(work, "g.git")
-    run_gitree("-C", repo, "init")
+    api.init(repo)
     for i in range(3):  # similar files across versions: git repack stores most of them as deltas
         with open(os.path.join(src, "lib.so"), "wb") as f:
             f.write(base + b"version %d\n" % i)
-        run_gitree("-C", repo, "import-rootfs", src, "-b", "b", "--timestamp", str(10 + i), "-m", f"v{i}")
-    run_gitree("-C", repo, "gc")
+        api.import_rootfs(repo, src, branch="b", timestamp=10 + i, message=f"v{i}")
+    api.gc(repo)
     packs = [p for p in os.listdir(os.path.join(repo, "objects", "pack")) if p.endswith(".pack")]
     assert len(packs) == 1
     subprocess.run(["git", "--git-dir", repo, "fsck", "--strict", "--no-progress"], check=True,
@@ -48,10 +49,10 @@ def test_gc_then_export_matches_ostree_commit(work):
         want.append(ostree_commit(real, src, "b", 10 + i, f"v{i}"))
     for mode in ("archive", "bare-user"):
         out = os.path.join(work, f"o-{mode}")
-        r = run_gitree("-C", repo, "export-ostree", "b", "--ostree-repo", out, "--mode", mode, "--history")
-        assert last_line(r) == want[-1]
+        r = api.export_ostree(repo, "b", out, mode=mode, history=True)
+        assert r.checksum == want[-1] and r.commits == want
         assert ostree(f"--repo={out}", "log", "b").count("commit ") == 3
         ostree(f"--repo={out}", "fsck")
     co = os.path.join(work, "co")
-    run_gitree("-C", repo, "checkout", "b", co)
+    api.checkout(repo, "b", co)
     assert open(os.path.join(co, "lib.so"), "rb").read() == base + b"version 2\n"

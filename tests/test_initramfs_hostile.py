@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_boot import KVER, synthetic_rootfs
 
+from gitree import api
 from gitree.errors import BadInput
 from gitree.initramfs import MAX_DECODER_MEMORY, MAX_NAME_SIZE, MAX_UNPACKED, has_member, member_names
 
@@ -164,12 +165,12 @@ def hostile_tree(work):
         pytest.skip("the synthetic rootfs has root-owned files and a device node")
     src = synthetic_rootfs(work)
     repo = os.path.join(work, "g.git")
-    run_gitree("-C", repo, "init")
+    api.init(repo)
 
     def put(image: bytes) -> str:
         with open(os.path.join(src, "boot", f"initrd.img-{KVER}"), "wb") as f:
             f.write(image)
-        run_gitree("-C", repo, "import-rootfs", src, "--branch", "os/plain", "--timestamp", "1700000000")
+        api.import_rootfs(repo, src, branch="os/plain", timestamp=1700000000)
         return repo
 
     return put

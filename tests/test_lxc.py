@@ -12,10 +12,11 @@ import tempfile
 import time
 
 import pytest
-from helpers import last_line, run_gitree
+from helpers import run_gitree
 
-from gitree.errors import BadInput, NotFound, UsageError
+from gitree import api
 from gitree.boot.lxc import wait_for
+from gitree.errors import BadInput, NotFound, UsageError
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="LXC containers and bare OSTree repositories need root")
 
@@ -46,8 +47,8 @@ def test_lxc_container_boots_upgrades_and_is_destroyed(bootable_repo, tmpfs_root
     name = "gitree-t"
     cdir = os.path.join(lxcpath, name)
     t0 = time.monotonic()
-    c1 = last_line(run_gitree("-C", repo, "lxc-create", name, "debian/boot~1", "--ref", "debian/boot",
-                              "--lxcpath", lxcpath, "--karg", "quiet", "--karg", "gitree.test=1"))
+    c1 = api.lxc_create(repo, name, "debian/boot~1", ref="debian/boot", lxcpath=lxcpath,
+                        kargs=["quiet", "gitree.test=1"]).deploy.checksum
     t_create = time.monotonic() - t0
     try:
         with open(os.path.join(cdir, "config")) as f:
@@ -83,7 +84,7 @@ def test_lxc_container_boots_upgrades_and_is_destroyed(bootable_repo, tmpfs_root
 
         # upgrade: the next start runs version 2, /etc merged, /var kept
         t0 = time.monotonic()
-        c2 = last_line(run_gitree("-C", repo, "lxc-upgrade", name, "debian/boot", "--lxcpath", lxcpath))
+        c2 = api.lxc_upgrade(repo, name, "debian/boot", lxcpath=lxcpath).deploy.checksum
         t_upgrade = time.monotonic() - t0
         assert c2 != c1
         assert f"* debian {c1}.0" in attach(name, lxcpath, "ostree admin status").stdout   # still running v1
@@ -105,21 +106,30 @@ def test_lxc_container_boots_upgrades_and_is_destroyed(bootable_repo, tmpfs_root
         print(f"\nLXC: create {t_create:.1f} s, start to multi-user.target {t_start1:.1f} s, "
               f"upgrade {t_upgrade:.1f} s, restart to multi-user.target {t_start2:.1f} s")
     finally:
-        r = run_gitree("lxc-destroy", name, "--lxcpath", lxcpath, check=False)
-    assert r.returncode == 0 and b"warning" not in r.stderr, r.stderr.decode()   # the destroy hook did chattr -i
+        try:
+            destroyed = api.lxc_destroy(name, lxcpath=lxcpath)
+        except api.GitreeError as e:
+            destroyed = e
+    assert isinstance(destroyed, api.LxcDestroyResult) and destroyed.warnings == [], destroyed  # hook did chattr -i
     assert not os.path.exists(cdir)
 
 
 def test_lxc_create_refuses_bad_input(bootable_repo, tmpfs_root):
     repo, _ = bootable_repo
     lxcpath = tempfile.mkdtemp(prefix="lxc-bad-", dir=tmpfs_root)
-    for args, msg, code in ((["../x", "debian/boot"], "bad container name", UsageError.exit_code),
-                            (["ok", "no/such/branch"], "gitree: error:", NotFound.exit_code),
-                            (["ok", "debian/rootfs"], "not bootable", BadInput.exit_code),
-                            (["ok", "debian/boot", "--os", "a/b"], "bad OS name", UsageError.exit_code)):
-        r = run_gitree("-C", repo, "lxc-create", *args, "--lxcpath", lxcpath, check=False)
-        err = r.stderr.decode().strip().splitlines()
-        assert r.returncode == code and len(err) == 1 and msg in err[0], (args, err)
+    for args, msg, cls in ((["../x", "debian/boot"], "bad container name", UsageError),
+                           (["ok", "no/such/branch"], "gitree: error:", NotFound),
+                           (["ok", "debian/rootfs"], "not bootable", BadInput),
+                           (["ok", "debian/boot", "--os", "a/b"], "bad OS name", UsageError)):
+        if args[0] == "../x":  # the command line: one error line
+            r = run_gitree("-C", repo, "lxc-create", *args, "--lxcpath", lxcpath, check=False)
+            err = r.stderr.decode().strip().splitlines()
+            assert r.returncode == cls.exit_code and len(err) == 1 and msg in err[0], (args, err)
+        else:
+            kw = {"osname": args[3]} if len(args) > 2 else {}
+            with pytest.raises(cls) as e:
+                api.lxc_create(repo, args[0], args[1], lxcpath=lxcpath, **kw)
+            assert msg == "gitree: error:" or msg in str(e.value), (args, str(e.value))
     assert os.listdir(lxcpath) == []
-    r = run_gitree("-C", repo, "lxc-upgrade", "nope", "debian/boot", "--lxcpath", lxcpath, check=False)
-    assert r.returncode != 0 and "not a container made by gitree lxc-create" in r.stderr.decode()
+    with pytest.raises(api.GitreeError, match="not a container made by gitree lxc-create"):
+        api.lxc_upgrade(repo, "nope", "debian/boot", lxcpath=lxcpath)

@@ -10,10 +10,11 @@ import tempfile
 import time
 
 import pytest
-from helpers import last_line, run_gitree
+from helpers import run_gitree
 from hypothesis import HealthCheck, given, settings
 from treegen import to_directory, trees
 
+from gitree import api
 from gitree import porcelain
 from gitree.ostree.export import export_ostree
 from gitree.repo import Repo
@@ -62,24 +63,20 @@ def test_reference_vector_t1(work):
     os.makedirs(src)
     build_t1(src)
     repo = os.path.join(work, "g.git")
-    run_gitree("-C", repo, "init")
-    run_gitree("-C", repo, "import-rootfs", src, "--branch", "test/dir", "--timestamp", "1577836800",
-               "-m", "dir commit\n\nthe body")
-    out = last_line(run_gitree("-C", repo, "export-ostree", "test/dir", "--ostree-repo", os.path.join(work, "o"),
-                               "--mode", "archive"))
+    api.init(repo)
+    api.import_rootfs(repo, src, branch="test/dir", timestamp=1577836800, message="dir commit\n\nthe body")
+    out = api.export_ostree(repo, "test/dir", os.path.join(work, "o"), mode="archive").checksum
     assert out == "e953e1a1dc1dc84e69bad2ea6725bcdd25047d8401fe9f95477fb2dba574f66d"
     # exporting the same commit again is a no-op (no new commit parented on the old one)
-    again = last_line(run_gitree("-C", repo, "export-ostree", "test/dir", "--ostree-repo", os.path.join(work, "o")))
+    again = api.export_ostree(repo, "test/dir", os.path.join(work, "o")).checksum
     assert again == out
     assert ostree(f"--repo={os.path.join(work, 'o')}", "log", "test/dir").count("commit ") == 1
     # bare-user-only forces canonical permissions, as real ostree does
-    out = last_line(run_gitree("-C", repo, "export-ostree", "test/dir", "--ostree-repo", os.path.join(work, "u"),
-                               "--mode", "bare-user-only"))
+    out = api.export_ostree(repo, "test/dir", os.path.join(work, "u"), mode="bare-user-only").checksum
     assert out == "9b60b584273363914476ce50e71f2f1ca47b85a74bfbd8815dc2f029c7a21823"
     # --no-bindings, timestamp 0, empty message
-    run_gitree("-C", repo, "import-rootfs", src, "--branch", "nb", "--timestamp", "0", "-m", "")
-    out = last_line(run_gitree("-C", repo, "export-ostree", "nb", "--ostree-repo", os.path.join(work, "n"),
-                               "--no-bindings"))
+    api.import_rootfs(repo, src, branch="nb", timestamp=0, message="")
+    out = api.export_ostree(repo, "nb", os.path.join(work, "n"), bindings=False).checksum
     assert out == "c06691f22cabf9442b024c0217bfab8024759a6252d7c1914372db8a48218de4"
 
 
@@ -174,11 +171,12 @@ def test_unsupported_entries_are_skipped_with_a_count_or_refused(work):
     with open(os.path.join(os.fsencode(src), b"bad\xffname"), "w") as f:
         f.write("x")
     repo = os.path.join(work, "g.git")
-    run_gitree("-C", repo, "init")
-    run_gitree("-C", repo, "import-rootfs", src, "--branch", "b")
-    r = run_gitree("-C", repo, "export-ostree", "b", "--ostree-repo", os.path.join(work, "o"))
-    err = r.stderr.decode()
+    api.init(repo)
+    api.import_rootfs(repo, src, branch="b")
+    r = api.export_ostree(repo, "b", os.path.join(work, "o"))
+    err = "\n".join(w.message for w in r.warnings)
     assert "skipped 3 entries OSTree cannot hold" in err and "/null" in err and "/fifo" in err
+    assert len(r.skipped) == 3, r.skipped
     r = run_gitree("-C", repo, "export-ostree", "b", "--ostree-repo", os.path.join(work, "s"), "--strict",
                    check=False)
     assert r.returncode != 0
@@ -197,11 +195,10 @@ def test_http_pull_of_an_archive_export(work):
     os.makedirs(src)
     build_t1(src)
     repo = os.path.join(work, "g.git")
-    run_gitree("-C", repo, "init")
-    run_gitree("-C", repo, "import-rootfs", src, "--branch", "os/stable")
+    api.init(repo)
+    api.import_rootfs(repo, src, branch="os/stable")
     served = os.path.join(work, "www", "repo")
-    csum = last_line(run_gitree("-C", repo, "export-ostree", "os/stable", "--ostree-repo", served,
-                                "--update-summary"))
+    csum = api.export_ostree(repo, "os/stable", served, update_summary=True).checksum
     port = _free_port()
     server = subprocess.Popen(["python3", "-m", "http.server", str(port), "--bind", "127.0.0.1"],
                               cwd=os.path.join(work, "www"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -248,14 +245,14 @@ def _real_history_repo(work: str, mode: str) -> tuple[str, list[str]]:
 def test_import_then_export_reproduces_every_checksum(work, mode):
     real, commits = _real_history_repo(work, mode)
     repo = os.path.join(work, "g.git")
-    run_gitree("-C", repo, "init")
-    r = run_gitree("-C", repo, "import-ostree", real, "os/x86_64/stable", "--branch", "imported")
-    head = last_line(r)
-    log = run_gitree("-C", repo, "log", "imported").stdout.decode()
+    api.init(repo)
+    r = api.import_ostree(repo, real, "os/x86_64/stable", branch="imported")
+    head = r.commit
+    assert len(r.commits) == len(commits)
+    log = "\n".join(api.log(repo, "imported").lines())
     assert "release 2" in log and "body of 0" in log
     out = os.path.join(work, "again")
-    got = last_line(run_gitree("-C", repo, "export-ostree", "imported", "--ostree-repo", out, "--history",
-                               "--ref", "os/x86_64/stable", "--mode", "archive"))
+    got = api.export_ostree(repo, "imported", out, history=True, ref="os/x86_64/stable", mode="archive").checksum
     assert got == commits[-1]
     for c in commits:
         assert ostree(f"--repo={out}", "show", "--print-detached-metadata-key=signed-by", c).startswith("'test")
@@ -272,9 +269,8 @@ def test_real_rootfs_export_matches_ostree_commit(rootfs_tar, work):
     subprocess.run(["tar", "--xattrs", "--xattrs-include=*", "--numeric-owner", "-xpf", rootfs_tar, "-C",
                     extracted], check=True)
     repo = os.path.join(work, "g.git")
-    run_gitree("-C", repo, "init")
-    run_gitree("-C", repo, "import-rootfs", rootfs_tar, "--branch", "debian", "--timestamp", "1700000000",
-               "-m", "bookworm")
+    api.init(repo)
+    api.import_rootfs(repo, rootfs_tar, branch="debian", timestamp=1700000000, message="bookworm")
     # OSTree cannot hold device nodes: gitree skips them (with a warning); give ostree the same tree
     subprocess.run(["find", extracted, "(", "-type", "c", "-o", "-type", "b", "-o", "-type", "p", ")",
                     "-delete"], check=True)
@@ -282,9 +278,9 @@ def test_real_rootfs_export_matches_ostree_commit(rootfs_tar, work):
         real = fresh_ostree(os.path.join(work, f"real-{mode}"), mode)
         want = ostree_commit(real, extracted, "debian", 1700000000, "bookworm")
         mine = os.path.join(work, f"mine-{mode}")
-        r = run_gitree("-C", repo, "export-ostree", "debian", "--ostree-repo", mine, "--mode", mode)
-        assert last_line(r) == want
-        assert "char node" in r.stderr.decode()
+        r = api.export_ostree(repo, "debian", mine, mode=mode)
+        assert r.checksum == want
+        assert "char node" in "\n".join(w.message for w in r.warnings)
         ostree(f"--repo={mine}", "fsck")
 
 
@@ -297,10 +293,9 @@ def test_tar_source_matches_ostree_tar_import(work):
     subprocess.run(["tar", "--xattrs", "--xattrs-include=*", "--numeric-owner", "-C", src, "-cf", tar, "."],
                    check=True)
     repo = os.path.join(work, "g.git")
-    run_gitree("-C", repo, "init")
-    run_gitree("-C", repo, "import-rootfs", tar, "--branch", "test/tar", "--timestamp", "1577836800",
-               "-m", "dir commit\n\nthe body")
-    out = last_line(run_gitree("-C", repo, "export-ostree", "test/tar", "--ostree-repo", os.path.join(work, "o")))
+    api.init(repo)
+    api.import_rootfs(repo, tar, branch="test/tar", timestamp=1577836800, message="dir commit\n\nthe body")
+    out = api.export_ostree(repo, "test/tar", os.path.join(work, "o")).checksum
     assert out == "b24ee0ee7a21b9d265abe692594742c76951871918178d7d88582f8ab28feac2"
     real = fresh_ostree(os.path.join(work, "real"), "archive")
     want = ostree(f"--repo={real}", "commit", f"--tree=tar={tar}", "-b", "test/tar", "--timestamp=@1577836800",
@@ -333,8 +328,7 @@ def test_import_keeps_unsorted_xattrs_of_tar_imports(work):
     assert ostree(f"--repo={real}", "ls", "-C", "t", "/x").split()[4] == \
         "bad388414fe03305827ddde1c43f0bb902627ddcb23d2b4d86c321ff63e9843b"
     repo = os.path.join(work, "g.git")
-    run_gitree("-C", repo, "init")
-    run_gitree("-C", repo, "import-ostree", real, "t", "--branch", "t")
-    got = last_line(run_gitree("-C", repo, "export-ostree", "t", "--ostree-repo", os.path.join(work, "again"),
-                               "--history"))
+    api.init(repo)
+    api.import_ostree(repo, real, "t", branch="t")
+    got = api.export_ostree(repo, "t", os.path.join(work, "again"), history=True).checksum
     assert got == want

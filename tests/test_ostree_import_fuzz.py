@@ -18,6 +18,8 @@ import tempfile
 
 import pytest
 from helpers import run_gitree
+
+from gitree import api
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from ostreeforge import all_objects, filez_checksum, obj_path, ostree_commit, replace_object
@@ -53,7 +55,7 @@ def fuzz_base(tmpfs_root):
     subprocess.run(["ostree", f"--repo={repo}", "commit", "-b", "os/main", f"--tree=dir={src}", "--timestamp=@1",
                     "-s", "second", "--add-detached-metadata-string=k=v"], check=True, capture_output=True)
     g = os.path.join(d, "g.git")
-    run_gitree("-C", g, "init")
+    api.init(g)
     objects = [(c, sfx) for sfx in ("commit", "commitmeta", "dirtree", "dirmeta", "filez")
                for c in all_objects(repo, sfx)]
     assert any(sfx == "commitmeta" for _, sfx in objects) and csum
@@ -126,9 +128,8 @@ def test_mutated_object_imports_faithfully_or_is_refused(fuzz_base, tmpfs_root, 
         if r.returncode == 0:
             assert refs == ["refs/heads/imported"]
             back = os.path.join(w, "back")
-            out = run_gitree("-C", g, "export-ostree", "imported", "--ostree-repo", back, "--ref", "os/main",
-                             "--history")
-            assert out.stdout.decode().strip() == tip, "the re-export does not reproduce the commit checksum"
+            out = api.export_ostree(g, "imported", back, ref="os/main", history=True)
+            assert out.checksum == tip, "the re-export does not reproduce the commit checksum"
         else:
             lines = err.strip().splitlines()
             assert len(lines) == 1 and lines[0].startswith("gitree: error:"), err

@@ -14,6 +14,7 @@ from helpers import run_gitree
 from ostreeforge import filez_checksum, obj_path, ostree_commit, replace_object, write_object
 
 import gitree_compat as oc
+from gitree import api
 from gitree_compat.gvariant import frame
 from gitree.ostree.importing import MAX_OSTREE_DEPTH
 
@@ -44,7 +45,7 @@ def _copy(made: tuple[str, str], work: str) -> tuple[str, str, str]:
     repo = os.path.join(work, "ostree")
     shutil.copytree(src, repo, symlinks=True)
     g = os.path.join(work, "g.git")
-    run_gitree("-C", g, "init")
+    api.init(g)
     return repo, csum, g
 
 
@@ -115,7 +116,7 @@ def test_truncated_dirtree(case):
         data = f.read()
     with open(path, "wb") as f:
         f.write(data[:-3])
-    _assert_refused(_import(g, repo), g, tree)
+    _refused(g, repo, tree)
 
 
 def test_truncated_commit(case):
@@ -125,7 +126,7 @@ def test_truncated_commit(case):
         data = f.read()
     with open(path, "wb") as f:
         f.write(data[:40])
-    _assert_refused(_import(g, repo), g, csum)
+    _refused(g, repo, csum)
 
 
 def _replace_hello_payload(repo: str, csum: str, payload: bytes) -> str:
@@ -146,7 +147,7 @@ def test_wrong_checksum_of_a_content_object(case):
     # another valid deflate stream of the same length: the content differs from what the name says
     z = zlib.compressobj(6, zlib.DEFLATED, -15)
     fcsum = _replace_hello_payload(repo, csum, z.compress(b"HELLO WORLD\n") + z.flush())
-    _assert_refused(_import(g, repo), g, fcsum)
+    _refused(g, repo, fcsum)
 
 
 def test_deflate_bomb_in_filez(case):
@@ -154,7 +155,7 @@ def test_deflate_bomb_in_filez(case):
     z = zlib.compressobj(9, zlib.DEFLATED, -15)
     bomb = b"".join(z.compress(b"\0" * (1 << 20)) for _ in range(512)) + z.flush()  # 512 MiB inflated
     fcsum = _replace_hello_payload(repo, csum, bomb)
-    _assert_refused(_import(g, repo), g, fcsum)
+    _refused(g, repo, fcsum)
 
 
 @pytest.mark.parametrize("name", [b"a/b", b"..", b".", b"a\0b", b"", b"\xff"])
@@ -164,7 +165,7 @@ def test_hostile_dirtree_names(case, name):
     fcsum = dict(tree.files)["hello.txt"]
     bad = _write_object(repo, _raw_dirtree([(name, bytes.fromhex(fcsum))]), "dirtree")
     _point_ref_at_tree(repo, csum, bad)
-    _assert_refused(_import(g, repo), g, bad)
+    _refused(g, repo, bad)
 
 
 def test_missing_content_object(case):
@@ -172,14 +173,14 @@ def test_missing_content_object(case):
     tree = oc.decode_dirtree(open(_obj(repo, _commit(repo, csum).root_tree, "dirtree"), "rb").read())
     fcsum = dict(tree.files)["hello.txt"]
     os.unlink(_obj(repo, fcsum, "filez"))
-    _assert_refused(_import(g, repo), g, fcsum)
+    _refused(g, repo, fcsum)
 
 
 def test_missing_dirmeta(case):
     repo, csum, g = case
     meta = _commit(repo, csum).root_meta
     os.unlink(_obj(repo, meta, "dirmeta"))
-    _assert_refused(_import(g, repo), g, meta)
+    _refused(g, repo, meta)
 
 
 def test_ref_pointing_nowhere(case):
@@ -187,14 +188,14 @@ def test_ref_pointing_nowhere(case):
     ghost = "ab" * 32
     with open(os.path.join(repo, "refs", "heads", "os", "main"), "w") as f:
         f.write(ghost + "\n")
-    _assert_refused(_import(g, repo), g, ghost)
+    _refused(g, repo, ghost)
 
 
 def test_ref_with_garbage(case):
     repo, csum, g = case
     with open(os.path.join(repo, "refs", "heads", "os", "main"), "w") as f:
         f.write("not a checksum\n")
-    _assert_refused(_import(g, repo), g, "os/main")
+    _refused(g, repo, "os/main")
 
 
 def test_not_an_ostree_repo(case, work):
@@ -210,7 +211,7 @@ def test_failure_in_a_later_commit_moves_no_ref(case):
     new = _write_object(repo, oc.encode_commit(child), "commit")
     with open(os.path.join(repo, "refs", "heads", "os", "main"), "w") as f:
         f.write(new + "\n")
-    _assert_refused(_import(g, repo), g, "ee" * 32)
+    _refused(g, repo, "ee" * 32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,16 +251,29 @@ def _etc(repo: str, csum: str) -> tuple[str, str, oc.DirTree]:
     return tree, meta, oc.decode_dirtree(open(_obj(repo, tree, "dirtree"), "rb").read())
 
 
+def _refused(g: str, repo: str, *needles: str) -> str:
+    """import-ostree through gitree.api: a typed gitree error (never another exception) naming each needle,
+    and no ref in G. Returns the message. (_assert_refused checks the command line's one error line.)"""
+    from gitree.cli import one_line
+    with pytest.raises(api.GitreeError) as e:
+        api.import_ostree(g, repo, "os/main", branch="imported")
+    msg = one_line(str(e.value))
+    for n in needles:
+        assert n in msg, (n, msg)
+    refs = subprocess.run(["git", "--git-dir", g, "for-each-ref"], capture_output=True, text=True).stdout
+    assert refs == ""
+    return msg
+
+
 def _ostree_fsck_fails(repo: str) -> bool:
     return subprocess.run(["ostree", f"--repo={repo}", "fsck"], capture_output=True).returncode != 0
 
 
 def test_rich_repo_imports_and_exports_back(rich, work):
     repo, csum, g = rich
-    assert _import(g, repo).returncode == 0
+    api.import_ostree(g, repo, "os/main", branch="imported")
     out = os.path.join(work, "back")
-    r = run_gitree("-C", g, "export-ostree", "imported", "--ostree-repo", out, "--ref", "os/main")
-    assert r.stdout.decode().strip() == csum
+    assert api.export_ostree(g, "imported", out, ref="os/main").checksum == csum
 
 
 def test_symlink_object_rewritten_to_etc_shadow(rich):
@@ -282,7 +296,7 @@ def test_symlink_object_with_trailing_payload(rich):
     link = dict(_etc(repo, csum)[2].files)["localtime"]
     with open(_obj(repo, link, "filez"), "ab") as f:
         f.write(b"\x03\x00")  # an empty deflate stream after a symlink's header
-    _assert_refused(_import(g, repo), g, link)
+    _refused(g, repo, link)
 
 
 def test_dirmeta_rewritten_keeping_its_name(rich):
@@ -291,7 +305,7 @@ def test_dirmeta_rewritten_keeping_its_name(rich):
     with open(_obj(repo, meta, "dirmeta"), "wb") as f:
         f.write(oc.encode_dirmeta(oc.DirMeta(0, 0, 0o40777)))  # world-writable /etc
     assert _ostree_fsck_fails(repo)
-    _assert_refused(_import(g, repo), g, meta)
+    _refused(g, repo, meta)
 
 
 def test_ref_symlinked_to_a_root_only_file(case, work):
@@ -312,8 +326,7 @@ def test_ref_alias_is_followed(case):
     """`ostree refs --alias` makes a ref a symlink to another ref: that one is followed."""
     repo, csum, g = case
     subprocess.run(["ostree", f"--repo={repo}", "refs", "--create=a/b/alias", "--alias", "os/main"], check=True)
-    r = run_gitree("-C", g, "import-ostree", repo, "a/b/alias", "--branch", "imported", check=False)
-    assert r.returncode == 0, r.stderr
+    api.import_ostree(g, repo, "a/b/alias", branch="imported")
 
 
 def test_ref_file_with_secret_text(case):
@@ -357,7 +370,7 @@ def test_commitmeta_larger_than_the_limit(case):
     repo, csum, g = case
     with open(_obj(repo, csum, "commitmeta"), "wb") as f:
         f.truncate((10 << 20) + 1)  # sparse: the size alone is refused, nothing is read
-    _assert_refused(_import(g, repo), g, f"{csum}.commitmeta", "MAX_METADATA_SIZE")
+    _refused(g, repo, f"{csum}.commitmeta", "MAX_METADATA_SIZE")
 
 
 def test_dirtree_larger_than_the_limit(case):
@@ -365,7 +378,7 @@ def test_dirtree_larger_than_the_limit(case):
     tree = _commit(repo, csum).root_tree
     with open(_obj(repo, tree, "dirtree"), "r+b") as f:
         f.truncate(64 << 20)
-    _assert_refused(_import(g, repo), g, f"{tree}.dirtree", "MAX_METADATA_SIZE")
+    _refused(g, repo, f"{tree}.dirtree", "MAX_METADATA_SIZE")
 
 
 def test_fifo_in_place_of_a_dirtree(case):
@@ -389,7 +402,7 @@ def test_content_object_symlinked_out_of_an_archive_repo(case, work):
     fcsum = dict(_root_tree(repo, csum).files)["hello.txt"]
     os.unlink(_obj(repo, fcsum, "filez"))
     os.symlink("/etc/passwd", _obj(repo, fcsum, "filez"))
-    _assert_refused(_import(g, repo), g, f"{fcsum}.file", "symlink")
+    _refused(g, repo, f"{fcsum}.file", "symlink")
 
 
 def test_symlinked_object_directory(case, work):
@@ -400,7 +413,7 @@ def test_symlinked_object_directory(case, work):
     elsewhere = os.path.join(work, "elsewhere")
     shutil.move(sub, elsewhere)
     os.symlink(elsewhere, sub)
-    _assert_refused(_import(g, repo), g, f"objects/{tree[:2]}", "symlink")
+    _refused(g, repo, f"objects/{tree[:2]}", "symlink")
 
 
 @pytest.mark.parametrize("name,why", [(b"trusted.", "namespace"), (b"foo.bar", "namespace"),
@@ -410,7 +423,7 @@ def test_dirmeta_xattr_outside_linux_rules(rich, name, why):
     meta = _etc(repo, csum)[1]
     bad = oc.encode_dirmeta(oc.DirMeta(0, 0, 0o40755, ((name, b"v"),)))
     replace_object(repo, meta, "dirmeta", bad)
-    _assert_refused(_import(g, repo), g, why)
+    _refused(g, repo, why)
 
 
 def test_file_header_xattr_value_too_large(rich):
@@ -420,7 +433,7 @@ def test_file_header_xattr_value_too_large(rich):
     z = oc.FilezCompressor()
     data = oc.encode_filez_header(meta, 8) + z.compress(b"welcome\n") + z.flush()
     replace_object(repo, motd, "filez", data, filez_checksum(data))
-    _assert_refused(_import(g, repo), g, "XATTR_SIZE_MAX")
+    _refused(g, repo, "XATTR_SIZE_MAX")
 
 
 def test_symlink_target_longer_than_path_max(rich):
@@ -434,7 +447,7 @@ def test_symlink_target_longer_than_path_max(rich):
     assert header != data
     new = hashlib.sha256(b"any name: the header is refused before hashing" + data).hexdigest()
     replace_object(repo, link, "filez", data, new)
-    _assert_refused(_import(g, repo), g, "MAX_SYMLINK_TARGET")
+    _refused(g, repo, "MAX_SYMLINK_TARGET")
 
 
 def _chain_of_dirtrees(repo: str, depth: int, fanout: int, meta: str) -> str:
@@ -451,7 +464,7 @@ def test_tree_deeper_than_ostree_allows(case):
     repo, csum, g = case
     tree = _chain_of_dirtrees(repo, 300, 1, _commit(repo, csum).root_meta)
     _point_ref_at_tree(repo, csum, tree)
-    _assert_refused(_import(g, repo), g, "MAX_OSTREE_DEPTH")
+    _refused(g, repo, "MAX_OSTREE_DEPTH")
 
 
 def test_shared_subtrees_expanding_exponentially(case):
@@ -467,7 +480,7 @@ def test_commit_with_no_tmp_dir_is_not_written_to(case):
     repo, csum, g = case
     shutil.rmtree(os.path.join(repo, "tmp"))
     before = sorted(os.walk(repo))
-    assert _import(g, repo).returncode == 0
+    api.import_ostree(g, repo, "os/main", branch="imported")
     assert sorted(os.walk(repo)) == before
 
 
@@ -543,7 +556,7 @@ def test_symlink_object_of_a_bare_repo_retargeted(rich_repo, work):
     csum = subprocess.run(["ostree", f"--repo={repo}", "commit", f"--tree=dir={src}", "-b", "os/main"],
                           check=True, capture_output=True, text=True).stdout.strip()
     g = os.path.join(work, "g.git")
-    run_gitree("-C", g, "init")
+    api.init(g)
     link = dict(_etc(repo, csum)[2].files)["localtime"]
     path = _obj(repo, link, "file")
     assert os.path.islink(path)

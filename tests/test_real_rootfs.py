@@ -6,7 +6,9 @@ import os
 import subprocess
 
 import pytest
-from helpers import dir_summary, last_line, run_gitree, tar_summary
+from helpers import dir_summary, tar_summary
+
+from gitree import api
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="building a Debian rootfs with mmdebstrap needs root")
 
@@ -21,9 +23,8 @@ def imported(rootfs_tar, tmpfs_root):
     base = os.path.join(tmpfs_root, "real")
     os.makedirs(base)
     repo = os.path.join(base, "repo.git")
-    run_gitree("-C", repo, "init")
-    cid = last_line(run_gitree("-C", repo, "import-rootfs", rootfs_tar, "--branch", "deb", "--timestamp", "0",
-                               "-m", "from tar"))
+    api.init(repo)
+    cid = api.import_rootfs(repo, rootfs_tar, branch="deb", timestamp=0, message="from tar").commit
     extracted = os.path.join(base, "extracted")
     os.makedirs(extracted)
     subprocess.run(["tar", "--xattrs", "--xattrs-include=*", "--numeric-owner", "-xpf", rootfs_tar,
@@ -34,7 +35,7 @@ def imported(rootfs_tar, tmpfs_root):
 def test_tar_roundtrip(imported, rootfs_tar, tmpfs_root):
     repo, cid, _ = imported
     out = os.path.join(tmpfs_root, "real", "out.tar")
-    run_gitree("-C", repo, "checkout", cid, "--tar", out)
+    api.checkout_tar(repo, cid, out)
     want = tar_summary(rootfs_tar)
     got = tar_summary(out)
     assert got == want
@@ -48,18 +49,17 @@ def test_tar_roundtrip(imported, rootfs_tar, tmpfs_root):
 
 def test_directory_import_matches_tar_and_checkout_restores(imported, tmpfs_root):
     repo, cid, extracted = imported
-    cid2 = last_line(run_gitree("-C", repo, "import-rootfs", extracted, "--branch", "dir", "--timestamp", "0",
-                                "-m", "from tar"))
+    cid2 = api.import_rootfs(repo, extracted, branch="dir", timestamp=0, message="from tar").commit
     assert _git(repo, "rev-parse", cid2 + "^{tree}") == _git(repo, "rev-parse", cid + "^{tree}")
     dest = os.path.join(tmpfs_root, "real", "checkout")
-    r = run_gitree("-C", repo, "checkout", cid2, dest)
-    assert b"warning" not in r.stderr
+    r = api.checkout(repo, cid2, dest)
+    assert r.warnings == [] and r.not_restored == {}
     assert dir_summary(dest) == dir_summary(extracted)
 
 
 def test_fsck_clean(imported):
     repo, cid, _ = imported
-    run_gitree("-C", repo, "fsck")
+    api.fsck(repo, check=True)
     subprocess.run(["git", "--git-dir", repo, "fsck", "--strict", "--no-progress"], check=True)
 
 
@@ -77,8 +77,8 @@ def test_security_update_writes_only_changed_paths(imported, tmpfs_root):
                 bytes.fromhex("0100000200200000000000000000000000000000"))
     os.chmod(os.path.join(work, "etc", "motd"), 0o600)
     before = set(_git(repo, "cat-file", "--batch-all-objects", "--batch-check=%(objectname)").split())
-    r = run_gitree("-C", repo, "import-rootfs", work, "--branch", "deb", "-m", "update")
-    v2 = last_line(r)
+    r = api.import_rootfs(repo, work, branch="deb", message="update")
+    v2 = r.commit
     after = set(_git(repo, "cat-file", "--batch-all-objects", "--batch-check=%(objectname)").split())
     new = after - before
     kinds = {}
@@ -91,5 +91,5 @@ def test_security_update_writes_only_changed_paths(imported, tmpfs_root):
     # content trees: /, etc, usr, usr/bin; meta trees: / and etc; the top tree
     assert kinds["tree"] == 7
     assert kinds["commit"] == 1
-    diff = run_gitree("-C", repo, "diff", cid, v2).stdout.decode().splitlines()
+    diff = api.diff(repo, cid, v2).lines()
     assert diff == ["M /etc/debian_version  content", "M /etc/motd  mode 0644 -> 0600", "M /usr/bin/ping  content"]

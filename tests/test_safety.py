@@ -19,11 +19,13 @@ import subprocess
 import tempfile
 import time
 import uuid
+from functools import partial
 
 import pygit2
 import pytest
-from helpers import GITREE, dir_summary, last_line, run_gitree, tar_summary
+from helpers import GITREE, api_refuses, dir_summary, last_line, run_gitree, tar_summary
 
+from gitree import api
 from gitree.tarformat import LNKTYPE, TarWriter
 
 # ---------------------------------------------------------------------------------------------
@@ -165,9 +167,8 @@ def base_repo(tmpfs_root):
     with open(os.path.join(src, "etc", "hostname"), "w") as f:
         f.write("base\n")
     repo = os.path.join(d, "repo.git")
-    run_gitree("-C", repo, "init")
-    r = run_gitree("-C", repo, "import-rootfs", src, "-b", "main", "-m", "base", "--timestamp", str(BASE_TS))
-    yield repo, last_line(r)
+    api.init(repo)
+    yield repo, api.import_rootfs(repo, src, branch="main", message="base", timestamp=BASE_TS).commit
     shutil.rmtree(d, ignore_errors=True)
 
 
@@ -235,6 +236,10 @@ def _flip(data: bytes, pos: int) -> bytes:
 
 
 CASE_IDS = list(_cases(b"/x"))
+# the cases run through the command line (one error line on stderr, no traceback, nothing on stdout); the
+# others call gitree.api and check the typed error
+CLI_CASES = {"dotdot-leading", "nul-in-pax-path", "through-symlink-abs", "hardlink-missing", "root-is-a-file",
+             "truncated-data", "corrupt-checksum", "not-a-tar", "unsupported-type"}
 
 
 @pytest.mark.parametrize("case", CASE_IDS)
@@ -245,9 +250,12 @@ def test_hostile_tar_rejected(work, prepared, case):
     with open(path, "wb") as f:
         f.write(data)
     before_refs, before = refs(repo), snapshot(work)
-    r = run_gitree("-C", repo, "import-rootfs", path, "-b", "main", check=False)
-    assert_one_error_line(r, keyword)
-    assert r.stdout == b""
+    if case in CLI_CASES:
+        r = run_gitree("-C", repo, "import-rootfs", path, "-b", "main", check=False)
+        assert_one_error_line(r, keyword)
+        assert r.stdout == b""
+    else:
+        api_refuses(lambda: api.import_rootfs(repo, path, branch="main"), keyword)
     assert refs(repo) == before_refs
     assert git(repo, "rev-parse", "main") == base
     # no new pack, no temporary file left, nothing created or changed anywhere under the work dir
@@ -286,8 +294,12 @@ def test_truncated_compressed_archive(work, prepared):
             f.write(packed[: len(packed) // 2])
     before_refs, before = refs(repo), snapshot(work)
     for name in ("t.tar.gz", "t.tar.xz", "t.tar.zst"):
-        r = run_gitree("-C", repo, "import-rootfs", os.path.join(work, name), "-b", "main", check=False)
-        assert_one_error_line(r, "truncated|decompression|end-of-archive")
+        if name == "t.tar.gz":
+            r = run_gitree("-C", repo, "import-rootfs", os.path.join(work, name), "-b", "main", check=False)
+            assert_one_error_line(r, "truncated|decompression|end-of-archive")
+        else:
+            api_refuses(partial(api.import_rootfs, repo, os.path.join(work, name), branch="main"),
+                        "truncated|decompression|end-of-archive")
     assert refs(repo) == before_refs
     assert snapshot(work) == before
 
@@ -298,9 +310,9 @@ def test_invalid_branch_does_not_create_anything(work, prepared):
     with open(path, "wb") as f:
         f.write(Tar().file(b"a").bytes())
     before_refs, before = refs(repo), snapshot(work)
-    for bad in ("a..b", "end.lock"):
-        r = run_gitree("-C", repo, "import-rootfs", path, "-b", bad, check=False)
-        assert_one_error_line(r, "branch")
+    r = run_gitree("-C", repo, "import-rootfs", path, "-b", "a..b", check=False)
+    assert_one_error_line(r, "branch")
+    api_refuses(lambda: api.import_rootfs(repo, path, branch="end.lock"), "branch")
     assert refs(repo) == before_refs
     assert snapshot(work) == before
 
@@ -341,8 +353,11 @@ def test_metadata_linux_cannot_hold_is_refused(work, prepared, case):
     with open(path, "wb") as f:
         f.write(_pax_member(records, add))
     before_refs, before = refs(repo), snapshot(work)
-    r = run_gitree("-C", repo, "import-rootfs", path, "-b", "main", check=False)
-    assert_one_error_line(r)
+    if case in ("nul-in-symlink-target", "uid-beyond-32-bits"):
+        r = run_gitree("-C", repo, "import-rootfs", path, "-b", "main", check=False)
+        assert_one_error_line(r)
+    else:
+        api_refuses(lambda: api.import_rootfs(repo, path, branch="main"))
     assert refs(repo) == before_refs
     assert snapshot(work) == before
 
@@ -365,14 +380,14 @@ def test_deeply_nested_tar(work, prepared):
         return
     cid = last_line(r)
     out = os.path.join(work, "out.tar")
-    run_gitree("-C", repo, "checkout", cid, "--tar", out)
+    api.checkout_tar(repo, cid, out)
     with open(path, "rb") as f:
         want = tar_summary(f.read())[0]
     got = tar_summary(out)[0]
     # every input member comes back; the missing parents were created (documented: 755, 0:0)
     assert {p: got[p] for p in want} == want
     assert len(got) == 1100 + 2
-    run_gitree("-C", repo, "fsck", cid)
+    api.fsck(repo, [cid], check=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -389,8 +404,7 @@ def test_absolute_and_dot_paths_are_stored_relative(work, prepared):
     with open(path, "wb") as f:
         f.write(data)
     before = snapshot(work)
-    r = run_gitree("-C", repo, "import-rootfs", path, "-b", "main")
-    cid = last_line(r)
+    cid = api.import_rootfs(repo, path, branch="main").commit
     assert not os.path.lexists("/" + top)
     assert os.listdir(outside) == []
     after = snapshot(work)
@@ -426,9 +440,9 @@ def test_duplicate_members_later_wins(work, prepared, case):
     path = os.path.join(work, "dup.tar")
     with open(path, "wb") as f:
         f.write(t.bytes())
-    cid = last_line(run_gitree("-C", repo, "import-rootfs", path, "-b", "main"))
+    cid = api.import_rootfs(repo, path, branch="main").commit
     assert os.listdir(outside) == []
-    listing = run_gitree("-C", repo, "ls", "-l", cid).stdout.decode().splitlines()
+    listing = api.ls(repo, cid).lines(long=True)
     if case in ("file-file", "empty-dir-then-file", "symlink-then-file"):
         assert blob_at(repo, cid, "a") == b"second"
         assert listing == ["-rw-------     0     0          6 a"]
@@ -440,7 +454,7 @@ def test_duplicate_members_later_wins(work, prepared, case):
         assert blob_at(repo, cid, "a") == b"second"
         assert blob_at(repo, cid, "b") == b"first"
         assert listing == ["-rw-------     0     0          6 a", "-rw-r--r--     0     0          5 b"]
-    assert run_gitree("-C", repo, "fsck", cid, check=False).returncode == 0
+    assert api.fsck(repo, [cid]).problems == []
     git(repo, "fsck", "--strict")
 
 
@@ -468,24 +482,24 @@ def test_checkout_never_follows_symlinks(work, prepared):
     src = os.path.join(work, "src")
     os.mkdir(src)
     _make_linky_tree(src, outside)
-    cid = last_line(run_gitree("-C", repo, "import-rootfs", src, "-b", "links"))
+    cid = api.import_rootfs(repo, src, branch="links").commit
     want = dir_summary(src)
     outside_before = snapshot(outside)
 
     dest = os.path.join(work, "dest-new")
-    run_gitree("-C", repo, "checkout", cid, dest)
+    api.checkout(repo, cid, dest)
     assert dir_summary(dest) == want
     assert snapshot(outside) == outside_before == {}
 
     empty = os.path.join(work, "dest-empty")
     os.mkdir(empty)
-    run_gitree("-C", repo, "checkout", cid, empty)
+    api.checkout(repo, cid, empty)
     assert dir_summary(empty) == want
     assert os.readlink(os.path.join(empty, "evil")) == outside
     assert snapshot(outside) == {}
 
     out_tar = os.path.join(work, "out.tar")
-    run_gitree("-C", repo, "checkout", cid, "--tar", out_tar)
+    api.checkout_tar(repo, cid, out_tar)
     assert tar_summary(out_tar) == want
     assert snapshot(outside) == {}
 
@@ -509,8 +523,11 @@ def test_checkout_refuses_unsafe_dest(work, prepared, kind):
     elif kind == "symlink-to-nonexistent-in-outside":
         os.symlink(os.path.join(outside, "new"), dest)
     before = snapshot(work)
-    r = run_gitree("-C", repo, "checkout", "main", dest, check=False)
-    assert_one_error_line(r)
+    if kind in ("nonempty-dir", "symlink-to-empty-dir"):
+        r = run_gitree("-C", repo, "checkout", "main", dest, check=False)
+        assert_one_error_line(r)
+    else:
+        api_refuses(lambda: api.checkout(repo, "main", dest))
     assert snapshot(work) == before
     assert os.listdir(outside) == []
 
@@ -554,15 +571,23 @@ def test_checkout_of_crafted_commit_symlink_posing_as_directory(work, prepared):
     before = snapshot(outside)
     for rev in (cid, cid2):
         dest = os.path.join(work, "dest-" + rev[:8])
-        r = run_gitree("-C", repo, "checkout", rev, dest, check=False)
-        assert_one_error_line(r, "evil")
+        if rev == cid:
+            r = run_gitree("-C", repo, "checkout", rev, dest, check=False)
+            assert_one_error_line(r, "evil")
+        else:
+            api_refuses(partial(api.checkout, repo, rev, dest), "evil")
         assert snapshot(outside) == before == {}
-        r = run_gitree("-C", repo, "checkout", rev, "--tar", os.path.join(work, rev + ".tar"), check=False)
-        assert_one_error_line(r, "evil")
+        if rev == cid2:
+            r = run_gitree("-C", repo, "checkout", rev, "--tar", os.path.join(work, rev + ".tar"), check=False)
+            assert_one_error_line(r, "evil")
+        else:
+            api_refuses(partial(api.checkout_tar, repo, rev, os.path.join(work, rev + ".tar")), "evil")
         assert not os.path.exists(os.path.join(work, rev + ".tar"))
-        r = run_gitree("-C", repo, "fsck", rev, check=False)
-        assert r.returncode != 0
-        assert "/evil" in r.stdout.decode()
+        res = api.fsck(repo, [rev])
+        assert not res.ok
+        assert "/evil" in "\n".join(p.line() for p in res.problems)
+        with pytest.raises(api.FsckFailed):
+            api.fsck(repo, [rev], check=True)
     assert snapshot(outside) == {}
 
 
@@ -584,9 +609,12 @@ def test_checkout_of_crafted_commit_escaping_names_and_links(work, prepared):
     before = snapshot(work)
     for rev in revs:
         dest = os.path.join(work, "dest-" + rev[:8])
-        r = run_gitree("-C", repo, "checkout", rev, dest, check=False)
-        assert_one_error_line(r)
-        assert run_gitree("-C", repo, "fsck", rev, check=False).returncode != 0
+        if rev == revs[0]:
+            r = run_gitree("-C", repo, "checkout", rev, dest, check=False)
+            assert_one_error_line(r)
+        else:
+            api_refuses(partial(api.checkout, repo, rev, dest))
+        assert api.fsck(repo, [rev]).problems
     after = snapshot(work)
     changed = {p for p in set(before) | set(after) if before.get(p) != after.get(p)}
     # at most the (partial) destination directories themselves appeared; nothing else anywhere
@@ -625,15 +653,15 @@ def _after_kill_checks(work: str, repo: str, base: str, before_refs: dict, befor
     r = subprocess.run(["git", "--git-dir", repo, "fsck", "--strict"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "error" not in r.stderr.lower()
-    run_gitree("-C", repo, "fsck")
+    api.fsck(repo, check=True)
     # a later import works, on top of the unchanged tip
     path = os.path.join(work, "full.tar")
     with open(path, "wb") as f:
         f.write(tar)
-    cid = last_line(run_gitree("-C", repo, "import-rootfs", path, "-b", "main"))
+    cid = api.import_rootfs(repo, path, branch="main").commit
     assert git(repo, "rev-parse", "main") == cid
     assert git(repo, "rev-parse", cid + "^") == base
-    assert len(run_gitree("-C", repo, "ls", cid, "data").stdout.splitlines()) == 48
+    assert len(api.ls(repo, cid, "data").items) == 48
     git(repo, "fsck", "--strict")
 
 
@@ -783,7 +811,7 @@ def test_two_writers_on_one_branch_lose_nothing(work, prepared, contended):
         i = commits.index(c)
         assert blob_at(repo, c, "w%d" % i) == b"writer %d" % i
     git(repo, "fsck", "--strict")
-    run_gitree("-C", repo, "fsck")
+    api.fsck(repo, check=True)
 
 
 def test_hardlink_member_typeflag_is_link():

@@ -14,7 +14,10 @@ import pygit2
 import pytest
 
 from helpers import last_line, run_gitree
-from test_security_git import MODE_DIR, MODE_FILE, assert_one_error, base, blob, run_limited, write_tree  # noqa: F401
+
+from gitree import api
+from test_security_git import (MODE_DIR, MODE_FILE, api_error, assert_one_error, base, blob, run_limited,  # noqa: F401
+                               write_tree)
 
 
 def _with_ostree_subtree(repo: str, rev: str, files: list[tuple[bytes, bytes]], name: str) -> str:
@@ -38,13 +41,13 @@ def test_xattr_order_cannot_drop_an_xattr_from_the_export(work, base):
     the export keeps every xattr (here /bin/sh's file capability), as fsck and checkout see them."""
     repo, _ = base
     first = os.path.join(work, "first")
-    csum = last_line(run_gitree("-C", repo, "export-ostree", "main", "--ostree-repo", first, "--ref", "x"))
+    csum = api.export_ostree(repo, "main", first, ref="x").checksum
     with open(os.path.join(first, "objects", csum[:2], csum[2:] + ".commit"), "rb") as f:
         original = f.read()
     _with_ostree_subtree(repo, "main", [(b"commit", original), (b"xattr-order", b"bin/sh\n")], "xo")
-    run_gitree("-C", repo, "fsck", "xo")
+    api.fsck(repo, ["xo"], check=True)
     out = os.path.join(work, "out")
-    run_gitree("-C", repo, "export-ostree", "xo", "--ostree-repo", out, "--ref", "x")
+    api.export_ostree(repo, "xo", out, ref="x")
     listing = _ls_x(out, "x", "/bin/sh")
     assert "security.capability" in listing, listing
 
@@ -90,11 +93,11 @@ def test_checkout_refuses_a_destination_others_control(work, base):
     shared = os.path.join(work, "shared")
     os.mkdir(shared)
     os.chmod(shared, 0o777)
-    assert_one_error(run_gitree("-C", repo, "checkout", "main", shared, check=False), "writable by other users")
+    api_error(lambda: api.checkout(repo, "main", shared), "writable by other users")
     acl = os.path.join(work, "acl")
     os.mkdir(acl, 0o755)
     subprocess.run(["setfacl", "-d", "-m", "u:nobody:rwx", acl], check=True)
-    assert_one_error(run_gitree("-C", repo, "checkout", "main", acl, check=False), "default ACL")
+    api_error(lambda: api.checkout(repo, "main", acl), "default ACL")
     for d in (foreign, shared, acl):
         assert os.listdir(d) == []
 
@@ -106,7 +109,7 @@ def test_tar_output_does_not_inherit_a_default_acl(work, base):
     os.mkdir(d, 0o755)
     subprocess.run(["setfacl", "-d", "-m", "u:nobody:rwx", d], check=True)
     out = os.path.join(d, "root.tar")
-    run_gitree("-C", repo, "checkout", "main", "--tar", out)
+    api.checkout_tar(repo, "main", out)
     acl = subprocess.run(["getfacl", "-c", "-n", out], capture_output=True, text=True, check=True).stdout
     assert "user:65534" not in acl, acl
 
@@ -115,9 +118,9 @@ def test_clone_copies_a_local_source_instead_of_borrowing_it(work, base):
     """A clone of a local repository owns its objects (no objects/info/alternates into the source)."""
     repo, _ = base
     dest = os.path.join(work, "clone.git")
-    run_gitree("clone", repo, dest)
+    api.clone(repo, dest)
     assert not os.path.exists(os.path.join(dest, "objects", "info", "alternates"))
-    run_gitree("-C", dest, "fsck")
+    api.fsck(dest, check=True)
 
 
 def test_bundle_whose_tip_is_a_tag_moves_nothing(work, base):
@@ -129,11 +132,11 @@ def test_bundle_whose_tip_is_a_tag_moves_nothing(work, base):
         f"object {cid}\ntype commit\ntag v1\ntagger t <t@example.invalid> 1700000000 +0000\n\nv1\n").encode(),
         capture_output=True, check=True).stdout.decode().strip()
     victim = os.path.join(work, "victim.git")
-    run_gitree("-C", victim, "init")
+    api.init(victim)
     path = os.path.join(work, "tag.gtb")
     with open(path, "wb") as f:
         f.write(hostile_bundle(repo, tag, b"refs/heads/main"))
-    assert_one_error(run_gitree("-C", victim, "bundle", "apply", path, check=False), "not a commit")
+    api_error(lambda: api.bundle_apply(victim, path), "not a commit")
     assert subprocess.run(["git", "--git-dir", victim, "for-each-ref"], capture_output=True, text=True,
                           check=True).stdout == ""
 
@@ -162,7 +165,7 @@ def test_pax_header_of_many_tiny_records_is_refused(work):
         f.write(gzip.compress(tar))
     assert os.path.getsize(path) < 1 << 20
     repo = os.path.join(work, "r.git")
-    run_gitree("-C", repo, "init")
+    api.init(repo)
     assert_one_error(run_limited("-C", repo, "import-rootfs", path, "-b", "main"), "MAX_PAX_RECORDS")
 
 
@@ -174,17 +177,17 @@ def test_show_names_the_stored_ostree_commit(work, base):
     import gitree_compat as oc
     repo, _ = base
     first = os.path.join(work, "first")
-    csum = last_line(run_gitree("-C", repo, "export-ostree", "main", "--ostree-repo", first, "--ref", "x"))
+    csum = api.export_ostree(repo, "main", first, ref="x").checksum
     with open(os.path.join(first, "objects", csum[:2], csum[2:] + ".commit"), "rb") as f:
         c = oc.decode_commit(f.read())
     evil = dataclasses.replace(c, subject="not in git \x1b]0;t\x07",
                                metadata=[("ostree.endoflife-rebase", oc.Variant("s", "attacker/ref"))])
     _with_ostree_subtree(repo, "main", [(b"commit", oc.encode_commit(evil))], "imp")
-    out = run_gitree("-C", repo, "show", "imp").stdout.decode()
+    out = "\n".join(api.show(repo, "imp").lines())
     line = [ln for ln in out.splitlines() if ln.startswith("imported OSTree commit:")]
     assert len(line) == 1 and "ostree.endoflife-rebase" in line[0] and "not in git" in line[0], out
     assert "\x1b" not in out and "\x07" not in out
-    assert "imported OSTree commit" not in run_gitree("-C", repo, "show", "main").stdout.decode()
+    assert "imported OSTree commit" not in "\n".join(api.show(repo, "main").lines())
 
 
 def _refs(repo: str) -> str:

@@ -14,9 +14,10 @@ import tempfile
 
 import pytest
 from bootenv import MARKER, partitioned_image, run_to_marker
-from helpers import last_line, run_gitree
+from helpers import run_gitree
 from test_boot import remove_sysroot, synthetic_rootfs
 
+from gitree import api
 from gitree.errors import BadInput
 from gitree.boot.uboot import kernel_arch, read_uenv, script_source
 
@@ -58,9 +59,9 @@ def test_kernel_arch_from_the_header(work):
 def test_uboot_deploy_refuses_a_kernel_uboot_cannot_boot(work):
     """The synthetic tree's kernel is text: refused before the sysroot is touched."""
     repo = os.path.join(work, "g.git")
-    run_gitree("-C", repo, "init")
-    run_gitree("-C", repo, "import-rootfs", synthetic_rootfs(work), "--branch", "os/plain")
-    run_gitree("-C", repo, "make-bootable", "os/plain", "--branch", "os/boot")
+    api.init(repo)
+    api.import_rootfs(repo, synthetic_rootfs(work), branch="os/plain")
+    api.make_bootable(repo, "os/plain", branch="os/boot")
     sysroot = os.path.join(work, "sysroot")
     r = run_gitree("-C", repo, "deploy", "--sysroot", sysroot, "--os", "t", "--bootloader", "uboot", "os/boot",
                    check=False)
@@ -94,9 +95,11 @@ def test_uboot_boots_the_deployment_and_the_swapped_uenv(bootable_repo, tmpfs_ro
     base = tempfile.mkdtemp(prefix="uboot-", dir=tmpfs_root)
     sysroot = os.path.join(base, "sysroot")
     try:
-        r = run_gitree("-C", repo, "deploy", "--sysroot", sysroot, "--os", "debian", "--bootloader", "uboot",
-                       "debian/boot~1", "--ref", "debian/boot", *[f"--karg={k}" for k in KARGS])
-        c1 = last_line(r)
+        r = api.deploy(repo, "debian/boot~1", sysroot=sysroot, osname="debian", bootloader="uboot",
+                       ref="debian/boot", kargs=KARGS)
+        c1 = r.checksum
+        assert r.uboot_files == [os.path.join(sysroot, "boot", "loader", "uEnv.txt"),
+                                 os.path.join(sysroot, "boot", "boot.scr")]
         with open(os.path.join(sysroot, "ostree", "repo", "config")) as f:
             assert "bootloader=uboot" in f.read()
         env = read_uenv(sysroot)
@@ -121,8 +124,7 @@ def test_uboot_boots_the_deployment_and_the_swapped_uenv(bootable_repo, tmpfs_ro
         assert any(f"gitree: booting {env['kernel_image']} with {env['bootargs']}" in line for line in log)
 
         # a second deploy: ostree swaps boot/loader to a uEnv.txt whose first entry is the new version
-        c2 = last_line(run_gitree("-C", repo, "deploy", "--sysroot", sysroot, "--os", "debian",
-                                  "--bootloader", "uboot", "debian/boot"))
+        c2 = api.deploy(repo, "debian/boot", sysroot=sysroot, osname="debian", bootloader="uboot").checksum
         assert c2 != c1
         assert os.readlink(os.path.join(sysroot, "boot", "loader")) == "loader.0"
         env2 = read_uenv(sysroot)
