@@ -498,6 +498,8 @@ def main(argv=None) -> int:
     room for a generator per level of a tree at the depth limit."""
     from .entry import MAX_DEPTH
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 2 * MAX_DEPTH + 1000))
+    from .importer import cap_malloc_arenas
+    cap_malloc_arenas()   # before any thread starts: one malloc arena, not 64 MiB of address space per thread
     result: list[int] = []
     t = threading.Thread(target=lambda: result.append(_main(argv)), name="gitree", daemon=True)
     t.start()

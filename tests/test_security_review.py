@@ -330,3 +330,52 @@ def test_stored_ostree_metadata_is_named_by_fsck_and_bundle_apply(work, base):
     assert last_line(r) == hashlib.sha256(data).hexdigest() and "writing a new commit" not in r.stderr.decode()
     assert "imported OSTree commit" not in run_gitree("-C", repo, "fsck", "main").stderr.decode()
     assert "ostree" not in run_gitree("-C", repo, "fsck", "main").stderr.decode()
+
+
+def _empty_member(name: bytes) -> bytes:
+    """A ustar header of an empty regular file (mode 644, owner 0, mtime 0)."""
+    h = bytearray(512)
+    h[0:len(name)] = name
+    h[100:157] = b"0000644\0" b"0000000\0" b"0000000\0" b"00000000000\0" b"00000000000\0" b"        0"
+    h[257:265] = b"ustar  \0"
+    h[148:156] = b"%06o\0 " % sum(h)
+    return bytes(h)
+
+
+def test_a_tar_of_many_empty_files_imports_under_the_memory_limit(work):
+    """A 1 MB tar.bz2 of 450,000 empty files (five directories of 90,000) is a legitimate tree: it imports
+    under the 300 MiB address-space limit, as an import holds about 200 bytes per entry (docs/security.md,
+    "Import memory"); at ~550 bytes an entry it used to end in MemoryError."""
+    n, per_dir = 450_000, 90_000
+    path = os.path.join(work, "many.tar.bz2")
+    with open(path, "wb") as out:
+        p = subprocess.Popen(["bzip2", "-9"], stdin=subprocess.PIPE, stdout=out)
+        for start in range(0, n, 10_000):
+            p.stdin.write(b"".join(_empty_member(b"d%d/f%d" % (i // per_dir, i)) for i in range(start, start + 10_000)))
+        p.stdin.write(bytes(1024))
+        p.stdin.close()
+        assert p.wait() == 0
+    assert os.path.getsize(path) < 1 << 20
+    repo = os.path.join(work, "r.git")
+    run_gitree("-C", repo, "init")
+    r = run_limited("-C", repo, "import-rootfs", path, "-b", "main")
+    assert r.returncode == 0, r.stderr.decode()
+    listing = run_gitree("-C", repo, "ls", "main", "/d4").stdout.decode().splitlines()
+    assert len(listing) == per_dir and listing[0] == "f360000" and listing[-1] == "f449999", listing[:3]
+
+
+def test_import_refuses_more_entries_in_a_directory_than_the_reader_takes(work):
+    """A tree the reader refuses (more than MAX_DIR_ENTRIES entries in one directory) is not made by an
+    import either: the import stops at the first entry past the limit, naming it."""
+    from gitree import limits
+    from gitree.entry import Entry, Kind
+    from gitree.errors import BadInput
+    from gitree.repo import Repo
+    repo = os.path.join(work, "r.git")
+    run_gitree("-C", repo, "init")
+    with Repo(repo).transaction() as tx:
+        for i in range(limits.MAX_DIR_ENTRIES):
+            tx.add(Entry(b"d/f%d" % i, Kind.FILE))
+        with pytest.raises(BadInput, match="MAX_DIR_ENTRIES"):
+            tx.add(Entry(b"d/one-more", Kind.FILE))
+        tx.add(Entry(b"d/f0", Kind.FILE, 0o600))   # replacing an entry adds none
