@@ -289,8 +289,13 @@ class Importer:
                 return None
         return node
 
-    def add(self, e: Entry, data: Callable[[], Iterable[bytes]] | None = None, rereadable: bool = False) -> None:
-        """Add one entry. `data` yields a regular file's bytes (e.size of them)."""
+    def add(self, e: Entry, data: Callable[[], Iterable[bytes]] | None = None, rereadable: bool = False, *,
+            oid: bytes | None = None) -> None:
+        """Add one entry. `data` yields a regular file's bytes (e.size of them). A regular file given `oid`
+        (a blob of this repository, or of this import: see blob_id) takes that blob and e.size, after the same
+        checks of its name, fields and parents, without reading any data."""
+        if oid is not None and (e.kind is not Kind.FILE or e.hardlink is not None or data is not None):
+            raise UsageError(f"{display(e.path)}: only a regular file without data or hard link takes a blob id")
         self.stats.entries += 1
         if self.stats.entries > limits.MAX_COMMIT_ENTRIES:
             raise BadInput(f"more than {limits.MAX_COMMIT_ENTRIES} entries in one tree (MAX_COMMIT_ENTRIES, "
@@ -335,10 +340,39 @@ class Importer:
             return
         inode = Inode(self._meta(e), e)
         parent.children[name] = inode
-        if e.kind is Kind.SYMLINK:
+        if oid is not None:
+            inode.oid = self._known_blob(oid, e.path)
+            self.stats.files += 1
+            self.stats.bytes += e.size
+            self._tick(e.path)
+        elif e.kind is Kind.SYMLINK:
             inode.oid = self._intern_oid(self.store(OBJ_BLOB, e.target or b""))
         elif e.kind is Kind.FILE:
             self._add_content(inode, e, data, rereadable)
+
+    def _known_blob(self, oid: bytes, path: bytes) -> bytes:
+        """`oid` for a file added with it: a blob in the repository or this import's pack. One still waiting
+        in a batch of small files (blob_id of a file just added) is hashed first."""
+        if not self._exists(oid) and (self.batch or self.pending):
+            self._flush()
+        if not self._exists(oid):
+            raise UsageError(f"{display(path)}: blob {oid.hex()} is neither in the repository nor in this import")
+        return self._intern_oid(oid)
+
+    def _flush(self) -> None:
+        self._submit_batch()
+        self._drain(-1, -1)
+
+    def blob_id(self, path: bytes) -> bytes:
+        """The git blob id of the regular file added at `path` in the tree being built (to add more files of
+        the same content with `add(..., oid=)`); a file still waiting in a batch of small files is hashed
+        first."""
+        node = self._lookup(path)
+        if not isinstance(node, Inode) or node.kind is not Kind.FILE:
+            raise UsageError(f"{display(path)}: no regular file at this path of the tree being built")
+        if node.oid is None:
+            self._flush()
+        return node.oid
 
     def _add_content(self, inode: Inode, e: Entry, data, rereadable: bool) -> None:
         size = e.size
@@ -389,8 +423,7 @@ class Importer:
 
     def finish_tree(self, extra_top=()) -> bytes:
         """Write every tree and table; return the top tree id. `extra_top`: more (mode, name, oid) entries."""
-        self._submit_batch()
-        self._drain(-1, -1)
+        self._flush()
         counts: dict[int, int] = collections.Counter()
         self._count(self.root, counts)
         leaders: dict[int, bytes] = {}
@@ -547,8 +580,13 @@ class Transaction:
             self.stats = self._tree.stats
         return self._tree
 
-    def add(self, entry: Entry, data=None, rereadable: bool = False) -> None:
-        self.tree.add(entry, data, rereadable)
+    def add(self, entry: Entry, data=None, rereadable: bool = False, *, oid: bytes | None = None) -> None:
+        """Importer.add on the tree being built (`oid`: a regular file whose blob is known)."""
+        self.tree.add(entry, data, rereadable, oid=oid)
+
+    def blob_id(self, path: bytes) -> bytes:
+        """Importer.blob_id: the blob of the file added at `path` in the tree being built."""
+        return self.tree.blob_id(path)
 
     def store(self, otype: int, data: bytes) -> bytes:
         return self.tree.store(otype, data)

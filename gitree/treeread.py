@@ -417,5 +417,5 @@ def find(repo, root: tuple[bytes, bytes], path: bytes) -> Entry | None:
     return lookup(repo, root, path, {})
 
 
-__all__ = ["TreeFault", "DirNode", "Walker", "Verified", "ReadCount", "commit_trees", "top_entries", "read_dir", "lookup", "walk",
-           "verify", "find"]
+__all__ = ["TreeFault", "DirNode", "Walker", "Verified", "ReadCount", "commit_trees", "top_entries", "read_dir",
+           "lookup", "walk", "verify", "find"]

@@ -468,9 +468,9 @@ def test_a_directory_verified_by_an_earlier_commit_is_checked_again_where_it_is_
                         write_tree(g, [(MODE_DIR, b"x", meta), (MODE_FILE, b".gitree", t)]), c0)
     wrap_c, wrap_m = write_tree(g, [(MODE_DIR, b"x", content)]), \
         write_tree(g, [(MODE_DIR, b"x", meta), (MODE_FILE, b".gitree", t)])
+    y_table = blob(g, table(b"y d 755 0 0"))
     second = commit_with(write_tree(g, [(MODE_DIR, b"y", wrap_c)]),
-                         write_tree(g, [(MODE_DIR, b"y", wrap_m), (MODE_FILE, b".gitree", blob(g, table(b"y d 755 0 0")))]),
-                         first)
+                         write_tree(g, [(MODE_DIR, b"y", wrap_m), (MODE_FILE, b".gitree", y_table)]), first)
     run_gitree("-C", repo, "fsck", str(first.id))
     path = _bundle_file(work, repo, str(second.id))
     dst = os.path.join(work, "dst.git")
