@@ -344,7 +344,7 @@ def _empty_member(name: bytes) -> bytes:
 
 def test_a_tar_of_many_empty_files_imports_under_the_memory_limit(work):
     """A 1 MB tar.bz2 of 450,000 empty files (five directories of 90,000) is a legitimate tree: it imports
-    under the 300 MiB address-space limit, as an import holds about 200 bytes per entry (docs/security.md,
+    under the 300 MiB address-space limit, as an import holds about 165 bytes per entry (docs/security.md,
     "Import memory"); at ~550 bytes an entry it used to end in MemoryError."""
     n, per_dir = 450_000, 90_000
     path = os.path.join(work, "many.tar.bz2")
