@@ -28,6 +28,7 @@ from .porcelain import CommitInfo, LsItem, Problem, ShowInfo
 from .entry import MAX_DEPTH  # noqa: F401 - the deepest tree gitree reads or writes (a front end sizes its stack)
 from .importer import ImportStats
 from .packwriter import remove_live_temporaries  # noqa: F401 - on an interrupt: delete packs being written
+from .importer import cap_malloc_arenas  # noqa: F401 - a front end calls it before its first thread
 from .repo import Repo
 
 

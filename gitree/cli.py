@@ -508,6 +508,7 @@ def main(argv=None) -> int:
     writers and diff walk trees iteratively, whatever their depth. The recursion limit only leaves
     room for a generator per level of a tree at the depth limit."""
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 2 * api.MAX_DEPTH + 1000))
+    api.cap_malloc_arenas()   # before any thread starts: one malloc arena, not 64 MiB of address space per thread
     result: list[int] = []
     t = threading.Thread(target=lambda: result.append(_main(argv)), name="gitree", daemon=True)
     t.start()

@@ -18,10 +18,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from . import sidetable
+from . import limits, sidetable
 from .entry import MAX_DEPTH, Entry, Kind, check_fields, split_path
 from .errors import BadInput, BranchMoved, UnsafePath, UsageError, warner
-from .exportcache import FILE, open_cache, record_key
+from .exportcache import FILE, KEY_LEN, VALUE_LEN, open_cache, record_key
 from .gittree import MODE_DIR, MODE_EXEC, MODE_FILE, MODE_LINK, encode_tree
 from .layout import FORMAT_BLOB, TABLE_NAME, TOP_FORMAT, TOP_META, TOP_ROOTFS
 from .names import check_name, display, git_name
@@ -32,22 +32,59 @@ INFLIGHT_BYTES = 64 << 20     # bound on file bytes held in memory waiting for w
 BATCH_BYTES = 4 << 20         # small files are hashed and compressed in batches of this many bytes...
 BATCH_FILES = 512             # ...or this many files
 WORKERS = max(2, min(4, os.cpu_count() or 2))
+MALLOC_ARENAS = 1             # glibc malloc arenas once worker threads run (see _cap_malloc_arenas)
+
+
+def cap_malloc_arenas() -> None:
+    """Keep glibc from giving each thread its own malloc arena: each reserves 64 MiB of address space, so
+    the CLI's thread, the tar pump and four workers cost 384 MiB of it, which a 300 MiB RLIMIT_AS
+    (docs/security.md, "Import memory") cannot spare. The threads' allocations are mostly a batch's
+    compressed objects; sharing one arena costs them little. The CLI calls this before it starts its first
+    thread (arenas made before stay); Importer too, for library callers. A no-op without glibc's mallopt."""
+    global _arenas_capped
+    if _arenas_capped:
+        return
+    _arenas_capped = True
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None)
+        libc.mallopt(-8, MALLOC_ARENAS)   # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass
+
+
+_arenas_capped = False
 
 
 # ---------------------------------------------------------------------------------------------
 # In-memory tree built during an import
 
+META_INTERN = 1 << 16        # distinct (kind, mode, owner, xattrs...) tuples shared between inodes
+OID_INTERN = 1 << 12         # recent blob ids shared between inodes of equal content
+
+
 class Inode:
-    """A non-directory object; shared by every path that is a hard link to it."""
+    """A non-directory object; shared by every path that is a hard link to it.
 
-    __slots__ = ("kind", "mode", "uid", "gid", "xattrs", "rdev", "mtime_ns", "oid", "size", "sparse")
+    Kept small, as an import holds one per entry until the trees are written (docs/security.md, "Import
+    memory"): the fields most entries have in common - (kind, mode, uid, gid, xattrs, rdev, sparse) - are
+    one tuple shared by all inodes that have them (`meta`), and equal blob ids are one bytes object."""
 
-    def __init__(self, e: Entry):
-        self.kind, self.mode, self.uid, self.gid = e.kind, e.mode, e.uid, e.gid
-        self.xattrs, self.rdev, self.mtime_ns = e.xattrs, e.rdev, e.mtime_ns
+    __slots__ = ("meta", "oid", "size", "mtime_ns")
+
+    def __init__(self, meta: tuple, e: Entry):
+        self.meta = meta
         self.oid: bytes | None = None
         self.size = e.size
-        self.sparse = e.sparse
+        self.mtime_ns = e.mtime_ns
+
+    kind = property(lambda self: self.meta[0])
+    mode = property(lambda self: self.meta[1])
+    uid = property(lambda self: self.meta[2])
+    gid = property(lambda self: self.meta[3])
+    xattrs = property(lambda self: self.meta[4])
+    rdev = property(lambda self: self.meta[5])
+    sparse = property(lambda self: self.meta[6])
 
 
 class Dir:
@@ -109,6 +146,7 @@ class Importer:
         self.root = Dir()
         self.root_seen = False
         self.pack = PackWriter(repo.objects_dir)
+        cap_malloc_arenas()
         self.pool = concurrent.futures.ThreadPoolExecutor(WORKERS, thread_name_prefix="gitree-hash")
         self.pending: collections.deque = collections.deque()  # (inodes, bytes, future of a batch)
         self.pending_bytes = 0
@@ -118,8 +156,13 @@ class Importer:
         self._t0 = time.monotonic()
         # OSTree content checksums of the files, computed while their bytes pass through anyway, for the
         # export cache (keyed as export-ostree keys them: file header bytes + blob id); saved with the commit.
-        self.checksums: dict[bytes, bytes] = {}
+        # Records of KEY_LEN + VALUE_LEN bytes, one per distinct (header, blob) (`_recent` skips repeats).
+        self.checksums = bytearray()
+        self._recent: dict[tuple[bytes, bytes], None] = {}
         self._prefixes: dict[tuple, bytes] = {}
+        self._metas: dict[tuple, tuple] = {}
+        self._oids: dict[bytes, bytes] = {}
+        self._linked: dict[int, Inode] = {}     # inodes a hard link was made to, by id
 
     # objects
 
@@ -134,7 +177,13 @@ class Importer:
         return p
 
     def _record_checksum(self, prefix: bytes, oid: bytes, digest: bytes) -> None:
-        self.checksums[record_key(FILE, prefix, oid)] = digest
+        k = (prefix, oid)
+        if k in self._recent:   # many files of the same header and content: one record
+            return
+        if len(self._recent) >= OID_INTERN:
+            self._recent.clear()
+        self._recent[k] = None
+        self.checksums += record_key(FILE, prefix, oid) + digest
 
     def _save_checksums(self) -> None:
         if not self.checksums:
@@ -143,11 +192,34 @@ class Importer:
         if cache is None:
             return
         try:
-            for k, v in self.checksums.items():
-                cache.put(k, v)
+            rec, n = memoryview(self.checksums), len(self.checksums)
+            step = KEY_LEN + VALUE_LEN
+            for i in range(0, n, step):
+                cache.put(bytes(rec[i:i + KEY_LEN]), bytes(rec[i + KEY_LEN:i + step]))
+            del rec
             cache.save()
         finally:
             cache.close()
+
+    def _meta(self, e: Entry) -> tuple:
+        """The shared (kind, mode, uid, gid, xattrs, rdev, sparse) tuple of an entry."""
+        m = (e.kind, e.mode, e.uid, e.gid, e.xattrs, e.rdev, e.sparse)
+        if e.sparse is not None:
+            return m
+        shared = self._metas.get(m)
+        if shared is None:
+            if len(self._metas) >= META_INTERN:
+                return m
+            shared = self._metas[m] = m
+        return shared
+
+    def _intern_oid(self, oid: bytes) -> bytes:
+        shared = self._oids.get(oid)
+        if shared is None:
+            if len(self._oids) >= OID_INTERN:
+                self._oids.clear()
+            shared = self._oids[oid] = oid
+        return shared
 
     def _exists(self, oid: bytes) -> bool:
         return oid in self.pack or self.repo.exists(oid)
@@ -190,7 +262,7 @@ class Importer:
             for (inode, prefix), (oid, entry, digest) in zip(inodes, fut.result(), strict=True):
                 if entry is not None:
                     self.pack.add_raw(oid, entry)
-                inode.oid = oid
+                inode.oid = self._intern_oid(oid)
                 self._record_checksum(prefix, oid, digest)
 
     # tree building
@@ -217,9 +289,17 @@ class Importer:
                 return None
         return node
 
-    def add(self, e: Entry, data: Callable[[], Iterable[bytes]] | None = None, rereadable: bool = False) -> None:
-        """Add one entry. `data` yields a regular file's bytes (e.size of them)."""
+    def add(self, e: Entry, data: Callable[[], Iterable[bytes]] | None = None, rereadable: bool = False, *,
+            oid: bytes | None = None) -> None:
+        """Add one entry. `data` yields a regular file's bytes (e.size of them). A regular file given `oid`
+        (a blob of this repository, or of this import: see blob_id) takes that blob and e.size, after the same
+        checks of its name, fields and parents, without reading any data."""
+        if oid is not None and (e.kind is not Kind.FILE or e.hardlink is not None or data is not None):
+            raise UsageError(f"{display(e.path)}: only a regular file without data or hard link takes a blob id")
         self.stats.entries += 1
+        if self.stats.entries > limits.MAX_COMMIT_ENTRIES:
+            raise BadInput(f"more than {limits.MAX_COMMIT_ENTRIES} entries in one tree (MAX_COMMIT_ENTRIES, "
+                           "the limit of one walk)")
         why = check_fields(e)
         if why is not None:
             raise BadInput(f"{display(e.path)}: {why}")
@@ -237,6 +317,9 @@ class Importer:
         parent = self._lookup_dir(parts[:-1], e.path)
         name = parts[-1]
         old = parent.children.get(name)
+        if old is None and len(parent.children) >= limits.MAX_DIR_ENTRIES:
+            raise BadInput(f"{display(e.path)}: more than {limits.MAX_DIR_ENTRIES} entries in one directory "
+                           "(MAX_DIR_ENTRIES)")
         if e.kind is Kind.DIR and e.hardlink is None:
             if isinstance(old, Dir):
                 old.set_meta(e)
@@ -253,13 +336,43 @@ class Importer:
             if isinstance(target, Dir):
                 raise UnsafePath(f"{display(e.path)}: hard link to a directory {display(e.hardlink)}")
             parent.children[name] = target
+            self._linked[id(target)] = target
             return
-        inode = Inode(e)
+        inode = Inode(self._meta(e), e)
         parent.children[name] = inode
-        if e.kind is Kind.SYMLINK:
-            inode.oid = self.store(OBJ_BLOB, e.target or b"")
+        if oid is not None:
+            inode.oid = self._known_blob(oid, e.path)
+            self.stats.files += 1
+            self.stats.bytes += e.size
+            self._tick(e.path)
+        elif e.kind is Kind.SYMLINK:
+            inode.oid = self._intern_oid(self.store(OBJ_BLOB, e.target or b""))
         elif e.kind is Kind.FILE:
             self._add_content(inode, e, data, rereadable)
+
+    def _known_blob(self, oid: bytes, path: bytes) -> bytes:
+        """`oid` for a file added with it: a blob in the repository or this import's pack. One still waiting
+        in a batch of small files (blob_id of a file just added) is hashed first."""
+        if not self._exists(oid) and (self.batch or self.pending):
+            self._flush()
+        if not self._exists(oid):
+            raise UsageError(f"{display(path)}: blob {oid.hex()} is neither in the repository nor in this import")
+        return self._intern_oid(oid)
+
+    def _flush(self) -> None:
+        self._submit_batch()
+        self._drain(-1, -1)
+
+    def blob_id(self, path: bytes) -> bytes:
+        """The git blob id of the regular file added at `path` in the tree being built (to add more files of
+        the same content with `add(..., oid=)`); a file still waiting in a batch of small files is hashed
+        first."""
+        node = self._lookup(path)
+        if not isinstance(node, Inode) or node.kind is not Kind.FILE:
+            raise UsageError(f"{display(path)}: no regular file at this path of the tree being built")
+        if node.oid is None:
+            self._flush()
+        return node.oid
 
     def _add_content(self, inode: Inode, e: Entry, data, rereadable: bool) -> None:
         size = e.size
@@ -310,23 +423,28 @@ class Importer:
 
     def finish_tree(self, extra_top=()) -> bytes:
         """Write every tree and table; return the top tree id. `extra_top`: more (mode, name, oid) entries."""
-        self._submit_batch()
-        self._drain(-1, -1)
+        self._flush()
         counts: dict[int, int] = collections.Counter()
         self._count(self.root, counts)
         leaders: dict[int, bytes] = {}
         content, meta = self._write_dir(self.root, b"", counts, leaders)
+        self.root, self._linked = Dir(), {}   # the tree is written: let it go before the commit and cache
         fmt = self.store(OBJ_BLOB, FORMAT_BLOB)
         top = [(MODE_FILE, TOP_FORMAT, fmt), (MODE_DIR, TOP_META, meta), (MODE_DIR, TOP_ROOTFS, content)]
         return self.store(OBJ_TREE, encode_tree(top + list(extra_top)))
 
     def _count(self, root: Dir, counts) -> None:
+        """How many paths name each inode a hard link was made to (a link's target may have been
+        replaced since, leaving one path); other inodes have one path each and are not counted."""
+        linked = self._linked
+        if not linked:
+            return
         todo = [root]
         while todo:
             for node in todo.pop().children.values():
                 if isinstance(node, Dir):
                     todo.append(node)
-                else:
+                elif id(node) in linked:
                     counts[id(node)] += 1
 
     def _write_dir(self, root: Dir, path: bytes, counts, leaders) -> tuple[bytes, bytes]:
@@ -336,34 +454,40 @@ class Importer:
             return (d, p, iter(sorted(d.children)), [], [], [])
 
         stack = [frame(root, path)]
+        sparse = [False]     # per frame: a row has a sparse map (the table's magic line says so)
         while True:
             d, dpath, names, centries, mentries, rows = stack[-1]
             name = next(names, None)
             if name is None:
-                table = sidetable.encode_table(_row(sidetable.SELF, d, self.keep_mtime), rows)
+                table = sidetable.table_from_lines(_row(sidetable.SELF, d, self.keep_mtime), rows, sparse[-1])
+                del rows[:]
                 mentries.append((MODE_FILE, TABLE_NAME, self.store(OBJ_BLOB, table)))
                 c, m = self.store(OBJ_TREE, encode_tree(centries)), self.store(OBJ_TREE, encode_tree(mentries))
                 stack.pop()
+                sparse.pop()
                 if not stack:
                     return c, m
                 parent = stack[-1]
                 gname = git_name(d_name := dpath.rpartition(b"/")[2])
                 parent[3].append((MODE_DIR, gname, c))
                 parent[4].append((MODE_DIR, gname, m))
-                parent[5].append(_row(d_name, d, self.keep_mtime))
+                parent[5].append(sidetable.encode_row(_row(d_name, d, self.keep_mtime)))
                 continue
             node = d.children[name]
             cpath = dpath + b"/" + name if dpath else name
             gname = git_name(name)
             if isinstance(node, Dir):
                 stack.append(frame(node, cpath))
+                sparse.append(False)
                 continue
             hl = None
-            if counts[id(node)] > 1:
+            if counts.get(id(node), 0) > 1:
                 hl = leaders.get(id(node))
                 if hl is None:
                     leaders[id(node)] = cpath
-            rows.append(_row(name, node, self.keep_mtime, hl))
+            rows.append(sidetable.encode_row(_row(name, node, self.keep_mtime, hl)))  # in name order
+            if node.sparse is not None:
+                sparse[-1] = True
             if node.kind is Kind.FILE:
                 centries.append((MODE_EXEC if node.mode & 0o100 else MODE_FILE, gname, node.oid))
             elif node.kind is Kind.SYMLINK:
@@ -456,8 +580,13 @@ class Transaction:
             self.stats = self._tree.stats
         return self._tree
 
-    def add(self, entry: Entry, data=None, rereadable: bool = False) -> None:
-        self.tree.add(entry, data, rereadable)
+    def add(self, entry: Entry, data=None, rereadable: bool = False, *, oid: bytes | None = None) -> None:
+        """Importer.add on the tree being built (`oid`: a regular file whose blob is known)."""
+        self.tree.add(entry, data, rereadable, oid=oid)
+
+    def blob_id(self, path: bytes) -> bytes:
+        """Importer.blob_id: the blob of the file added at `path` in the tree being built."""
+        return self.tree.blob_id(path)
 
     def store(self, otype: int, data: bytes) -> bytes:
         return self.tree.store(otype, data)

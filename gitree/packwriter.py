@@ -85,7 +85,9 @@ class PackWriter:
         self.f = open(self.tmp_path, "w+b")
         _LIVE.add(self.tmp_path)
         self.f.write(b"PACK" + struct.pack(">II", 2, 0))
-        self.entries: dict[bytes, tuple[int, int]] = {}  # oid -> (offset, crc32)
+        # oid -> offset << 32 | crc32: one int an object, not a tuple of two (an import of many small files
+        # holds one per distinct file until the index is written)
+        self.entries: dict[bytes, int] = {}
         self.bytes_written = 0
 
     def __contains__(self, oid: bytes) -> bool:
@@ -97,7 +99,7 @@ class PackWriter:
             return
         off = self.f.tell()
         self.f.write(entry)
-        self.entries[oid] = (off, zlib.crc32(entry))
+        self.entries[oid] = off << 32 | zlib.crc32(entry)
         self.bytes_written += len(entry)
 
     def add_stream(self, otype: int, size: int, chunks, level: int, exists) -> bytes:
@@ -128,7 +130,7 @@ class PackWriter:
             self.f.truncate(off)
             self.f.seek(off)
         else:
-            self.entries[oid] = (off, crc)
+            self.entries[oid] = off << 32 | (crc & 0xFFFFFFFF)
             self.bytes_written += self.f.tell() - off
         return oid
 
@@ -177,8 +179,8 @@ class PackWriter:
         return final + ".pack"
 
 
-def build_index(entries: dict[bytes, tuple[int, int]], pack_sha: bytes) -> bytes:
-    """A version-2 pack index for `entries` (oid -> (offset, crc32))."""
+def build_index(entries: dict[bytes, int], pack_sha: bytes) -> bytes:
+    """A version-2 pack index for `entries` (oid -> offset << 32 | crc32)."""
     oids = sorted(entries)
     fanout = [0] * 256
     for oid in oids:
@@ -189,7 +191,7 @@ def build_index(entries: dict[bytes, tuple[int, int]], pack_sha: bytes) -> bytes
         fanout[i] = total
     small, large = [], []
     for oid in oids:
-        off = entries[oid][0]
+        off = entries[oid] >> 32
         if off < 0x80000000:
             small.append(off)
         else:
@@ -198,7 +200,7 @@ def build_index(entries: dict[bytes, tuple[int, int]], pack_sha: bytes) -> bytes
     parts = [
         b"\xfftOc", struct.pack(">I", 2), struct.pack(">256I", *fanout),
         b"".join(oids),
-        struct.pack(f">{len(oids)}I", *(entries[o][1] & 0xFFFFFFFF for o in oids)),
+        struct.pack(f">{len(oids)}I", *(entries[o] & 0xFFFFFFFF for o in oids)),
         struct.pack(f">{len(small)}I", *small),
         struct.pack(f">{len(large)}Q", *large) if large else b"",
         pack_sha,

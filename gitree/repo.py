@@ -224,9 +224,10 @@ class Repo:
         """Every entry of a commit in canonical order, validated (treeread.walk)."""
         return treeread.walk(self, commit, subpath, problems)
 
-    def verify(self, commit: pygit2.Commit, problems: list | None = None) -> None:
-        """fsck's check of a whole commit (treeread.verify)."""
-        treeread.verify(self, commit, problems)
+    def verify(self, commit: pygit2.Commit, problems: list | None = None,
+               verified: treeread.Verified | None = None) -> None:
+        """fsck's check of a whole commit (treeread.verify; `verified`: directories a batch checked before)."""
+        treeread.verify(self, commit, problems, verified)
 
     def find(self, root: tuple[bytes, bytes], path: bytes) -> Entry | None:
         """The entry at `path` below root (content tree, meta tree), or None (treeread.find)."""

@@ -72,9 +72,13 @@ def encode_row(row: Row) -> bytes:
 def encode_table(self_row: Row, rows: list[Row]) -> bytes:
     """Canonical bytes of one directory's table; `rows` are sorted here."""
     body = [encode_row(r) for r in sorted(rows, key=lambda r: r.name)]
-    out = [MAGIC_SPARSE if any(r.sparse is not None for r in rows) else MAGIC, encode_row(self_row)]
-    out.extend(body)
-    return b"".join(out)
+    return table_from_lines(self_row, body, any(r.sparse is not None for r in rows))
+
+
+def table_from_lines(self_row: Row, lines: list[bytes], sparse: bool) -> bytes:
+    """encode_table of rows already encoded (encode_row) in name order; `sparse`: any row has a sparse map.
+    (An import encodes each row as it goes, so a large directory is not held as Row objects too.)"""
+    return b"".join([MAGIC_SPARSE if sparse else MAGIC, encode_row(self_row), *lines])
 
 
 def decode_table(data: bytes, where: str = "") -> tuple[Row, list[Row]]:

@@ -118,9 +118,16 @@ def _decode_dir_tree(repo, oid: bytes, path: bytes, what: str) -> dict[bytes | N
     return out
 
 
+class ReadCount:
+    """Directories read_dir has read in this process (`dirs`): how tests see the work a check did."""
+
+    dirs = 0
+
+
 def read_dir(repo, path: bytes, content_oid: bytes, meta_oid: bytes) -> DirNode:
     """Read and validate one directory: its content tree, meta tree and side table must agree on every
     name and kind. Raises CorruptObject naming the directory on the first fault."""
+    ReadCount.dirs += 1
     where = display(path)
     cmap = _decode_dir_tree(repo, content_oid, path, "content")
     mtree = _decode_dir_tree(repo, meta_oid, path, "meta")
@@ -202,19 +209,45 @@ def lookup(repo, root: tuple[bytes, bytes], path: bytes, cache: dict) -> Entry |
     return None
 
 
+class Verified:
+    """Directories already verified whole, for checking a batch of commits (bundle apply, fetch, clone):
+    commits that differ by one file share all other directories, and each is read once, not once per
+    commit, so the work is that of the new objects, not commits times tree size.
+
+    A directory is the pair (content tree, meta tree): everything the reader checks below it depends on
+    these objects alone - except hard links, whose leader is looked up from the commit's root, so a
+    subtree holding one is never remembered - and on where it sits, which is kept with it: its height
+    (directory levels below it: it passes the depth limit at any level up to MAX_TREE_DEPTH - height)
+    and its entries (added to the walk's count, so the entry limit holds as if it were walked)."""
+
+    MAX_PAIRS = 1 << 20     # remembered directories (about 200 bytes each); beyond, later ones are re-read
+
+    def __init__(self) -> None:
+        self.dirs: dict[tuple[bytes, bytes], tuple[int, int]] = {}   # (content, meta) -> (height, entries)
+
+    def remember(self, content: bytes, meta: bytes, height: int, entries: int) -> None:
+        if len(self.dirs) < self.MAX_PAIRS:
+            self.dirs[(content, meta)] = (height, entries)
+
+
 class Walker:
     """Walks one directory subtree iteratively (an explicit stack, one open listing per level).
 
     Hard links are checked against their leader, looked up from `root` (so a leader outside the walked
     subtree is found too): it must come earlier in canonical order, be neither a directory nor a hard
-    link itself, and have the same metadata and content."""
+    link itself, and have the same metadata and content.
 
-    def __init__(self, repo, problems: list | None, root: tuple[bytes, bytes]):
+    With `verified` (a Verified), a subdirectory verified before at a place where the limits let it be is
+    skipped (its entries are not yielded), and every fault-free subtree without hard links is
+    remembered: for checking, not for listing."""
+
+    def __init__(self, repo, problems: list | None, root: tuple[bytes, bytes], verified: Verified | None = None):
         self.repo = repo
         self.problems = problems
         self.root = root
         self.count = 0
         self._dirs: dict = {}
+        self.verified = verified
 
     def fault(self, path: bytes, msg: str | CorruptObject) -> None:
         if isinstance(msg, TreeFault):
@@ -245,26 +278,46 @@ class Walker:
         r = node.self_row
         self._tick()
         yield Entry(path, Kind.DIR, r.mode, r.uid, r.gid, r.xattrs, mtime_ns=r.mtime_ns)
-        stack: list[tuple[bytes, DirNode, Iterator[sidetable.Row]]] = [(path, node, iter(node.rows))]
+        memo = self.verified if self.problems is None else None
+        # per open directory: (path, node, rows left, its (content, meta), entries count when entered,
+        # [height so far, holds a hard link])
+        stack: list[tuple] = [(path, node, iter(node.rows), (content_oid, meta_oid), self.count - 1, [0, False])]
         while stack:
-            dpath, node, rows = stack[-1]
+            dpath, node, rows, pair, start, acc = stack[-1]
             row = next(rows, None)
             if row is None:
                 stack.pop()
+                if memo is not None and not acc[1]:
+                    memo.remember(*pair, acc[0], self.count - start)
+                if stack:
+                    up = stack[-1][5]
+                    up[0] = max(up[0], acc[0] + 1)
+                    up[1] = up[1] or acc[1]
                 continue
             cpath = dpath + b"/" + row.name if dpath else row.name
             self._tick()
             if row.kind is Kind.DIR:
-                if base_depth + len(stack) > limits.MAX_TREE_DEPTH:
+                level = base_depth + len(stack)
+                if level > limits.MAX_TREE_DEPTH:
                     self.fault(cpath[:200], f"deeper than {limits.MAX_TREE_DEPTH} directory levels (the depth limit)")
                     continue
-                child = self._read(cpath, node.content[row.name].oid, node.meta[row.name])
+                cpair = (node.content[row.name].oid, node.meta[row.name])
+                known = memo.dirs.get(cpair) if memo is not None else None
+                if known is not None and level + known[0] <= limits.MAX_TREE_DEPTH:
+                    acc[0] = max(acc[0], known[0] + 1)
+                    self.count += known[1] - 1      # its own entry is counted above
+                    if self.count > limits.MAX_COMMIT_ENTRIES:
+                        self._tick()
+                    continue
+                child = self._read(cpath, *cpair)
                 if child is None:
                     continue
                 r = child.self_row
                 yield Entry(cpath, Kind.DIR, r.mode, r.uid, r.gid, r.xattrs, mtime_ns=r.mtime_ns)
-                stack.append((cpath, child, iter(child.rows)))
+                stack.append((cpath, child, iter(child.rows), cpair, self.count - 1, [0, False]))
                 continue
+            if row.hardlink is not None:
+                acc[1] = True
             ent = self.entry(cpath, node, row)
             if ent is not None:
                 yield ent
@@ -316,7 +369,8 @@ class Walker:
 # ---------------------------------------------------------------------------------------------
 # A whole commit
 
-def walk(repo, commit: pygit2.Commit, subpath: bytes = b"", problems: list | None = None) -> Iterator[Entry]:
+def walk(repo, commit: pygit2.Commit, subpath: bytes = b"", problems: list | None = None,
+         verified: Verified | None = None) -> Iterator[Entry]:
     """Every entry of a commit in canonical order (depth first, names sorted by bytes), validated.
 
     With `problems` given, faults are appended as (path, message) and the walk goes on past them
@@ -332,14 +386,16 @@ def walk(repo, commit: pygit2.Commit, subpath: bytes = b"", problems: list | Non
             raise NotFound(f"no directory {display(subpath)} in {commit.id}")
         content, meta = node.content[comp].oid, node.meta[comp]
         prefix = prefix + b"/" + comp if prefix else comp
-    yield from Walker(repo, problems, root).walk_dir(prefix, content, meta)
+    yield from Walker(repo, problems, root, verified).walk_dir(prefix, content, meta)
 
 
-def verify(repo, commit: pygit2.Commit, problems: list | None = None) -> None:
+def verify(repo, commit: pygit2.Commit, problems: list | None = None, verified: Verified | None = None) -> None:
     """Read a whole commit as every command does (fsck's check): raise CorruptObject on the first
-    fault, or with `problems` given, collect every fault. Also checks every file's blob exists."""
+    fault, or with `problems` given, collect every fault. Also checks every file's blob exists.
+
+    `verified`: directories checked before by this batch (a Verified); they are not read again."""
     try:
-        for e in walk(repo, commit, problems=problems):
+        for e in walk(repo, commit, problems=problems, verified=verified):
             if e.kind is Kind.FILE and e.hardlink is None:
                 try:
                     size = repo.blob_size(e.oid, display(e.path))
@@ -361,5 +417,5 @@ def find(repo, root: tuple[bytes, bytes], path: bytes) -> Entry | None:
     return lookup(repo, root, path, {})
 
 
-__all__ = ["TreeFault", "DirNode", "Walker", "commit_trees", "top_entries", "read_dir", "lookup", "walk",
-           "verify", "find"]
+__all__ = ["TreeFault", "DirNode", "Walker", "Verified", "ReadCount", "commit_trees", "top_entries", "read_dir",
+           "lookup", "walk", "verify", "find"]

@@ -331,3 +331,37 @@ def test_api_md_examples_run(work):
     assert api.log(os.path.join(work, "repo.git"), "scratch").commits[0].message == "by hand\n"
     assert api.log(os.path.join(work, "copy.git"), "main").commits[0].message == "v2\n"
     assert os.path.getsize(os.path.join(work, "update.bundle")) > 0
+
+
+def test_a_file_of_known_blob_is_added_without_its_data(work):
+    """Transaction.add(entry, oid=...) takes a blob already stored, or one of this import still waiting in
+    a batch of small files (blob_id), after the usual checks; an unknown blob or a non-file is refused."""
+    from gitree.errors import UnsafePath, UsageError
+    from gitree.repo import Repo
+    path = os.path.join(work, "r.git")
+    run_gitree("-C", path, "init")
+    repo = Repo(path)
+    with repo.transaction() as tx:
+        tx.add(Entry(b"a", Kind.FILE, size=5), lambda: [b"hello"])
+        oid = tx.blob_id(b"a")                       # still in a batch: hashed now
+        tx.add(Entry(b"d/b", Kind.FILE, 0o755, size=5), oid=oid)
+        with pytest.raises(UsageError):
+            tx.add(Entry(b"c", Kind.FILE, size=1), oid=b"\1" * 20)
+        with pytest.raises(UsageError):
+            tx.add(Entry(b"l", Kind.SYMLINK, target=b"a"), oid=oid)
+        with pytest.raises(UnsafePath):
+            tx.add(Entry(b"a/x", Kind.FILE, size=5), oid=oid)   # a parent that is a file
+        tx.add(Entry(b"c", Kind.FILE, size=1), lambda: [b"x"])
+        cid = tx.commit(branch="main", message="m")
+    run_gitree("-C", path, "fsck", cid.hex())
+    with repo.transaction() as tx:                  # a blob of the repository, in a later import
+        tx.add(Entry(b"again", Kind.FILE, size=5), oid=oid)
+        tx.commit(branch="main", message="m2")
+    run_gitree("-C", path, "fsck", "main")
+    first, second = os.path.join(work, "first"), os.path.join(work, "second")
+    run_gitree("-C", path, "checkout", cid.hex(), first)
+    run_gitree("-C", path, "checkout", "main", second)
+    for p in (os.path.join(first, "d", "b"), os.path.join(second, "again")):
+        with open(p, "rb") as f:
+            assert f.read() == b"hello"
+    assert os.stat(os.path.join(first, "d", "b")).st_mode & 0o777 == 0o755

@@ -333,3 +333,150 @@ def test_stored_ostree_metadata_is_named_by_fsck_and_bundle_apply(work, base):
     assert last_line(r) == hashlib.sha256(data).hexdigest() and "writing a new commit" not in r.stderr.decode()
     assert "imported OSTree commit" not in run_gitree("-C", repo, "fsck", "main").stderr.decode()
     assert "ostree" not in run_gitree("-C", repo, "fsck", "main").stderr.decode()
+
+
+def _empty_member(name: bytes) -> bytes:
+    """A ustar header of an empty regular file (mode 644, owner 0, mtime 0)."""
+    h = bytearray(512)
+    h[0:len(name)] = name
+    h[100:157] = b"0000644\0" b"0000000\0" b"0000000\0" b"00000000000\0" b"00000000000\0" b"        0"
+    h[257:265] = b"ustar  \0"
+    h[148:156] = b"%06o\0 " % sum(h)
+    return bytes(h)
+
+
+def test_a_tar_of_many_empty_files_imports_under_the_memory_limit(work):
+    """A 1 MB tar.bz2 of 450,000 empty files (five directories of 90,000) is a legitimate tree: it imports
+    under the 300 MiB address-space limit, as an import holds about 165 bytes per entry (docs/security.md,
+    "Import memory"); at ~550 bytes an entry it used to end in MemoryError."""
+    n, per_dir = 450_000, 90_000
+    path = os.path.join(work, "many.tar.bz2")
+    with open(path, "wb") as out:
+        p = subprocess.Popen(["bzip2", "-9"], stdin=subprocess.PIPE, stdout=out)
+        for start in range(0, n, 10_000):
+            p.stdin.write(b"".join(_empty_member(b"d%d/f%d" % (i // per_dir, i)) for i in range(start, start + 10_000)))
+        p.stdin.write(bytes(1024))
+        p.stdin.close()
+        assert p.wait() == 0
+    assert os.path.getsize(path) < 1 << 20
+    repo = os.path.join(work, "r.git")
+    run_gitree("-C", repo, "init")
+    r = run_limited("-C", repo, "import-rootfs", path, "-b", "main")
+    assert r.returncode == 0, r.stderr.decode()
+    listing = run_gitree("-C", repo, "ls", "main", "/d4").stdout.decode().splitlines()
+    assert len(listing) == per_dir and listing[0] == "f360000" and listing[-1] == "f449999", listing[:3]
+
+
+def test_import_refuses_more_entries_in_a_directory_than_the_reader_takes(work):
+    """A tree the reader refuses (more than MAX_DIR_ENTRIES entries in one directory) is not made by an
+    import either: the import stops at the first entry past the limit, naming it."""
+    from gitree import limits
+    from gitree.entry import Entry, Kind
+    from gitree.errors import BadInput
+    from gitree.repo import Repo
+    repo = os.path.join(work, "r.git")
+    run_gitree("-C", repo, "init")
+    with Repo(repo).transaction() as tx:
+        for i in range(limits.MAX_DIR_ENTRIES):
+            tx.add(Entry(b"d/f%d" % i, Kind.FILE))
+        with pytest.raises(BadInput, match="MAX_DIR_ENTRIES"):
+            tx.add(Entry(b"d/one-more", Kind.FILE))
+        tx.add(Entry(b"d/f0", Kind.FILE, 0o600))   # replacing an entry adds none
+
+
+def _replace_in(g: pygit2.Repository, tree_oid: bytes, path: list[bytes], oid: bytes) -> bytes:
+    """Tree `tree_oid` with the entry at `path` pointing at `oid` (every tree on the way rewritten)."""
+    t = g[pygit2.Oid(raw=tree_oid)]
+    ents = [(b"%o" % e.filemode, e.name.encode(), e.id.raw) for e in t]
+    new = _replace_in(g, dict((n, o) for _, n, o in ents)[path[0]], path[1:], oid) if len(path) > 1 else oid
+    return write_tree(g, [(m, n, new if n == path[0] else o) for m, n, o in ents])
+
+
+def _bundle_file(work: str, repo: str, tip: str) -> str:
+    """A gitree bundle of `tip` and its history, made as an attacker would (git's pack, no deltas)."""
+    from test_security_git import _wrap
+    pack = subprocess.run(["git", "--git-dir", repo, "pack-objects", "--stdout", "--revs", "-q", "--window=0"],
+                          input=tip.encode() + b"\n", capture_output=True, check=True).stdout
+    path = os.path.join(work, "chain.gtb")
+    with open(path, "wb") as f:
+        f.write(_wrap(b"# v2 git bundle\n" + tip.encode() + b" refs/heads/evil\n\n" + pack))
+    return path
+
+
+def test_a_bundle_of_commits_changing_one_file_each_reads_each_directory_once(work):
+    """2,000 commits whose trees differ by one file each cost a whole-tree walk each when every commit is
+    verified alone (a 176 KB bundle kept `bundle apply` busy for 14 minutes). Directories already verified
+    by the batch are not read again: the work is the new directories', not commits times tree size."""
+    import stat
+
+    from test_security_git import make_tar
+
+    from gitree.repo import Repo
+    from gitree.transport import bundle
+    from gitree.treeread import ReadCount
+    n_dirs, n_files, n_commits = 40, 25, 200
+    src = os.path.join(work, "src.git")
+    members = [(b"./", stat.S_IFDIR, 0o755)] + [
+        m for d in range(n_dirs) for m in [(b"./d%02d/" % d, stat.S_IFDIR, 0o755)] +
+        [(b"./d%02d/f%02d" % (d, f), stat.S_IFREG, 0o644, {"data": b""}) for f in range(n_files)]]
+    run_gitree("-C", src, "init")
+    base = last_line(run_gitree("-C", src, "import-rootfs", make_tar(os.path.join(work, "t.tar"), members),
+                                "-b", "main"))
+    g = pygit2.Repository(src)
+    tip = g[pygit2.Oid(hex=base)]
+    sig = pygit2.Signature("t", "t@example.invalid", 1700000000, 0)
+    for i in range(n_commits):
+        top = _replace_in(g, tip.tree_id.raw, [b"rootfs", b"d%02d" % (i % n_dirs), b"f00"], blob(g, b"%d" % i))
+        tip = g[g.create_commit(None, sig, sig, "c\n", pygit2.Oid(raw=top), [tip.id])]
+    path = _bundle_file(work, src, str(tip.id))
+    dst = os.path.join(work, "dst.git")
+    run_gitree("-C", dst, "init")
+    before = ReadCount.dirs
+    assert bundle.apply(Repo(dst), path)[2] == tip.id.raw
+    read = ReadCount.dirs - before
+    # the base commit: its 41 directories; each later commit: its root and the directory it changed
+    assert read <= (n_dirs + 1) + 2 * n_commits + 10, read
+    assert read < (n_commits + 1) * (n_dirs + 1) // 10
+
+
+def _chain(g: pygit2.Repository, levels: int) -> tuple[bytes, bytes]:
+    """(content, meta) of a directory with `levels` directories nested below it, each named `a`."""
+    from test_security_git import table
+    content, meta = write_tree(g, []), write_tree(g, [(MODE_FILE, b".gitree", blob(g, table()))])
+    for _ in range(levels):
+        content = write_tree(g, [(MODE_DIR, b"a", content)])
+        meta = write_tree(g, [(MODE_DIR, b"a", meta), (MODE_FILE, b".gitree", blob(g, table(b"a d 755 0 0")))])
+    return content, meta
+
+
+def test_a_directory_verified_by_an_earlier_commit_is_checked_again_where_it_is_too_deep(work, base):
+    """A directory an earlier commit of the bundle verified is skipped only where the depth limit lets it
+    be: the same 2,047-level chain is legal at the top and too deep one level further down."""
+    from gitree.limits import MAX_TREE_DEPTH
+    repo, cid = base
+    g = pygit2.Repository(repo)
+    c0 = g[pygit2.Oid(hex=cid)]
+    content, meta = _chain(g, MAX_TREE_DEPTH - 1)          # its top directory at level 1 is fine
+    top_ents = {e.name.encode(): (b"%o" % e.filemode, e.id.raw) for e in c0.tree}
+    sig = pygit2.Signature("t", "t@example.invalid", 1700000000, 0)
+
+    def commit_with(root_content: bytes, root_meta: bytes, parent) -> pygit2.Commit:
+        ents = [(m, n, o) for n, (m, o) in top_ents.items() if n not in (b"rootfs", b"meta")]
+        top = write_tree(g, ents + [(MODE_DIR, b"rootfs", root_content), (MODE_DIR, b"meta", root_meta)])
+        return g[g.create_commit(None, sig, sig, "c\n", pygit2.Oid(raw=top), [parent.id])]
+
+    from test_security_git import table
+    t = blob(g, table(b"x d 755 0 0"))
+    first = commit_with(write_tree(g, [(MODE_DIR, b"x", content)]),
+                        write_tree(g, [(MODE_DIR, b"x", meta), (MODE_FILE, b".gitree", t)]), c0)
+    wrap_c, wrap_m = write_tree(g, [(MODE_DIR, b"x", content)]), \
+        write_tree(g, [(MODE_DIR, b"x", meta), (MODE_FILE, b".gitree", t)])
+    y_table = blob(g, table(b"y d 755 0 0"))
+    second = commit_with(write_tree(g, [(MODE_DIR, b"y", wrap_c)]),
+                         write_tree(g, [(MODE_DIR, b"y", wrap_m), (MODE_FILE, b".gitree", y_table)]), first)
+    run_gitree("-C", repo, "fsck", str(first.id))
+    path = _bundle_file(work, repo, str(second.id))
+    dst = os.path.join(work, "dst.git")
+    run_gitree("-C", dst, "init")
+    assert_one_error(run_limited("-C", dst, "bundle", "apply", path), "depth limit")
+    assert "evil" not in _refs(dst)

@@ -9,8 +9,6 @@ checksum bit for bit.
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 from typing import Callable, Iterator
 
 import gitree_compat as oc
@@ -133,48 +131,33 @@ class _Seen:
     (or commits of the chain) refer to it: a few KB of dirtree naming one 256 MiB object 4,000 times would
     otherwise inflate and hash a TiB. Total work is bounded by the bytes of the distinct objects.
 
-    `meta` maps a checksum to its verified header and size (what an entry needs), `inode` to the tree node
-    the import made for its first name, whose git blob id the later names take without reading."""
+    `meta` maps a checksum to its verified header and size (what an entry needs); `blob` to the git blob
+    its bytes became, which later names take without reading (`add(..., oid=)`); `first` to the path of
+    its first name in the tree being built, while its blob id is not asked for yet (a small file's is
+    known once its batch is hashed)."""
 
     def __init__(self) -> None:
         self.meta: dict[str, tuple[oc.FileMeta, int]] = {}
-        self.inode: dict[str, object] = {}
+        self.blob: dict[str, bytes] = {}
+        self.first: dict[str, bytes] = {}
 
     def add(self, tx, e: Entry, data_fn, csum: str | None) -> None:
         if e.kind is not Kind.FILE:
             tx.add(e, data_fn, False)
         elif data_fn is None:
-            _add_with_blob(tx, e, self.inode[csum])
+            oid = self.blob.get(csum)
+            if oid is None:
+                oid = self.blob[csum] = tx.blob_id(self.first.pop(csum))
+            tx.add(e, oid=oid)
         else:
             tx.add(e, data_fn, False)  # returns once the bytes are read whole (a small file's blob id later)
-            self.inode[csum] = _node(tx, e.path)
+            self.first[csum] = e.path
 
-
-def _node(tx, path: bytes):
-    """The tree node the transaction's importer made for `path` (see _add_with_blob)."""
-    parent, _, name = path.rpartition(b"/")
-    d = tx.tree._lookup(parent) if parent else tx.tree.root
-    return d.children[name]
-
-
-def _add_with_blob(tx, e: Entry, first) -> None:
-    """Add regular file `e` whose bytes are those of `first`, a node added before (in this tree or an earlier
-    commit's), without reading them again.
-
-    The importer has no call for a file whose blob is already known (store.py: Importer.add would take an
-    `oid=`), so the entry goes through tx.add as an empty file - every check of its name, fields and parents
-    runs - and its node is then replaced by one holding `first`'s blob id and e's size."""
-    imp = tx.tree
-    if first.oid is None:  # first's bytes still wait in a batch of small files: hash them now
-        imp._submit_batch()
-        imp._drain(-1, -1)
-    tx.add(dataclasses.replace(e, size=0), None, False)
-    parent, _, name = e.path.rpartition(b"/")
-    d = imp._lookup(parent) if parent else imp.root
-    node = copy.copy(d.children[name])  # the placed node is in a batch, whose hash would overwrite its oid
-    node.oid, node.size = first.oid, e.size
-    d.children[name] = node
-    imp.stats.bytes += e.size
+    def settle(self, tx) -> None:
+        """Before the tree being built becomes a commit: the blob ids of its first names, for later commits."""
+        for csum, path in self.first.items():
+            self.blob[csum] = tx.blob_id(path)
+        self.first.clear()
 
 
 def _sorted(path: bytes, xattrs, order: dict[bytes, list[bytes]]):
@@ -253,6 +236,7 @@ def import_ostree(repo: Repo, src_path: str, ref: str, branch: str, warn=None, p
             if order:
                 extra.append((OSTREE_XATTR_ORDER, tx.store(OBJ_BLOB, encode_xattr_order(order))))
             ost = tx.store(OBJ_TREE, encode_tree([(MODE_FILE, n, o) for n, o in extra]))
+            seen.settle(tx)
             cid = tx.write_commit(message=derived_message(commit, c_csum), timestamp=commit.timestamp,
                                   parents=[parent] if parent else [], extra_top=[(MODE_DIR, TOP_OSTREE, ost)])
             made.append(cid)

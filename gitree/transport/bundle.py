@@ -21,7 +21,7 @@ from typing import BinaryIO, Callable
 
 import pygit2
 
-from .. import tools
+from .. import tools, treeread
 from .. import limits
 from ..errors import BadInput, CorruptObject, GitreeError, NotFastForward, NotFound, UnsafePath, UsageError
 from ..infile import open_regular
@@ -456,6 +456,7 @@ def apply(repo: Repo, path: str, branch: str | None = None, level: int = 1,
                 if commit.id.raw not in commits:
                     commits.append(commit.id.raw)
                 seen_roots: set = set()
+                verified = treeread.Verified()  # directories shared by commits are read once
                 for cid in commits:
                     try:
                         c = repo.git[pygit2.Oid(raw=cid)].peel(pygit2.Commit)
@@ -468,7 +469,7 @@ def apply(repo: Repo, path: str, branch: str | None = None, level: int = 1,
                                                 "nor the repository holds; nothing was changed")
                     if c.tree_id.raw not in seen_roots:  # commits sharing a tree: it is read once
                         seen_roots.add(c.tree_id.raw)
-                        _verify(repo, c, path)
+                        _verify(repo, c, path, verified)
                 if old_tip == new:
                     tx.commit()
                     return branch, old_tip, new
@@ -484,11 +485,11 @@ def apply(repo: Repo, path: str, branch: str | None = None, level: int = 1,
         u.close()
 
 
-def _verify(repo: Repo, commit: pygit2.Commit, where: str) -> None:
+def _verify(repo: Repo, commit: pygit2.Commit, where: str, verified: treeread.Verified) -> None:
     """The commit reads as fsck reads it: format marker, every side table against its tree, every name,
-    xattr and hard link, every blob present."""
+    xattr and hard link, every blob present (directories in `verified` were, for an earlier commit)."""
     try:
-        repo.verify(commit)
+        repo.verify(commit, verified=verified)
     except GitreeError as err:
         raise CorruptObject(f"{where}: commit {commit.id} is refused: {err}; nothing was changed") from None
 

@@ -15,7 +15,7 @@ import shutil
 
 import pygit2
 
-from .. import tools
+from .. import tools, treeread
 from ..errors import BadInput, CorruptObject, GitreeError, NotFastForward, NotFound, TargetExists, UnsafePath
 from ..outfile import require_private_dir
 from ..repo import Repo
@@ -62,12 +62,13 @@ def verify_incoming(repo: Repo, tips: list[bytes], known: list[bytes], where: st
         for k in known:
             walker.hide(pygit2.Oid(raw=k))
         seen_roots: set = set()
+        verified = treeread.Verified()  # directories shared by commits are read once
         for commit in walker:
             if commit.tree_id.raw in seen_roots:  # commits sharing a tree: it is read once
                 continue
             seen_roots.add(commit.tree_id.raw)
             try:
-                repo.verify(commit)
+                repo.verify(commit, verified=verified)
             except GitreeError as e:
                 raise CorruptObject(f"{where}: commit {commit.id} is refused: {e}; no branch was changed") from None
     except (KeyError, ValueError, pygit2.GitError) as e:
