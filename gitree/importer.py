@@ -252,7 +252,7 @@ class Importer:
     def store(self, otype: int, data: bytes) -> bytes:
         oid = object_id(otype, data)
         if not self._exists(oid):
-            self.pack.add_raw(oid, hash_and_compress(otype, data, self.level)[1])
+            self.pack.add_raw(oid, hash_and_compress(otype, data, self.level).entry)
         return oid
 
     def _drain(self, limit_bytes: int, limit_count: int) -> None:

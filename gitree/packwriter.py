@@ -10,6 +10,7 @@ import hashlib
 import os
 import struct
 import zlib
+from typing import NamedTuple
 
 from isal import isal_zlib
 
@@ -57,10 +58,15 @@ def compressobj(level: int):
     return isal_zlib.compressobj(ISAL_LEVEL) if level in ISAL_LEVELS else zlib.compressobj(level)
 
 
-def hash_and_compress(otype: int, data: bytes, level: int) -> tuple[bytes, bytes]:
-    """(object id, pack entry bytes) for one object; runs in worker threads (GIL released)."""
+class PackedObject(NamedTuple):
+    oid: bytes     # the git object id
+    entry: bytes   # its whole pack entry: header and deflated body
+
+
+def hash_and_compress(otype: int, data: bytes, level: int) -> PackedObject:
+    """One object's id and pack entry; runs in worker threads (GIL released)."""
     oid = object_id(otype, data)
-    return oid, pack_entry_header(otype, len(data)) + compress(data, level)
+    return PackedObject(oid, pack_entry_header(otype, len(data)) + compress(data, level))
 
 
 _LIVE: set[str] = set()  # temporary pack files being written, removed if the process is interrupted
