@@ -22,7 +22,7 @@ from typing import Iterable, Iterator
 from . import porcelain
 from .errors import (BadInput, BranchMoved, CorruptObject, FsckFailed, GitreeError, GitreeWarning, NotFound,
                      OnWarning, RepoLocked, ToolFailed, UnsafePath, UnsupportedEntry, UsageError)
-from .errors import NeedsRoot, NotFastForward, StrictWarnings, TargetExists, TimedOut, WriteFailed
+from .errors import NeedsRoot, NotFastForward, StrictWarnings, TargetExists, TimedOut, Unreadable, WriteFailed
 from .diff import Change, diff_changes
 from .porcelain import CommitInfo, LsItem, Problem, ShowInfo
 from .entry import MAX_DEPTH  # noqa: F401 - the deepest tree gitree reads or writes (a front end sizes its stack)
@@ -82,15 +82,17 @@ class ImportResult(Result):
 
 def import_rootfs(repo: Repo | str, source: str, *, branch: str, message: str | None = None,
                   timestamp: int | None = None, keep_mtime: bool = False, one_file_system: bool = True,
-                  level: int | None = None, strict: bool = False, progress=None,
+                  level: int | None = None, strict: bool = False, skip_unreadable: bool = False, progress=None,
                   on_warning: OnWarning = None) -> ImportResult:
     """Import a directory, a tar file (any compression) or "-" (a tar on stdin) as a commit on `branch`.
 
-    `strict`: anything read but not kept fails the import (StrictWarnings) instead of warning; nothing moves."""
+    `strict`: anything read but not kept fails the import (StrictWarnings) instead of warning; nothing moves.
+    A directory holding items that cannot be read fails the import (Unreadable) unless `skip_unreadable`,
+    which leaves them out with a warning."""
     w = _Warnings(on_warning, "import")
     res = porcelain.import_rootfs(open_repo(repo), source, branch, message, timestamp, keep_mtime,
                                   one_file_system=one_file_system, level=level, warn=w, strict=strict,
-                                  progress=progress)
+                                  progress=progress, skip_unreadable=skip_unreadable)
     return ImportResult(res.commit.hex(), branch, res.stats, warnings=w.items)
 
 
@@ -244,9 +246,9 @@ def export_ostree(repo: Repo | str, rev: str, ostree_repo: str, *, ref: str | No
         raise UsageError(f"compression must be 'reuse' or a zlib level 1-9, not {compression!r}")
     w = _Warnings(on_warning, "export")
     signers = [GpgSigner(k, gpg_homedir) for k in gpg_keys]
-    res = run(open_repo(repo), rev, ostree_repo, ref, mode, bindings, history, strict, update_summary, warn=w,
-              progress=progress, signers=signers, collection_id=collection_id, ref_bindings=tuple(ref_bindings),
-              compression=compression)
+    res = run(open_repo(repo), rev, ostree_repo, ref=ref, mode=mode, bindings=bindings, history=history,
+              strict=strict, update_summary=update_summary, warn=w, progress=progress, signers=signers,
+              collection_id=collection_id, ref_bindings=tuple(ref_bindings), compression=compression)
     return ExportResult(res.checksum, ref, list(res.commits), list(res.skipped), res.files_written,
                         res.files_cached, res.dirs_cached, warnings=w.items)
 
@@ -483,4 +485,4 @@ __all__ = [*COMMANDS, "open_repo", "Repo", "Result", "GitreeError", "GitreeWarni
            "GcResult", "ExportResult", "ImportOstreeResult", "BootableResult", "DeployResult", "TransferResult",
            "CloneResult", "BundleCreateResult", "BundleApplyResult", "BundleUnwrapResult", "LxcResult",
            "LxcDestroyResult"]
-__all__ += ["TargetExists", "WriteFailed", "NotFastForward", "NeedsRoot", "TimedOut"]
+__all__ += ["TargetExists", "WriteFailed", "NotFastForward", "NeedsRoot", "TimedOut", "Unreadable"]

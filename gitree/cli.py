@@ -127,13 +127,15 @@ def init(c: Ctx):
 @click.option("--keep-mtime", is_flag=True, help="Store modification times (not kept by default).")
 @click.option("--cross-filesystems", is_flag=True, help="Descend into other mounted filesystems.")
 @click.option("--strict", is_flag=True, help="Fail if anything read cannot be kept (otherwise a warning).")
+@click.option("--skip-unreadable", is_flag=True,
+              help="Leave out, with a warning, items of a directory that cannot be read (otherwise the import fails).")
 @pass_ctx
-def import_rootfs(c: Ctx, source, branch, message, timestamp, keep_mtime, cross_filesystems, strict):
+def import_rootfs(c: Ctx, source, branch, message, timestamp, keep_mtime, cross_filesystems, strict, skip_unreadable):
     """Import SOURCE (a directory, a tar file of any compression, or - for a tar on stdin)."""
     progress = c.progress("import")
     res = api.import_rootfs(c.repo(), source, branch=branch, message=message, timestamp=timestamp,
                             keep_mtime=keep_mtime, one_file_system=not cross_filesystems, strict=strict or c.strict,
-                            progress=progress, on_warning=c.on_warning)
+                            skip_unreadable=skip_unreadable, progress=progress, on_warning=c.on_warning)
 
     def text():
         s = res.stats

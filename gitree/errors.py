@@ -129,13 +129,19 @@ class TimedOut(GitreeError):
     exit_code = 17
 
 
+class Unreadable(GitreeError):
+    """a source directory held items that could not be read; nothing was imported (--skip-unreadable: without them)"""
+
+    exit_code = 18
+
+
 INTERNAL_EXIT = 70  # a fault in gitree itself (a bug): rerun with --debug
 INTERRUPTED_EXIT = 130
 
 ERRORS: tuple[type[GitreeError], ...] = (GitreeError, UsageError, CorruptObject, UnsafePath, UnsupportedEntry,
                                          BadInput, RepoLocked, NotFound, BranchMoved, ToolFailed, FsckFailed,
                                          StrictWarnings, TargetExists, WriteFailed, NotFastForward, NeedsRoot,
-                                         TimedOut)
+                                         TimedOut, Unreadable)
 
 
 def exit_codes_table() -> list[tuple[int, str, str]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import ctypes
 import contextlib
 import hashlib
 import os
@@ -46,7 +47,6 @@ def cap_malloc_arenas() -> None:
         return
     _arenas_capped = True
     try:
-        import ctypes
         libc = ctypes.CDLL(None)
         libc.mallopt(-8, MALLOC_ARENAS)   # M_ARENA_MAX
     except (OSError, AttributeError):

@@ -14,7 +14,7 @@ import pygit2
 
 from . import tools
 from .entry import Entry, Kind
-from .errors import BadInput, CorruptObject, NotFound, StrictWarnings, warner
+from .errors import BadInput, CorruptObject, NotFound, StrictWarnings, Unreadable, warner
 from .gittree import MODE_DIR
 from .names import display
 from .outfile import atomic_output
@@ -42,10 +42,12 @@ class ImportResult:
 def import_rootfs(repo: Repo, source: str, branch: str, message: str | None = None,
                   timestamp: int | None = None, keep_mtime: bool = False,
                   one_file_system: bool = True, level: int | None = None, warn: Warn | None = None,
-                  strict: bool = False, progress=None) -> ImportResult:
+                  strict: bool = False, progress=None, skip_unreadable: bool = False) -> ImportResult:
     """Import a directory, a tar file (any compression) or '-' (a tar on stdin) as a commit on `branch`.
 
-    With `strict`, anything read but not kept (each a warning otherwise) fails the import; nothing moves."""
+    With `strict`, anything read but not kept (each a warning otherwise) fails the import; nothing moves.
+    A directory holding items that cannot be read fails the import (Unreadable), as `ostree commit` does,
+    unless `skip_unreadable`: then they are left out with a warning."""
     repo.branch_ref(branch)  # validate the name before any work
     warn = warn or warner(None, "import")
     if level is None:
@@ -79,6 +81,10 @@ def import_rootfs(repo: Repo, source: str, branch: str, message: str | None = No
                 closing, tar_in = tar_in, None
                 closing.close()
             else:
+                if report.unreadable and not skip_unreadable:
+                    raise Unreadable(f"could not read {len(report.unreadable)} item(s) of {source}: "
+                                     f"{report.unreadable_items()}; nothing was imported (--skip-unreadable "
+                                     "imports the rest)")
                 warnings.extend(report.lines())
             for w in warnings:
                 warn(w)

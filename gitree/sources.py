@@ -227,12 +227,15 @@ class DirectoryReport:
         self.excluded: list[bytes] = []
         self.exclude: tuple[int, int] | None = None
 
+    def unreadable_items(self) -> str:
+        """The first few unreadable items, each with why."""
+        first = ", ".join(f"{display(p)} ({why})" for p, why in self.unreadable[:5])
+        return first + (" ..." if len(self.unreadable) > 5 else "")
+
     def lines(self) -> list[str]:
         out = []
         if self.unreadable:
-            first = ", ".join(f"{display(p)} ({why})" for p, why in self.unreadable[:5])
-            out.append(f"could not read {len(self.unreadable)} item(s), not captured: {first}"
-                       + (" ..." if len(self.unreadable) > 5 else ""))
+            out.append(f"could not read {len(self.unreadable)} item(s), not captured: {self.unreadable_items()}")
         if self.mountpoints:
             out.append(f"did not cross into {len(self.mountpoints)} other filesystem(s), stored as empty "
                        f"directories: " + ", ".join(display(p) for p in self.mountpoints[:5]))

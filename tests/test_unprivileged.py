@@ -17,7 +17,7 @@ import sys
 import pytest
 
 from gitree import cli, porcelain
-from gitree.errors import WARNINGS_EXIT, NeedsRoot
+from gitree.errors import WARNINGS_EXIT, NeedsRoot, Unreadable
 from gitree.repo import Repo
 
 NOBODY = 65534
@@ -73,7 +73,8 @@ def _open_to_nobody(path: str) -> None:
 
 def _import_as_user(repo_path: str, src: str):
     warnings: list[str] = []
-    res = porcelain.import_rootfs(Repo(repo_path), src, "main", "m", 0, warn=warnings.append)
+    res = porcelain.import_rootfs(Repo(repo_path), src, "main", "m", 0, warn=warnings.append,
+                                   skip_unreadable=True)
     return {"commit": res.commit.hex(), "warnings": warnings}
 
 
@@ -109,9 +110,10 @@ def _cli_as_user(argv: list[str]):
 
 
 @needs_root
-def test_import_that_skipped_unreadable_files_fails_only_with_strict(work):
-    """Without --strict the skipped file is a warning and the exit is 0; with either --strict (the command's
-    or gitree's) the exit is WARNINGS_EXIT and nothing is written: no branch, no pack left behind."""
+def test_import_of_a_directory_with_unreadable_files_fails_unless_told_to_skip_them(work):
+    """An unreadable item fails the import (Unreadable, nothing written), as `ostree commit` fails; with
+    --skip-unreadable it is left out with a warning and the exit is 0; adding either --strict (the command's
+    or gitree's) makes that warning a failing exit (WARNINGS_EXIT) with nothing written: no branch, no pack."""
     _open_to_nobody(work)
     src = os.path.join(work, "src")
     os.makedirs(src)
@@ -122,17 +124,26 @@ def test_import_that_skipped_unreadable_files_fails_only_with_strict(work):
     repo = os.path.join(work, "repo.git")
     Repo.init(repo)
     subprocess.run(["chown", "-R", f"{NOBODY}:{NOBODY}", repo], check=True)
+    pack_dir = os.path.join(repo, "objects", "pack")
+
+    def nothing_written():
+        assert Repo(repo).branch_tip("s") is None
+        assert not any(n.startswith("tmp") for n in (os.listdir(pack_dir) if os.path.isdir(pack_dir) else []))
+
+    out = as_nobody(_cli_as_user, ["-C", repo, "import-rootfs", src, "-b", "s"])["ok"]
+    assert out == {"code": Unreadable.exit_code, "stderr": [
+        f"gitree: error: could not read 1 item(s) of {src}: /secret (permission denied); nothing was imported "
+        "(--skip-unreadable imports the rest)"]}, out
+    nothing_written()
     want_warning = "gitree: warning: could not read 1 item(s), not captured: /secret (permission denied)"
-    for argv in (["-C", repo, "import-rootfs", src, "-b", "s", "--strict"],
-                 ["-C", repo, "--strict", "import-rootfs", src, "-b", "s"]):
+    for argv in (["-C", repo, "import-rootfs", src, "-b", "s", "--skip-unreadable", "--strict"],
+                 ["-C", repo, "--strict", "import-rootfs", src, "-b", "s", "--skip-unreadable"]):
         out = as_nobody(_cli_as_user, argv)["ok"]
         assert out["code"] == WARNINGS_EXIT, out
         assert out["stderr"][-1] == "gitree: error: --strict: 1 warning(s) above; nothing was imported", out
         assert want_warning in out["stderr"], out
-        assert Repo(repo).branch_tip("s") is None
-        pack_dir = os.path.join(repo, "objects", "pack")
-        assert not any(n.startswith("tmp") for n in (os.listdir(pack_dir) if os.path.isdir(pack_dir) else []))
-    out = as_nobody(_cli_as_user, ["-C", repo, "import-rootfs", src, "-b", "s"])["ok"]
+        nothing_written()
+    out = as_nobody(_cli_as_user, ["-C", repo, "import-rootfs", src, "-b", "s", "--skip-unreadable"])["ok"]
     assert out["code"] == 0, out
     assert [line for line in out["stderr"] if line.startswith("gitree: warning:")] == [want_warning], out
     assert list(porcelain.ls(Repo(repo), "s", "", recursive=True)) == ["/", "/readable"]

@@ -93,7 +93,7 @@ def deploy(repo: Repo, rev: str, sysroot: str, osname: str, ref: str | None = No
     if bootloader == "uboot":
         uboot.prepare_sysroot(sysroot)
     t0 = time.monotonic()
-    res = export_ostree(repo, rev, ostree_repo, used_ref, mode="bare", history=True, progress=progress,
+    res = export_ostree(repo, rev, ostree_repo, ref=used_ref, mode="bare", history=True, progress=progress,
                         **({"warn": warn} if warn is not None else {}))
     t1 = time.monotonic()
     _ostree_admin(f"--sysroot={sysroot}", "deploy", f"--os={osname}", *[f"--karg={k}" for k in kargs], used_ref)

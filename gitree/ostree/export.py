@@ -615,7 +615,7 @@ class Exporter:
                     oc.encode_commitmeta(self.opts.extra_metadata) if self.opts.extra_metadata else b"")
 
 
-def export_ostree(repo: Repo, rev: str, ostree_path: str, ref: str | None = None, mode: str = "archive",
+def export_ostree(repo: Repo, rev: str, ostree_path: str, *, ref: str | None = None, mode: str = "archive",
                   bindings: bool = True, history: bool = False, strict: bool = False,
                   update_summary: bool = False, warn=None, progress=None,
                   extra_metadata: list | None = None, signers: list | None = None,
