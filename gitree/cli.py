@@ -136,6 +136,8 @@ def import_rootfs(c: Ctx, source, branch, message, timestamp, keep_mtime, cross_
     res = api.import_rootfs(c.repo(), source, branch=branch, message=message, timestamp=timestamp,
                             keep_mtime=keep_mtime, one_file_system=not cross_filesystems, strict=strict or c.strict,
                             skip_unreadable=skip_unreadable, progress=progress, on_warning=c.on_warning)
+    if progress:
+        progress.done()
 
     def text():
         s = res.stats
@@ -300,9 +302,12 @@ def make_bootable(c: Ctx, rev, branch, version, kernel, message, timestamp, no_i
         if not sep:
             raise click.BadParameter(f"{m!r} is not KEY=VALUE", param_hint="--metadata")
         pairs.append((key, value))
+    progress = c.progress("make-bootable")
     res = api.make_bootable(c.repo(), rev, branch=branch, version=version, kernel=kernel, message=message,
                             timestamp=timestamp, initramfs_check=not no_initramfs_check, metadata=pairs,
-                            progress=c.progress("make-bootable"), on_warning=c.on_warning)
+                            progress=progress, on_warning=c.on_warning)
+    if progress:
+        progress.done()
 
     def text():
         for line in res.changes:

@@ -523,11 +523,9 @@ class Importer:
 
     def commit(self, branch: str, message: str, timestamp: int | None, extra_top=(),
                author: tuple[str, str] | None = None, lock_wait: Callable[[], None] | None = None) -> bytes:
-        """commit_object on `branch` (its tip the parent; the branch moves last), then the progress line ends."""
-        cid = self.commit_object(message, timestamp, [], extra_top, author, branch=branch, lock_wait=lock_wait)
-        if self.progress is not None:
-            self.progress.done()
-        return cid
+        """commit_object on `branch` (its tip the parent; the branch moves last). The caller owns the progress
+        display and ends it."""
+        return self.commit_object(message, timestamp, [], extra_top, author, branch=branch, lock_wait=lock_wait)
 
     def abort(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
