@@ -393,7 +393,10 @@ def verify(repo, commit: pygit2.Commit, problems: list | None = None, verified: 
     """Read a whole commit as every command does (fsck's check): raise CorruptObject on the first
     fault, or with `problems` given, collect every fault. Also checks every file's blob exists.
 
-    `verified`: directories checked before by this batch (a Verified); they are not read again."""
+    `verified`: directories checked before by this batch (a Verified); they are not read again. Without
+    one, a check (no `problems`) still reads a directory that the tree holds at several places once."""
+    if verified is None and problems is None:
+        verified = Verified()
     try:
         for e in walk(repo, commit, problems=problems, verified=verified):
             if e.kind is Kind.FILE and e.hardlink is None:

@@ -480,3 +480,32 @@ def test_a_directory_verified_by_an_earlier_commit_is_checked_again_where_it_is_
     run_gitree("-C", dst, "init")
     assert_one_error(run_limited("-C", dst, "bundle", "apply", path), "depth limit")
     assert "evil" not in _refs(dst)
+
+
+def test_a_directory_held_at_several_places_is_checked_once(work):
+    """One subtree (a 20-level chain) placed under 8 names of the root: the check every command runs before
+    it writes (verify) reads it once, not once per place (a 74 KB bundle naming one 100,000-entry tree 8
+    times cost 8 walks), while fsck, which lists every fault, still reads every place; both accept it and
+    a checkout writes all 8 copies."""
+    from test_security_git import commit, directory
+
+    from gitree.repo import Repo
+    from gitree.treeread import ReadCount
+    repo = os.path.join(work, "shared.git")
+    api.init(repo)
+    g = pygit2.Repository(repo)
+    sub_c, sub_m = _chain(g, 20)
+    names = [b"d%d" % i for i in range(8)]
+    root = directory(g, [n + b" d 755 0 0" for n in names], [(MODE_DIR, n, sub_c) for n in names],
+                     [(MODE_DIR, n, sub_m) for n in names])
+    cid = commit(repo, root)
+    r = Repo(repo)
+    before = ReadCount.dirs
+    r.verify(r.resolve(cid))
+    assert ReadCount.dirs - before == 1 + 21, ReadCount.dirs - before   # the root, then the chain once
+    before = ReadCount.dirs
+    assert api.fsck(repo, [cid]).problems == []
+    assert ReadCount.dirs - before >= 1 + 8 * 21
+    dest = os.path.join(work, "co")
+    api.checkout(repo, cid, dest)
+    assert all(os.path.isdir(os.path.join(dest, n.decode(), *["a"] * 20)) for n in names)
