@@ -426,6 +426,15 @@ class OstreeRepo:
         `write` returning False abandons it (nothing is installed). True when the object is there afterwards."""
         self.check_write_layout()
         dest = self._obj(checksum, objtype)
+        tmp = self._staged_tmp(write)
+        if tmp is None:
+            return False
+        self._commit_tmp(tmp, dest)
+        return True
+
+    def _staged_tmp(self, write: Callable[[int], bool]) -> str | None:
+        """A new file under tmp/ (exclusive, not following a symlink) that `write(fd)` fills, synced: its path,
+        or None when `write` returned False (the file is removed, as on any exception)."""
         tmp = self._tmp_path()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
@@ -439,25 +448,16 @@ class OstreeRepo:
         os.close(fd)
         if not ok:
             os.unlink(tmp)
-            return False
-        self._commit_tmp(tmp, dest)
-        return True
+            return None
+        return tmp
 
     def _write_tmp_file(self, data: bytes, mode: int = 0o644) -> str:
-        tmp = self._tmp_path()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
+        def write(fd: int) -> bool:
             with os.fdopen(fd, "wb", closefd=False) as f:
                 f.write(data)
             os.fchmod(fd, mode)
-            if self.fsync:
-                os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            os.unlink(tmp)
-            raise
-        os.close(fd)
-        return tmp
+            return True
+        return self._staged_tmp(write)
 
     # ------------------------------------------------------------------------------------------
     # Metadata objects

@@ -47,6 +47,13 @@ class Ctx:
     def progress(self, label: str):
         return make_progress(label, self.quiet or self.json)
 
+    def call(self, label: str, fn, *args, **kw):
+        """fn(*args, **kw, progress=..., on_warning=...) under this command's progress display, ended after."""
+        progress = self.progress(label)
+        res = fn(*args, **kw, progress=progress, on_warning=self.on_warning)
+        progress.done()
+        return res
+
     def emit(self, command: str, result, text=None) -> None:
         """Print `result`: as JSON with --json, else by calling `text()`."""
         if self.json:
@@ -132,12 +139,9 @@ def init(c: Ctx):
 @pass_ctx
 def import_rootfs(c: Ctx, source, branch, message, timestamp, keep_mtime, cross_filesystems, strict, skip_unreadable):
     """Import SOURCE (a directory, a tar file of any compression, or - for a tar on stdin)."""
-    progress = c.progress("import")
-    res = api.import_rootfs(c.repo(), source, branch=branch, message=message, timestamp=timestamp,
-                            keep_mtime=keep_mtime, one_file_system=not cross_filesystems, strict=strict or c.strict,
-                            skip_unreadable=skip_unreadable, progress=progress, on_warning=c.on_warning)
-    if progress:
-        progress.done()
+    res = c.call("import", api.import_rootfs, c.repo(), source, branch=branch, message=message,
+                 timestamp=timestamp, keep_mtime=keep_mtime, one_file_system=not cross_filesystems,
+                 strict=strict or c.strict, skip_unreadable=skip_unreadable)
 
     def text():
         s = res.stats
@@ -157,16 +161,12 @@ def checkout(c: Ctx, rev, dest, tar_out, sparse):
     """Write REV's tree to DEST (a new or empty directory), or as a tar with --tar."""
     if (dest is None) == (tar_out is None):
         raise click.UsageError("give either DEST or --tar FILE")
-    repo = c.repo()
-    progress = c.progress("checkout")
+    if tar_out == "-" and c.json:
+        raise click.UsageError("--json cannot be used with --tar - (the tar is stdout)")
     if tar_out is not None:
-        if tar_out == "-" and c.json:
-            raise click.UsageError("--json cannot be used with --tar - (the tar is stdout)")
-        res = api.checkout_tar(repo, rev, tar_out, sparse=sparse, progress=progress, on_warning=c.on_warning)
+        res = c.call("checkout", api.checkout_tar, c.repo(), rev, tar_out, sparse=sparse)
     else:
-        res = api.checkout(repo, rev, dest, progress=progress, on_warning=c.on_warning)
-    if progress:
-        progress.done()
+        res = c.call("checkout", api.checkout, c.repo(), rev, dest)
     if tar_out is not None:
         c.emit("checkout", res, lambda: click.echo(f"wrote {res.files} files, {human_bytes(res.bytes)}", err=True))
     else:
@@ -249,14 +249,10 @@ def export_ostree(c: Ctx, rev, ostree_repo, ref, mode, no_bindings, history, str
         if not compression.isdigit() or not 1 <= int(compression) <= 9:
             raise click.BadParameter("'reuse' or a zlib level 1-9", param_hint="--compression")
         compression = int(compression)
-    progress = c.progress("export")
-    res = api.export_ostree(c.repo(), rev, ostree_repo, ref=ref, mode=mode, bindings=not no_bindings,
-                            history=history, strict=strict or c.strict, update_summary=update_summary,
-                            gpg_keys=gpg_keys, gpg_homedir=gpg_homedir, collection_id=collection_id,
-                            ref_bindings=ref_bindings,
-                            compression=compression, progress=progress, on_warning=c.on_warning)
-    if progress:
-        progress.done()
+    res = c.call("export", api.export_ostree, c.repo(), rev, ostree_repo, ref=ref, mode=mode,
+                 bindings=not no_bindings, history=history, strict=strict or c.strict,
+                 update_summary=update_summary, gpg_keys=gpg_keys, gpg_homedir=gpg_homedir,
+                 collection_id=collection_id, ref_bindings=ref_bindings, compression=compression)
 
     def text():
         click.echo(f"exported {len(res.commits)} commit(s): {res.files_written} files written, "
@@ -272,10 +268,7 @@ def export_ostree(c: Ctx, rev, ostree_repo, ref, mode, no_bindings, history, str
 @pass_ctx
 def import_ostree(c: Ctx, ostree_repo, ref, branch):
     """Import REF (a ref or commit checksum) of OSTREE_REPO with its parent chain; prints the last commit id."""
-    progress = c.progress("import-ostree")
-    res = api.import_ostree(c.repo(), ostree_repo, ref, branch=branch, progress=progress, on_warning=c.on_warning)
-    if progress:
-        progress.done()
+    res = c.call("import-ostree", api.import_ostree, c.repo(), ostree_repo, ref, branch=branch)
 
     def text():
         click.echo(f"imported {len(res.commits)} commit(s)", err=True)
@@ -302,12 +295,8 @@ def make_bootable(c: Ctx, rev, branch, version, kernel, message, timestamp, no_i
         if not sep:
             raise click.BadParameter(f"{m!r} is not KEY=VALUE", param_hint="--metadata")
         pairs.append((key, value))
-    progress = c.progress("make-bootable")
-    res = api.make_bootable(c.repo(), rev, branch=branch, version=version, kernel=kernel, message=message,
-                            timestamp=timestamp, initramfs_check=not no_initramfs_check, metadata=pairs,
-                            progress=progress, on_warning=c.on_warning)
-    if progress:
-        progress.done()
+    res = c.call("make-bootable", api.make_bootable, c.repo(), rev, branch=branch, version=version, kernel=kernel,
+                 message=message, timestamp=timestamp, initramfs_check=not no_initramfs_check, metadata=pairs)
 
     def text():
         for line in res.changes:
@@ -327,11 +316,8 @@ def make_bootable(c: Ctx, rev, branch, version, kernel, message, timestamp, no_i
 @pass_ctx
 def deploy(c: Ctx, rev, sysroot, osname, ref, karg, bootloader):
     """Export bootable REV into PATH/ostree/repo and `ostree admin deploy` it; prints the OSTree commit last."""
-    progress = c.progress("deploy")
-    res = api.deploy(c.repo(), rev, sysroot=sysroot, osname=osname, ref=ref, kargs=karg, bootloader=bootloader,
-                     progress=progress, on_warning=c.on_warning)
-    if progress:
-        progress.done()
+    res = c.call("deploy", api.deploy, c.repo(), rev, sysroot=sysroot, osname=osname, ref=ref, kargs=karg,
+                 bootloader=bootloader)
 
     def text():
         click.echo(f"deployed {res.ref} in {res.deployment} (export {res.export_seconds:.1f} s, "
@@ -463,11 +449,7 @@ def fsck(c: Ctx, revs):
 @pass_ctx
 def lxc_create(c: Ctx, name, rev, lxcpath, osname, karg, ref):
     """Deploy bootable REV into a new LXC container NAME (its own sysroot, hooks doing the initramfs' work)."""
-    progress = c.progress("lxc-create")
-    res = api.lxc_create(c.repo(), name, rev, lxcpath=lxcpath, osname=osname, kargs=karg, ref=ref,
-                         progress=progress, on_warning=c.on_warning)
-    if progress:
-        progress.done()
+    res = c.call("lxc-create", api.lxc_create, c.repo(), name, rev, lxcpath=lxcpath, osname=osname, kargs=karg, ref=ref)
 
     def text():
         d = res.deploy
@@ -488,11 +470,7 @@ def lxc_create(c: Ctx, name, rev, lxcpath, osname, karg, ref):
 @pass_ctx
 def lxc_upgrade(c: Ctx, name, rev, lxcpath, karg, ref):
     """Deploy REV into container NAME's sysroot; its next start runs it (the previous one stays for rollback)."""
-    progress = c.progress("lxc-upgrade")
-    res = api.lxc_upgrade(c.repo(), name, rev, lxcpath=lxcpath, kargs=karg, ref=ref, progress=progress,
-                          on_warning=c.on_warning)
-    if progress:
-        progress.done()
+    res = c.call("lxc-upgrade", api.lxc_upgrade, c.repo(), name, rev, lxcpath=lxcpath, kargs=karg, ref=ref)
 
     def text():
         click.echo(f"container {name}: deployed {res.deploy.deployment}; restart it to run it", err=True)
