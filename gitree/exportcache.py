@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import heapq
 import hmac
 import os
 import stat
 import struct
+from typing import Iterable
 
 from .errors import GitreeError, WriteFailed
 
@@ -82,10 +84,9 @@ class ExportCache:
             raise
         self._hmac = hmac.new(self.secret, HEADER, hashlib.sha256)  # copied per record: the key schedule once
         self.data = b""
-        self.index: dict[bytes, int] = {}
+        self.index: dict[bytes, int] | None = None    # read on the first lookup (a save needs no index)
         self.new: dict[bytes, bytes] = {}
         self.bad: set[bytes] = set()
-        self._load()
 
     def close(self) -> None:
         if self.dfd >= 0:
@@ -182,6 +183,8 @@ class ExportCache:
         v = self.new.get(key)
         if v is not None:
             return v
+        if self.index is None:
+            self._load()
         off = self.index.get(key)
         if off is None or key in self.bad:
             return None
@@ -191,6 +194,12 @@ class ExportCache:
             self._note("a record fails its authentication (planted, edited or copied from elsewhere)")
             return None
         return value
+
+    def keys(self) -> list[bytes]:
+        """The keys of the records in the file (authenticated or not)."""
+        if self.index is None:
+            self._load()
+        return list(self.index)
 
     def put(self, key: bytes, value: bytes) -> None:
         if len(value) != VALUE_LEN:
@@ -202,29 +211,46 @@ class ExportCache:
     def dirty(self) -> bool:
         return bool(self.new or self.bad)
 
-    def save(self) -> None:
-        """Merge the new records into the file as it is now (another export may have saved meanwhile)."""
-        if not self.dirty:
+    def save(self, more: Iterable[tuple[bytes, bytes]] = (), more_count: int = 0) -> None:
+        """Merge the new records into the file as it is now (another export may have saved meanwhile).
+        `more`: `more_count` further (key, value) records, sorted by key (an import's checksums, streamed
+        from its scratch database). The file is rewritten as a merge of sorted streams: memory is that of
+        the file as read, never a structure per record."""
+        if not (self.dirty or more_count):
             return
         lfd = os.open("lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=self.dfd)
         try:
             fcntl.flock(lfd, fcntl.LOCK_EX)
             cur = self._read_records()
-            recs = {cur[i:i + KEY_LEN]: cur[i:i + RECORD] for i in range(len(HEADER), len(cur), RECORD)}
-            for k in self.bad:
-                if recs.get(k) == self.data[self.index[k]:self.index[k] + RECORD]:
-                    del recs[k]
-            if len(recs) + len(self.new) > MAX_RECORDS:
-                recs = {}
-            for k, v in self.new.items():
-                recs[k] = k + v + self._mac(k, v)
+            drop = {k: self.data[self.index[k]:self.index[k] + RECORD] for k in self.bad}
+            n_new = len(self.new) + more_count
+            keep_cur = (len(cur) - len(HEADER)) // RECORD + n_new <= MAX_RECORDS
+
+            def old():
+                if keep_cur:
+                    for i in range(len(HEADER), len(cur), RECORD):
+                        k = cur[i:i + KEY_LEN]
+                        if drop.get(k) != cur[i:i + RECORD]:
+                            yield k, 1, cur[i:i + RECORD]
+
+            def new():
+                for k, v in heapq.merge(sorted(self.new.items()), more):
+                    if len(v) != VALUE_LEN or len(k) != KEY_LEN:
+                        raise ValueError("an export cache record is a 20-byte key and a 32-byte value")
+                    yield k, 0, k + v + self._mac(k, v)
+
             tmp = f"records.tmp.{os.getpid()}"
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                          dir_fd=self.dfd)
             try:
                 with os.fdopen(fd, "wb", closefd=False) as f:
                     f.write(HEADER)
-                    f.write(b"".join(recs[k] for k in sorted(recs)))
+                    last, written = None, 0
+                    for k, _, rec in heapq.merge(new(), old()):   # a new record sorts before an old one
+                        if k != last and written < MAX_RECORDS:
+                            f.write(rec)
+                            written += 1
+                        last = k
                 os.fsync(fd)
             except BaseException:
                 os.close(fd)
@@ -237,7 +263,7 @@ class ExportCache:
             os.close(lfd)
         self.new.clear()
         self.bad.clear()
-        self._load()
+        self.data, self.index = b"", None   # read again on the next lookup
 
 
 def open_cache(git_dir: str, warn) -> ExportCache | None:

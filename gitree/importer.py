@@ -14,19 +14,21 @@ import ctypes
 import contextlib
 import hashlib
 import os
+import pickle
 import stat
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, NamedTuple
 
 from . import limits, sidetable
 from .entry import MAX_DEPTH, Entry, Kind, check_fields, split_path
 from .errors import BadInput, BranchMoved, UnsafePath, UsageError, warner
-from .exportcache import FILE, KEY_LEN, VALUE_LEN, open_cache, record_key
+from .exportcache import FILE, open_cache, record_key
 from .gittree import MODE_DIR, MODE_EXEC, MODE_FILE, MODE_LINK, encode_tree
 from .layout import FORMAT_BLOB, TABLE_NAME, TOP_FORMAT, TOP_META, TOP_ROOTFS
 from .names import check_name, display, git_name
 from .packwriter import OBJ_BLOB, OBJ_TREE, PackWriter, hash_and_compress, object_id
+from .scratch import ScratchDB
 
 SMALL_FILE = 8 << 20          # files up to this size are hashed and compressed in worker threads
 INFLIGHT_BYTES = 64 << 20     # bound on file bytes held in memory waiting for workers
@@ -57,57 +59,56 @@ _arenas_capped = False
 
 
 # ---------------------------------------------------------------------------------------------
-# In-memory tree built during an import
+# The tree built during an import, on disk
 
-META_INTERN = 1 << 16        # distinct (kind, mode, owner, xattrs...) tuples shared between inodes
-OID_INTERN = 1 << 12         # recent blob ids shared between inodes of equal content
+META_INTERN = 1 << 16        # distinct (kind, mode, owner, xattrs...) tuples remembered by value...
+META_INTERN_BYTES = 8 << 20  # ...and the most bytes of xattrs and sparse maps they may hold together
+OID_INTERN = 1 << 12         # recent (header, blob) pairs whose checksum record is already written
+PARENT_CACHE = 1 << 12       # recent parent directories remembered by path
 
+ROOT = 1                     # the root's directory id
+_KINDS = list(Kind)          # a non-directory's kind is stored in its metadata tuple
 
-class Inode:
-    """A non-directory object; shared by every path that is a hard link to it.
+# The tree as tables (gitree/scratch.py): `node` is every name in a directory: a directory (`dir`, ref its
+# id) or an inode (ref its number, shared by hard links; its metadata, blob and mtime are on each of its
+# names); `meta` holds the metadata tuples (kind, mode, uid, gid, xattrs, rdev, sparse), most of them
+# shared. `lkey` marks the names of inodes a hard link was made to, with their path as a sort key
+# (components joined by NUL, so it sorts as the canonical walk visits).
+_SCHEMA = """
+CREATE TABLE meta(id INTEGER PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE dir(id INTEGER PRIMARY KEY, depth INTEGER NOT NULL, meta INTEGER, mtime INTEGER,
+                 n INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX dir_depth ON dir(depth);
+CREATE TABLE node(parent INTEGER NOT NULL, name BLOB NOT NULL, isdir INTEGER NOT NULL, ref INTEGER NOT NULL,
+                  lkey BLOB, meta INTEGER, oid BLOB, mtime INTEGER, PRIMARY KEY(parent, name)) WITHOUT ROWID;
+CREATE INDEX node_linked ON node(ref, lkey) WHERE lkey IS NOT NULL;
+CREATE TABLE leader(ino INTEGER PRIMARY KEY, lkey BLOB NOT NULL);
+CREATE TABLE written(id INTEGER PRIMARY KEY, c BLOB NOT NULL, m BLOB NOT NULL);
+CREATE TABLE csum(key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID
+"""
 
-    Kept small, as an import holds one per entry until the trees are written (docs/security.md, "Import
-    memory"): the fields most entries have in common - (kind, mode, uid, gid, xattrs, rdev, sparse) - are
-    one tuple shared by all inodes that have them (`meta`), and equal blob ids are one bytes object."""
-
-    __slots__ = ("meta", "oid", "size", "mtime_ns")
-
-    def __init__(self, meta: tuple, e: Entry):
-        self.meta = meta
-        self.oid: bytes | None = None
-        self.size = e.size
-        self.mtime_ns = e.mtime_ns
-
-    kind = property(lambda self: self.meta[0])
-    mode = property(lambda self: self.meta[1])
-    uid = property(lambda self: self.meta[2])
-    gid = property(lambda self: self.meta[3])
-    xattrs = property(lambda self: self.meta[4])
-    rdev = property(lambda self: self.meta[5])
-    sparse = property(lambda self: self.meta[6])
-
-
-class Dir:
-    __slots__ = ("kind", "mode", "uid", "gid", "xattrs", "mtime_ns", "children", "explicit")
-
-    def __init__(self, e: Entry | None = None):
-        self.kind = Kind.DIR
-        self.children: dict[bytes, Inode | Dir] = {}
-        self.explicit = e is not None
-        self.set_meta(e)
-
-    def set_meta(self, e: Entry | None) -> None:
-        if e is None:
-            self.mode, self.uid, self.gid, self.xattrs, self.mtime_ns = 0o755, 0, 0, (), None
-        else:
-            self.mode, self.uid, self.gid, self.xattrs, self.mtime_ns = e.mode, e.uid, e.gid, e.xattrs, e.mtime_ns
-            self.explicit = True
+_DEFAULT_DIR_META = (Kind.DIR, 0o755, 0, 0, (), None, None)
 
 
-def _row(name: bytes, node, keep_mtime: bool, hardlink: bytes | None = None) -> sidetable.Row:
-    return sidetable.Row(name, node.kind, node.mode, node.uid, node.gid,
-                         getattr(node, "rdev", None), hardlink,
-                         node.mtime_ns if keep_mtime else None, node.xattrs, getattr(node, "sparse", None))
+class _Node(NamedTuple):
+    isdir: bool
+    ref: int                # directory id or inode number
+    lkey: bytes | None
+    meta: int | None        # an inode's metadata id, blob id and mtime
+    oid: bytes | None
+    mtime: int | None
+
+
+def _row(name: bytes, meta: tuple, mtime_ns: int | None, keep_mtime: bool,
+         hardlink: bytes | None = None) -> sidetable.Row:
+    kind, mode, uid, gid, xattrs, rdev, sparse = meta
+    return sidetable.Row(name, kind, mode, uid, gid, rdev, hardlink, mtime_ns if keep_mtime else None, xattrs,
+                         sparse)
+
+
+def _path_key(parts: list[bytes]) -> bytes:
+    """A path's sort key: NUL sorts below every byte a name may hold, so keys sort as the walk visits."""
+    return b"\0".join(parts)
 
 
 @dataclass
@@ -134,7 +135,8 @@ class Progress:
 # Import
 
 class Importer:
-    """Builds one gitree commit from a stream of entries. Objects go into one new pack."""
+    """Builds one gitree commit from a stream of entries. Objects go into one new pack; the tree being built
+    is kept in a scratch database (gitree/scratch.py), so memory stays bounded whatever the entry count."""
 
     def __init__(self, repo, *, keep_mtime: bool = False, level: int = 6,
                  progress: Progress | None = None, warn: Callable[[str], None] | None = None):
@@ -143,37 +145,51 @@ class Importer:
         self.level = level
         self.progress = progress
         self.warn = warn or warner(None, "export-cache")   # the caller's channel, else errors.print_warning
-        self.root = Dir()
-        self.root_seen = False
         self.pack = PackWriter(repo.objects_dir)
+        try:
+            self.t = ScratchDB(self.pack.pack_dir, f"{id(self):x}_tree", _SCHEMA)
+        except BaseException:
+            self.pack.abort()
+            raise
+        self._sql = self.t.db.execute
+        self._sql("INSERT INTO dir(id, depth) VALUES (?, 0)", (ROOT,))
         cap_malloc_arenas()
         self.pool = concurrent.futures.ThreadPoolExecutor(WORKERS, thread_name_prefix="gitree-hash")
         self.pending: collections.deque = collections.deque()  # (inodes, bytes, future of a batch)
         self.pending_bytes = 0
-        self.batch: list[tuple[Inode, bytes]] = []
+        self.batch: list[tuple[tuple, tuple, bytes]] = []        # ((parent, name, inode), metadata, data)
         self.batch_bytes = 0
         self.stats = ImportStats()
         self._t0 = time.monotonic()
         # OSTree content checksums of the files, computed while their bytes pass through anyway, for the
         # export cache (keyed as export-ostree keys them: file header bytes + blob id); saved with the commit.
-        # Records of KEY_LEN + VALUE_LEN bytes, one per distinct (header, blob) (`_recent` skips repeats).
-        self.checksums = bytearray()
+        # One record per distinct (header, blob) (`_recent` skips most repeats, the table the rest).
         self._recent: dict[tuple[bytes, bytes], None] = {}
         self._prefixes: dict[tuple, bytes] = {}
-        self._metas: dict[tuple, tuple] = {}
-        self._oids: dict[bytes, bytes] = {}
-        self._linked: dict[int, Inode] = {}     # inodes a hard link was made to, by id
+        self._meta_ids: dict[tuple, int] = {}
+        self._meta_bytes = 0
+        self._metas: dict[int, tuple] = {}       # id -> tuple, for writing the trees (bounded as _meta_ids)
+        self._parents: dict[bytes, int] = {}     # parent path -> directory id (a directory named as a parent
+                                                 # holds a child, so it can never be replaced)
+        self._counts: dict[int, int] = {}        # entries of the directories in _parents (the rest: dir.n)
+        self._inodes = 0                         # inode numbers given out
+        self._link_pending: set[int] = set()     # linked inodes whose blob a worker is still hashing
+        self._csums: list[tuple[bytes, bytes]] = []
 
     # objects
 
-    def _file_prefix(self, inode: Inode) -> bytes:
-        """The OSTree file header export-ostree hashes for this file (sorted xattrs, empty values dropped)."""
-        k = (inode.uid, inode.gid, inode.mode, inode.xattrs)
+    def _file_prefix(self, meta: tuple) -> bytes:
+        """The OSTree file header export-ostree hashes for a file of this metadata (sorted xattrs, empty
+        values dropped)."""
+        _, mode, uid, gid, xattrs, _, _ = meta
+        k = (uid, gid, mode, xattrs)
         p = self._prefixes.get(k)
         if p is None:
             import gitree_compat as oc  # here: commands that never import files need not load it
-            p = self._prefixes[k] = oc.file_stream_prefix(oc.FileMeta(
-                inode.uid, inode.gid, stat.S_IFREG | inode.mode, b"", oc.canonical_xattrs(inode.xattrs)))
+            p = oc.file_stream_prefix(oc.FileMeta(uid, gid, stat.S_IFREG | mode, b"", oc.canonical_xattrs(xattrs)))
+            if len(self._prefixes) >= META_INTERN:
+                self._prefixes.clear()
+            self._prefixes[k] = p
         return p
 
     def _record_checksum(self, prefix: bytes, oid: bytes, digest: bytes) -> None:
@@ -183,43 +199,53 @@ class Importer:
         if len(self._recent) >= OID_INTERN:
             self._recent.clear()
         self._recent[k] = None
-        self.checksums += record_key(FILE, prefix, oid) + digest
+        self._csums.append((record_key(FILE, prefix, oid), digest))
+        if len(self._csums) >= 4096:
+            self._flush_csums()
+
+    def _flush_csums(self) -> None:
+        self.t.db.executemany("INSERT OR IGNORE INTO csum VALUES (?, ?)", self._csums)
+        self._csums.clear()
 
     def _save_checksums(self) -> None:
-        if not self.checksums:
-            return
         cache = open_cache(self.repo.path, self.warn)
         if cache is None:
             return
         try:
-            rec, n = memoryview(self.checksums), len(self.checksums)
-            step = KEY_LEN + VALUE_LEN
-            for i in range(0, n, step):
-                cache.put(bytes(rec[i:i + KEY_LEN]), bytes(rec[i + KEY_LEN:i + step]))
-            del rec
-            cache.save()
+            self._flush_csums()
+            n = self._sql("SELECT count(*) FROM csum").fetchone()[0]
+            if n:
+                cache.save(self._sql("SELECT key, value FROM csum ORDER BY key"), n)
         finally:
             cache.close()
 
-    def _meta(self, e: Entry) -> tuple:
-        """The shared (kind, mode, uid, gid, xattrs, rdev, sparse) tuple of an entry."""
+    def _meta(self, e: Entry) -> int:
+        """The id of an entry's (kind, mode, uid, gid, xattrs, rdev, sparse) tuple, shared by equal ones."""
         m = (e.kind, e.mode, e.uid, e.gid, e.xattrs, e.rdev, e.sparse)
-        if e.sparse is not None:
-            return m
-        shared = self._metas.get(m)
-        if shared is None:
-            if len(self._metas) >= META_INTERN:
-                return m
-            shared = self._metas[m] = m
-        return shared
+        mid = self._meta_ids.get(m) if e.sparse is None else None
+        if mid is None:
+            mid = self._sql("INSERT INTO meta(data) VALUES (?)",
+                                 (pickle.dumps(m, pickle.HIGHEST_PROTOCOL),)).lastrowid
+            if e.sparse is None:
+                weight = sum(len(k) + len(v) for k, v in e.xattrs)
+                if len(self._meta_ids) >= META_INTERN or self._meta_bytes + weight > META_INTERN_BYTES:
+                    self._meta_ids.clear()
+                    self._meta_bytes = 0
+                self._meta_ids[m] = mid
+                self._meta_bytes += weight
+        return mid
 
-    def _intern_oid(self, oid: bytes) -> bytes:
-        shared = self._oids.get(oid)
-        if shared is None:
-            if len(self._oids) >= OID_INTERN:
-                self._oids.clear()
-            shared = self._oids[oid] = oid
-        return shared
+    def _meta_of(self, mid: int | None) -> tuple:
+        if mid is None:
+            return _DEFAULT_DIR_META
+        m = self._metas.get(mid)
+        if m is None:
+            m = pickle.loads(self._sql("SELECT data FROM meta WHERE id=?", (mid,)).fetchone()[0])
+            if len(self._metas) >= META_INTERN or len(m[4]) > 64 or m[6] is not None:
+                self._metas.clear()   # big or one-off tuples are not kept
+            else:
+                self._metas[mid] = m
+        return m
 
     def _exists(self, oid: bytes) -> bool:
         return oid in self.pack or self.repo.exists(oid)
@@ -230,7 +256,7 @@ class Importer:
             h = hashlib.sha256(prefix)
             h.update(data)
             oid = object_id(OBJ_BLOB, data)
-            if self._exists(oid):
+            if self.pack.might_contain(oid) or self.repo.exists(oid):   # else add_raw drops a repeat
                 out.append((oid, None, h.digest()))
             else:
                 out.append((*hash_and_compress(OBJ_BLOB, data, self.level), h.digest()))
@@ -240,10 +266,8 @@ class Importer:
         """Hand the collected small files to a worker as one job (a future per file costs too much)."""
         if not self.batch:
             return
-        inodes = [i for i, _ in self.batch]
-        prefixes = [self._file_prefix(i) for i in inodes]
-        fut = self.pool.submit(self._hash_job, [d for _, d in self.batch], prefixes)
-        inodes = list(zip(inodes, prefixes, strict=True))
+        inodes = [(where, self._file_prefix(meta)) for where, meta, _ in self.batch]
+        fut = self.pool.submit(self._hash_job, [d for _, _, d in self.batch], [p for _, p in inodes])
         self.pending.append((inodes, self.batch_bytes, fut))
         self.pending_bytes += self.batch_bytes
         self.batch, self.batch_bytes = [], 0
@@ -251,7 +275,7 @@ class Importer:
 
     def store(self, otype: int, data: bytes) -> bytes:
         oid = object_id(otype, data)
-        if not self._exists(oid):
+        if not (self.pack.might_contain(oid) or self.repo.exists(oid)):
             self.pack.add_raw(oid, hash_and_compress(otype, data, self.level).entry)
         return oid
 
@@ -259,35 +283,82 @@ class Importer:
         while self.pending and (self.pending_bytes > limit_bytes or len(self.pending) > limit_count):
             inodes, size, fut = self.pending.popleft()
             self.pending_bytes -= size
-            for (inode, prefix), (oid, entry, digest) in zip(inodes, fut.result(), strict=True):
+            done = []
+            for ((parent, name, ino), prefix), (oid, entry, digest) in zip(inodes, fut.result(), strict=True):
                 if entry is not None:
                     self.pack.add_raw(oid, entry)
-                inode.oid = self._intern_oid(oid)
+                done.append((oid, parent, name, ino))
                 self._record_checksum(prefix, oid, digest)
+                if ino in self._link_pending:
+                    self._link_pending.discard(ino)
+                    self._sql("UPDATE node SET oid=? WHERE lkey IS NOT NULL AND ref=?", (oid, ino))
+            # (the name may have been replaced meanwhile: then its inode differs and nothing is updated)
+            self.t.db.executemany("UPDATE node SET oid=? WHERE parent=? AND name=? AND ref=? AND isdir=0", done)
 
     # tree building
 
-    def _lookup_dir(self, parts: list[bytes], path: bytes) -> Dir:
-        d = self.root
-        for i, comp in enumerate(parts):
-            child = d.children.get(comp)
-            if child is None:
-                child = d.children[comp] = Dir()
-            elif not isinstance(child, Dir):
-                raise UnsafePath(f"{display(path)}: parent {display(b'/'.join(parts[:i + 1]))} is not a "
-                                 "directory (a member through a symlink or file?)")
-            d = child
+    def _child(self, parent: int, name: bytes) -> _Node | None:
+        r = self._sql("SELECT isdir, ref, lkey, meta, oid, mtime FROM node WHERE parent=? AND name=?",
+                           (parent, name)).fetchone()
+        return None if r is None else _Node(bool(r[0]), *r[1:])
+
+    def _count_child(self, parent: int, path: bytes) -> None:
+        """One more entry in directory `parent`: refused past MAX_DIR_ENTRIES (the reader's limit)."""
+        n = self._counts.get(parent)
+        if n is None:
+            n = self._sql("UPDATE dir SET n=n+1 WHERE id=? RETURNING n", (parent,)).fetchone()[0]
+        else:
+            n = self._counts[parent] = n + 1
+        if n > limits.MAX_DIR_ENTRIES:
+            raise BadInput(f"{display(path)}: more than {limits.MAX_DIR_ENTRIES} entries in one directory "
+                           "(MAX_DIR_ENTRIES)")
+
+    def _new_dir(self, parent: int, name: bytes, depth: int, meta: int | None, mtime: int | None) -> int:
+        d = self._sql("INSERT INTO dir(depth, meta, mtime) VALUES (?, ?, ?)", (depth, meta, mtime)).lastrowid
+        self._sql("INSERT OR REPLACE INTO node(parent, name, isdir, ref) VALUES (?, ?, 1, ?)", (parent, name, d))
         return d
 
-    def _lookup(self, path: bytes) -> Inode | Dir | None:
-        node = self.root
-        for comp in split_path(path):
-            if not isinstance(node, Dir):
-                return None
-            node = node.children.get(comp)
-            if node is None:
-                return None
-        return node
+    def _dir_id(self, parts: list[bytes], path: bytes) -> int:
+        """The directory holding the entry at `parts`, made (as implicit directories) where missing."""
+        key = _path_key(parts[:-1])
+        d = self._parents.get(key)
+        if d is not None:
+            return d
+        d = ROOT
+        for i, comp in enumerate(parts[:-1]):
+            child = self._child(d, comp)
+            if child is None:
+                self._count_child(d, path)
+                d = self._new_dir(d, comp, i + 1, None, None)
+            elif not child.isdir:
+                raise UnsafePath(f"{display(path)}: parent {display(b'/'.join(parts[:i + 1]))} is not a "
+                                 "directory (a member through a symlink or file?)")
+            else:
+                d = child.ref
+        if len(self._parents) >= PARENT_CACHE:
+            self._parents.clear()
+            self.t.db.executemany("UPDATE dir SET n=? WHERE id=?", [(n, i) for i, n in self._counts.items()])
+            self._counts.clear()
+        self._parents[key] = d
+        if d not in self._counts:
+            self._counts[d] = self._sql("SELECT n FROM dir WHERE id=?", (d,)).fetchone()[0]
+        return d
+
+    def _lookup(self, path: bytes) -> tuple[int, bytes, _Node] | None:
+        """(parent directory id, name, node) of the entry at `path` in the tree being built, or None."""
+        parts = split_path(path)
+        if not parts:
+            return None
+        d = self._parents.get(_path_key(parts[:-1]))
+        if d is None:
+            d = ROOT
+            for comp in parts[:-1]:
+                child = self._child(d, comp)
+                if child is None or not child.isdir:
+                    return None
+                d = child.ref
+        node = self._child(d, parts[-1])
+        return None if node is None else (d, parts[-1], node)
 
     def add(self, e: Entry, data: Callable[[], Iterable[bytes]] | None = None, rereadable: bool = False, *,
             oid: bytes | None = None) -> None:
@@ -306,49 +377,62 @@ class Importer:
         if e.path == b"":
             if e.kind is not Kind.DIR:
                 raise UnsafePath("the root of the tree must be a directory")
-            self.root.set_meta(e)
-            self.root_seen = True
+            self._sql("UPDATE dir SET meta=?, mtime=? WHERE id=?", (self._meta(e), e.mtime_ns, ROOT))
             return
         parts = split_path(e.path)
         if len(parts) > MAX_DEPTH:
             raise BadInput(f"{display(e.path[:200])}...: deeper than {MAX_DEPTH} levels")
         for comp in parts:
             check_name(comp, e.path)
-        parent = self._lookup_dir(parts[:-1], e.path)
+        parent = self._dir_id(parts, e.path)
         name = parts[-1]
-        old = parent.children.get(name)
-        if old is None and len(parent.children) >= limits.MAX_DIR_ENTRIES:
-            raise BadInput(f"{display(e.path)}: more than {limits.MAX_DIR_ENTRIES} entries in one directory "
-                           "(MAX_DIR_ENTRIES)")
+        old = self._child(parent, name)
+        if old is None:
+            self._count_child(parent, e.path)
         if e.kind is Kind.DIR and e.hardlink is None:
-            if isinstance(old, Dir):
-                old.set_meta(e)
+            if old is not None and old.isdir:
+                self._sql("UPDATE dir SET meta=?, mtime=? WHERE id=?", (self._meta(e), e.mtime_ns, old.ref))
             else:
-                parent.children[name] = Dir(e)
+                self._new_dir(parent, name, len(parts), self._meta(e), e.mtime_ns)
             return
-        if isinstance(old, Dir) and old.children:
-            raise UnsafePath(f"{display(e.path)}: replaces a non-empty directory")
+        if old is not None and old.isdir:
+            if self._sql("SELECT 1 FROM node WHERE parent=? LIMIT 1", (old.ref,)).fetchone():
+                raise UnsafePath(f"{display(e.path)}: replaces a non-empty directory")
+            self._sql("DELETE FROM dir WHERE id=?", (old.ref,))
         if e.hardlink is not None:
-            target = self._lookup(e.hardlink)
-            if target is None:
-                raise BadInput(f"{display(e.path)}: hard link to {display(e.hardlink)}, which does not exist "
-                               "earlier in the archive")
-            if isinstance(target, Dir):
-                raise UnsafePath(f"{display(e.path)}: hard link to a directory {display(e.hardlink)}")
-            parent.children[name] = target
-            self._linked[id(target)] = target
+            self._add_link(e, parent, name, parts)
             return
-        inode = Inode(self._meta(e), e)
-        parent.children[name] = inode
+        meta = self._meta(e)
+        self._inodes += 1
+        ino = self._inodes
         if oid is not None:
-            inode.oid = self._known_blob(oid, e.path)
+            oid = self._known_blob(oid, e.path)
             self.stats.files += 1
             self.stats.bytes += e.size
             self._tick(e.path)
         elif e.kind is Kind.SYMLINK:
-            inode.oid = self._intern_oid(self.store(OBJ_BLOB, e.target or b""))
+            oid = self.store(OBJ_BLOB, e.target or b"")
         elif e.kind is Kind.FILE:
-            self._add_content(inode, e, data, rereadable)
+            oid = self._add_content((parent, name, ino), e, data, rereadable)
+        self._sql("INSERT OR REPLACE INTO node VALUES (?, ?, 0, ?, NULL, ?, ?, ?)",
+                       (parent, name, ino, meta, oid, e.mtime_ns))
+
+    def _add_link(self, e: Entry, parent: int, name: bytes, parts: list[bytes]) -> None:
+        """A hard link: the name shares the inode its target names now."""
+        found = self._lookup(e.hardlink)
+        if found is None:
+            raise BadInput(f"{display(e.path)}: hard link to {display(e.hardlink)}, which does not exist "
+                           "earlier in the archive")
+        tparent, tname, target = found
+        if target.isdir:
+            raise UnsafePath(f"{display(e.path)}: hard link to a directory {display(e.hardlink)}")
+        if target.lkey is None:
+            self._sql("UPDATE node SET lkey=? WHERE parent=? AND name=?",
+                           (_path_key(split_path(e.hardlink)), tparent, tname))
+        if target.oid is None and self._meta_of(target.meta)[0] is Kind.FILE:
+            self._link_pending.add(target.ref)     # its blob comes when its batch is hashed
+        self._sql("INSERT OR REPLACE INTO node VALUES (?, ?, 0, ?, ?, ?, ?, ?)",
+                       (parent, name, target.ref, _path_key(parts), target.meta, target.oid, target.mtime))
 
     def _known_blob(self, oid: bytes, path: bytes) -> bytes:
         """`oid` for a file added with it: a blob in the repository or this import's pack. One still waiting
@@ -357,7 +441,7 @@ class Importer:
             self._flush()
         if not self._exists(oid):
             raise UsageError(f"{display(path)}: blob {oid.hex()} is neither in the repository nor in this import")
-        return self._intern_oid(oid)
+        return oid
 
     def _flush(self) -> None:
         self._submit_batch()
@@ -367,30 +451,36 @@ class Importer:
         """The git blob id of the regular file added at `path` in the tree being built (to add more files of
         the same content with `add(..., oid=)`); a file still waiting in a batch of small files is hashed
         first."""
-        node = self._lookup(path)
-        if not isinstance(node, Inode) or node.kind is not Kind.FILE:
+        found = self._lookup(path)
+        if found is None or found[2].isdir or self._meta_of(found[2].meta)[0] is not Kind.FILE:
             raise UsageError(f"{display(path)}: no regular file at this path of the tree being built")
-        if node.oid is None:
-            self._flush()
-        return node.oid
+        if found[2].oid is not None:
+            return found[2].oid
+        self._flush()
+        return self._lookup(path)[2].oid
 
-    def _add_content(self, inode: Inode, e: Entry, data, rereadable: bool) -> None:
+    def _add_content(self, where: tuple[int, bytes, int], e: Entry, data, rereadable: bool) -> bytes | None:
+        """Hash and pack a regular file's bytes: its blob id, or None while its batch waits for a worker."""
         size = e.size
         self.stats.files += 1
         self.stats.bytes += size
         if data is None:
             data = lambda: [b""]  # noqa: E731
+        meta = (e.kind, e.mode, e.uid, e.gid, e.xattrs, e.rdev, e.sparse)
         if size <= SMALL_FILE:
             buf = b"".join(data())
             if len(buf) != size:
                 raise BadInput(f"{display(e.path)}: read {len(buf)} bytes, expected {size} (file changed?)")
-            self.batch.append((inode, buf))
+            self.batch.append((where, meta, buf))
             self.batch_bytes += size
             if self.batch_bytes >= BATCH_BYTES or len(self.batch) >= BATCH_FILES:
                 self._submit_batch()
+            self._tick(e.path)
+            return None
         else:
-            prefix = self._file_prefix(inode)
+            prefix = self._file_prefix(meta)
             csum = hashlib.sha256(prefix)
+            oid = None
             if rereadable:
                 from .packwriter import object_header
                 h = hashlib.sha1(object_header(OBJ_BLOB, size))
@@ -398,22 +488,21 @@ class Importer:
                     h.update(chunk)
                     csum.update(chunk)
                 if self._exists(h.digest()):
-                    inode.oid = h.digest()
-                    self._record_checksum(prefix, inode.oid, csum.digest())
-                    self._tick(e.path)
-                    return
-                csum = hashlib.sha256(prefix)
-
-            def hashed():
-                for chunk in data():
-                    csum.update(chunk)
-                    yield chunk
-            try:
-                inode.oid = self.pack.add_stream(OBJ_BLOB, size, hashed(), self.level, self._exists)
-            except ValueError as err:
-                raise BadInput(f"{display(e.path)}: {err}") from None
-            self._record_checksum(prefix, inode.oid, csum.digest())
+                    oid = h.digest()
+                else:
+                    csum = hashlib.sha256(prefix)
+            if oid is None:
+                def hashed():
+                    for chunk in data():
+                        csum.update(chunk)
+                        yield chunk
+                try:
+                    oid = self.pack.add_stream(OBJ_BLOB, size, hashed(), self.level, self._exists)
+                except ValueError as err:
+                    raise BadInput(f"{display(e.path)}: {err}") from None
+            self._record_checksum(prefix, oid, csum.digest())
         self._tick(e.path)
+        return oid
 
     def _tick(self, path: bytes) -> None:
         if self.progress is not None:
@@ -424,74 +513,52 @@ class Importer:
     def finish_tree(self, extra_top=()) -> bytes:
         """Write every tree and table; return the top tree id. `extra_top`: more (mode, name, oid) entries."""
         self._flush()
-        counts: dict[int, int] = collections.Counter()
-        self._count(self.root, counts)
-        leaders: dict[int, bytes] = {}
-        content, meta = self._write_dir(self.root, b"", counts, leaders)
-        self.root, self._linked = Dir(), {}   # the tree is written: let it go before the commit and cache
+        t = self.t
+        # the leader of each inode named more than once: its first path in canonical order
+        t.execute("INSERT INTO leader SELECT ref, min(lkey) FROM node WHERE lkey IS NOT NULL "
+                  "GROUP BY ref HAVING count(*) > 1")
+        dirs = t.db.cursor()
+        dirs.execute("SELECT id, meta, mtime FROM dir ORDER BY depth DESC")   # children before parents
+        for d, dmeta, dmtime in dirs:
+            c, m = self._write_dir(d, dmeta, dmtime)
+            t.execute("INSERT INTO written VALUES (?, ?, ?)", (d, c, m))
+        c, m = t.execute("SELECT c, m FROM written WHERE id=?", (ROOT,)).fetchone()
         fmt = self.store(OBJ_BLOB, FORMAT_BLOB)
-        top = [(MODE_FILE, TOP_FORMAT, fmt), (MODE_DIR, TOP_META, meta), (MODE_DIR, TOP_ROOTFS, content)]
+        top = [(MODE_FILE, TOP_FORMAT, fmt), (MODE_DIR, TOP_META, m), (MODE_DIR, TOP_ROOTFS, c)]
         return self.store(OBJ_TREE, encode_tree(top + list(extra_top)))
 
-    def _count(self, root: Dir, counts) -> None:
-        """How many paths name each inode a hard link was made to (a link's target may have been
-        replaced since, leaving one path); other inodes have one path each and are not counted."""
-        linked = self._linked
-        if not linked:
-            return
-        todo = [root]
-        while todo:
-            for node in todo.pop().children.values():
-                if isinstance(node, Dir):
-                    todo.append(node)
-                elif id(node) in linked:
-                    counts[id(node)] += 1
-
-    def _write_dir(self, root: Dir, path: bytes, counts, leaders) -> tuple[bytes, bytes]:
-        """Write a directory's trees and tables, children first, without recursion: a frame per open
-        directory, visited in canonical order (which decides which path of an inode leads)."""
-        def frame(d: Dir, p: bytes):
-            return (d, p, iter(sorted(d.children)), [], [], [])
-
-        stack = [frame(root, path)]
-        sparse = [False]     # per frame: a row has a sparse map (the table's magic line says so)
-        while True:
-            d, dpath, names, centries, mentries, rows = stack[-1]
-            name = next(names, None)
-            if name is None:
-                table = sidetable.table_from_lines(_row(sidetable.SELF, d, self.keep_mtime), rows, sparse[-1])
-                del rows[:]
-                mentries.append((MODE_FILE, TABLE_NAME, self.store(OBJ_BLOB, table)))
-                c, m = self.store(OBJ_TREE, encode_tree(centries)), self.store(OBJ_TREE, encode_tree(mentries))
-                stack.pop()
-                sparse.pop()
-                if not stack:
-                    return c, m
-                parent = stack[-1]
-                gname = git_name(d_name := dpath.rpartition(b"/")[2])
-                parent[3].append((MODE_DIR, gname, c))
-                parent[4].append((MODE_DIR, gname, m))
-                parent[5].append(sidetable.encode_row(_row(d_name, d, self.keep_mtime)))
-                continue
-            node = d.children[name]
-            cpath = dpath + b"/" + name if dpath else name
+    def _write_dir(self, d: int, dmeta: int | None, dmtime: int | None) -> tuple[bytes, bytes]:
+        """Write one directory's content tree, meta tree and side table (its subdirectories are written)."""
+        centries, mentries, rows = [], [], []
+        sparse = False
+        children = self._sql(
+            "SELECT n.name, n.isdir, n.lkey, l.lkey, n.meta, n.oid, n.mtime, w.c, w.m, s.meta, s.mtime "
+            "FROM node n LEFT JOIN leader l ON n.lkey IS NOT NULL AND l.ino=n.ref "
+            "LEFT JOIN written w ON n.isdir=1 AND w.id=n.ref "
+            "LEFT JOIN dir s ON n.isdir=1 AND s.id=n.ref "
+            "WHERE n.parent=? ORDER BY n.name", (d,))
+        for name, isdir, lkey, lead, imeta, oid, imtime, wc, wm, smeta, smtime in children:
             gname = git_name(name)
-            if isinstance(node, Dir):
-                stack.append(frame(node, cpath))
-                sparse.append(False)
+            if isdir:
+                centries.append((MODE_DIR, gname, wc))
+                mentries.append((MODE_DIR, gname, wm))
+                rows.append(sidetable.encode_row(_row(name, self._meta_of(smeta), smtime, self.keep_mtime)))
                 continue
-            hl = None
-            if counts.get(id(node), 0) > 1:
-                hl = leaders.get(id(node))
-                if hl is None:
-                    leaders[id(node)] = cpath
-            rows.append(sidetable.encode_row(_row(name, node, self.keep_mtime, hl)))  # in name order
-            if node.sparse is not None:
-                sparse[-1] = True
-            if node.kind is Kind.FILE:
-                centries.append((MODE_EXEC if node.mode & 0o100 else MODE_FILE, gname, node.oid))
-            elif node.kind is Kind.SYMLINK:
-                centries.append((MODE_LINK, gname, node.oid))
+            meta = self._meta_of(imeta)
+            hl = lead.replace(b"\0", b"/") if lead is not None and lead != lkey else None
+            rows.append(sidetable.encode_row(_row(name, meta, imtime, self.keep_mtime, hl)))  # in name order
+            kind = meta[0]
+            if meta[6] is not None:
+                sparse = True
+            if kind is Kind.FILE:
+                centries.append((MODE_EXEC if meta[1] & 0o100 else MODE_FILE, gname, oid))
+            elif kind is Kind.SYMLINK:
+                centries.append((MODE_LINK, gname, oid))
+        table = sidetable.table_from_lines(_row(sidetable.SELF, self._meta_of(dmeta), dmtime, self.keep_mtime),
+                                           rows, sparse)
+        del rows
+        mentries.append((MODE_FILE, TABLE_NAME, self.store(OBJ_BLOB, table)))
+        return self.store(OBJ_TREE, encode_tree(centries)), self.store(OBJ_TREE, encode_tree(mentries))
 
     def commit_object(self, message: str, timestamp: int | None, parents: list[bytes], extra_top=(),
                       author: tuple[str, str] | None = None, *, branch: str | None = None,
@@ -512,12 +579,15 @@ class Importer:
         except BaseException:
             self.abort()
             raise
-        self._save_checksums()
+        try:
+            self._save_checksums()
+        finally:
+            self.t.close()
         self.stats.seconds = time.monotonic() - self._t0
         return cid
 
     def _install(self) -> None:
-        self.stats.new_objects = len(self.pack.entries)
+        self.stats.new_objects = self.pack.count
         self.stats.pack_bytes = self.pack.bytes_written
         self.pack.install()
 
@@ -530,6 +600,7 @@ class Importer:
     def abort(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
         self.pack.abort()
+        self.t.close()
 
 
 class Transaction:

@@ -14,6 +14,8 @@ from typing import NamedTuple
 
 from isal import isal_zlib
 
+from .scratch import ScratchDB, remove_live
+
 OBJ_COMMIT, OBJ_TREE, OBJ_BLOB, OBJ_TAG = 1, 2, 3, 4
 _TYPE_NAMES = {OBJ_COMMIT: b"commit", OBJ_TREE: b"tree", OBJ_BLOB: b"blob", OBJ_TAG: b"tag"}
 
@@ -69,10 +71,13 @@ def hash_and_compress(otype: int, data: bytes, level: int) -> PackedObject:
     return PackedObject(oid, pack_entry_header(otype, len(data)) + compress(data, level))
 
 
+RECENT_IDS = 1 << 16   # object ids a pack writer remembers in memory (the rest are in its scratch index)
+
 _LIVE: set[str] = set()  # temporary pack files being written, removed if the process is interrupted
 
 
 def remove_live_temporaries() -> None:
+    remove_live()
     for p in list(_LIVE):
         for path in (p, p[:-5] + ".idx"):
             try:
@@ -91,22 +96,48 @@ class PackWriter:
         self.f = open(self.tmp_path, "w+b")
         _LIVE.add(self.tmp_path)
         self.f.write(b"PACK" + struct.pack(">II", 2, 0))
-        # oid -> offset << 32 | crc32: one int an object, not a tuple of two (an import of many small files
-        # holds one per distinct file until the index is written)
-        self.entries: dict[bytes, int] = {}
+        # oid -> offset << 32 | crc32 of every object written, on disk (a pack of many small objects - an
+        # import of many small files, a bundle - would otherwise hold one dict entry per object)
+        self.index: ScratchDB | None = None
+        self.count = 0
         self.bytes_written = 0
+        self.recent: set[bytes] = set()    # ids written lately: a check without the database (bounded)
+
+    def _db(self) -> ScratchDB:
+        if self.index is None:
+            self.index = ScratchDB(self.pack_dir, f"{id(self):x}_idx",
+                                   "CREATE TABLE obj(oid BLOB PRIMARY KEY, v INTEGER NOT NULL) WITHOUT ROWID")
+        return self.index
 
     def __contains__(self, oid: bytes) -> bool:
-        return oid in self.entries
+        if oid in self.recent:
+            return True
+        if not self.count:
+            return False
+        return self.index.execute("SELECT 1 FROM obj WHERE oid=?", (oid,)).fetchone() is not None
+
+    def might_contain(self, oid: bytes) -> bool:
+        """True: the pack holds `oid`; False: it may not (a cheap check for threads about to compress)."""
+        return oid in self.recent
+
+    def _claim(self, oid: bytes, v: int) -> bool:
+        """Record `oid` at v = offset << 32 | crc32, unless the pack holds it already."""
+        if oid in self.recent:
+            return False
+        if not self._db().execute("INSERT OR IGNORE INTO obj VALUES (?, ?)", (oid, v)).rowcount:
+            return False
+        self.count += 1
+        if len(self.recent) >= RECENT_IDS:
+            self.recent.clear()
+        self.recent.add(oid)
+        return True
 
     def add_raw(self, oid: bytes, entry: bytes) -> None:
         """Append a ready pack entry (header + zlib data) for `oid` unless already written."""
-        if oid in self.entries:
-            return
         off = self.f.tell()
-        self.f.write(entry)
-        self.entries[oid] = off << 32 | zlib.crc32(entry)
-        self.bytes_written += len(entry)
+        if self._claim(oid, off << 32 | zlib.crc32(entry)):
+            self.f.write(entry)
+            self.bytes_written += len(entry)
 
     def add_stream(self, otype: int, size: int, chunks, level: int, exists) -> bytes:
         """Stream an object of known size into the pack; drop it again if `exists(oid)` afterwards."""
@@ -132,17 +163,22 @@ class PackWriter:
         crc = zlib.crc32(z, crc)
         self.f.write(z)
         oid = sha.digest()
-        if oid in self.entries or exists(oid):
+        if oid in self.recent or exists(oid) or not self._claim(oid, off << 32 | (crc & 0xFFFFFFFF)):
             self.f.truncate(off)
             self.f.seek(off)
         else:
-            self.entries[oid] = off << 32 | (crc & 0xFFFFFFFF)
             self.bytes_written += self.f.tell() - off
         return oid
+
+    def _close_index(self) -> None:
+        if self.index is not None:
+            self.index.close()
+            self.index = None
 
     def abort(self) -> None:
         if not self.f.closed:
             self.f.close()
+        self._close_index()
         _LIVE.discard(self.tmp_path)
         try:
             os.unlink(self.tmp_path)
@@ -151,12 +187,12 @@ class PackWriter:
 
     def install(self, fsync: bool = True) -> str | None:
         """Finish the pack, write its index, rename both into place. Returns the pack path or None if empty."""
-        if not self.entries:
+        if not self.count:
             self.abort()
             return None
         f = self.f
         f.seek(8)
-        f.write(struct.pack(">I", len(self.entries)))
+        f.write(struct.pack(">I", self.count))
         f.flush()
         f.seek(0)
         sha = hashlib.sha1()
@@ -174,10 +210,12 @@ class PackWriter:
         f.close()
         name = "pack-" + trailer.hex()
         idx_tmp = self.tmp_path[:-5] + ".idx"
-        with open(idx_tmp, "wb") as fi:
-            fi.write(build_index(self.entries, trailer))
+        with open(idx_tmp, "w+b") as fi:
+            rows = self.index.execute("SELECT oid, v FROM obj ORDER BY oid")
+            write_index(fi, rows, self.count, trailer)
             if fsync:
                 os.fsync(fi.fileno())
+        self._close_index()
         final = os.path.join(self.pack_dir, name)
         os.rename(self.tmp_path, final + ".pack")
         os.rename(idx_tmp, final + ".idx")
@@ -185,31 +223,51 @@ class PackWriter:
         return final + ".pack"
 
 
-def build_index(entries: dict[bytes, int], pack_sha: bytes) -> bytes:
-    """A version-2 pack index for `entries` (oid -> offset << 32 | crc32)."""
-    oids = sorted(entries)
+def write_index(f, rows, count: int, pack_sha: bytes) -> None:
+    """Write a version-2 pack index to the empty file `f`: `rows` are the pack's `count` objects as
+    (oid, offset << 32 | crc32), sorted by oid. One pass, each table written at its place (the index is
+    never held whole), then the fanout, the pack's checksum and the index's own."""
+    base = 8 + 256 * 4
+    tables = [base, base + 20 * count, base + 24 * count]     # oids, crcs, offsets
+    bufs: list[list[bytes]] = [[], [], []]
     fanout = [0] * 256
-    for oid in oids:
+    large: list[int] = []
+    n = 0
+
+    def flush() -> None:
+        for t, buf in enumerate(bufs):
+            data = b"".join(buf)
+            os.pwrite(f.fileno(), data, tables[t])
+            tables[t] += len(data)
+            buf.clear()
+
+    for oid, v in rows:
+        n += 1
         fanout[oid[0]] += 1
+        off = v >> 32
+        if off >= 0x80000000:
+            large.append(off)    # objects past 2 GiB: only in packs that big
+            off = 0x80000000 | (len(large) - 1)
+        bufs[0].append(oid)
+        bufs[1].append(struct.pack(">I", v & 0xFFFFFFFF))
+        bufs[2].append(struct.pack(">I", off))
+        if len(bufs[0]) >= 65536:
+            flush()
+    flush()
+    if n != count:
+        raise AssertionError(f"pack index: {n} objects listed, {count} written")
     total = 0
     for i in range(256):
         total += fanout[i]
         fanout[i] = total
-    small, large = [], []
-    for oid in oids:
-        off = entries[oid] >> 32
-        if off < 0x80000000:
-            small.append(off)
-        else:
-            small.append(0x80000000 | len(large))
-            large.append(off)
-    parts = [
-        b"\xfftOc", struct.pack(">I", 2), struct.pack(">256I", *fanout),
-        b"".join(oids),
-        struct.pack(f">{len(oids)}I", *(entries[o] & 0xFFFFFFFF for o in oids)),
-        struct.pack(f">{len(small)}I", *small),
-        struct.pack(f">{len(large)}Q", *large) if large else b"",
-        pack_sha,
-    ]
-    body = b"".join(parts)
-    return body + hashlib.sha1(body).digest()
+    os.pwrite(f.fileno(), b"\xfftOc" + struct.pack(">I", 2) + struct.pack(">256I", *fanout), 0)
+    f.seek(0, os.SEEK_END)
+    if large:
+        f.write(struct.pack(f">{len(large)}Q", *large))
+    f.write(pack_sha)
+    f.flush()
+    f.seek(0)
+    sha = hashlib.sha1()
+    while chunk := f.read(1 << 20):
+        sha.update(chunk)
+    f.write(sha.digest())

@@ -218,7 +218,7 @@ def test_import_records_checksums_that_export_uses(work):
     api.init(repo)
     api.import_rootfs(repo, src, branch="b", timestamp=5, message="s")
     c = ec.ExportCache(repo, warn=pytest.fail)
-    files = [k for k in c.index]
+    files = c.keys()
     assert len(files) == 6  # the six regular files of T1 plus big.bin, less the duplicate empty/none
     c.close()
     real = fresh_ostree(os.path.join(work, "real"), "archive")
