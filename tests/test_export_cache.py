@@ -297,8 +297,11 @@ def test_pack_reader_reads_whole_objects_and_refuses_deltas_and_damage(work):
         data = zlib.decompress(s.read_raw(), -15)
         assert s.verify() and b"".join(inflate_chunks(s, "t", 1000)) == data
         assert data == r[oid].data and s.size == len(data)
+        assert ps.small_blob(oid.raw, "t") == data      # one pread, the same checks
+        assert ps.small_blob(oid.raw, "t", len(data) - 1) is None if data else True   # over the limit
     assert whole >= 3 and deltas >= 1
-    assert ps.blob(b"\0" * 20) is None
+    assert all(ps.small_blob(oid.raw, "t") is None for oid in blobs if ps.blob(oid.raw) is None)  # deltas
+    assert ps.blob(b"\0" * 20) is None and ps.small_blob(b"\0" * 20, "t") is None
     ps.close()
     # a flipped bit in an entry fails its CRC-32: never handed out
     pack = [p for p in os.listdir(os.path.join(g, "objects", "pack")) if p.endswith(".pack")][0]
@@ -317,6 +320,8 @@ def test_pack_reader_reads_whole_objects_and_refuses_deltas_and_damage(work):
     os.close(out)
     with pytest.raises(CorruptObject):
         b"".join(inflate_chunks(bad, "t"))
+    with pytest.raises(CorruptObject):
+        PackSet(os.path.join(g, "objects")).small_blob(blobs[-1].raw, "t")
 
 
 def test_inflate_chunks_one_call_and_streamed_agree_and_refuse_a_wrong_size(work):
