@@ -145,11 +145,11 @@ class DirectoryWriter:
         self.max_open = _open_files_budget()
         self.batch_files = min(BATCH_FILES, self.max_open)
         # Per-file metadata calls that would change nothing are left out (a root filesystem is mostly files
-        # of root:root, modes without special bits): a file is created with its permission bits when the
-        # umask keeps them all and it has no setuid/setgid/sticky bit (a later chown would clear those), and
-        # fchown is skipped for the owner a new file gets anyway - known once the first file is created and
-        # checked with fstat (an id-mapped or root-squashed file system gives another, and then every file
-        # is chowned), and never assumed below a setgid destination (its group is inherited).
+        # of root:root, modes without special bits): fchown is skipped for the owner a new file gets anyway -
+        # known once the first file is created and checked with fstat (an id-mapped or root-squashed file
+        # system gives another, and then every file is chowned), and never assumed below a setgid
+        # destination (its group is inherited); a file of that owner is created with its permission bits
+        # (no fchmod) when the umask keeps them all and it has no setuid/setgid/sticky bit.
         self.umask = _umask()
         self.own: tuple[int, int] | None = None   # (uid, gid) new files get here, once checked
         self.own_checked = False
@@ -287,7 +287,9 @@ class DirectoryWriter:
         if e.kind is Kind.FILE:
             self._make_room()
             perms = e.mode & 0o7777
-            direct = self.umask is not None and not perms & (0o7000 | self.umask)
+            # with its final mode only when it also has its final owner: never readable by others than
+            # those its mode and owner will admit
+            direct = self.umask is not None and not perms & (0o7000 | self.umask) and (e.uid, e.gid) == self.own
             fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                          perms if direct else 0o600, dir_fd=pfd)
             if not self.own_checked:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import hashlib
-import multiprocessing
 import os
 import re
 import stat
@@ -508,6 +507,7 @@ class Exporter:
             self.batch = []
             return
         if self.pool is None:
+            import multiprocessing  # here: an update written in-process never starts workers, nor imports this
             self.pool = concurrent.futures.ProcessPoolExecutor(
                 WORKERS, mp_context=multiprocessing.get_context("fork"), initializer=_worker_init,
                 initargs=(self.repo.path, str(self.target.path), self.opts.compression))
