@@ -218,7 +218,10 @@ class Verified:
     these objects alone - except hard links, whose leader is looked up from the commit's root, so a
     subtree holding one is never remembered - and on where it sits, which is kept with it: its height
     (directory levels below it: it passes the depth limit at any level up to MAX_TREE_DEPTH - height)
-    and its entries (added to the walk's count, so the entry limit holds as if it were walked)."""
+    and its entries (added to the walk's count, so the entry limit holds as if it were walked).
+
+    Export keeps these across runs, in authenticated records keyed with gitree/ostree/export.py's
+    VERIFY_RULES: a change to what this reader checks must change that version."""
 
     MAX_PAIRS = 1 << 20     # remembered directories (about 200 bytes each); beyond, later ones are re-read
 
