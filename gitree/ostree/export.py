@@ -85,7 +85,8 @@ VERIFIED_DIR = b"verified-dir"
 VERIFY_RULES = b"treeread-1 %d %d %d %d %d %d" % (
     limits.MAX_TREE_DEPTH, limits.MAX_DIR_ENTRIES, limits.MAX_TABLE_BYTES, limits.MAX_TREE_BYTES,
     limits.MAX_COMMIT_ENTRIES, limits.SYMLINK_MAX)   # a record made under other limits is not used
-KEEP_ROWS = 1 << 18  # table rows of directories the check read, kept for the plan (beyond, they are read again)
+KEEP_ROWS = 1 << 17  # table rows of directories the check read, kept for the plan (about 460 bytes each: under
+#                      60 MiB); beyond, the plan reads them again
 
 
 class _CheckedDirs(treeread.Verified):
