@@ -572,3 +572,29 @@ def test_a_subtree_an_earlier_export_checked_is_checked_again_where_it_is_too_de
     assert_one_error(run_gitree("-C", repo, "export-ostree", "os", "--ostree-repo", target, check=False),
                      "depth limit")
     assert ostree(f"--repo={target}", "rev-parse", "os").strip() == first   # the ref did not move
+
+
+def test_a_forged_checked_directory_record_is_not_trusted(work):
+    """A `verified-dir` record whose MAC fails (planted or edited: here claiming height 0) is treated as absent:
+    the check reads that directory again (one warning), the export is still `ostree commit`'s."""
+    from gitree.ostree.export import VERIFIED_DIR, VERIFY_RULES
+    from gitree.treeread import ReadCount
+    src = os.path.join(work, "tree")
+    _wide_tree(src)
+    repo, target = os.path.join(work, "g.git"), os.path.join(work, "o")
+    api.init(repo)
+    api.import_rootfs(repo, src, branch="os", timestamp=100, message="v1")
+    api.export_ostree(repo, "os", target)
+    g = pygit2.Repository(repo)
+    top = g.revparse_single("os").peel(pygit2.Commit).tree
+    pair = (top["rootfs"]["d03"].id.raw, top["meta"]["d03"].id.raw)
+    _plant(repo, ec.record_key(VERIFIED_DIR, VERIFY_RULES, *pair), bytes(32), os.urandom(ec.MAC_LEN))
+    with open(os.path.join(src, "d07", "sub", "g1"), "wb") as fh:
+        fh.write(b"changed\n")
+    api.import_rootfs(repo, src, branch="os", timestamp=200, message="v2")
+    before = ReadCount.dirs
+    r = api.export_ostree(repo, "os", target)
+    assert ReadCount.dirs - before == 3 + 1 + 2 + 1, ReadCount.dirs - before   # as without the forgery, and d03
+    assert warning_text(r).count("fails its authentication") == 1
+    assert _root(target) == _want(work, src)
+    ostree(f"--repo={target}", "fsck")
