@@ -122,6 +122,9 @@ def _chunks_for(repo: Repo):
     packs = PackSet(repo.objects_dir)
 
     def chunks(e):
+        small = packs.small_blob(e.oid, display(e.path))
+        if small is not None:
+            return (small,) if small else ()
         ps = packs.blob(e.oid)
         if ps is None:
             return repo.blob_chunks(e.oid, None, display(e.path))

@@ -95,12 +95,15 @@ def decode_table(data: bytes, where: str = "") -> tuple[Row, list[Row]]:
     rows = []
     prev = None
     for lineno, line in enumerate(lines[:-1], 2):
-        try:
-            row = _decode_row(line)
-            if encode_row(row) != line + b"\n":
-                raise ValueError("row is not in canonical form")
-        except (ValueError, KeyError, IndexError) as e:
-            raise CorruptObject(f"side table {where} line {lineno}: {e}") from None
+        row = _known_tail_row(line)
+        if row is None:
+            try:
+                row = _decode_row(line)
+                if encode_row(row) != line + b"\n":
+                    raise ValueError("row is not in canonical form")
+            except (ValueError, KeyError, IndexError) as e:
+                raise CorruptObject(f"side table {where} line {lineno}: {e}") from None
+            _remember_tail(line, row)
         if lineno == 2:
             if row.name != SELF or row.kind is not Kind.DIR:
                 raise CorruptObject(f"side table {where}: first row must describe the directory itself")
@@ -115,6 +118,39 @@ def decode_table(data: bytes, where: str = "") -> tuple[Row, list[Row]]:
         raise CorruptObject(f"side table {where}: version {2 if v2 else 1} marker with"
                             f"{'out' if v2 else ''} a sparse file (not in canonical form)")
     return _decode_row(lines[0]), rows
+
+
+# Most rows of a root filesystem differ only by name ("f 644 0 0"): the part after the name (the tail) of a
+# row decoded, validated and found canonical is remembered, and a later row with the same tail is checked by
+# its name alone (the same checks as _decode_row, and esc(name) must give the token back: canonical form).
+# What a tail says does not depend on the name; a tail with a hard link or a sparse map is not remembered.
+_TAILS: dict[bytes, tuple] = {}
+MAX_TAILS = 4096
+
+
+def _remember_tail(line: bytes, row: Row) -> None:
+    if row.name == SELF or row.hardlink is not None or row.sparse is not None:
+        return
+    if len(_TAILS) >= MAX_TAILS:
+        _TAILS.clear()
+    _TAILS[line.partition(b" ")[2]] = (row.kind, row.mode, row.uid, row.gid, row.rdev, None, row.mtime_ns,
+                                       row.xattrs, None)
+
+
+def _known_tail_row(line: bytes) -> Row | None:
+    """The row of a line whose tail was validated before, or None (then _decode_row decides)."""
+    tok, _, tail = line.partition(b" ")
+    fields = _TAILS.get(tail)
+    if fields is None or tok == SELF:
+        return None
+    try:
+        name = unesc(tok)
+    except ValueError:
+        return None
+    if not name or b"/" in name or b"\0" in name or name in (SELF, b"..") or len(name) > NAME_MAX \
+            or esc(name) != tok:
+        return None
+    return Row(name, *fields)
 
 
 def _decode_row(line: bytes) -> Row:

@@ -7,6 +7,7 @@ import concurrent.futures
 import errno
 import os
 import resource
+import stat
 from typing import Callable, Iterable, Iterator
 
 from .entry import Entry, Kind
@@ -106,6 +107,18 @@ def _proc_path(dirfd: int, name: bytes) -> bytes:
     return b"/proc/self/fd/%d/" % dirfd + name
 
 
+def _umask() -> int | None:
+    """The process's umask, read without changing it (os.umask would, for every thread); None if unknown."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 class DirectoryWriter:
     """Writes entries under DEST. Never follows a symlink inside DEST, never writes outside it.
 
@@ -125,11 +138,21 @@ class DirectoryWriter:
         # deepest FD_WINDOW (and the root) keep a descriptor, so any depth needs a bounded number of fds
         self.stack: list[list] = []
         self.pool: concurrent.futures.ThreadPoolExecutor | None = None
-        self.batch: list[tuple[int, Entry]] = []   # created files (open descriptors) whose content is pending
+        self.batch: list[tuple[int, Entry, bool]] = []   # created files (open descriptors, created with their
+        # mode) whose content is pending
         self.batch_bytes = 0
         self.writing: collections.deque = collections.deque()  # futures of submitted batches
         self.max_open = _open_files_budget()
         self.batch_files = min(BATCH_FILES, self.max_open)
+        # Per-file metadata calls that would change nothing are left out (a root filesystem is mostly files
+        # of root:root, modes without special bits): fchown is skipped for the owner a new file gets anyway -
+        # known once the first file is created and checked with fstat (an id-mapped or root-squashed file
+        # system gives another, and then every file is chowned), and never assumed below a setgid
+        # destination (its group is inherited); a file of that owner is created with its permission bits
+        # (no fchmod) when the umask keeps them all and it has no setuid/setgid/sticky bit.
+        self.umask = _umask()
+        self.own: tuple[int, int] | None = None   # (uid, gid) new files get here, once checked
+        self.own_checked = False
 
     def run(self, entries: Iterable[Entry]) -> CheckoutReport:
         if os.path.lexists(self.dest):
@@ -153,14 +176,14 @@ class DirectoryWriter:
             while self.stack:
                 self._close_dir()
         finally:
-            for fd, _ in self.batch:
+            for fd, *_ in self.batch:
                 os.close(fd)
             self.batch = []
             if self.pool is not None:
                 self.pool.shutdown(wait=True, cancel_futures=True)
                 for fut in self.writing:  # a cancelled batch still owns its open descriptors
                     if fut.cancelled():
-                        for fd, _ in fut.gitree_batch:
+                        for fd, *_ in fut.gitree_batch:
                             os.close(fd)
             for frame in self.stack:
                 if frame[1] is not None:
@@ -194,12 +217,12 @@ class DirectoryWriter:
                 if self.tick:
                     self.tick(self.files, self.nbytes, path)
 
-    def _write_batch(self, batch: list[tuple[int, Entry]]) -> list[tuple[bytes, int]]:
+    def _write_batch(self, batch: list[tuple[int, Entry, bool]]) -> list[tuple[bytes, int]]:
         """Content and metadata of created files; every descriptor of the batch is closed, whatever happens."""
         out = []
         it = iter(batch)
         try:
-            for fd, e in it:
+            for fd, e, direct in it:
                 try:
                     n = 0
                     if e.sparse is not None:
@@ -211,7 +234,7 @@ class DirectoryWriter:
                                 k = os.write(fd, view)
                                 view = view[k:]
                                 n += k
-                    self._meta_fd(fd, e)
+                    self._meta_fd(fd, e, created=True, mode_set=direct)
                 except OSError as err:
                     raise WriteFailed(f"{display(e.path)}: {err.strerror or err}") from None
                 except (ValueError, OverflowError) as err:
@@ -220,7 +243,7 @@ class DirectoryWriter:
                     os.close(fd)
                 out.append((e.path, n))
         finally:
-            for fd, _ in it:
+            for fd, *_ in it:
                 os.close(fd)
         return out
 
@@ -231,6 +254,16 @@ class DirectoryWriter:
         if not self.stack:
             raise UnsafePath(f"{display(path)}: parent directory not open (entries out of order)")
         return self.stack[-1][1]
+
+    def _check_owner(self, fd: int) -> None:
+        """The owner the first new file got: the one fchown may be skipped for (see __init__)."""
+        self.own_checked = True
+        st = os.fstat(fd)
+        root = self.stack[0][1] if self.stack and self.stack[0][1] is not None else None
+        if root is None or os.fstat(root).st_mode & stat.S_ISGID:
+            return
+        if (st.st_uid, st.st_gid) == (os.geteuid(), os.getegid()):
+            self.own = (st.st_uid, st.st_gid)
 
     def _add(self, e: Entry) -> None:
         if e.path == b"":
@@ -253,9 +286,15 @@ class DirectoryWriter:
             return
         if e.kind is Kind.FILE:
             self._make_room()
-            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                         dir_fd=pfd)
-            self.batch.append((fd, e))
+            perms = e.mode & 0o7777
+            # with its final mode only when it also has its final owner: never readable by others than
+            # those its mode and owner will admit
+            direct = self.umask is not None and not perms & (0o7000 | self.umask) and (e.uid, e.gid) == self.own
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         perms if direct else 0o600, dir_fd=pfd)
+            if not self.own_checked:
+                self._check_owner(fd)
+            self.batch.append((fd, e, direct))
             self.batch_bytes += e.size or 0
             if len(self.batch) >= self.batch_files or self.batch_bytes >= BATCH_BYTES:
                 self._submit()
@@ -321,20 +360,25 @@ class DirectoryWriter:
                     os.close(pfd)
                     raise UnsafePath(f"{display(parent[0])}: the directory was moved during the checkout")
                 parent[1] = pfd
-            self._meta_fd(fd, e)
+            self._meta_fd(fd, e, created=bool(path))   # the destination itself may be someone else's
         finally:
             os.close(fd)
 
-    def _meta_fd(self, fd: int, e: Entry) -> None:
-        self._chown(lambda: os.fchown(fd, e.uid, e.gid), e)
-        os.fchmod(fd, e.mode)
+    def _meta_fd(self, fd: int, e: Entry, created: bool = False, mode_set: bool = False) -> None:
+        """`created`: a file this checkout made (its owner is self.own when that is known); `mode_set`: it was
+        created with its permission bits (and has no special bit a chown would clear)."""
+        if not (created and (e.uid, e.gid) == self.own):
+            self._chown(lambda: os.fchown(fd, e.uid, e.gid), e)
+        if not mode_set:
+            os.fchmod(fd, e.mode)
         for n, v in e.xattrs:
             self._setxattr(os.setxattr, (fd, n, v), {}, n, e)
         if self.keep_mtime and e.mtime_ns is not None:
             os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
 
     def _meta_path(self, pfd: int, name: bytes, e: Entry) -> None:
-        self._chown(lambda: os.chown(name, e.uid, e.gid, dir_fd=pfd, follow_symlinks=False), e)
+        if (e.uid, e.gid) != self.own:   # made here (a symlink or a node): see __init__
+            self._chown(lambda: os.chown(name, e.uid, e.gid, dir_fd=pfd, follow_symlinks=False), e)
         if e.kind is not Kind.SYMLINK:
             os.chmod(name, e.mode, dir_fd=pfd)
         pp = _proc_path(pfd, name)

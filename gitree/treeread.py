@@ -218,7 +218,10 @@ class Verified:
     these objects alone - except hard links, whose leader is looked up from the commit's root, so a
     subtree holding one is never remembered - and on where it sits, which is kept with it: its height
     (directory levels below it: it passes the depth limit at any level up to MAX_TREE_DEPTH - height)
-    and its entries (added to the walk's count, so the entry limit holds as if it were walked)."""
+    and its entries (added to the walk's count, so the entry limit holds as if it were walked).
+
+    Export keeps these across runs, in authenticated records keyed with gitree/ostree/export.py's
+    VERIFY_RULES: a change to what this reader checks must change that version."""
 
     MAX_PAIRS = 1 << 20     # remembered directories (about 200 bytes each); beyond, later ones are re-read
 
@@ -228,6 +231,14 @@ class Verified:
     def remember(self, content: bytes, meta: bytes, height: int, entries: int) -> None:
         if len(self.dirs) < self.MAX_PAIRS:
             self.dirs[(content, meta)] = (height, entries)
+
+    def known(self, content: bytes, meta: bytes) -> tuple[int, int] | None:
+        """(height, entries) of a directory verified whole before, or None: the walk reads it. A subclass
+        may vouch for more (export: directories an authenticated record says were verified)."""
+        return self.dirs.get((content, meta))
+
+    def read(self, content: bytes, meta: bytes, node: DirNode) -> None:
+        """Called with every directory the walk reads and validates (export keeps them for its plan)."""
 
 
 class Walker:
@@ -279,6 +290,8 @@ class Walker:
         self._tick()
         yield Entry(path, Kind.DIR, r.mode, r.uid, r.gid, r.xattrs, mtime_ns=r.mtime_ns)
         memo = self.verified if self.problems is None else None
+        if memo is not None:
+            memo.read(content_oid, meta_oid, node)
         # per open directory: (path, node, rows left, its (content, meta), entries count when entered,
         # [height so far, holds a hard link])
         stack: list[tuple] = [(path, node, iter(node.rows), (content_oid, meta_oid), self.count - 1, [0, False])]
@@ -302,7 +315,7 @@ class Walker:
                     self.fault(cpath[:200], f"deeper than {limits.MAX_TREE_DEPTH} directory levels (the depth limit)")
                     continue
                 cpair = (node.content[row.name].oid, node.meta[row.name])
-                known = memo.dirs.get(cpair) if memo is not None else None
+                known = memo.known(*cpair) if memo is not None else None
                 if known is not None and level + known[0] <= limits.MAX_TREE_DEPTH:
                     acc[0] = max(acc[0], known[0] + 1)
                     self.count += known[1] - 1      # its own entry is counted above
@@ -312,6 +325,8 @@ class Walker:
                 child = self._read(cpath, *cpair)
                 if child is None:
                     continue
+                if memo is not None:
+                    memo.read(*cpair, child)
                 r = child.self_row
                 yield Entry(cpath, Kind.DIR, r.mode, r.uid, r.gid, r.xattrs, mtime_ns=r.mtime_ns)
                 stack.append((cpath, child, iter(child.rows), cpair, self.count - 1, [0, False]))

@@ -15,7 +15,7 @@ import zlib
 
 import pygit2
 import pytest
-from helpers import run_gitree, warning_text
+from helpers import last_line, run_gitree, warning_text
 from test_ostree_bridge import build_t1, fresh_ostree, ostree, ostree_commit
 
 from gitree import api
@@ -297,8 +297,11 @@ def test_pack_reader_reads_whole_objects_and_refuses_deltas_and_damage(work):
         data = zlib.decompress(s.read_raw(), -15)
         assert s.verify() and b"".join(inflate_chunks(s, "t", 1000)) == data
         assert data == r[oid].data and s.size == len(data)
+        assert ps.small_blob(oid.raw, "t") == data      # one pread, the same checks
+        assert ps.small_blob(oid.raw, "t", len(data) - 1) is None if data else True   # over the limit
     assert whole >= 3 and deltas >= 1
-    assert ps.blob(b"\0" * 20) is None
+    assert all(ps.small_blob(oid.raw, "t") is None for oid in blobs if ps.blob(oid.raw) is None)  # deltas
+    assert ps.blob(b"\0" * 20) is None and ps.small_blob(b"\0" * 20, "t") is None
     ps.close()
     # a flipped bit in an entry fails its CRC-32: never handed out
     pack = [p for p in os.listdir(os.path.join(g, "objects", "pack")) if p.endswith(".pack")][0]
@@ -317,6 +320,8 @@ def test_pack_reader_reads_whole_objects_and_refuses_deltas_and_damage(work):
     os.close(out)
     with pytest.raises(CorruptObject):
         b"".join(inflate_chunks(bad, "t"))
+    with pytest.raises(CorruptObject):
+        PackSet(os.path.join(g, "objects")).small_blob(blobs[-1].raw, "t")
 
 
 def test_inflate_chunks_one_call_and_streamed_agree_and_refuse_a_wrong_size(work):
@@ -443,3 +448,153 @@ def test_objects_planted_in_a_prepared_target_are_not_trusted(work, cache, mode)
     again = run_gitree("-C", repo, "export-ostree", "os", "--ostree-repo", prepared, "--ref", "again")
     assert "0 files written" in again.stderr.decode() and "1 directories" in again.stderr.decode(), again.stderr
     del r
+
+
+def _wide_tree(src: str, n_dirs: int = 12) -> None:
+    """n_dirs directories of 5 files and a subdirectory of 3 files each, one hard-linked pair under hl/."""
+    for d in range(n_dirs):
+        os.makedirs(os.path.join(src, f"d{d:02d}", "sub"))
+        for f in range(5):
+            with open(os.path.join(src, f"d{d:02d}", f"f{f}"), "wb") as fh:
+                fh.write(b"file %d %d\n" % (d, f))
+        for f in range(3):
+            with open(os.path.join(src, f"d{d:02d}", "sub", f"g{f}"), "wb") as fh:
+                fh.write(b"sub %d %d\n" % (d, f))
+    os.makedirs(os.path.join(src, "hl"))
+    with open(os.path.join(src, "hl", "a"), "wb") as fh:
+        fh.write(b"linked\n")
+    os.link(os.path.join(src, "hl", "a"), os.path.join(src, "hl", "b"))
+
+
+def test_an_update_export_reads_only_the_directories_on_the_paths_to_changes(work):
+    """Exporting v2 after v1 into the same target neither checks nor reads a subtree that v1's export
+    checked and wrote (authenticated records): only the directories on the path to the changed file, and
+    the one holding a hard link (whose check looks its leader up from the root), are read, each once (the
+    plan takes the nodes the check read). The result equals `ostree commit` of v2 and fsck is clean."""
+    from gitree.treeread import ReadCount
+    src = os.path.join(work, "tree")
+    _wide_tree(src)
+    repo, target = os.path.join(work, "g.git"), os.path.join(work, "o")
+    api.init(repo)
+    api.import_rootfs(repo, src, branch="os", timestamp=100, message="v1")
+    before = ReadCount.dirs
+    api.export_ostree(repo, "os", target)
+    first = ReadCount.dirs - before
+    # a cold export reads every directory once (the check, then the plan takes its nodes); the check of the
+    # hard link reads / and hl again to look its leader up
+    assert first == 1 + 12 * 2 + 1 + 2, first
+    with open(os.path.join(src, "d07", "sub", "g1"), "wb") as fh:
+        fh.write(b"changed\n")
+    api.import_rootfs(repo, src, branch="os", timestamp=200, message="v2")
+    before = ReadCount.dirs
+    r = api.export_ostree(repo, "os", target)
+    read = ReadCount.dirs - before
+    assert read == 3 + 1 + 2, read   # /, d07, d07/sub; hl (a hard link: checked every time) and its lookup
+    assert r.files_written == 1
+    assert _root(target) == _want(work, src)
+    ostree(f"--repo={target}", "fsck")
+    # a new target: nothing in it is vouched for, so everything is checked and read again
+    before = ReadCount.dirs
+    api.export_ostree(repo, "os", os.path.join(work, "o2"))
+    assert ReadCount.dirs - before == first
+    # a directory object of the target changed behind the cache's back (a new inode): that directory is checked
+    # and written again, while its subdirectory, still vouched for, is not read
+    tree, _ = ostree(f"--repo={target}", "ls", "-C", "os", "/d03").split()[4:6]
+    obj = os.path.join(target, "objects", tree[:2], tree[2:] + ".dirtree")
+    data = open(obj, "rb").read()
+    os.unlink(obj)
+    with open(obj, "wb") as fh:
+        fh.write(data)
+    with open(os.path.join(src, "d07", "f0"), "wb") as fh:
+        fh.write(b"changed again\n")
+    api.import_rootfs(repo, src, branch="os", timestamp=300, message="v3")
+    before = ReadCount.dirs
+    api.export_ostree(repo, "os", target)
+    assert ReadCount.dirs - before == 2 + 3 + 1, ReadCount.dirs - before   # /, d07; hl and its lookup; d03
+    ostree(f"--repo={target}", "fsck")
+
+
+def _records(repo: str) -> bytes | None:
+    try:
+        with open(os.path.join(repo, *ec.CACHE_DIR, "records"), "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
+def test_a_failed_export_saves_no_cache_records(work):
+    """An export that fails part way (here --history --strict: the first commit exports, the second holds a
+    FIFO OSTree cannot hold) records nothing: not the objects it wrote, not the directories it checked,
+    not the commit. The ref does not move."""
+    src = os.path.join(work, "tree")
+    _wide_tree(src, 3)
+    repo, target = os.path.join(work, "g.git"), os.path.join(work, "o")
+    api.init(repo)
+    api.import_rootfs(repo, src, branch="os", timestamp=100, message="v1")
+    os.mkfifo(os.path.join(src, "d01", "fifo"))
+    api.import_rootfs(repo, src, branch="os", timestamp=200, message="v2")
+    kept = _records(repo)   # what import-rootfs recorded (file checksums)
+    with pytest.raises(api.UnsupportedEntry, match="fifo"):
+        api.export_ostree(repo, "os", target, history=True, strict=True)
+    assert _records(repo) == kept
+    assert not os.path.exists(os.path.join(target, "refs", "heads", "os"))
+    # the same export without --strict succeeds and records its work
+    api.export_ostree(repo, "os", target, history=True)
+    assert len(_records(repo)) > len(kept or b"")
+    ostree(f"--repo={target}", "fsck")
+
+
+def test_a_subtree_an_earlier_export_checked_is_checked_again_where_it_is_too_deep(work):
+    """The record of a checked directory keeps its height: the 2,047-level chain v1 exported under x/ is
+    legal there, and v2, holding the same chain one level further down (y/x/), is refused by the depth limit
+    instead of being skipped as already checked."""
+    from test_security_git import assert_one_error, blob, commit, table, write_tree
+    from test_security_review import _chain
+
+    from gitree.gittree import MODE_DIR as GMODE_DIR
+    from gitree.gittree import MODE_FILE as GMODE_FILE
+    from gitree.limits import MAX_TREE_DEPTH
+    repo, target = os.path.join(work, "g.git"), os.path.join(work, "o")
+    api.init(repo)
+    g = pygit2.Repository(repo)
+    content, meta = _chain(g, MAX_TREE_DEPTH - 1)
+
+    def wrap(name: bytes, c: bytes, m: bytes) -> tuple[bytes, bytes]:
+        return write_tree(g, [(GMODE_DIR, name, c)]), write_tree(
+            g, [(GMODE_DIR, name, m), (GMODE_FILE, b".gitree", blob(g, table(name + b" d 755 0 0")))])
+
+    x = wrap(b"x", content, meta)
+    v1 = commit(repo, x)
+    g.create_reference_direct("refs/heads/os", pygit2.Oid(hex=v1), True)
+    first = last_line(run_gitree("-C", repo, "export-ostree", "os", "--ostree-repo", target))
+    v2 = commit(repo, wrap(b"y", *x), parents=[v1])
+    g.create_reference_direct("refs/heads/os", pygit2.Oid(hex=v2), True)
+    assert_one_error(run_gitree("-C", repo, "export-ostree", "os", "--ostree-repo", target, check=False),
+                     "depth limit")
+    assert ostree(f"--repo={target}", "rev-parse", "os").strip() == first   # the ref did not move
+
+
+def test_a_forged_checked_directory_record_is_not_trusted(work):
+    """A `verified-dir` record whose MAC fails (planted or edited: here claiming height 0) is treated as absent:
+    the check reads that directory again (one warning), the export is still `ostree commit`'s."""
+    from gitree.ostree.export import VERIFIED_DIR, VERIFY_RULES
+    from gitree.treeread import ReadCount
+    src = os.path.join(work, "tree")
+    _wide_tree(src)
+    repo, target = os.path.join(work, "g.git"), os.path.join(work, "o")
+    api.init(repo)
+    api.import_rootfs(repo, src, branch="os", timestamp=100, message="v1")
+    api.export_ostree(repo, "os", target)
+    g = pygit2.Repository(repo)
+    top = g.revparse_single("os").peel(pygit2.Commit).tree
+    pair = (top["rootfs"]["d03"].id.raw, top["meta"]["d03"].id.raw)
+    _plant(repo, ec.record_key(VERIFIED_DIR, VERIFY_RULES, *pair), bytes(32), os.urandom(ec.MAC_LEN))
+    with open(os.path.join(src, "d07", "sub", "g1"), "wb") as fh:
+        fh.write(b"changed\n")
+    api.import_rootfs(repo, src, branch="os", timestamp=200, message="v2")
+    before = ReadCount.dirs
+    r = api.export_ostree(repo, "os", target)
+    assert ReadCount.dirs - before == 3 + 1 + 2 + 1, ReadCount.dirs - before   # as without the forgery, and d03
+    assert warning_text(r).count("fails its authentication") == 1
+    assert _root(target) == _want(work, src)
+    ostree(f"--repo={target}", "fsck")

@@ -17,10 +17,10 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import hashlib
-import multiprocessing
 import os
 import re
 import stat
+import struct
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -29,7 +29,7 @@ import pygit2
 import gitree_compat as oc
 from gitree_compat import Commit, DirMeta, FileMeta, ObjectType, OstreeRepo, Variant
 
-from .. import limits, ostreemeta
+from .. import limits, ostreemeta, treeread
 from ..entry import Kind
 from ..exportcache import COMMIT, DIRMETA, DIRTREE, FILE, open_cache, record_key
 from .storedcommit import mismatch as stored_mismatch
@@ -74,6 +74,48 @@ def decode_xattr_order(data: bytes) -> dict[bytes, list[bytes]]:
         except ValueError:
             raise CorruptObject("ostree/xattr-order: bad escape") from None
     return out
+
+
+# A directory the pre-export check (treeread.verify) found fault-free and without hard links, recorded once an
+# export that checked it succeeded: key (VERIFIED_DIR, VERIFY_RULES, content tree, meta tree), value its height
+# and entry count (BE64 each) and 16 zero bytes. A later export skips the whole subtree - neither checks nor
+# reads it - only when this record is authentic, the depth and entry limits let it stand where it is now, and
+# its dirtree and dirmeta are vouched for in the target (docs/ostree-bridge.md, "Updates").
+VERIFIED_DIR = b"verified-dir"
+VERIFY_RULES = b"treeread-1 %d %d %d %d %d %d" % (
+    limits.MAX_TREE_DEPTH, limits.MAX_DIR_ENTRIES, limits.MAX_TABLE_BYTES, limits.MAX_TREE_BYTES,
+    limits.MAX_COMMIT_ENTRIES, limits.SYMLINK_MAX)   # a record made under other limits is not used
+KEEP_ROWS = 1 << 17  # table rows of directories the check read, kept for the plan (about 460 bytes each: under
+#                      60 MiB); beyond, the plan reads them again
+
+
+class _CheckedDirs(treeread.Verified):
+    """The pre-export check's memory: directories verified by this run, those an authenticated record
+    vouches for (skipped), and the nodes the check read, which the plan takes instead of reading them again."""
+
+    def __init__(self, exporter: "Exporter"):
+        super().__init__()
+        self.ex = exporter
+        self.nodes: dict[tuple[bytes, bytes], treeread.DirNode] = {}
+        self.rows = 0
+
+    def known(self, content: bytes, meta: bytes) -> tuple[int, int] | None:
+        return self.dirs.get((content, meta)) or self.ex._verified_export(content, meta)
+
+    def read(self, content: bytes, meta: bytes, node: treeread.DirNode) -> None:
+        if self.rows + len(node.rows) < KEEP_ROWS:
+            self.rows += len(node.rows) + 1
+            self.nodes[(content, meta)] = node
+
+    def take(self, content: bytes, meta: bytes) -> treeread.DirNode | None:
+        node = self.nodes.pop((content, meta), None)
+        if node is not None:
+            self.rows -= len(node.rows) + 1
+        return node
+
+    def drop_nodes(self) -> None:
+        self.nodes.clear()
+        self.rows = 0
 
 
 class _NoCache:
@@ -300,6 +342,8 @@ class Exporter:
         self.planned_dirs: dict[bytes, _PendingDir] = {}
         self.resolved: set[bytes] = set()
         self.nbytes = 0
+        self.checked = _CheckedDirs(self)
+        self.skips: dict[tuple[bytes, bytes], tuple[str, str]] = {}  # subtrees the check skipped: their export
 
     # content
 
@@ -339,19 +383,19 @@ class Exporter:
     def _plan(self, path: bytes, content: bytes, meta: bytes):
         """Queue the content writes of a whole subtree without waiting (so both cores stay busy);
         returns (dirtree, dirmeta) for a cached directory, else a _PendingDir for _finish."""
-        dkeys = (record_key(DIRTREE, self.variant, content, meta), record_key(DIRMETA, self.variant, content, meta))
-        ht, hm = self.cache.get(dkeys[0]), self.cache.get(dkeys[1])
-        if ht is not None and hm is not None:
-            t, m = ht.hex(), hm.hex()
-            if self.present.vouched(t, ObjectType.DIR_TREE) and self.present.vouched(m, ObjectType.DIR_META):
-                self.dirs_cached += 1
-                return t, m
+        hit = self.skips.get((content, meta))
+        dkeys = self._dir_keys(content, meta)
+        if hit is None:
+            hit = self._cached_dir(dkeys)
+        if hit is not None:
+            self.dirs_cached += 1
+            return hit
         dkey = dkeys[0]
         same = self.planned_dirs.get(dkey)
         if same is not None:  # an identical subtree elsewhere in this export
             self.dirs_cached += 1
             return same
-        node = self.repo.read_dir(path, content, meta)
+        node = self.checked.take(content, meta) or self.repo.read_dir(path, content, meta)
         pending = self.planned_dirs[dkey] = _PendingDir(path, dkeys, node.self_row)
         for row in node.rows:
             cpath = path + b"/" + row.name if path else row.name
@@ -393,6 +437,37 @@ class Exporter:
             pending.files.append((name, (fkey, slot)))
         return pending
 
+    def _dir_keys(self, content: bytes, meta: bytes) -> tuple[bytes, bytes]:
+        return record_key(DIRTREE, self.variant, content, meta), record_key(DIRMETA, self.variant, content, meta)
+
+    def _cached_dir(self, dkeys: tuple[bytes, bytes]) -> tuple[str, str] | None:
+        """(dirtree, dirmeta) of a directory exported before, when both are vouched for in the target."""
+        ht, hm = self.cache.get(dkeys[0]), self.cache.get(dkeys[1])
+        if ht is not None and hm is not None:
+            t, m = ht.hex(), hm.hex()
+            if self.present.vouched(t, ObjectType.DIR_TREE) and self.present.vouched(m, ObjectType.DIR_META):
+                return t, m
+        return None
+
+    def _verified_export(self, content: bytes, meta: bytes) -> tuple[int, int] | None:
+        """(height, entries) of a directory an authentic record says an export checked whole, when its export
+        is vouched for in this target: the check may skip it (and the plan takes it from the cache)."""
+        v = self.cache.get(record_key(VERIFIED_DIR, VERIFY_RULES, content, meta))
+        if v is None or v[16:] != bytes(16):
+            return None
+        hit = self._cached_dir(self._dir_keys(content, meta))
+        if hit is None:
+            return None
+        self.skips[(content, meta)] = hit
+        height, entries = struct.unpack(">QQ", v[:16])
+        return height, entries
+
+    def _record_checked(self) -> None:
+        """After a successful export: the directories this run checked whole, for later exports to skip."""
+        for (content, meta), (height, entries) in self.checked.dirs.items():
+            self.cache.put(record_key(VERIFIED_DIR, VERIFY_RULES, content, meta),
+                           struct.pack(">QQ16x", height, entries))
+
     def _has(self, csum: str, objtype: ObjectType) -> bool:
         """target.has_object for a checksum that is 64 hex digits by construction (a cache value's hex)."""
         suffix = self.suffixes.get(objtype)
@@ -433,6 +508,7 @@ class Exporter:
             self.batch = []
             return
         if self.pool is None:
+            import multiprocessing  # here: an update written in-process never starts workers, nor imports this
             self.pool = concurrent.futures.ProcessPoolExecutor(
                 WORKERS, mp_context=multiprocessing.get_context("fork"), initializer=_worker_init,
                 initargs=(self.repo.path, str(self.target.path), self.opts.compression))
@@ -491,7 +567,6 @@ class Exporter:
     # commits
 
     def export_commit(self, commit: pygit2.Commit, parent: str | None) -> str:
-        self.repo.verify(commit)  # the git reader's checks, as fsck: a tree fsck refuses is never exported
         content, meta = self.repo.commit_trees(commit)
         top = self.repo.top_entries(commit)
         original = None
@@ -503,9 +578,15 @@ class Exporter:
                 self.xorder = decode_xattr_order(order_blob) if order_blob is not None else {}
                 self.variant = self.base_variant + b"-as-imported-" + hashlib.sha1(order_blob or b"").digest()
         try:
+            # the git reader's checks, as fsck: a tree fsck refuses is never exported. Subtrees an earlier
+            # export checked and exported into this target (an authenticated record, _verified_export) are
+            # skipped; the directories it reads are kept for the plan, which then reads no directory twice.
+            self.repo.verify(commit, verified=self.checked)
             root_tree, root_meta = self.export_dir(b"", content, meta)
         finally:
             self.xorder, self.variant = None, self.base_variant
+            self.checked.drop_nodes()
+            self.skips.clear()
         if original is not None:
             data, detached, _ = original
             oc_commit = oc.decode_commit(data)
@@ -561,6 +642,7 @@ class Exporter:
             except oc.RefError:
                 parent = None
         written = []
+        done = False
         try:
             if parent is not None and self.present.vouched(parent, ObjectType.COMMIT) and \
                     self.cache.get(self._commit_key(tip, self._parent_of(parent))) == bytes.fromhex(parent):
@@ -577,13 +659,18 @@ class Exporter:
                     self.present.record(csum, ObjectType.COMMIT)
                 written.append(csum)
                 parent = csum
+            self._record_checked()
+            done = True
         finally:
             if self.pool is not None:
                 self.pool.shutdown(wait=True, cancel_futures=True)
             if self.inline_packs is not None:
                 self.inline_packs.close()
-            self.cache.save()
-            self.cache.close()
+            try:
+                if done:   # a failed export records nothing: not what it wrote, checked or verified
+                    self.cache.save()
+            finally:
+                self.cache.close()
         if self.opts.signers:  # before the ref moves: a client never sees an unsigned tip
             from .signing import sign_commit
             for csum in written:
