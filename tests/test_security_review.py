@@ -190,6 +190,36 @@ def test_show_names_the_stored_ostree_commit(work, base):
     assert "imported OSTree commit" not in "\n".join(api.show(repo, "main").lines())
 
 
+def test_bundle_unwrap_writes_only_a_git_bundle(work, base):
+    """`bundle unwrap` checks what it writes as it streams: a zstd frame of 16 KB expanding to 512 MiB of
+    zeros is refused at its first line, and a git bundle whose pack trailer is wrong after the last byte;
+    either way in one line, with no output file left. Before, both were written out whole."""
+    from test_security_git import BUNDLE_MAGIC, _wrap
+    repo, _ = base
+    out = os.path.join(work, "out.bundle")
+    zeros = os.path.join(work, "zeros.gtb")
+    z = subprocess.run(["sh", "-c", "head -c 536870912 /dev/zero | zstd -q -19 --long=27 --check -c"],
+                       capture_output=True, check=True).stdout
+    assert len(z) < 64 << 10
+    with open(zeros, "wb") as f:
+        f.write(BUNDLE_MAGIC + b"window-log 27\nreference 0 0\n\n" + z)
+    r = run_gitree("-C", repo, "bundle", "unwrap", zeros, out, check=False)
+    assert_one_error(r, "not a v2 git bundle inside")
+    assert not os.path.exists(out)
+    gtb, plain = os.path.join(work, "ok.gtb"), os.path.join(work, "ok.bundle")
+    api.bundle_create(repo, "main", gtb, branch="main")
+    api.bundle_unwrap(repo, gtb, plain)
+    with open(plain, "rb") as f:
+        good = f.read()
+    subprocess.run(["git", "--git-dir", repo, "bundle", "verify", plain], capture_output=True, check=True)
+    bad = os.path.join(work, "bad.gtb")
+    with open(bad, "wb") as f:
+        f.write(_wrap(good[:-1] + bytes([good[-1] ^ 1])))
+    r = run_gitree("-C", repo, "bundle", "unwrap", bad, out, check=False)
+    assert_one_error(r, "checksum does not match")
+    assert not os.path.exists(out)
+
+
 def _refs(repo: str) -> str:
     return subprocess.run(["git", "--git-dir", repo, "for-each-ref"], capture_output=True, text=True,
                           check=True).stdout
@@ -230,7 +260,8 @@ def test_declared_16_tib_sparse_file_is_not_spelled_out_in_a_plain_tar(work):
     """A 4 KB tar declaring one 2^44-byte sparse file (1 byte of data) imports (within MAX_LOGICAL), and
     a directory checkout writes it as a hole; `checkout --tar` without --sparse would stream 16 TiB of
     zeros, so it is refused in one line naming --sparse and the limit, with no output file left. With
-    --sparse the member stays sparse and GNU tar reads it back."""
+    --sparse the member stays sparse and GNU tar reads it back. export-ostree is refused by the same
+    limit (OSTree has no sparse files)."""
     from gitree.sparse import MAX_EXPANDED_HOLES, SparseMap
     from gitree.tarformat import TarWriter
 
@@ -259,6 +290,13 @@ def test_declared_16_tib_sparse_file_is_not_spelled_out_in_a_plain_tar(work):
     run_gitree("-C", repo, "checkout", "m", dest, timeout=60)
     st = os.stat(os.path.join(dest, "big"))
     assert st.st_size == 1 << 44 and st.st_blocks * 512 < 1 << 20
+    # OSTree has no sparse files: an export would hash (and, archive, compress) 16 TiB of zeros, hours of
+    # CPU for a 4 KB input; it is refused by the same limit, before any content is produced
+    target = os.path.join(work, "os")
+    r = run_gitree("-C", repo, "export-ostree", "m", "--ostree-repo", target, "--ref", "r", check=False, timeout=60)
+    assert_one_error(r, "big", "OSTree has no sparse files", "MAX_EXPANDED_HOLES")
+    assert r.returncode == 5
+    assert not os.path.exists(os.path.join(target, "refs", "heads", "r"))
 
 
 def _stored_commit_variant(work, repo, name, **changes) -> bytes:

@@ -39,7 +39,7 @@ from ..gittree import decode_tree
 from ..names import display, esc, unesc
 from ..packreader import PackSet, inflate_chunks
 from ..packwriter import OBJ_BLOB, OBJ_TREE
-from ..sparse import SparseMap
+from ..sparse import MAX_EXPANDED_HOLES, SparseMap
 from ..sparse import encode as sparse_encode
 from ..sparse import logical_chunks as sparse_logical_chunks
 from ..layout import TOP_OSTREE
@@ -342,6 +342,7 @@ class Exporter:
         self.planned_dirs: dict[bytes, _PendingDir] = {}
         self.resolved: set[bytes] = set()
         self.nbytes = 0
+        self.holes = 0        # bytes of holes this export spells out as zeros (OSTree has no sparse files)
         self.checked = _CheckedDirs(self)
         self.skips: dict[tuple[bytes, bytes], tuple[str, str]] = {}  # subtrees the check skipped: their export
 
@@ -426,6 +427,8 @@ class Exporter:
                 continue
             slot = self.planned_files.get(fkey)
             if slot is None:
+                if row.sparse is not None:
+                    self._count_holes(cpath, row.sparse)
                 slot = self.planned_files[fkey] = _Slot()
                 produce = (functools.partial(_produce_sparse, blob, row.sparse, display(cpath))
                            if row.sparse is not None else None)
@@ -436,6 +439,15 @@ class Exporter:
                 self.files_cached += 1
             pending.files.append((name, (fkey, slot)))
         return pending
+
+    def _count_holes(self, cpath: bytes, smap: SparseMap) -> None:
+        """OSTree has no sparse files: a sparse file's holes are written (and hashed) as zeros. A 4 KB tar may
+        declare a 16 TiB file, so the zeros one export spells out are bounded as `checkout --tar`'s are."""
+        self.holes += smap.size - smap.data_size
+        if self.holes > MAX_EXPANDED_HOLES:
+            raise UnsupportedEntry(f"{display(cpath)}: a sparse file of {smap.size} bytes; OSTree has no sparse "
+                                   f"files, and this export would spell out more than {MAX_EXPANDED_HOLES} bytes "
+                                   "of holes as zeros (MAX_EXPANDED_HOLES)")
 
     def _dir_keys(self, content: bytes, meta: bytes) -> tuple[bytes, bytes]:
         return record_key(DIRTREE, self.variant, content, meta), record_key(DIRMETA, self.variant, content, meta)

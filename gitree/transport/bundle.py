@@ -11,6 +11,7 @@ does in an OSTree static delta. Unwrapped (`gitree bundle unwrap`), the file is 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import struct
@@ -342,20 +343,39 @@ class _Unwrapped:
 
 
 def unwrap(repo: Repo | None, path: str, out: str) -> None:
-    """Write the git bundle inside `path` to `out` (needs the base commit's objects for an update)."""
+    """Write the git bundle inside `path` to `out` (needs the base commit's objects for an update).
+
+    What is written is checked as it streams: a v2 git bundle header within its limits, a pack header
+    (version 2 or 3, at most MAX_BUNDLE_OBJECTS objects), at most MAX_BUNDLE_BYTES in all, and the pack's
+    SHA-1 trailer over everything before it. A zstd frame that expands to anything else fails at its
+    first bytes, and `out` is written only when everything held (`atomic_output`)."""
     u = _Unwrapped(repo, path)
     try:
         with atomic_output(out) as fo:
-            got = 0
-            while True:
-                buf = u.stream.read(1 << 20)
-                if not buf:
-                    break
+            def line() -> bytes:
+                b = u.stream.readline(limits.MAX_BUNDLE_HEADER_LINE + 1)
+                fo.write(b)
+                return b
+            read_git_bundle_header(line, path)
+            head = u.stream.read(12)
+            if (len(head) != 12 or head[:4] != b"PACK" or struct.unpack(">I", head[4:8])[0] not in (2, 3)):
+                raise CorruptObject(f"{path}: no git pack after the git bundle header")
+            if struct.unpack(">I", head[8:12])[0] > limits.MAX_BUNDLE_OBJECTS:
+                raise CorruptObject(f"{path}: the pack inside names more than {limits.MAX_BUNDLE_OBJECTS} "
+                                    "objects (MAX_BUNDLE_OBJECTS)")
+            fo.write(head)
+            sha, tail, got = hashlib.sha1(head), b"", len(head)
+            while buf := u.stream.read(1 << 20):
                 got += len(buf)
                 if got > limits.MAX_BUNDLE_BYTES:
                     raise CorruptObject(f"{path}: the git bundle inside is larger than the limit of "
-                                        f"{limits.MAX_BUNDLE_BYTES} bytes")
+                                        f"{limits.MAX_BUNDLE_BYTES} bytes (MAX_BUNDLE_BYTES)")
                 fo.write(buf)
+                data = tail + buf
+                sha.update(data[:-20])
+                tail = data[-20:]
+            if len(tail) != 20 or sha.digest() != tail:
+                raise CorruptObject(f"{path}: the pack inside is truncated or corrupt (its checksum does not match)")
             u.finish()
     finally:
         u.close()
