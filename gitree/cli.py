@@ -553,9 +553,17 @@ def _main(argv=None) -> int:
             traceback.print_exc()
         where = f" {e.filename!r}" if e.filename else ""
         return _fail("OSError", f"{e.strerror or e}{where}", 1)
+    except MemoryError:
+        if debug:
+            traceback.print_exc()
+        return _fail("MemoryError", "out of memory (the machine's, or the process's address-space limit); "
+                     "docs/security.md lists what each command holds", 1)
     except Exception as e:  # an internal fault: still one line unless --debug
         if debug:
             traceback.print_exc()
+        if "Cannot allocate memory" in str(e):   # libgit2 (through pygit2) failing to map or allocate
+            return _fail("MemoryError", f"out of memory ({one_line(str(e))}); docs/security.md lists what "
+                         "each command holds", 1)
         return _fail("InternalError", f"{type(e).__name__}: {e} (rerun with --debug)", INTERNAL_EXIT,
                      prefix="internal error")
     c = _state.get("ctx")

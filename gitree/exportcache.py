@@ -14,6 +14,8 @@ Files in the cache directory:
 
 from __future__ import annotations
 
+import array
+import bisect
 import fcntl
 import hashlib
 import heapq
@@ -21,7 +23,8 @@ import hmac
 import os
 import stat
 import struct
-from typing import Iterable
+import sys
+from typing import Iterable, Iterator
 
 from .errors import GitreeError, WriteFailed
 
@@ -83,12 +86,15 @@ class ExportCache:
             self.close()
             raise
         self._hmac = hmac.new(self.secret, HEADER, hashlib.sha256)  # copied per record: the key schedule once
-        self.data = b""
-        self.index: dict[bytes, int] | None = None    # read on the first lookup (a save needs no index)
+        self.rfd = -1                                   # the records file as indexed
+        # the records' first 8 key bytes, in file order (sorted by key): found by bisection, 8 bytes a record
+        # where a dict would cost ~100 (read on the first lookup; a save needs none)
+        self.index: array.array | None = None
         self.new: dict[bytes, bytes] = {}
-        self.bad: set[bytes] = set()
+        self.bad: dict[bytes, bytes] = {}   # keys whose record failed its MAC -> that record
 
     def close(self) -> None:
+        self._unload()
         if self.dfd >= 0:
             os.close(self.dfd)
             self.dfd = -1
@@ -148,31 +154,62 @@ class ExportCache:
             self.warned = True
             self.warn(f"the OSTree export cache: {why}; dropped records are rebuilt by this export")
 
-    def _read_records(self) -> bytes:
+    def _open_records(self) -> tuple[int, int] | None:
+        """(descriptor, record count) of the records file when it is a regular file of at most the documented
+        size with our header and whole records; else None (with one note)."""
         try:
             fd = os.open("records", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=self.dfd)
         except FileNotFoundError:
-            return b""
+            return None
         except OSError:
             self._note("its records file is not a regular file")
-            return b""
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or st.st_size > len(HEADER) + MAX_RECORDS * RECORD:
-                self._note("its records file is not a regular file of at most the documented size")
-                return b""
-            with os.fdopen(fd, "rb", closefd=False) as f:
-                data = f.read()
-        finally:
+            return None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > len(HEADER) + MAX_RECORDS * RECORD:
             os.close(fd)
-        if data[:len(HEADER)] != HEADER or (len(data) - len(HEADER)) % RECORD:
+            self._note("its records file is not a regular file of at most the documented size")
+            return None
+        if os.pread(fd, len(HEADER), 0) != HEADER or (st.st_size - len(HEADER)) % RECORD:
+            os.close(fd)
             self._note("its records file has an unknown header or a partial record")
-            return b""
-        return data
+            return None
+        return fd, (st.st_size - len(HEADER)) // RECORD
+
+    def _chunks(self, fd: int, n: int) -> Iterator[bytes]:
+        """The `n` records of an open records file, a few thousand at a time."""
+        for start in range(0, n, 4096):
+            chunk = os.pread(fd, min(4096, n - start) * RECORD, len(HEADER) + start * RECORD)
+            if len(chunk) != min(4096, n - start) * RECORD:
+                raise WriteFailed("the export cache's records file shrank while it was read")
+            yield chunk
 
     def _load(self) -> None:
-        self.data = data = self._read_records()
-        self.index = {data[i:i + KEY_LEN]: i for i in range(len(HEADER), len(data), RECORD)}
+        """Index the records file: its descriptor stays open (a save elsewhere renames a new file over it,
+        this one stays as it was), and only the first 8 bytes of each key are held."""
+        opened = self._open_records()
+        self.index = array.array("Q")
+        if opened is None:
+            return
+        self.rfd, n = opened
+        for chunk in self._chunks(self.rfd, n):
+            self.index.frombytes(b"".join(chunk[i:i + 8] for i in range(0, len(chunk), RECORD)))
+        if sys.byteorder == "little":
+            self.index.byteswap()      # big-endian prefixes: their order is the keys' order
+
+    def _find(self, key: bytes) -> bytes | None:
+        """`key`'s record in the file as indexed, or None. (A file not sorted by key - planted - only makes
+        lookups miss.)"""
+        if self.index is None:
+            self._load()
+        idx = self.index
+        p = int.from_bytes(key[:8], "big")
+        i = bisect.bisect_left(idx, p)
+        while i < len(idx) and idx[i] == p:
+            rec = os.pread(self.rfd, RECORD, len(HEADER) + i * RECORD)
+            if rec[:KEY_LEN] == key and len(rec) == RECORD:
+                return rec
+            i += 1
+        return None
 
     def _mac(self, key: bytes, value: bytes) -> bytes:
         h = self._hmac.copy()
@@ -183,14 +220,12 @@ class ExportCache:
         v = self.new.get(key)
         if v is not None:
             return v
-        if self.index is None:
-            self._load()
-        off = self.index.get(key)
-        if off is None or key in self.bad:
+        rec = self._find(key)
+        if rec is None or key in self.bad:
             return None
-        value = self.data[off + KEY_LEN:off + KEY_LEN + VALUE_LEN]
-        if not hmac.compare_digest(self.data[off + KEY_LEN + VALUE_LEN:off + RECORD], self._mac(key, value)):
-            self.bad.add(key)
+        value = rec[KEY_LEN:KEY_LEN + VALUE_LEN]
+        if not hmac.compare_digest(rec[KEY_LEN + VALUE_LEN:], self._mac(key, value)):
+            self.bad[key] = rec
             self._note("a record fails its authentication (planted, edited or copied from elsewhere)")
             return None
         return value
@@ -199,7 +234,9 @@ class ExportCache:
         """The keys of the records in the file (authenticated or not)."""
         if self.index is None:
             self._load()
-        return list(self.index)
+        if self.rfd < 0:
+            return []
+        return [c[i:i + KEY_LEN] for c in self._chunks(self.rfd, len(self.index)) for i in range(0, len(c), RECORD)]
 
     def put(self, key: bytes, value: bytes) -> None:
         if len(value) != VALUE_LEN:
@@ -214,24 +251,28 @@ class ExportCache:
     def save(self, more: Iterable[tuple[bytes, bytes]] = (), more_count: int = 0) -> None:
         """Merge the new records into the file as it is now (another export may have saved meanwhile).
         `more`: `more_count` further (key, value) records, sorted by key (an import's checksums, streamed
-        from its scratch database). The file is rewritten as a merge of sorted streams: memory is that of
-        the file as read, never a structure per record."""
+        from its scratch database). The file is rewritten as a merge of sorted streams, the file as it is
+        now read in chunks: memory is that of the new records, never a structure per record of the file."""
         if not (self.dirty or more_count):
             return
         lfd = os.open("lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=self.dfd)
+        cur_fd = -1
         try:
             fcntl.flock(lfd, fcntl.LOCK_EX)
-            cur = self._read_records()
-            drop = {k: self.data[self.index[k]:self.index[k] + RECORD] for k in self.bad}
+            opened = self._open_records()
+            cur_fd, n_cur = opened if opened is not None else (-1, 0)
+            drop = self.bad
             n_new = len(self.new) + more_count
-            keep_cur = (len(cur) - len(HEADER)) // RECORD + n_new <= MAX_RECORDS
+            keep_cur = n_cur + n_new <= MAX_RECORDS
 
-            def old():
-                if keep_cur:
-                    for i in range(len(HEADER), len(cur), RECORD):
-                        k = cur[i:i + KEY_LEN]
-                        if drop.get(k) != cur[i:i + RECORD]:
-                            yield k, 1, cur[i:i + RECORD]
+            def old():   # the file as it is now, read in chunks
+                if not keep_cur:
+                    return
+                for chunk in self._chunks(cur_fd, n_cur):
+                    for i in range(0, len(chunk), RECORD):
+                        k = chunk[i:i + KEY_LEN]
+                        if drop.get(k) != chunk[i:i + RECORD]:
+                            yield k, 1, chunk[i:i + RECORD]
 
             def new():
                 for k, v in heapq.merge(sorted(self.new.items()), more):
@@ -260,10 +301,17 @@ class ExportCache:
             os.rename(tmp, "records", src_dir_fd=self.dfd, dst_dir_fd=self.dfd)
             os.fsync(self.dfd)
         finally:
+            if cur_fd >= 0:
+                os.close(cur_fd)
             os.close(lfd)
         self.new.clear()
         self.bad.clear()
-        self.data, self.index = b"", None   # read again on the next lookup
+        self._unload()      # indexed again on the next lookup
+
+    def _unload(self) -> None:
+        if getattr(self, "rfd", -1) >= 0:
+            os.close(self.rfd)
+        self.rfd, self.index = -1, None
 
 
 def open_cache(git_dir: str, warn) -> ExportCache | None:

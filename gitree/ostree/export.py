@@ -14,6 +14,7 @@ subtree; export writes them back, so every original checksum is reproduced bit f
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import functools
 import hashlib
@@ -85,8 +86,8 @@ VERIFIED_DIR = b"verified-dir"
 VERIFY_RULES = b"treeread-1 %d %d %d %d %d %d" % (
     limits.MAX_TREE_DEPTH, limits.MAX_DIR_ENTRIES, limits.MAX_TABLE_BYTES, limits.MAX_TREE_BYTES,
     limits.MAX_COMMIT_ENTRIES, limits.SYMLINK_MAX)   # a record made under other limits is not used
-KEEP_ROWS = 1 << 17  # table rows of directories the check read, kept for the plan (about 460 bytes each: under
-#                      60 MiB); beyond, the plan reads them again
+KEEP_ROWS = 1 << 15  # table rows of directories the check read, kept for the plan (about 460 bytes each: under
+#                      15 MiB); beyond, the plan reads them again
 
 
 class _CheckedDirs(treeread.Verified):
@@ -170,7 +171,16 @@ class ExportResult:
 # produced file is read (inflated from the pack, or through libgit2) and compressed at the target's level.
 # Bare modes inflate from the pack and, under a checksum the cache vouches for, write without hashing again.
 BATCH_FILES = 32
-INLINE_JOBS = 1024   # an update's few hundred cheap writes are done here: starting processes would cost more
+INLINE_JOBS = 1024
+# Memory bounds of one export (docs/security.md, "Export memory"): files planned and not yet in a written
+# dirtree before the oldest planned directories are finished (children first); batches of content writes
+# queued for the workers; entries of the maps that spot repeats (an identical file or subtree elsewhere:
+# forgotten past the bound, a repeat is then written again); export-cache records held before they are
+# merged into the cache file.
+WINDOW_FILES = 1 << 14
+INFLIGHT_JOBS = 8 * WORKERS
+REPEAT_MAPS = 1 << 16
+FLUSH_RECORDS = 1 << 16   # an update's few hundred cheap writes are done here: starting processes would cost more
 _W: dict = {}
 
 
@@ -343,6 +353,9 @@ class Exporter:
         self.resolved: set[bytes] = set()
         self.nbytes = 0
         self.holes = 0        # bytes of holes this export spells out as zeros (OSTree has no sparse files)
+        self.unfinished: collections.deque = collections.deque()   # planned directories, children first
+        self.unfinished_files = 0
+        self.inflight: collections.deque = collections.deque()     # futures of batches given to workers
         self.checked = _CheckedDirs(self)
         self.skips: dict[tuple[bytes, bytes], tuple[str, str]] = {}  # subtrees the check skipped: their export
 
@@ -397,6 +410,8 @@ class Exporter:
             self.dirs_cached += 1
             return same
         node = self.checked.take(content, meta) or self.repo.read_dir(path, content, meta)
+        if len(self.planned_dirs) >= REPEAT_MAPS:
+            self.planned_dirs.clear()
         pending = self.planned_dirs[dkey] = _PendingDir(path, dkeys, node.self_row)
         for row in node.rows:
             cpath = path + b"/" + row.name if path else row.name
@@ -429,6 +444,8 @@ class Exporter:
             if slot is None:
                 if row.sparse is not None:
                     self._count_holes(cpath, row.sparse)
+                if len(self.planned_files) >= REPEAT_MAPS:
+                    self.planned_files.clear()
                 slot = self.planned_files[fkey] = _Slot()
                 produce = (functools.partial(_produce_sparse, blob, row.sparse, display(cpath))
                            if row.sparse is not None else None)
@@ -438,6 +455,12 @@ class Exporter:
             else:
                 self.files_cached += 1
             pending.files.append((name, (fkey, slot)))
+        self.unfinished.append((pending, len(pending.files)))
+        self.unfinished_files += len(pending.files)
+        while self.unfinished_files > WINDOW_FILES:
+            oldest, n = self.unfinished.popleft()   # its subdirectories were planned before it
+            self.unfinished_files -= n
+            self._finish(oldest)
         return pending
 
     def _count_holes(self, cpath: bytes, smap: SparseMap) -> None:
@@ -529,6 +552,9 @@ class Exporter:
         for s in slots:
             s.future, s.batch = fut, slots
         self.batch = []
+        self.inflight.append(fut)
+        while len(self.inflight) > INFLIGHT_JOBS:   # the workers' queue is bounded, not the whole tree
+            self.inflight.popleft().result()
 
     def _resolve(self, slot: "_Slot") -> str:
         if slot.csum is None:
@@ -552,6 +578,8 @@ class Exporter:
                 fkey, slot = v
                 csum = self._resolve(slot)
                 if fkey not in self.resolved:
+                    if len(self.resolved) >= REPEAT_MAPS:
+                        self.resolved.clear()
                     self.resolved.add(fkey)
                     self.present.record(csum, ObjectType.FILE)  # written (or replaced) by this export
                     if slot.hashed:
@@ -569,6 +597,9 @@ class Exporter:
         self.cache.put(p.dkeys[0], bytes.fromhex(t))
         self.cache.put(p.dkeys[1], bytes.fromhex(m))
         p.result = (t, m)
+        p.files = p.dirs = None     # written: only its result is kept
+        if len(getattr(self.cache, "new", ())) >= FLUSH_RECORDS:
+            self.cache.save()       # records of objects written (their content was checked before any write)
         return t, m
 
     def _skip(self, path: bytes, why: str) -> None:
@@ -599,6 +630,8 @@ class Exporter:
             self.xorder, self.variant = None, self.base_variant
             self.checked.drop_nodes()
             self.skips.clear()
+            self.unfinished.clear()
+            self.unfinished_files = 0
         if original is not None:
             data, detached, _ = original
             oc_commit = oc.decode_commit(data)
