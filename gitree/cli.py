@@ -529,9 +529,31 @@ def _fail(exc_type: str, message: str, code: int, prefix: str = "error") -> int:
     return code
 
 
+def _thread_failed(debug: bool):
+    """threading.excepthook: an exception that ends a background thread (a worker pool's queue feeder
+    out of memory, say) would leave the command waiting forever on work that never comes. The command
+    fails instead, in one line, its temporary files removed; nothing has moved (refs move last)."""
+    def hook(args) -> None:
+        if args.exc_type is SystemExit:
+            return
+        if debug:
+            traceback.print_exception(args.exc_type, args.exc_value, args.exc_traceback)
+        if issubclass(args.exc_type, MemoryError):
+            _fail("MemoryError", "out of memory in a background thread (the machine's, or the process's "
+                  "address-space limit); docs/security.md lists what each command holds", 1)
+        else:
+            _fail("InternalError", f"{args.exc_type.__name__} in a background thread: {args.exc_value} "
+                  "(rerun with --debug)", INTERNAL_EXIT, prefix="internal error")
+        sys.stderr.flush()
+        api.remove_live_temporaries()
+        os._exit(1 if issubclass(args.exc_type, MemoryError) else INTERNAL_EXIT)
+    return hook
+
+
 def _main(argv=None) -> int:
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     _state.clear()
+    threading.excepthook = _thread_failed(debug)
     try:
         cli.main(args=argv, prog_name="gitree", standalone_mode=False)
     except click.exceptions.Abort:

@@ -410,22 +410,28 @@ class Exporter:
             self.dirs_cached += 1
             return same
         node = self.checked.take(content, meta) or self.repo.read_dir(path, content, meta)
+        self._finish_oldest(len(node.rows))   # room for this directory's files first
         if len(self.planned_dirs) >= REPEAT_MAPS:
             self.planned_dirs.clear()
         pending = self.planned_dirs[dkey] = _PendingDir(path, dkeys, node.self_row)
-        for row in node.rows:
+        # each row is let go as it is planned, so the directory as read and its plan are not both whole
+        rows, contents, metas = node.rows, node.content, node.meta
+        del node
+        for i in range(len(rows)):
+            row, rows[i] = rows[i], None
+            ref = contents.pop(row.name, None)
             cpath = path + b"/" + row.name if path else row.name
             name = _ostree_name(row.name)
             if name is None:
                 self._skip(cpath, "file name that is not valid UTF-8")
                 continue
             if row.kind is Kind.DIR:
-                pending.dirs.append((name, self._plan(cpath, node.content[row.name].oid, node.meta[row.name])))
+                pending.dirs.append((name, self._plan(cpath, ref.oid, metas.pop(row.name))))
                 continue
             if row.kind not in (Kind.FILE, Kind.SYMLINK):
                 self._skip(cpath, f"{row.kind.name.lower()} node")
                 continue
-            blob = node.content[row.name].oid
+            blob = ref.oid
             target = self.repo.read(blob, OBJ_BLOB, display(cpath)) if row.kind is Kind.SYMLINK else b""
             if row.kind is Kind.SYMLINK and (not target or b"\0" in target or _ostree_name(target) is None):
                 # ostree commit stores the text '[Invalid UTF-8]' for such a target, which its fsck refuses
@@ -457,11 +463,16 @@ class Exporter:
             pending.files.append((name, (fkey, slot)))
         self.unfinished.append((pending, len(pending.files)))
         self.unfinished_files += len(pending.files)
-        while self.unfinished_files > WINDOW_FILES:
-            oldest, n = self.unfinished.popleft()   # its subdirectories were planned before it
+        self._finish_oldest(0)
+        return pending
+
+    def _finish_oldest(self, room: int) -> None:
+        """Finish the oldest planned directories (their subdirectories were planned before them) until the
+        files planned and not finished, plus `room` more, fit in WINDOW_FILES."""
+        while self.unfinished and self.unfinished_files + room > WINDOW_FILES:
+            oldest, n = self.unfinished.popleft()
             self.unfinished_files -= n
             self._finish(oldest)
-        return pending
 
     def _count_holes(self, cpath: bytes, smap: SparseMap) -> None:
         """OSTree has no sparse files: a sparse file's holes are written (and hashed) as zeros. A 4 KB tar may
@@ -707,8 +718,15 @@ class Exporter:
             self._record_checked()
             done = True
         finally:
-            if self.pool is not None:
-                self.pool.shutdown(wait=True, cancel_futures=True)
+            if self.pool is not None and done:
+                self.pool.shutdown(wait=True)
+            elif self.pool is not None:
+                # a failure may have lost a queued batch (the queue's feeder thread out of memory, say):
+                # waiting for it would never end. The workers are stopped; their pool then fails whatever
+                # is pending and its threads end.
+                for proc in list((getattr(self.pool, "_processes", None) or {}).values()):
+                    proc.kill()
+                self.pool.shutdown(wait=False, cancel_futures=True)
             if self.inline_packs is not None:
                 self.inline_packs.close()
             try:
