@@ -197,6 +197,14 @@ def _append_offsets(out: bytearray, offsets: list[int]) -> None:
         out += struct.pack(f"<{len(offsets)}{_OFFSET_FMT[w]}", *offsets)
 
 
+def append_frame(out: bytearray, start: int, offsets) -> None:
+    """Append to ``out`` the framing offsets of the container whose body is ``out[start:]``, in place (a
+    large dirtree is not copied once per level of framing)."""
+    w = _offset_size(len(out) - start, len(offsets))
+    if w:
+        out += struct.pack(f"<{len(offsets)}{_OFFSET_FMT[w]}", *offsets)
+
+
 def frame(body: bytes | bytearray, offsets: list[int]) -> bytes:
     """``body`` followed by framing ``offsets`` at minimal width: the tail of a variable-size container.
 

@@ -11,7 +11,10 @@ Extended attributes are passed as ``(name, value)`` pairs of bytes with the name
 
 from __future__ import annotations
 
+import array
 import enum
+import heapq
+import itertools
 import hashlib
 import stat
 import struct
@@ -442,20 +445,28 @@ class FilezReader:
 
 def validate_filename(name: str | bytes) -> str:
     """Check a dirtree entry name as OSTree does and return it as str."""
-    if isinstance(name, (bytes, bytearray)):
+    raw = filename_bytes(name)
+    return name if isinstance(name, str) else raw.decode("utf-8")
+
+
+def filename_bytes(name: str | bytes) -> bytes:
+    """validate_filename, returning the name as UTF-8 bytes (a bytes name is returned as is, not copied)."""
+    if isinstance(name, str):
         try:
-            name = bytes(name).decode("utf-8")
+            raw = name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidName(f"invalid UTF-8 in file name {name!r:.80}") from None
+    elif isinstance(name, (bytes, bytearray)):
+        raw = bytes(name)
+        try:
+            raw.decode("utf-8")
         except UnicodeDecodeError:
             raise InvalidName(f"invalid UTF-8 in file name {name!r:.80}") from None
-    elif not isinstance(name, str):
+    else:
         raise InvalidName(f"file name must be str or bytes, not {type(name).__name__}")
-    if not name or name in (".", "..") or "/" in name or "\0" in name:
+    if not raw or raw in (b".", b"..") or b"/" in raw or b"\0" in raw:
         raise InvalidName(f"invalid file name {name!r:.80}")
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidName(f"invalid UTF-8 in file name {name!r:.80}") from None
-    return name
+    return raw
 
 
 # ---------------------------------------------------------------------------------------------
@@ -476,30 +487,46 @@ EMPTY_DIRTREE_CHECKSUM = "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a3
 
 def encode_dirtree(files: Iterable[tuple[str | bytes, str | bytes]],
                    dirs: Iterable[tuple[str | bytes, str | bytes, str | bytes]] = ()) -> bytes:
-    """Serialize a dirtree. Entries may come in any order; they are sorted. Duplicate names raise."""
-    f = sorted(((validate_filename(n).encode("utf-8"), checksum_to_bytes(c)) for n, c in files),
+    """Serialize a dirtree. Entries may come in any order; they are sorted. Duplicate names raise.
+
+    A directory may hold hundreds of thousands of files: they are kept as two flat lists (names given as
+    bytes are not copied), sorted only when not already in order, and serialized into one buffer."""
+    fnames: list[bytes] = []
+    fsums: list[bytes] = []
+    for n, c in files:
+        fnames.append(filename_bytes(n))
+        fsums.append(checksum_to_bytes(c))
+    if any(a >= b for a, b in itertools.pairwise(fnames)):
+        order = sorted(range(len(fnames)), key=fnames.__getitem__)
+        fnames = [fnames[i] for i in order]
+        fsums = [fsums[i] for i in order]
+        del order
+    d = sorted(((filename_bytes(n), checksum_to_bytes(t), checksum_to_bytes(m)) for n, t, m in dirs),
                key=lambda e: e[0])
-    d = sorted(((validate_filename(n).encode("utf-8"), checksum_to_bytes(t), checksum_to_bytes(m))
-                for n, t, m in dirs), key=lambda e: e[0])
-    names = [e[0] for e in f] + [e[0] for e in d]
-    if len(set(names)) != len(names):
-        raise InvalidName("duplicate name in dirtree")
+    prev = None
+    for name in heapq.merge(fnames, (e[0] for e in d)):
+        if name == prev:
+            raise InvalidName("duplicate name in dirtree")
+        prev = name
     # Hand-framed (hot path; equal to gvariant.encode(DIRTREE_TYPE, ...), tested): every member is
     # 1-aligned, so elements are plain concatenations plus their framing offsets.
     frame = gvariant.frame
-    files_arr = bytearray()
-    ends = []
-    for name, csum in f:
-        files_arr += frame(name + b"\0" + csum, [len(name) + 1])
-        ends.append(len(files_arr))
-    files_bytes = frame(files_arr, ends)
-    dirs_arr = bytearray()
-    ends = []
+    out = bytearray()
+    ends = array.array("Q")
+    for name, csum in zip(fnames, fsums, strict=True):
+        out += frame(name + b"\0" + csum, [len(name) + 1])
+        ends.append(len(out))
+    del fnames, fsums
+    gvariant.append_frame(out, 0, ends)
+    files_len = len(out)
+    ends = array.array("Q")
     for name, tree, meta in d:
         n = len(name) + 1
-        dirs_arr += frame(name + b"\0" + tree + meta, [n + 32, n])
-        ends.append(len(dirs_arr))
-    return frame(files_bytes + frame(dirs_arr, ends), [len(files_bytes)])
+        out += frame(name + b"\0" + tree + meta, [n + 32, n])
+        ends.append(len(out) - files_len)
+    gvariant.append_frame(out, files_len, ends)
+    gvariant.append_frame(out, 0, [files_len])
+    return bytes(out)
 
 
 def decode_dirtree(data: bytes) -> DirTree:

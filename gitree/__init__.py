@@ -35,7 +35,7 @@ place.
 """
 
 LAYERS: dict[str, int] = {
-    "errors": 0, "limits": 0, "infile": 0, "progress": 0, "outfile": 0, "tools": 0, "scratch": 0,
+    "errors": 0, "limits": 0, "infile": 0, "progress": 0, "outfile": 0, "tools": 0, "scratch": 0, "workers": 0,
     "entry": 1, "names": 1, "xattrs": 1, "sparse": 1, "gittree": 1, "sidetable": 1, "tarformat": 1,
     "layout": 1, "ostreemeta": 1, "initramfs": 1, "packwriter": 1, "packreader": 1, "exportcache": 1,
     "gitree_compat": 1,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
 from .errors import CorruptObject
 
@@ -33,15 +33,23 @@ def encode_tree(entries: list[tuple[bytes, bytes, bytes]]) -> bytes:
     return b"".join(mode + b" " + name + b"\0" + oid for mode, name, oid in entries)
 
 
-def decode_tree(data: bytes, where: str = "") -> list[TreeEntry]:
-    out = []
+_MODES = {m: m for m in (MODE_DIR, MODE_FILE, MODE_EXEC, MODE_LINK)}  # one object per mode, not one per entry
+
+
+def iter_tree(data: bytes, where: str = "") -> Iterator[TreeEntry]:
+    """The entries of a git tree object one at a time (a tree may hold hundreds of thousands)."""
     pos = 0
     n = len(data)
+    modes = _MODES
     while pos < n:
         sp = data.find(b" ", pos)
         nul = data.find(b"\0", sp + 1)
         if sp < 0 or nul < 0 or nul + 21 > n:
             raise CorruptObject(f"git tree {where}: malformed")
-        out.append(TreeEntry(data[pos:sp], data[sp + 1:nul], data[nul + 1:nul + 21]))
+        mode = data[pos:sp]
+        yield TreeEntry(modes.get(mode, mode), data[sp + 1:nul], data[nul + 1:nul + 21])
         pos = nul + 21
-    return out
+
+
+def decode_tree(data: bytes, where: str = "") -> list[TreeEntry]:
+    return list(iter_tree(data, where))

@@ -13,6 +13,7 @@ version 1, so trees without sparse files have the ids they always had (docs/form
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 from .entry import Entry, Kind, Xattrs, check_fields
 from .errors import CorruptObject
@@ -87,14 +88,15 @@ def decode_table(data: bytes, where: str = "") -> tuple[Row, list[Row]]:
         first = data.split(b"\n", 1)[0][:40]
         raise CorruptObject(f"side table {where}: unknown header {first!r}")
     v2 = data.startswith(MAGIC_SPARSE)
-    lines = data[len(MAGIC):].split(b"\n")
-    if lines[-1] != b"":
+    start = len(MAGIC)
+    if len(data) > start and not data.endswith(b"\n"):
         raise CorruptObject(f"side table {where}: missing final newline")
-    if len(lines) > MAX_DIR_ENTRIES + 2:
+    if data.count(b"\n", start) > MAX_DIR_ENTRIES + 1:
         raise CorruptObject(f"side table {where}: more than {MAX_DIR_ENTRIES} rows (the limit of one directory)")
     rows = []
     prev = None
-    for lineno, line in enumerate(lines[:-1], 2):
+    first = None
+    for lineno, line in enumerate(_lines(data, start), 2):
         row = _known_tail_row(line)
         if row is None:
             try:
@@ -105,6 +107,7 @@ def decode_table(data: bytes, where: str = "") -> tuple[Row, list[Row]]:
                 raise CorruptObject(f"side table {where} line {lineno}: {e}") from None
             _remember_tail(line, row)
         if lineno == 2:
+            first = line
             if row.name != SELF or row.kind is not Kind.DIR:
                 raise CorruptObject(f"side table {where}: first row must describe the directory itself")
             continue
@@ -112,12 +115,21 @@ def decode_table(data: bytes, where: str = "") -> tuple[Row, list[Row]]:
             raise CorruptObject(f"side table {where} line {lineno}: rows not sorted or repeated")
         prev = row.name
         rows.append(row)
-    if not lines[:-1]:
+    if first is None:
         raise CorruptObject(f"side table {where}: no row for the directory itself")
     if v2 != any(r.sparse is not None for r in rows):
         raise CorruptObject(f"side table {where}: version {2 if v2 else 1} marker with"
                             f"{'out' if v2 else ''} a sparse file (not in canonical form)")
-    return _decode_row(lines[0]), rows
+    return _decode_row(first), rows
+
+
+def _lines(data: bytes, pos: int) -> Iterator[bytes]:
+    """The newline-ended lines of data[pos:], one at a time (a table may hold hundreds of thousands)."""
+    end = len(data)
+    while pos < end:
+        nl = data.index(b"\n", pos)
+        yield data[pos:nl]
+        pos = nl + 1
 
 
 # Most rows of a root filesystem differ only by name ("f 644 0 0"): the part after the name (the tail) of a

@@ -16,7 +16,7 @@ import pygit2
 from . import limits, sidetable
 from .entry import MAX_DEPTH, Entry, Kind, check_fields, split_path
 from .errors import CorruptObject, GitreeError, NotFound, UnsafePath
-from .gittree import MODE_DIR, MODE_EXEC, MODE_FILE, MODE_LINK, ContentRef, decode_tree
+from .gittree import MODE_DIR, MODE_EXEC, MODE_FILE, MODE_LINK, ContentRef, decode_tree, iter_tree
 from .layout import FORMAT_BLOB, TABLE_NAME, TOP_FORMAT, TOP_META, TOP_ROOTFS
 from .names import check_name, display, fs_name, git_name
 from .packwriter import OBJ_BLOB, OBJ_TREE
@@ -91,7 +91,7 @@ def _decode_dir_tree(repo, oid: bytes, path: bytes, what: str) -> dict[bytes | N
     data = repo.read_bounded(oid, OBJ_TREE, limits.MAX_TREE_BYTES, f"{what} tree of {where}")
     out: dict[bytes | None, ContentRef] = {}
     prev = None
-    for mode, gname, eoid in decode_tree(data, where):
+    for mode, gname, eoid in iter_tree(data, where):
         if mode not in _GIT_MODES:
             raise TreeFault(path, f"{what} tree entry {gname[:80]!r} has git mode {mode[:16]!r}, which gitree "
                                   "never writes")
@@ -146,15 +146,23 @@ def read_dir(repo, path: bytes, content_oid: bytes, meta_oid: bytes) -> DirNode:
     del data
     if len(rows) > limits.MAX_DIR_ENTRIES:
         raise TreeFault(path, f"more than {limits.MAX_DIR_ENTRIES} entries in one directory")
+    # the node keeps the trees' entries under the rows' own name objects (one per name, not three): each
+    # is moved over as its row is checked, so what is left at the end is in a tree but not in the table
+    content: dict[bytes, ContentRef] = {}
+    metas: dict[bytes, bytes] = {}
     for row in rows:
         cpath = path + b"/" + row.name if path else row.name
-        c = cmap.get(row.name)
+        c = cmap.pop(row.name, None)
+        if c is not None:
+            content[row.name] = c
         kname = row.kind.name.lower()
         if row.kind is Kind.DIR:
             if c is None or c.mode != MODE_DIR:
                 raise TreeFault(cpath, "directory in the side table but not in the tree")
-            if row.name not in mmap:
+            m = mmap.pop(row.name, None)
+            if m is None:
                 raise TreeFault(cpath, "directory has no node in the meta tree")
+            metas[row.name] = m
             if row.hardlink is not None:
                 raise TreeFault(cpath, "a directory cannot be a hard link")
             continue
@@ -169,12 +177,10 @@ def read_dir(repo, path: bytes, content_oid: bytes, meta_oid: bytes) -> DirNode:
                                     f"the side table ({kname} {row.mode:o})")
         elif c is not None:
             raise TreeFault(cpath, f"{kname} must not appear in the content tree")
-    seen = {r.name for r in rows}
-    for name in list(cmap) + list(mmap):
-        if name not in seen:
-            raise TreeFault(path + b"/" + name if path else name, "in the "
-                                f"{'content' if name in cmap else 'meta'} tree but not in the side table")
-    return DirNode(self_row, rows, cmap, mmap)
+    for name in (*cmap, *mmap):
+        raise TreeFault(path + b"/" + name if path else name, "in the "
+                            f"{'content' if name in cmap else 'meta'} tree but not in the side table")
+    return DirNode(self_row, rows, content, metas)
 
 
 def lookup(repo, root: tuple[bytes, bytes], path: bytes, cache: dict) -> Entry | None:

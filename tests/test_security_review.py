@@ -6,6 +6,7 @@ owner or default ACL to what gitree writes."""
 # ruff: noqa: F811  (the `base` fixture is imported, then named as a parameter)
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import zlib
@@ -417,6 +418,24 @@ def _member(name: bytes, data: bytes = b"", typeflag: bytes = b"0", link: bytes 
     return bytes(h) + data + bytes(-len(data) % 512)
 
 
+def _import_streamed(repo: str, chunks) -> tuple[int, bytes, object]:
+    """`import-rootfs -` of a tar written as it is read (its members in `chunks`), into a new repository,
+    under the memory limit: (wait status, stderr, resource usage)."""
+    run_gitree("-C", repo, "init")
+    p = subprocess.Popen(GITREE + ["-q", "-C", repo, "import-rootfs", "-", "-b", "main"], stdin=subprocess.PIPE,
+                         stderr=subprocess.PIPE, preexec_fn=limited())
+    try:
+        for chunk in chunks:
+            p.stdin.write(chunk)
+        p.stdin.write(bytes(1024))
+        p.stdin.close()
+        err = p.stderr.read()
+        _, status, usage = os.wait4(p.pid, 0)
+    finally:
+        p.kill()
+    return status, err, usage
+
+
 def test_an_import_of_many_distinct_files_keeps_its_memory_bounded(work):
     """650,000 files of distinct content (1 to 5 bytes: what a 778 KB tar.xz holds), 20,000 hard links
     and 20,000 empty directories import under the 300 MiB address-space limit, with a peak resident size
@@ -425,22 +444,13 @@ def test_an_import_of_many_distinct_files_keeps_its_memory_bounded(work):
     481 MB and ended in MemoryError. The tar is made as it is read, on stdin (`-`)."""
     n = 650_000
     repo = os.path.join(work, "r.git")
-    run_gitree("-C", repo, "init")
-    p = subprocess.Popen(GITREE + ["-q", "-C", repo, "import-rootfs", "-", "-b", "main"], stdin=subprocess.PIPE,
-                         stderr=subprocess.PIPE, preexec_fn=limited())
-    try:
-        for start in range(0, n, 10_000):
-            p.stdin.write(b"".join(_member(b"d%d/f%d" % (i // 100_000, i), b"%x" % i)
-                                   for i in range(start, min(n, start + 10_000))))
-        p.stdin.write(b"".join(_member(b"links/l%d" % i, typeflag=b"1", link=b"d0/f%d" % (i * 3))
-                               for i in range(20_000)))
-        p.stdin.write(b"".join(_member(b"e/%d" % i, typeflag=b"5") for i in range(20_000)))
-        p.stdin.write(bytes(1024))
-        p.stdin.close()
-        err = p.stderr.read()
-        _, status, usage = os.wait4(p.pid, 0)
-    finally:
-        p.kill()
+    # the chunks are made as they are written: the child's peak resident size counts what the test
+    # process held when it forked
+    status, err, usage = _import_streamed(repo, itertools.chain(
+        (b"".join(_member(b"d%d/f%d" % (i // 100_000, i), b"%x" % i) for i in range(start, min(n, start + 10_000)))
+         for start in range(0, n, 10_000)),
+        (b"".join(_member(b"links/l%d" % i, typeflag=b"1", link=b"d0/f%d" % (i * 3)) for i in range(20_000)),
+         b"".join(_member(b"e/%d" % i, typeflag=b"5") for i in range(20_000)))))
     assert status == 0, err.decode()
     assert usage.ru_maxrss < 160 << 10, f"peak resident size {usage.ru_maxrss} KiB"
     assert len(api.ls(repo, "main", "/d6").items) == 50_000
@@ -451,6 +461,44 @@ def test_an_import_of_many_distinct_files_keeps_its_memory_bounded(work):
     show = subprocess.run(["git", "--git-dir", repo, "cat-file", "-p", "main:rootfs/d6/f649999"],
                           capture_output=True, check=True).stdout
     assert show == b"%x" % 649_999
+    # and the export of that tree stays under the limit too: directories are finished as they are planned
+    # (docs/security.md, "Export memory"); it needed 855 MB when the plan of the whole tree was held
+    target = os.path.join(work, "os")
+    r = run_limited("-C", repo, "export-ostree", "main", "--ostree-repo", target, "--ref", "r", timeout=900)
+    assert r.returncode == 0, r.stderr.decode()
+    listing = subprocess.run(["ostree", f"--repo={target}", "ls", "r", "/d6"], capture_output=True, text=True,
+                             check=True).stdout.splitlines()
+    assert len(listing) == 50_001 and listing[-1].endswith("/d6/f649999"), listing[-3:]
+    cat = subprocess.run(["ostree", f"--repo={target}", "cat", "r", "/links/l10"], capture_output=True,
+                         check=True).stdout
+    assert cat == b"%x" % 30
+
+
+def test_one_directory_of_the_most_entries_exports_under_the_memory_limit(work):
+    """One directory of MAX_DIR_ENTRIES distinct files (a tar of them compresses to a few hundred KB) is
+    the largest directory the reader takes: it imports, is checked, and exports to OSTree under the
+    300 MiB address-space limit. The export plans such a directory as two flat lists (name, checksum) and
+    reads it with one object per name; it peaked at 411 MB resident when each file's plan was a tuple
+    with a pending write."""
+    from gitree import limits
+    n = limits.MAX_DIR_ENTRIES
+    repo = os.path.join(work, "r.git")
+    status, err, _ = _import_streamed(repo, (b"".join(_member(b"d/%d" % i, b"%x" % i)
+                                                      for i in range(start, min(n, start + 10_000)))
+                                             for start in range(0, n, 10_000)))
+    assert status == 0, err.decode()
+    r = run_limited("-C", repo, "fsck", timeout=600)
+    assert r.returncode == 0, r.stderr.decode()
+    target = os.path.join(work, "os")
+    r = run_limited("-C", repo, "export-ostree", "main", "--ostree-repo", target, "--ref", "r", timeout=900)
+    assert r.returncode == 0, r.stderr.decode()
+    listing = subprocess.run(["ostree", f"--repo={target}", "ls", "r", "/d"], capture_output=True, text=True,
+                             check=True).stdout.splitlines()
+    assert len(listing) == n + 1 and listing[-1].endswith("/d/99999"), listing[-3:]
+    for i in (0, 77_777, n - 1):
+        cat = subprocess.run(["ostree", f"--repo={target}", "cat", "r", f"/d/{i}"], capture_output=True,
+                             check=True).stdout
+        assert cat == b"%x" % i
 
 
 def test_import_refuses_more_entries_in_a_directory_than_the_reader_takes(work):

@@ -15,7 +15,6 @@ subtree; export writes them back, so every original checksum is reproduced bit f
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import functools
 import hashlib
 import os
@@ -45,6 +44,7 @@ from ..sparse import encode as sparse_encode
 from ..sparse import logical_chunks as sparse_logical_chunks
 from ..layout import TOP_OSTREE
 from ..repo import Repo
+from ..workers import Workers
 
 CACHE_REF = "refs/gitree/ostree-cache"   # the old cache (git objects any transport could plant): deleted
 COMPRESSION_REUSE = "reuse"
@@ -133,6 +133,8 @@ class _NoCache:
 
     def close(self) -> None:
         pass
+
+    new: dict = {}   # records waiting to be saved: never any
 
 
 # ---------------------------------------------------------------------------------------------
@@ -299,23 +301,25 @@ def _produce_sparse(blob: bytes, smap: SparseMap, where: str) -> tuple[int, Iter
 
 
 class _Slot:
-    """One content object to write: filled in when its batch's job finishes."""
+    """One content object to write: its cache key until its batch's job finishes, then its raw checksum."""
 
-    __slots__ = ("future", "batch", "csum", "hashed")
+    __slots__ = ("fkey", "csum")
 
-    def __init__(self):
-        self.future = None
-        self.batch: list = []
-        self.csum: str | None = None
-        self.hashed = False
+    def __init__(self, fkey: bytes):
+        self.fkey: bytes | None = fkey
+        self.csum: bytes | None = None
 
 
 @dataclass
 class _PendingDir:
+    """A planned directory. Its files are two flat lists, not a tuple each: a directory may hold
+    MAX_DIR_ENTRIES of them (about 130 bytes a file while planned: docs/security.md, "Export memory")."""
+
     path: bytes
     dkeys: tuple[bytes, bytes]   # cache keys of its dirtree and dirmeta
     self_row: object
-    files: list = field(default_factory=list)   # (name, checksum | (cache key, future))
+    names: list = field(default_factory=list)   # file names (bytes, valid UTF-8)
+    sums: list = field(default_factory=list)    # per file: its raw checksum, or the _Slot that will hold it
     dirs: list = field(default_factory=list)    # (name, (dirtree, dirmeta) | _PendingDir)
     result: tuple[str, str] | None = None
 
@@ -344,13 +348,13 @@ class Exporter:
         self.inline_jobs = 0
         self.inline_packs: PackSet | None = None
         self.suffixes: dict[ObjectType, str] = {}
-        self.pool: concurrent.futures.ProcessPoolExecutor | None = None  # started on the first write
+        self.pool: Workers | None = None  # started on the first write
         self.batch: list = []
+        self.batch_path = b""
         self.skipped: list[tuple[bytes, str]] = []
         self.files_written = self.files_cached = self.dirs_cached = 0
         self.planned_files: dict[bytes, _Slot] = {}
         self.planned_dirs: dict[bytes, _PendingDir] = {}
-        self.resolved: set[bytes] = set()
         self.nbytes = 0
         self.holes = 0        # bytes of holes this export spells out as zeros (OSTree has no sparse files)
         self.unfinished: collections.deque = collections.deque()   # planned directories, children first
@@ -426,7 +430,7 @@ class Exporter:
                 self._skip(cpath, "file name that is not valid UTF-8")
                 continue
             if row.kind is Kind.DIR:
-                pending.dirs.append((name, self._plan(cpath, ref.oid, metas.pop(row.name))))
+                pending.dirs.append((row.name, self._plan(cpath, ref.oid, metas.pop(row.name))))
                 continue
             if row.kind not in (Kind.FILE, Kind.SYMLINK):
                 self._skip(cpath, f"{row.kind.name.lower()} node")
@@ -442,9 +446,10 @@ class Exporter:
                               *((b"sparse", sparse_encode(row.sparse)) if row.sparse is not None else ()))
             csum = self.cache.get(fkey)
             known = csum.hex() if csum is not None else None
+            pending.names.append(row.name)
             if known is not None and self.present.usable(known, ObjectType.FILE):
                 self.files_cached += 1
-                pending.files.append((name, known))
+                pending.sums.append(csum)
                 continue
             slot = self.planned_files.get(fkey)
             if slot is None:
@@ -452,17 +457,18 @@ class Exporter:
                     self._count_holes(cpath, row.sparse)
                 if len(self.planned_files) >= REPEAT_MAPS:
                     self.planned_files.clear()
-                slot = self.planned_files[fkey] = _Slot()
+                slot = self.planned_files[fkey] = _Slot(fkey)
                 produce = (functools.partial(_produce_sparse, blob, row.sparse, display(cpath))
                            if row.sparse is not None else None)
                 self.batch.append((slot, (fmeta, blob, display(cpath), known, produce)))
+                self.batch_path = cpath   # shown by the progress line when the batch is written
                 if len(self.batch) >= BATCH_FILES:
                     self._submit()
             else:
                 self.files_cached += 1
-            pending.files.append((name, (fkey, slot)))
-        self.unfinished.append((pending, len(pending.files)))
-        self.unfinished_files += len(pending.files)
+            pending.sums.append(slot.csum or slot)
+        self.unfinished.append((pending, len(pending.names)))
+        self.unfinished_files += len(pending.names)
         self._finish_oldest(0)
         return pending
 
@@ -536,45 +542,53 @@ class Exporter:
         export is written here: starting processes would cost more than it saves)."""
         if not self.batch:
             return
-        cheap = all(job[3] is not None for _, job in self.batch)  # checksums known: copies, no hashing
-        if self.pool is None and (final or (cheap and self.inline_jobs + len(self.batch) <= INLINE_JOBS)):
-            self.inline_jobs += len(self.batch)
-            fut = concurrent.futures.Future()
+        slots = [s for s, _ in self.batch]
+        jobs = [job for _, job in self.batch]
+        self.batch = []
+        cheap = all(job[3] is not None for job in jobs)  # checksums known: copies, no hashing
+        if self.pool is None and (final or (cheap and self.inline_jobs + len(jobs) <= INLINE_JOBS)):
+            self.inline_jobs += len(jobs)
             if self.inline_packs is None:
                 self.inline_packs = PackSet(self.repo.objects_dir)
             _W.update(repo=self.repo, target=self.target, compression=self.opts.compression,
                       packs=self.inline_packs)
             try:
-                fut.set_result(_worker_write([job for _, job in self.batch]))
+                results = _worker_write(jobs)
             finally:
                 _W.clear()
-            slots = [s for s, _ in self.batch]
-            for s in slots:
-                s.future, s.batch = fut, slots
-            self.batch = []
+            self._done(slots, results, self.batch_path)
             return
         if self.pool is None:
-            import multiprocessing  # here: an update written in-process never starts workers, nor imports this
-            self.pool = concurrent.futures.ProcessPoolExecutor(
-                WORKERS, mp_context=multiprocessing.get_context("fork"), initializer=_worker_init,
-                initargs=(self.repo.path, str(self.target.path), self.opts.compression))
-        slots = [s for s, _ in self.batch]
-        fut = self.pool.submit(_worker_write, [job for _, job in self.batch])
-        for s in slots:
-            s.future, s.batch = fut, slots
-        self.batch = []
-        self.inflight.append(fut)
+            self.pool = Workers(WORKERS, _worker_write, _worker_init,
+                                (self.repo.path, str(self.target.path), self.opts.compression))
+        self.inflight.append((self.pool.submit(jobs), slots, self.batch_path))
         while len(self.inflight) > INFLIGHT_JOBS:   # the workers' queue is bounded, not the whole tree
-            self.inflight.popleft().result()
+            self._done_oldest()
 
-    def _resolve(self, slot: "_Slot") -> str:
-        if slot.csum is None:
-            if slot.future is None:
+    def _done_oldest(self) -> None:
+        worker, slots, where = self.inflight.popleft()
+        self._done(slots, self.pool.result(worker), where)
+
+    def _done(self, slots: list[_Slot], results: list, where: bytes) -> None:
+        """A batch is written: each slot gets its checksum, recorded as written into the target (and, when
+        computed here, as the file's checksum)."""
+        for slot, (csum, size, hashed) in zip(slots, results, strict=True):
+            raw = bytes.fromhex(csum)
+            self.present.record(csum, ObjectType.FILE)  # written (or replaced) by this export
+            if hashed:
+                self.cache.put(slot.fkey, raw)
+            slot.csum, slot.fkey = raw, None
+            self.nbytes += size
+            self.files_written += 1
+        if self.progress:
+            self.progress.update(self.files_written, self.nbytes, where)
+
+    def _resolve(self, slot: _Slot) -> bytes:
+        while slot.csum is None:   # batches are waited for in the order they were given
+            if self.inflight:
+                self._done_oldest()
+            else:
                 self._submit(final=True)
-            for s, (csum, size, hashed) in zip(slot.batch, slot.future.result(), strict=True):
-                s.csum = csum
-                s.hashed = hashed
-                self.nbytes += size
         return slot.csum
 
     def _finish(self, p) -> tuple[str, str]:
@@ -583,33 +597,20 @@ class Exporter:
         if p.result is not None:
             return p.result
         dirs = [(name, *self._finish(child)) for name, child in p.dirs]
-        files = []
-        for name, v in p.files:
-            if isinstance(v, tuple):
-                fkey, slot = v
-                csum = self._resolve(slot)
-                if fkey not in self.resolved:
-                    if len(self.resolved) >= REPEAT_MAPS:
-                        self.resolved.clear()
-                    self.resolved.add(fkey)
-                    self.present.record(csum, ObjectType.FILE)  # written (or replaced) by this export
-                    if slot.hashed:
-                        self.cache.put(fkey, bytes.fromhex(csum))
-                    self.files_written += 1
-                if self.progress:
-                    self.progress.update(self.files_written, self.nbytes, p.path)
-                v = csum
-            files.append((name, v))
+        sums = p.sums
+        for i, v in enumerate(sums):
+            if not isinstance(v, bytes):
+                sums[i] = self._resolve(v)
         r = p.self_row
         m = self.target.write_dirmeta(self._dir_meta(p.path, r.mode, r.uid, r.gid, r.xattrs))
-        t = self.target.write_dirtree(files, dirs)
+        t = self.target.write_dirtree(zip(p.names, sums, strict=True), dirs)
         self.present.record(t, ObjectType.DIR_TREE)
         self.present.record(m, ObjectType.DIR_META)
         self.cache.put(p.dkeys[0], bytes.fromhex(t))
         self.cache.put(p.dkeys[1], bytes.fromhex(m))
         p.result = (t, m)
-        p.files = p.dirs = None     # written: only its result is kept
-        if len(getattr(self.cache, "new", ())) >= FLUSH_RECORDS:
+        p.names = p.sums = p.dirs = None     # written: only its result is kept
+        if len(self.cache.new) >= FLUSH_RECORDS:
             self.cache.save()       # records of objects written (their content was checked before any write)
         return t, m
 
@@ -719,14 +720,9 @@ class Exporter:
             done = True
         finally:
             if self.pool is not None and done:
-                self.pool.shutdown(wait=True)
+                self.pool.close()
             elif self.pool is not None:
-                # a failure may have lost a queued batch (the queue's feeder thread out of memory, say):
-                # waiting for it would never end. The workers are stopped; their pool then fails whatever
-                # is pending and its threads end.
-                for proc in list((getattr(self.pool, "_processes", None) or {}).values()):
-                    proc.kill()
-                self.pool.shutdown(wait=False, cancel_futures=True)
+                self.pool.kill()   # a failed export: what the workers still do is of no use
             if self.inline_packs is not None:
                 self.inline_packs.close()
             try:
