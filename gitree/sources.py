@@ -244,9 +244,124 @@ class DirectoryReport:
         return out
 
 
-def _read_xattrs(path: bytes, report: DirectoryReport, rel: bytes) -> tuple:
+# The walk reaches everything from open directory descriptors, one name below one of them at a time, so a
+# path never grows past what one syscall takes (a tree at the depth limit has paths far longer than
+# PATH_MAX). Only the deepest WALK_FDS directories of the walk (and its root) keep a descriptor; a closed
+# one is reopened through ".." of its child when the walk climbs back, else one component at a time from
+# the nearest ancestor that holds one. Every directory or file opened is checked to be the inode lstat saw
+# (st_dev, st_ino): one swapped in meanwhile is reported, never read or followed.
+WALK_FDS = 32
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # a FIFO swapped in never blocks
+_CHUNK = 1 << 20
+
+
+class _Changed(OSError):
+    """What was opened is not the inode the walk saw at that name: the tree changed under the walk."""
+
+
+def _open_at(dfd: int | None, name: bytes, flags: int, key: tuple[int, int]) -> int:
+    """`name` below directory descriptor `dfd` (None: `name` is a path), opened with `flags`, checked to be
+    the inode `key` (st_dev, st_ino)."""
+    fd = os.open(name, flags, dir_fd=dfd)
+    st = os.fstat(fd)
+    if st.st_ino != key[1] or st.st_dev != key[0]:
+        os.close(fd)
+        raise _Changed(errno.ESTALE, "changed while it was read")
+    return fd
+
+
+def _open_file(dfd: int, name: bytes, key: tuple[int, int], noatime: bool) -> int:
+    """A regular file for reading, without updating its access time when we may."""
+    if noatime:
+        try:
+            return _open_at(dfd, name, _FILE_FLAGS | os.O_NOATIME, key)
+        except PermissionError:  # O_NOATIME needs the file's owner or CAP_FOWNER
+            pass
+    return _open_at(dfd, name, _FILE_FLAGS, key)
+
+
+class _Dir:
+    """A directory of the walk: its parent, its name there (the root's: the path it was given), its
+    (st_dev, st_ino) when entered, and its descriptor while it holds one."""
+
+    __slots__ = ("parent", "name", "key", "fd")
+
+    def __init__(self, parent: _Dir | None, name: bytes, key: tuple[int, int], fd: int | None = None):
+        self.parent, self.name, self.key, self.fd = parent, name, key, fd
+
+    def reopen(self) -> int:
+        """A new descriptor of this directory, opened one component at a time down from its nearest
+        ancestor that holds one (the root's path if none does), each level checked to be the one entered."""
+        chain = []
+        d = self
+        while d.fd is None and d.parent is not None:
+            chain.append(d)
+            d = d.parent
+        own = d.fd is None
+        fd = _open_at(None, d.name, _DIR_FLAGS, d.key) if own else d.fd
+        try:
+            for c in reversed(chain):
+                nfd = _open_at(fd, c.name, _DIR_FLAGS, c.key)
+                if own:
+                    os.close(fd)
+                fd, own = nfd, True
+        except BaseException:
+            if own:
+                os.close(fd)
+            raise
+        return fd if own else os.dup(fd)
+
+
+class _FileData:
+    """A regular file's bytes in chunks, as a callable: the first call takes the descriptor the walk opened
+    (the walk closes it when it goes on, if it was not taken); a later call opens the file again below its
+    directory. Each reader closes its descriptor when done."""
+
+    __slots__ = ("dir", "name", "key", "segs", "fd")
+
+    def __init__(self, d: _Dir, name: bytes, key: tuple[int, int], segs, fd: int):
+        self.dir, self.name, self.key, self.segs, self.fd = d, name, key, segs, fd
+
+    def __call__(self) -> Iterator[bytes]:
+        fd, self.fd = self.fd, None
+        try:
+            if fd is None:
+                fd = self._reopen()
+            for off, n in self.segs:
+                while n > 0:
+                    buf = os.pread(fd, min(n, _CHUNK), off)
+                    if not buf:
+                        return
+                    off += len(buf)
+                    n -= len(buf)
+                    yield buf
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    def _reopen(self) -> int:
+        dfd = self.dir.fd
+        own = dfd is None
+        if own:
+            dfd = self.dir.reopen()
+        try:
+            return _open_file(dfd, self.name, self.key, True)
+        finally:
+            if own:
+                os.close(dfd)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            os.close(fd)
+
+
+def _read_xattrs(target: int | bytes, report: DirectoryReport, rel: bytes) -> tuple:
+    """The xattrs of an open descriptor, or of a path (its last component not followed)."""
+    follow = isinstance(target, int)  # a descriptor takes no follow_symlinks=False
     try:
-        names = os.listxattr(path, follow_symlinks=False)
+        names = os.listxattr(target, follow_symlinks=follow)
     except OSError as e:
         if e.errno in (95, 61):  # EOPNOTSUPP, ENODATA
             return ()
@@ -255,7 +370,7 @@ def _read_xattrs(path: bytes, report: DirectoryReport, rel: bytes) -> tuple:
     out = []
     for n in names:
         try:
-            v = os.getxattr(path, n, follow_symlinks=False)
+            v = os.getxattr(target, n, follow_symlinks=follow)
         except OSError as e:
             if e.errno == 61:
                 continue
@@ -265,67 +380,30 @@ def _read_xattrs(path: bytes, report: DirectoryReport, rel: bytes) -> tuple:
     return sorted_xattrs(out)
 
 
-def _file_reader(path: bytes, size: int):
-    def chunks():
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            left = size
-            while left > 0:
-                buf = os.read(fd, min(left, 1 << 20))
-                if not buf:
-                    break
-                left -= len(buf)
-                yield buf
-        finally:
-            os.close(fd)
-    return chunks
-
-
-def _data_segments(path: bytes, size: int) -> list[tuple[int, int]] | None:
+def _data_segments(fd: int, size: int) -> list[tuple[int, int]] | None:
     """Where a file's data lies (SEEK_DATA/SEEK_HOLE), or None if the file system cannot tell."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        segs = []
-        pos = 0
-        while pos < size:
-            try:
-                start = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError as e:
-                if e.errno == errno.ENXIO:  # only a hole up to the end
-                    break
-                return None
-            end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
-            if end <= start:
-                return None
-            segs.append((start, end - start))
-            pos = end
-        return segs
-    finally:
-        os.close(fd)
-
-
-def _sparse_reader(path: bytes, segs: tuple[tuple[int, int], ...]):
-    def chunks():
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    segs = []
+    pos = 0
+    while pos < size:
         try:
-            for off, n in segs:
-                while n > 0:
-                    buf = os.pread(fd, min(n, 1 << 20), off)
-                    if not buf:
-                        return
-                    off += len(buf)
-                    n -= len(buf)
-                    yield buf
-        finally:
-            os.close(fd)
-    return chunks
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno == errno.ENXIO:  # only a hole up to the end
+                break
+            return None
+        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        if end <= start:
+            return None
+        segs.append((start, end - start))
+        pos = end
+    return segs
 
 
-def _sparse_map(path: bytes, st: os.stat_result) -> SparseMap | None:
+def _sparse_map(fd: int, st: os.stat_result) -> SparseMap | None:
     """A file with fewer allocated blocks than its size has holes: its map, if it has holes at all."""
     if st.st_blocks * 512 >= st.st_size:
         return None
-    segs = _data_segments(path, st.st_size)
+    segs = _data_segments(fd, st.st_size)
     if segs is None:
         return None
     try:
@@ -344,14 +422,13 @@ def directory_entries(root: str | bytes, report: DirectoryReport, one_file_syste
         raise BadInput(f"cannot read {os.fsdecode(root_b)}: {e.strerror}") from None
     if not stat.S_ISDIR(st.st_mode):
         raise BadInput(f"{os.fsdecode(root_b)} is not a directory or a tar archive")
-    seen_inodes: dict[tuple[int, int], bytes] = {}
     if exclude is not None:
         try:
             xs = os.stat(exclude)
             report.exclude = (xs.st_dev, xs.st_ino)
         except OSError:
             pass
-    yield from _walk(root_b, b"", st, report, seen_inodes, st.st_dev if one_file_system else None)
+    yield from _Walk(root_b, report, st.st_dev if one_file_system else None).run(st)
 
 
 def _entry_from_stat(rel: bytes, st: os.stat_result, xattrs) -> Entry:
@@ -364,88 +441,180 @@ def _entry_from_stat(rel: bytes, st: os.stat_result, xattrs) -> Entry:
     return e
 
 
-def _walk(abs_: bytes, rel: bytes, st, report, seen, dev) -> Iterator[Item]:
-    """The tree below `abs_` in canonical order, walked with an explicit stack (no recursion per level:
-    docs/security.md, "Bounded resources")."""
-    stack: list[tuple[bytes, bytes, Iterator[bytes]]] = []
-    entered = _enter(abs_, rel, st, report, dev)
-    yield entered[0]
-    if entered[1] is not None:
-        stack.append((abs_, rel, iter(entered[1])))
-    while stack:
-        abs_, rel, names = stack[-1]
-        name = next(names, None)
-        if name is None:
-            stack.pop()
-            continue
-        cabs = abs_ + b"/" + name
-        crel = rel + b"/" + name if rel else name
+class _Walk:
+    """The tree below a root directory in canonical order, walked with an explicit stack (no recursion
+    per level: docs/security.md, "Bounded resources") from directory descriptors (see WALK_FDS)."""
+
+    def __init__(self, root: bytes, report: DirectoryReport, dev: int | None):
+        self.root = root
+        self.report = report
+        self.dev = dev
+        self.seen: dict[tuple[int, int], bytes] = {}
+        self.euid = os.geteuid()
+        self.proc = os.path.isdir("/proc/self/fd")
+        # (directory, its path, its sorted names not yet taken); the top one always holds a descriptor
+        self.stack: list[tuple[_Dir, bytes, Iterator[bytes]]] = []
+
+    def run(self, st) -> Iterator[Item]:
+        stack, report = self.stack, self.report
         try:
-            cst = os.lstat(cabs)
-        except OSError as e:
-            report.unreadable.append((crel, e.strerror))
-            continue
-        if stat.S_ISDIR(cst.st_mode):
-            if (cst.st_dev, cst.st_ino) == report.exclude:
-                report.excluded.append(crel)
-                continue
-            item, children = _enter(cabs, crel, cst, report, dev)
-            yield item
-            if children is not None:
-                stack.append((cabs, crel, iter(children)))
-            continue
-        yield from _leaf(cabs, crel, cst, report, seen)
+            item = self._enter(None, self.root, b"", st)
+            if item is not None:
+                yield item
+            while stack:
+                d, rel, names = stack[-1]
+                if d.fd is None:  # closed to bound the descriptors, and not reached through ".."
+                    try:
+                        d.fd = d.reopen()
+                    except OSError as e:
+                        report.unreadable.append((rel, e.strerror))
+                        stack.pop()
+                        continue
+                name = next(names, None)
+                if name is None:
+                    self._leave()
+                    continue
+                crel = rel + b"/" + name if rel else name
+                try:
+                    cst = os.lstat(name, dir_fd=d.fd)
+                except OSError as e:
+                    report.unreadable.append((crel, e.strerror))
+                    continue
+                if stat.S_ISDIR(cst.st_mode):
+                    if (cst.st_dev, cst.st_ino) == report.exclude:
+                        report.excluded.append(crel)
+                        continue
+                    item = self._enter(d, name, crel, cst)
+                    if item is not None:
+                        yield item
+                    continue
+                item = self._leaf(d, name, crel, cst)
+                if item is None:
+                    continue
+                if item.data is None:
+                    yield item
+                    continue
+                try:
+                    yield item
+                finally:
+                    item.data.close()
+        finally:
+            for d, _, _ in stack:
+                if d.fd is not None:
+                    os.close(d.fd)
+                    d.fd = None
+            stack.clear()
 
+    def _path(self, d: _Dir | None, name: bytes, rel: bytes) -> bytes:
+        """A path to `name` in `d` that stays short: through /proc/self/fd when there is a /proc."""
+        if d is None:
+            return name
+        if self.proc:
+            return b"/proc/self/fd/%d/" % d.fd + name
+        return self.root + b"/" + rel
 
-def _enter(abs_: bytes, rel: bytes, st, report, dev) -> tuple[Item, list[bytes] | None]:
-    """A directory's own item and its sorted names (None: not to be descended: another file system, or
-    unreadable)."""
-    item = SourceItem(_entry_from_stat(rel, st, _read_xattrs(abs_, report, rel)), None, False)
-    if dev is not None and st.st_dev != dev:
-        report.mountpoints.append(rel)
-        return item, None
-    try:
-        return item, sorted(os.listdir(abs_))
-    except OSError as e:
-        report.unreadable.append((rel, f"directory listing: {e.strerror}"))
-        return item, None
-
-
-def _leaf(cabs: bytes, crel: bytes, cst, report, seen) -> Iterator[Item]:
-    """The item of one entry that is not a directory (nothing when it cannot be read)."""
-    if cst.st_nlink > 1:
-        key = (cst.st_dev, cst.st_ino)
-        first = seen.get(key)
-        if first is not None:
-            e = _entry_from_stat(crel, cst, ())
-            e.hardlink = first
-            e.size = 0
-            yield SourceItem(e, None, False)
-            return
-    e = _entry_from_stat(crel, cst, _read_xattrs(cabs, report, crel))
-    if e.kind is Kind.SYMLINK:
+    def _enter(self, parent: _Dir | None, name: bytes, rel: bytes, st) -> Item | None:
+        """A directory's own item (None if it changed under the walk); it is pushed on the stack when it is
+        to be descended (not another file system, and readable)."""
+        report = self.report
+        key = (st.st_dev, st.st_ino)
         try:
-            e.target = os.readlink(cabs)
-        except OSError as err:
-            report.unreadable.append((crel, err.strerror))
-            return
-    elif e.kind is Kind.FILE:
-        if not os.access(cabs, os.R_OK) and os.geteuid() != 0:
-            report.unreadable.append((crel, "permission denied"))
-            return
-        smap = _sparse_map(cabs, cst)
-        if smap is not None:
-            e.sparse, e.size = smap, smap.data_size
-            data = _sparse_reader(cabs, smap.segments)
-        else:
-            data = _file_reader(cabs, e.size)
+            fd = _open_at(parent.fd if parent is not None else None, name, _DIR_FLAGS, key)
+        except _Changed as e:
+            if parent is None:
+                raise BadInput(f"cannot read {os.fsdecode(name)}: {e.strerror}") from None
+            report.unreadable.append((rel, e.strerror))
+            return None
+        except OSError as e:  # listed as before: the item, then why it could not be listed
+            item = SourceItem(_entry_from_stat(rel, st, _read_xattrs(self._path(parent, name, rel), report,
+                                                                       rel)), None, False)
+            if self.dev is not None and st.st_dev != self.dev:
+                report.mountpoints.append(rel)
+            else:
+                report.unreadable.append((rel, f"directory listing: {e.strerror}"))
+            return item
+        try:
+            item = SourceItem(_entry_from_stat(rel, st, _read_xattrs(fd, report, rel)), None, False)
+            if self.dev is not None and st.st_dev != self.dev:
+                report.mountpoints.append(rel)
+                os.close(fd)
+                return item
+            try:
+                names = sorted(map(os.fsencode, os.listdir(fd)))
+            except OSError as e:
+                report.unreadable.append((rel, f"directory listing: {e.strerror}"))
+                os.close(fd)
+                return item
+        except BaseException:
+            os.close(fd)
+            raise
+        stack = self.stack
+        stack.append((_Dir(parent, name, key, fd), rel, iter(names)))
+        old = len(stack) - 1 - WALK_FDS
+        if old > 0:
+            d = stack[old][0]
+            if d.fd is not None:
+                os.close(d.fd)
+                d.fd = None
+        return item
+
+    def _leave(self) -> None:
+        """Done with the top directory: its parent gets its descriptor back through "..", if it lost it
+        and ".." is still that directory (else the loop reopens it from above)."""
+        d = self.stack.pop()[0]
+        try:
+            parent = d.parent
+            if self.stack and parent.fd is None:
+                try:
+                    parent.fd = _open_at(d.fd, b"..", _DIR_FLAGS, parent.key)
+                except OSError:
+                    pass
+        finally:
+            os.close(d.fd)
+            d.fd = None
+
+    def _leaf(self, d: _Dir, name: bytes, crel: bytes, cst) -> Item | None:
+        """The item of one entry that is not a directory (None when it cannot be read)."""
+        report, seen = self.report, self.seen
+        if cst.st_nlink > 1:
+            first = seen.get((cst.st_dev, cst.st_ino))
+            if first is not None:
+                e = _entry_from_stat(crel, cst, ())
+                e.hardlink = first
+                e.size = 0
+                return SourceItem(e, None, False)
+        if stat.S_ISREG(cst.st_mode):
+            key = (cst.st_dev, cst.st_ino)
+            try:
+                fd = _open_file(d.fd, name, key, self.euid == 0 or cst.st_uid == self.euid)
+            except OSError as err:
+                report.unreadable.append((crel, "permission denied" if err.errno == errno.EACCES
+                                          else err.strerror))
+                return None
+            try:
+                e = _entry_from_stat(crel, cst, _read_xattrs(fd, report, crel))
+                smap = _sparse_map(fd, cst)
+            except BaseException:
+                os.close(fd)
+                raise
+            if smap is not None:
+                e.sparse, e.size = smap, smap.data_size
+                segs = smap.segments
+            else:
+                segs = ((0, e.size),)
+            if cst.st_nlink > 1:
+                seen[key] = crel
+            return SourceItem(e, _FileData(d, name, key, segs, fd), True)
+        e = _entry_from_stat(crel, cst, _read_xattrs(self._path(d, name, crel), report, crel))
+        if e.kind is Kind.SYMLINK:
+            try:
+                e.target = os.readlink(name, dir_fd=d.fd)
+            except OSError as err:
+                report.unreadable.append((crel, err.strerror))
+                return None
         if cst.st_nlink > 1:
             seen[(cst.st_dev, cst.st_ino)] = crel
-        yield SourceItem(e, data, True)
-        return
-    if cst.st_nlink > 1:
-        seen[(cst.st_dev, cst.st_ino)] = crel
-    yield SourceItem(e, None, False)
+        return SourceItem(e, None, False)
 
 
 __all__ = ["TarInput", "tar_entries", "directory_entries", "DirectoryReport", "UnsafePath"]

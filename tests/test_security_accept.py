@@ -8,12 +8,13 @@ import os
 import pathlib
 import stat
 import subprocess
+import tarfile
 
 import pygit2
 import pytest
 from helpers import run_gitree
 from test_safety import refs
-from test_security_git import _server, assert_one_error, base, commit  # noqa: F401  (base is a fixture)
+from test_security_git import _server, assert_one_error, base, commit, run_limited  # noqa: F401  (base is a fixture)
 
 
 def _child(server: str, cid: str) -> str:
@@ -190,3 +191,73 @@ def test_directory_walk_does_not_recurse_per_level(work):
     want = [b""] + [b"/".join([b"d"] * i) for i in range(1, 601)] + \
         [b"/".join([b"d"] * i + [b"f"]) for i in range(599, -1, -1)]
     assert paths == want
+
+
+def test_directory_near_the_depth_limit_imports_within_64_descriptors(work):
+    """A directory 2,000 levels deep has paths of about 10 KB, past PATH_MAX: its deep items were
+    `Unreadable` (exit 18). The walk reaches each item from an open descriptor of its directory, keeping a
+    bounded number of them: the import runs under a limit of 64 open files, and the bottom file, its hard
+    link, symlink and xattrs come back from a tar checkout."""
+    src, repo = os.path.join(work, "src"), os.path.join(work, "repo.git")
+    depth = 2000
+    os.mkdir(src)
+    fd = os.open(src, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(depth):   # the path is too long for any call but one relative to a descriptor
+            os.mkdir("dddd", 0o750, dir_fd=fd)
+            nfd = os.open("dddd", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        f = os.open("f", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640, dir_fd=fd)
+        os.write(f, b"the bottom\n")
+        os.setxattr(f, "user.where", b"\x00deep\xff")
+        os.fchown(f, 1234, 5678)
+        os.close(f)
+        os.link("f", "h", src_dir_fd=fd, dst_dir_fd=fd)
+        os.symlink(b"../dddd/f", "l", dir_fd=fd)
+        os.setxattr(fd, "user.dir", b"bottom")
+    finally:
+        os.close(fd)
+    rel = "/".join(["dddd"] * depth)
+    assert len(os.path.join(src, rel, "f")) > 2 * 4096
+    try:
+        run_gitree("-C", repo, "init")
+        r = run_limited("-C", repo, "import-rootfs", src, "-b", "deep", nofile=64)
+        assert r.returncode == 0, r.stderr.decode()
+        out = os.path.join(work, "out.tar")
+        run_gitree("-C", repo, "checkout", "deep", "--tar", out)
+        with tarfile.open(out) as t:
+            got = {m.name.removeprefix("./"): m for m in t.getmembers()}
+            f, h, lnk, d = got[rel + "/f"], got[rel + "/h"], got[rel + "/l"], got[rel]
+            assert t.extractfile(f).read() == b"the bottom\n"
+            assert (f.mode, f.uid, f.gid) == (0o640, 1234, 5678)
+            assert f.pax_headers["SCHILY.xattr.user.where"].encode("utf-8", "surrogateescape") == \
+                b"\x00deep\xff"
+            assert h.islnk() and h.linkname.removeprefix("./") == rel + "/f"
+            assert lnk.issym() and lnk.linkname == "../dddd/f"
+            assert d.isdir() and d.mode == 0o750 and d.pax_headers["SCHILY.xattr.user.dir"] == "bottom"
+            assert len(got) == depth + 4   # the root, the directories, f, h and l
+    finally:
+        subprocess.run(["rm", "-rf", src], check=True)  # shutil.rmtree recurses once per level
+
+
+def test_a_directory_file_read_later_is_reached_again_and_checked(work):
+    """A directory source's file may be read again after the walk went on (it is rereadable): it is
+    opened again one directory at a time from the root, each checked to be the directory walked. One moved
+    away and replaced by another of the same name is refused, its file never read."""
+    from gitree.sources import DirectoryReport, directory_entries
+    src = pathlib.Path(work, "src")
+    (src / "a" / "b").mkdir(parents=True)
+    (src / "a" / "b" / "f").write_bytes(b"walked")
+    (src / "z").write_bytes(b"after")
+    items = {item.entry.path: item for item in directory_entries(str(src), DirectoryReport())}
+    f = items[b"a/b/f"]
+    assert f.rereadable and b"".join(f.data()) == b"walked" == b"".join(f.data())
+    (src / "a").rename(src / "moved")
+    (src / "a" / "b").mkdir(parents=True)
+    (src / "a" / "b" / "f").write_bytes(b"swapped in")
+    with pytest.raises(OSError, match="changed while it was read"):
+        b"".join(f.data())
+    (src / "a").rename(src / "other")
+    (src / "moved").rename(src / "a")
+    assert b"".join(f.data()) == b"walked"

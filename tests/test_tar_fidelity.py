@@ -500,7 +500,11 @@ def _sparse_source(root: str, size: int) -> str:
 
 def _segments(path: str) -> list[tuple[int, int]]:
     from gitree.sources import _data_segments
-    return _data_segments(os.fsencode(path), os.stat(path).st_size)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return _data_segments(fd, os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
 
 
 def test_60gb_sparse_member(work):
