@@ -677,3 +677,99 @@ def test_a_shared_object_is_read_once_over_a_commit_chain(base_repo, work, monke
     res = api.import_ostree(g, repo, "os/main", branch="imported")
     assert len(res.commits) == 2
     assert len(opened) == len(set(opened)) == 3, opened
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 9 (review): the branch written, ref aliases and directories of refs, and the small-file limits.
+
+@pytest.mark.parametrize("branch", ["refs/gitree/ostree-cache", "HEAD", "refs/heads/HEAD", "a..b", "-x",
+                                    "end.lock", ""])
+def test_invalid_branch_is_a_usage_error(case, branch):
+    """import-ostree writes only refs/heads/<valid branch>: anything else (gitree's own export cache above
+    all) is refused as a usage error (exit 2) before the source is read, and no ref is created."""
+    repo, csum, g = case
+    r = run_gitree("-C", g, "import-ostree", repo, "os/main", f"--branch={branch}", check=False)
+    _assert_refused(r, g, "invalid branch name")
+    assert r.returncode == 2
+
+
+def _alias_chain(repo: str, n: int) -> str:
+    """n aliases made by `ostree refs --alias`, each naming the next, the last naming os/main; the first."""
+    target = "os/main"
+    for i in range(n):
+        subprocess.run(["ostree", f"--repo={repo}", "refs", f"--create=alias/a{i}", "--alias", target],
+                       check=True)
+        target = f"alias/a{i}"
+    return target
+
+
+def test_ref_alias_chains_are_bounded(case):
+    """MAX_REF_ALIASES aliases in a row are followed; one more is refused in one line naming the limit."""
+    from gitree_compat.repo import MAX_REF_ALIASES
+    repo, csum, g = case
+    first = _alias_chain(repo, MAX_REF_ALIASES + 1)  # alias/a8 -> a7 -> ... -> a0 -> os/main
+    within = f"alias/a{MAX_REF_ALIASES - 1}"         # MAX_REF_ALIASES symlinks to follow
+    r = run_gitree("-C", g, "import-ostree", repo, within, "--branch", "imported", check=False)
+    assert r.returncode == 0, r.stderr
+    subprocess.run(["git", "--git-dir", g, "update-ref", "-d", "refs/heads/imported"], check=True)
+    r = run_gitree("-C", g, "import-ostree", repo, first, "--branch", "imported", check=False)
+    _assert_refused(r, g, first, f"more than {MAX_REF_ALIASES} aliases", "MAX_REF_ALIASES")
+
+
+def test_ref_alias_loop_is_refused(case):
+    repo, csum, g = case
+    os.symlink("b", os.path.join(repo, "refs", "heads", "a"))
+    os.symlink("a", os.path.join(repo, "refs", "heads", "b"))
+    r = run_gitree("-C", g, "import-ostree", repo, "a", "--branch", "imported", check=False, timeout=60)
+    _assert_refused(r, g, "MAX_REF_ALIASES")
+
+
+@pytest.mark.parametrize("linked", ["refs", "refs/heads", "refs/heads/os"])
+def test_symlinked_refs_directory_is_not_followed(case, work, linked):
+    """refs/, refs/heads or refs/heads/os a symlink to a directory elsewhere that holds a valid ref to the
+    repository's own commit: refused naming the directory, never followed."""
+    repo, csum, g = case
+    elsewhere = os.path.join(work, "elsewhere")
+    shutil.move(os.path.join(repo, linked), elsewhere)
+    os.symlink(elsewhere, os.path.join(repo, linked))
+    assert open(os.path.join(repo, "refs", "heads", "os", "main")).read().strip() == csum  # valid through it
+    r = _import(g, repo)
+    _assert_refused(r, g, "os/main", linked, "symlink")
+
+
+@pytest.mark.parametrize("what", ["config", "ref"])
+def test_small_file_larger_than_the_limit(case, what):
+    """A config or ref file of 1 GiB (sparse; its first bytes valid): refused from its size in one line
+    naming MAX_SMALL_FILE, under the 300 MiB address-space limit (read whole, it could not fit)."""
+    repo, csum, g = case
+    path = os.path.join(repo, "config") if what == "config" else os.path.join(repo, "refs", "heads", "os", "main")
+    with open(path, "r+b") as f:
+        f.truncate(1 << 30)
+    _assert_refused(_import_limited(g, repo), g, "MAX_SMALL_FILE", "config" if what == "config" else "os/main")
+
+
+def test_small_file_just_over_the_limit(case):
+    """A ref file of MAX_SMALL_FILE + 1 real bytes (a checksum then blanks, which strip() would accept):
+    refused; at MAX_SMALL_FILE bytes it is read."""
+    from gitree_compat.repo import MAX_SMALL_FILE
+    repo, csum, g = case
+    ref = os.path.join(repo, "refs", "heads", "os", "main")
+    with open(ref, "w") as f:
+        f.write(csum + "\n" * (MAX_SMALL_FILE - len(csum)))
+    api.import_ostree(g, repo, "os/main", branch="imported")
+    subprocess.run(["git", "--git-dir", g, "update-ref", "-d", "refs/heads/imported"], check=True)
+    with open(ref, "a") as f:
+        f.write("\n")
+    _assert_refused(_import(g, repo), g, "os/main", f"{MAX_SMALL_FILE + 1} bytes", "MAX_SMALL_FILE")
+
+
+def test_dirmeta_larger_than_its_limit(case):
+    """A dirmeta of MAX_DIRMETA_SIZE + 1 bytes (below MAX_METADATA_SIZE, which bounds the other metadata
+    objects): refused from its size, naming MAX_DIRMETA_SIZE, under the 300 MiB address-space limit."""
+    from gitree_compat.repo import MAX_DIRMETA_SIZE, MAX_METADATA_SIZE
+    repo, csum, g = case
+    meta = _commit(repo, csum).root_meta
+    assert MAX_DIRMETA_SIZE + 1 < MAX_METADATA_SIZE
+    with open(_obj(repo, meta, "dirmeta"), "r+b") as f:
+        f.truncate(MAX_DIRMETA_SIZE + 1)
+    _assert_refused(_import_limited(g, repo), g, f"{meta}.dirmeta", "MAX_DIRMETA_SIZE")

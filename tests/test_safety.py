@@ -26,6 +26,7 @@ import pytest
 from helpers import GITREE, api_refuses, dir_summary, last_line, run_gitree, tar_summary
 
 from gitree import api
+from gitree.limits import SYMLINK_MAX
 from gitree.tarformat import LNKTYPE, TarWriter
 
 # ---------------------------------------------------------------------------------------------
@@ -363,21 +364,16 @@ def test_metadata_linux_cannot_hold_is_refused(work, prepared, case):
 
 
 def test_deeply_nested_tar(work, prepared):
-    """1100 nested directories (a 2.2 KB path, well within Linux limits): imported and checked out, or
-    refused with one clear line; never an internal error."""
+    """1100 nested directories (a 2.2 KB path, well within Linux limits and MAX_DEPTH): imported and
+    checked out, every member back."""
     repo, base, outside = prepared
     deep = b"/".join([b"d"] * 1100) + b"/f"
     path = os.path.join(work, "deep.tar")
     with open(path, "wb") as f:
         f.write(Tar().dir(b"./").file(deep, b"bottom").bytes())
-    before_refs, before = refs(repo), snapshot(work)
     r = run_gitree("-C", repo, "import-rootfs", path, "-b", "main", check=False)
     err = r.stderr.decode()
-    assert "internal error" not in err and "Traceback" not in err, err
-    if r.returncode != 0:
-        assert_one_error_line(r)
-        assert refs(repo) == before_refs and snapshot(work) == before
-        return
+    assert r.returncode == 0 and "internal error" not in err and "Traceback" not in err, err
     cid = last_line(r)
     out = os.path.join(work, "out.tar")
     api.checkout_tar(repo, cid, out)
@@ -388,6 +384,57 @@ def test_deeply_nested_tar(work, prepared):
     assert {p: got[p] for p in want} == want
     assert len(got) == 1100 + 2
     api.fsck(repo, [cid], check=True)
+
+
+def _deep_tar(levels: int, how: str) -> bytes:
+    """A tar of one file `levels` path components deep (levels-1 directories `d`), its ~4 KB name in a pax
+    `path` record (TarWriter's choice) or a GNU long name; the directories are implied, not members."""
+    deep = b"/".join([b"d"] * (levels - 1)) + b"/f"
+    if how == "pax":
+        return Tar().file(deep, b"bottom").bytes()
+    return gnu_longname(deep).raw_header(b"f", b"0", 6).raw(b"bottom" + b"\0" * 506).bytes()
+
+
+@pytest.mark.parametrize("how", ["pax", "gnu"])
+def test_tar_deeper_than_max_depth_is_refused(work, prepared, how):
+    """A member MAX_DEPTH + 1 (and 2,100) levels deep: one line naming the limit, nothing imported, no branch;
+    exactly MAX_DEPTH levels imports, and fsck accepts the commit (the tree reader's limit is the same)."""
+    from gitree.entry import MAX_DEPTH
+    repo, base, outside = prepared
+    before_refs, before = refs(repo), snapshot(work)
+    for levels in (MAX_DEPTH + 1, 2100):
+        path = os.path.join(work, "deep.tar")
+        with open(path, "wb") as f:
+            f.write(_deep_tar(levels, how))
+        r = run_gitree("-C", repo, "import-rootfs", path, "-b", "deep", check=False)
+        os.unlink(path)
+        assert_one_error_line(r, f"deeper than {MAX_DEPTH} levels")
+        assert refs(repo) == before_refs and snapshot(work) == before
+    path = os.path.join(work, "deep.tar")
+    with open(path, "wb") as f:
+        f.write(_deep_tar(MAX_DEPTH, how))
+    cid = last_line(run_gitree("-C", repo, "import-rootfs", path, "-b", "deep"))
+    api.fsck(repo, [cid], check=True)
+    assert blob_at(repo, cid, "/".join(["d"] * (MAX_DEPTH - 1)) + "/f") == b"bottom"
+
+
+@pytest.mark.parametrize("length", [SYMLINK_MAX, SYMLINK_MAX + 1, 1 << 20])
+def test_tar_symlink_target_longer_than_linux_allows(work, prepared, length):
+    """A symlink whose pax `linkpath` is longer than Linux's 4,095 bytes (SYMLINK_MAX) is refused in one line
+    naming the limit, nothing imported; exactly 4,095 bytes imports."""
+    repo, base, outside = prepared
+    path = os.path.join(work, "link.tar")
+    with open(path, "wb") as f:
+        f.write(_pax_member([(b"linkpath", b"t" * length)],
+                            lambda w: w.add(b"l", stat.S_IFLNK, 0o777, 0, 0, linkname=b"x")))
+    before_refs, before = refs(repo), snapshot(work)
+    r = run_gitree("-C", repo, "import-rootfs", path, "-b", "link", check=False)
+    if length <= SYMLINK_MAX:
+        assert r.returncode == 0, r.stderr
+        assert blob_at(repo, last_line(r), "l") == b"t" * length
+        return
+    assert_one_error_line(r, "symlink target", f"longer than {SYMLINK_MAX} bytes")
+    assert refs(repo) == before_refs and snapshot(work) == before
 
 
 # ---------------------------------------------------------------------------------------------
