@@ -794,6 +794,57 @@ def test_clone_of_a_hostile_server_leaves_nothing(work, base):
     assert not os.path.exists(dest)
 
 
+
+def test_fetch_and_clone_verify_commits_below_a_clean_tip(work, base):
+    """The bad commit is the parent of a clean tip (same tree as the base): fetch moves no branch and
+    leaves no quarantine ref, clone leaves nothing, for a non-gitree parent and a malformed one."""
+    repo, cid = base
+    server = _server(work, repo)
+    local = os.path.join(work, "local.git")
+    api.clone(server, local)
+    g = pygit2.Repository(server)
+    top = g[pygit2.Oid(hex=cid)].tree
+    clean_root = (top["rootfs"].id.raw, top["meta"].id.raw)
+    evil = commit(server, root_with(server, cid, [b"passwd f 644 0 0"],
+                                    [(MODE_FILE, b"~gitree~passwd", blob(g, b"x"))]), "evil", [cid])
+    for bad, words in ((_plain_git_commit(server, cid), "not a gitree commit"), (evil, "canonical")):
+        tip = commit(server, clean_root, "clean tip", [bad])
+        g.references["refs/heads/main"].set_target(pygit2.Oid(hex=tip))
+        before = refs(local)
+        assert_one_error(run_gitree("-C", local, "fetch", server, check=False), bad, words)
+        assert refs(local) == before
+        dest = os.path.join(work, "clone.git")
+        assert_one_error(run_gitree("clone", server, dest, check=False), bad, words)
+        assert not os.path.lexists(dest)
+
+
+def test_fetch_and_clone_take_only_branches(work, base):
+    """A server that also holds a tag (on the fetched commit, so git's tag following would take it), the
+    old export cache ref and another ref under refs/gitree/: only refs/heads/ arrive, and the fetched
+    branch is the server's."""
+    repo, cid = base
+    server = _server(work, repo)
+    local = os.path.join(work, "local.git")
+    api.clone(server, local)
+    g = pygit2.Repository(server)
+    top = g[pygit2.Oid(hex=cid)].tree
+    new = commit(server, (top["rootfs"].id.raw, top["meta"].id.raw), "update", [cid])
+    g.references["refs/heads/main"].set_target(pygit2.Oid(hex=new))
+    side = _plain_git_commit(server, cid)
+    git(server, "tag", "-a", "-m", "t", "X", new)
+    g.references.create("refs/tags/Y", pygit2.Oid(hex=new))
+    g.references.create("refs/gitree/ostree-cache", pygit2.Oid(hex=side))
+    g.references.create("refs/gitree/anything", pygit2.Oid(hex=new))
+    api.fetch(local, server)
+    clone = os.path.join(work, "clone.git")
+    api.clone(server, clone)
+    for r in (local, clone):
+        got = refs(r)
+        assert {k for k in got if k != "<HEAD file>"} == {"refs/heads/main"}, got
+        assert got["refs/heads/main"] == new
+        assert pygit2.Repository(r).get(side) is None  # the cache ref's commit was not even fetched
+
+
 # ---------------------------------------------------------------------------------------------
 # output files
 
