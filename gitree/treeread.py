@@ -258,6 +258,12 @@ class Walker:
     skipped (its entries are not yielded), and every fault-free subtree without hard links is
     remembered: for checking, not for listing."""
 
+    # A listing walk (no `verified`) yields every entry, so a tree that names one subtree at many places is
+    # walked at each. Once the subtrees it walked again (same content and meta tree) have cost REPEAT_BUDGET
+    # entries, the walk's whole expansion is counted first, reading each shared directory once (a checking
+    # walk): a tree whose expansion passes MAX_COMMIT_ENTRIES is refused then, not after millions of entries.
+    REPEAT_BUDGET = 1 << 16
+
     def __init__(self, repo, problems: list | None, root: tuple[bytes, bytes], verified: Verified | None = None):
         self.repo = repo
         self.problems = problems
@@ -265,6 +271,8 @@ class Walker:
         self.count = 0
         self._dirs: dict = {}
         self.verified = verified
+        self._walked: Verified | None = Verified() if verified is None and problems is None else None
+        self._repeated = 0
 
     def fault(self, path: bytes, msg: str | CorruptObject) -> None:
         if isinstance(msg, TreeFault):
@@ -282,6 +290,9 @@ class Walker:
             self.fault(path, e)
             return None
 
+    def _problem_count(self) -> int:
+        return 0 if self.problems is None else len(self.problems)
+
     def _tick(self) -> None:
         self.count += 1
         if self.count > limits.MAX_COMMIT_ENTRIES:
@@ -295,18 +306,23 @@ class Walker:
         r = node.self_row
         self._tick()
         yield Entry(path, Kind.DIR, r.mode, r.uid, r.gid, r.xattrs, mtime_ns=r.mtime_ns)
-        memo = self.verified if self.problems is None else None
+        memo = self.verified
         if memo is not None:
             memo.read(content_oid, meta_oid, node)
+        walked = self._walked
+        if walked is not None:
+            memo = walked       # remembers what this walk went through, to see repeats; skips nothing
         # per open directory: (path, node, rows left, its (content, meta), entries count when entered,
-        # [height so far, holds a hard link])
-        stack: list[tuple] = [(path, node, iter(node.rows), (content_oid, meta_oid), self.count - 1, [0, False])]
+        # [height so far, holds a hard link, problems collected when entered]); with `problems`, a subtree
+        # is remembered only if no problem was collected inside it
+        stack: list[tuple] = [(path, node, iter(node.rows), (content_oid, meta_oid), self.count - 1,
+                               [0, False, self._problem_count()])]
         while stack:
             dpath, node, rows, pair, start, acc = stack[-1]
             row = next(rows, None)
             if row is None:
                 stack.pop()
-                if memo is not None and not acc[1]:
+                if memo is not None and not acc[1] and acc[2] == self._problem_count():
                     memo.remember(*pair, acc[0], self.count - start)
                 if stack:
                     up = stack[-1][5]
@@ -322,6 +338,12 @@ class Walker:
                     continue
                 cpair = (node.content[row.name].oid, node.meta[row.name])
                 known = memo.known(*cpair) if memo is not None else None
+                if walked is not None:
+                    if known is not None and self._repeated <= self.REPEAT_BUDGET:
+                        self._repeated += known[1]
+                        if self._repeated > self.REPEAT_BUDGET:
+                            self._count_first(path, content_oid, meta_oid)
+                    known = None
                 if known is not None and level + known[0] <= limits.MAX_TREE_DEPTH:
                     acc[0] = max(acc[0], known[0] + 1)
                     self.count += known[1] - 1      # its own entry is counted above
@@ -335,13 +357,20 @@ class Walker:
                     memo.read(*cpair, child)
                 r = child.self_row
                 yield Entry(cpath, Kind.DIR, r.mode, r.uid, r.gid, r.xattrs, mtime_ns=r.mtime_ns)
-                stack.append((cpath, child, iter(child.rows), cpair, self.count - 1, [0, False]))
+                stack.append((cpath, child, iter(child.rows), cpair, self.count - 1,
+                              [0, False, self._problem_count()]))
                 continue
             if row.hardlink is not None:
                 acc[1] = True
             ent = self.entry(cpath, node, row)
             if ent is not None:
                 yield ent
+
+    def _count_first(self, path: bytes, content_oid: bytes, meta_oid: bytes) -> None:
+        """Walk the subtree this walk started from as a check does (shared directories read once): raises
+        on a fault, the entry limit included."""
+        for _ in Walker(self.repo, None, self.root, Verified()).walk_dir(path, content_oid, meta_oid):
+            pass
 
     def entry(self, path: bytes, node: DirNode, row: sidetable.Row) -> Entry | None:
         """The entry of a non-directory row of a validated directory: its symlink target read (bounded)
@@ -415,8 +444,9 @@ def verify(repo, commit: pygit2.Commit, problems: list | None = None, verified: 
     fault, or with `problems` given, collect every fault. Also checks every file's blob exists.
 
     `verified`: directories checked before by this batch (a Verified); they are not read again. Without
-    one, a check (no `problems`) still reads a directory that the tree holds at several places once."""
-    if verified is None and problems is None:
+    one, a directory that the tree holds at several places is still read once (fsck too: a subtree where a
+    problem was collected is not remembered, so each of its places is read and reported)."""
+    if verified is None:
         verified = Verified()
     try:
         for e in walk(repo, commit, problems=problems, verified=verified):

@@ -590,6 +590,34 @@ def test_200_mb_side_table_is_refused_from_its_header(work, base):
     assert refs(repo) == before and not os.path.exists(os.path.join(work, "d"))
 
 
+
+def test_shared_subtrees_past_the_entry_limit_are_refused(work, base):
+    """Five levels of 64 names all naming one subtree: 14 objects, under 100 KB stored, that expand to
+    64^5 (over a billion) entries, past MAX_COMMIT_ENTRIES. Every reader refuses it in one line naming
+    the limit, under the 300 MiB limit, after reading each shared directory once (not its expansion)."""
+    repo, cid = base
+    g = pygit2.Repository(repo)
+    names = [b"d%02d" % i for i in range(64)]
+    node = directory(g, [], [])
+    for _ in range(5):
+        node = directory(g, [n + b" d 755 0 0" for n in names], [(MODE_DIR, n, node[0]) for n in names],
+                         [(MODE_DIR, n, node[1]) for n in names])
+    rev = commit(repo, node)
+    before = refs(repo)
+    words = f"more than {limits.MAX_COMMIT_ENTRIES} entries"
+    for args in (["fsck", rev], ["checkout", rev, os.path.join(work, "d")],
+                 ["checkout", rev, "--tar", os.path.join(work, "t.tar")], ["ls", "-R", rev], ["diff", cid, rev],
+                 ["export-ostree", rev, "--ostree-repo", os.path.join(work, "o"), "--ref", "x"]):
+        r = run_limited("-C", repo, *args, timeout=60)
+        if args[0] == "fsck":
+            assert words in r.stdout.decode()
+            assert_one_error(r)
+        else:
+            assert_one_error(r, words)
+    assert refs(repo) == before
+    assert not os.path.exists(os.path.join(work, "d")) and not os.path.exists(os.path.join(work, "t.tar"))
+
+
 # ---------------------------------------------------------------------------------------------
 # bundles
 
