@@ -258,10 +258,10 @@ class Walker:
     skipped (its entries are not yielded), and every fault-free subtree without hard links is
     remembered: for checking, not for listing."""
 
-    # A listing walk (no `verified`) yields every entry, so a tree that names one subtree at many places is
-    # walked at each. Once the subtrees it walked again (same content and meta tree) have cost REPEAT_BUDGET
-    # entries, the walk's whole expansion is counted first, reading each shared directory once (a checking
-    # walk): a tree whose expansion passes MAX_COMMIT_ENTRIES is refused then, not after millions of entries.
+    # A walk reads a subtree the tree names at many places at each of them (a listing yields every entry; a
+    # check skips only subtrees without hard links). Once the subtrees it met again (same content and meta
+    # tree) hold REPEAT_BUDGET entries, the whole expansion is counted first (expansion(): each directory read
+    # once), so a tree past MAX_COMMIT_ENTRIES is refused then, not after millions of entries.
     REPEAT_BUDGET = 1 << 16
 
     def __init__(self, repo, problems: list | None, root: tuple[bytes, bytes], verified: Verified | None = None):
@@ -271,7 +271,7 @@ class Walker:
         self.count = 0
         self._dirs: dict = {}
         self.verified = verified
-        self._walked: Verified | None = Verified() if verified is None and problems is None else None
+        self._sizes: dict[tuple[bytes, bytes], int] = {}   # (content, meta) -> entries below, once walked
         self._repeated = 0
 
     def fault(self, path: bytes, msg: str | CorruptObject) -> None:
@@ -309,9 +309,6 @@ class Walker:
         memo = self.verified
         if memo is not None:
             memo.read(content_oid, meta_oid, node)
-        walked = self._walked
-        if walked is not None:
-            memo = walked       # remembers what this walk went through, to see repeats; skips nothing
         # per open directory: (path, node, rows left, its (content, meta), entries count when entered,
         # [height so far, holds a hard link, problems collected when entered]); with `problems`, a subtree
         # is remembered only if no problem was collected inside it
@@ -324,6 +321,8 @@ class Walker:
                 stack.pop()
                 if memo is not None and not acc[1] and acc[2] == self._problem_count():
                     memo.remember(*pair, acc[0], self.count - start)
+                if len(self._sizes) < Verified.MAX_PAIRS:
+                    self._sizes[pair] = self.count - start - 1
                 if stack:
                     up = stack[-1][5]
                     up[0] = max(up[0], acc[0] + 1)
@@ -338,12 +337,11 @@ class Walker:
                     continue
                 cpair = (node.content[row.name].oid, node.meta[row.name])
                 known = memo.known(*cpair) if memo is not None else None
-                if walked is not None:
-                    if known is not None and self._repeated <= self.REPEAT_BUDGET:
-                        self._repeated += known[1]
-                        if self._repeated > self.REPEAT_BUDGET:
-                            self._count_first(path, content_oid, meta_oid)
-                    known = None
+                seen = self._sizes.get(cpair)
+                if seen is not None and self._repeated <= self.REPEAT_BUDGET:
+                    self._repeated += seen
+                    if self._repeated > self.REPEAT_BUDGET:
+                        expansion(self.repo, path, content_oid, meta_oid)
                 if known is not None and level + known[0] <= limits.MAX_TREE_DEPTH:
                     acc[0] = max(acc[0], known[0] + 1)
                     self.count += known[1] - 1      # its own entry is counted above
@@ -365,12 +363,6 @@ class Walker:
             ent = self.entry(cpath, node, row)
             if ent is not None:
                 yield ent
-
-    def _count_first(self, path: bytes, content_oid: bytes, meta_oid: bytes) -> None:
-        """Walk the subtree this walk started from as a check does (shared directories read once): raises
-        on a fault, the entry limit included."""
-        for _ in Walker(self.repo, None, self.root, Verified()).walk_dir(path, content_oid, meta_oid):
-            pass
 
     def entry(self, path: bytes, node: DirNode, row: sidetable.Row) -> Entry | None:
         """The entry of a non-directory row of a validated directory: its symlink target read (bounded)
@@ -414,6 +406,41 @@ class Walker:
                 (ent.kind, ent.mode, ent.uid, ent.gid, ent.xattrs, ent.rdev, ent.oid, ent.sparse):
             return f"hard link disagrees with {display(target)}"
         return None
+
+
+def expansion(repo, path: bytes, content_oid: bytes, meta_oid: bytes) -> int:
+    """The number of entries below a directory as a walk would yield them, each distinct directory (content
+    and meta tree) read once; raises CorruptObject as soon as it passes MAX_COMMIT_ENTRIES, or on a fault
+    in a directory. Stops at the depth limit (the walk reports that)."""
+    sizes: dict[tuple[bytes, bytes], int] = {}
+    node = read_dir(repo, path, content_oid, meta_oid)
+    # per open directory: (its pair, its path, directory rows left, [entries below so far])
+    stack = [((content_oid, meta_oid), path, iter([r for r in node.rows if r.kind is Kind.DIR]),
+              [len(node.rows)], node)]
+    while stack:
+        pair, dpath, rows, total, node = stack[-1]
+        row = next(rows, None)
+        if row is None:
+            stack.pop()
+            if len(sizes) < Verified.MAX_PAIRS:
+                sizes[pair] = total[0]
+            if not stack:
+                return total[0]
+            stack[-1][3][0] += total[0]
+            continue
+        if total[0] + 1 > limits.MAX_COMMIT_ENTRIES:
+            break
+        cpair = (node.content[row.name].oid, node.meta[row.name])
+        known = sizes.get(cpair)
+        if known is not None:
+            total[0] += known
+            continue
+        if len(split_path(path)) + len(stack) > limits.MAX_TREE_DEPTH:
+            continue
+        cpath = dpath + b"/" + row.name if dpath else row.name
+        child = read_dir(repo, cpath, *cpair)
+        stack.append((cpair, cpath, iter([r for r in child.rows if r.kind is Kind.DIR]), [len(child.rows)], child))
+    raise CorruptObject(f"the tree has more than {limits.MAX_COMMIT_ENTRIES} entries (the limit of one walk)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -472,4 +499,4 @@ def find(repo, root: tuple[bytes, bytes], path: bytes) -> Entry | None:
 
 
 __all__ = ["TreeFault", "DirNode", "Walker", "Verified", "ReadCount", "commit_trees", "top_entries", "read_dir",
-           "lookup", "walk", "verify", "find"]
+           "lookup", "expansion", "walk", "verify", "find"]
