@@ -258,6 +258,12 @@ class Walker:
     skipped (its entries are not yielded), and every fault-free subtree without hard links is
     remembered: for checking, not for listing."""
 
+    # A walk reads a subtree the tree names at many places at each of them (a listing yields every entry; a
+    # check skips only subtrees without hard links). Once the subtrees it met again (same content and meta
+    # tree) hold REPEAT_BUDGET entries, the whole expansion is counted first (expansion(): each directory read
+    # once), so a tree past MAX_COMMIT_ENTRIES is refused then, not after millions of entries.
+    REPEAT_BUDGET = 1 << 16
+
     def __init__(self, repo, problems: list | None, root: tuple[bytes, bytes], verified: Verified | None = None):
         self.repo = repo
         self.problems = problems
@@ -265,6 +271,8 @@ class Walker:
         self.count = 0
         self._dirs: dict = {}
         self.verified = verified
+        self._sizes: dict[tuple[bytes, bytes], int] = {}   # (content, meta) -> entries below, once walked
+        self._repeated = 0
 
     def fault(self, path: bytes, msg: str | CorruptObject) -> None:
         if isinstance(msg, TreeFault):
@@ -282,6 +290,9 @@ class Walker:
             self.fault(path, e)
             return None
 
+    def _problem_count(self) -> int:
+        return 0 if self.problems is None else len(self.problems)
+
     def _tick(self) -> None:
         self.count += 1
         if self.count > limits.MAX_COMMIT_ENTRIES:
@@ -295,19 +306,23 @@ class Walker:
         r = node.self_row
         self._tick()
         yield Entry(path, Kind.DIR, r.mode, r.uid, r.gid, r.xattrs, mtime_ns=r.mtime_ns)
-        memo = self.verified if self.problems is None else None
+        memo = self.verified
         if memo is not None:
             memo.read(content_oid, meta_oid, node)
         # per open directory: (path, node, rows left, its (content, meta), entries count when entered,
-        # [height so far, holds a hard link])
-        stack: list[tuple] = [(path, node, iter(node.rows), (content_oid, meta_oid), self.count - 1, [0, False])]
+        # [height so far, holds a hard link, problems collected when entered]); with `problems`, a subtree
+        # is remembered only if no problem was collected inside it
+        stack: list[tuple] = [(path, node, iter(node.rows), (content_oid, meta_oid), self.count - 1,
+                               [0, False, self._problem_count()])]
         while stack:
             dpath, node, rows, pair, start, acc = stack[-1]
             row = next(rows, None)
             if row is None:
                 stack.pop()
-                if memo is not None and not acc[1]:
+                if memo is not None and not acc[1] and acc[2] == self._problem_count():
                     memo.remember(*pair, acc[0], self.count - start)
+                if len(self._sizes) < Verified.MAX_PAIRS:
+                    self._sizes[pair] = self.count - start - 1
                 if stack:
                     up = stack[-1][5]
                     up[0] = max(up[0], acc[0] + 1)
@@ -322,6 +337,11 @@ class Walker:
                     continue
                 cpair = (node.content[row.name].oid, node.meta[row.name])
                 known = memo.known(*cpair) if memo is not None else None
+                seen = self._sizes.get(cpair)
+                if seen is not None and self._repeated <= self.REPEAT_BUDGET:
+                    self._repeated += seen
+                    if self._repeated > self.REPEAT_BUDGET:
+                        expansion(self.repo, path, content_oid, meta_oid)
                 if known is not None and level + known[0] <= limits.MAX_TREE_DEPTH:
                     acc[0] = max(acc[0], known[0] + 1)
                     self.count += known[1] - 1      # its own entry is counted above
@@ -335,7 +355,8 @@ class Walker:
                     memo.read(*cpair, child)
                 r = child.self_row
                 yield Entry(cpath, Kind.DIR, r.mode, r.uid, r.gid, r.xattrs, mtime_ns=r.mtime_ns)
-                stack.append((cpath, child, iter(child.rows), cpair, self.count - 1, [0, False]))
+                stack.append((cpath, child, iter(child.rows), cpair, self.count - 1,
+                              [0, False, self._problem_count()]))
                 continue
             if row.hardlink is not None:
                 acc[1] = True
@@ -387,6 +408,41 @@ class Walker:
         return None
 
 
+def expansion(repo, path: bytes, content_oid: bytes, meta_oid: bytes) -> int:
+    """The number of entries below a directory as a walk would yield them, each distinct directory (content
+    and meta tree) read once; raises CorruptObject as soon as it passes MAX_COMMIT_ENTRIES, or on a fault
+    in a directory. Stops at the depth limit (the walk reports that)."""
+    sizes: dict[tuple[bytes, bytes], int] = {}
+    node = read_dir(repo, path, content_oid, meta_oid)
+    # per open directory: (its pair, its path, directory rows left, [entries below so far])
+    stack = [((content_oid, meta_oid), path, iter([r for r in node.rows if r.kind is Kind.DIR]),
+              [len(node.rows)], node)]
+    while stack:
+        pair, dpath, rows, total, node = stack[-1]
+        row = next(rows, None)
+        if row is None:
+            stack.pop()
+            if len(sizes) < Verified.MAX_PAIRS:
+                sizes[pair] = total[0]
+            if not stack:
+                return total[0]
+            stack[-1][3][0] += total[0]
+            continue
+        if total[0] + 1 > limits.MAX_COMMIT_ENTRIES:
+            break
+        cpair = (node.content[row.name].oid, node.meta[row.name])
+        known = sizes.get(cpair)
+        if known is not None:
+            total[0] += known
+            continue
+        if len(split_path(path)) + len(stack) > limits.MAX_TREE_DEPTH:
+            continue
+        cpath = dpath + b"/" + row.name if dpath else row.name
+        child = read_dir(repo, cpath, *cpair)
+        stack.append((cpair, cpath, iter([r for r in child.rows if r.kind is Kind.DIR]), [len(child.rows)], child))
+    raise CorruptObject(f"the tree has more than {limits.MAX_COMMIT_ENTRIES} entries (the limit of one walk)")
+
+
 # ---------------------------------------------------------------------------------------------
 # A whole commit
 
@@ -415,8 +471,9 @@ def verify(repo, commit: pygit2.Commit, problems: list | None = None, verified: 
     fault, or with `problems` given, collect every fault. Also checks every file's blob exists.
 
     `verified`: directories checked before by this batch (a Verified); they are not read again. Without
-    one, a check (no `problems`) still reads a directory that the tree holds at several places once."""
-    if verified is None and problems is None:
+    one, a directory that the tree holds at several places is still read once (fsck too: a subtree where a
+    problem was collected is not remembered, so each of its places is read and reported)."""
+    if verified is None:
         verified = Verified()
     try:
         for e in walk(repo, commit, problems=problems, verified=verified):
@@ -442,4 +499,4 @@ def find(repo, root: tuple[bytes, bytes], path: bytes) -> Entry | None:
 
 
 __all__ = ["TreeFault", "DirNode", "Walker", "Verified", "ReadCount", "commit_trees", "top_entries", "read_dir",
-           "lookup", "walk", "verify", "find"]
+           "lookup", "expansion", "walk", "verify", "find"]

@@ -50,8 +50,10 @@ GIT_MODES = [b"100644", b"100755", b"120000", b"40000", b"160000", b"100664", b"
 
 
 def refs(repo: str) -> dict[str, str]:
-    """Branches and HEAD (export-ostree keeps its own cache under refs/gitree/, which it may update)."""
-    return {k: v for k, v in all_refs(repo).items() if not k.startswith("refs/gitree/")}
+    """Every ref and HEAD. No command writes a ref but a branch (export-ostree's cache lives in files under
+    the git directory, gitree/ostree-cache/, and a fetch's quarantine refs are gone when it returns), so a
+    ref created anywhere, refs/gitree/ included, is noticed."""
+    return all_refs(repo)
 
 
 def cli(*args: str) -> tuple[int, str, str]:

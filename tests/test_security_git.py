@@ -379,6 +379,106 @@ def test_hard_link_to_a_later_or_missing_entry_is_refused(work, base):
     assert_refused_everywhere(work, repo, commit(repo, root), "hard link", base_cid=cid)
 
 
+
+def test_name_longer_than_name_max_is_refused(work, base):
+    """A name of NAME_MAX + 1 bytes: in the tree alone, in the tree and its table row, and in a table row
+    alone (a fifo: no tree entry). A name of exactly NAME_MAX bytes is fine."""
+    repo, cid = base
+    g = pygit2.Repository(repo)
+    b1 = blob(g, b"x")
+    long = b"n" * (limits.NAME_MAX + 1)
+    for rows, content in (([], [(MODE_FILE, long, b1)]), ([long + b" f 644 0 0"], [(MODE_FILE, long, b1)]),
+                          ([long + b" p 644 0 0"], [])):
+        root = root_with(repo, cid, rows, content)
+        assert_refused_everywhere(work, repo, commit(repo, root), f"{limits.NAME_MAX} bytes", base_cid=cid)
+    ok = b"n" * limits.NAME_MAX
+    api.fsck(repo, [commit(repo, root_with(repo, cid, [ok + b" f 644 0 0"], [(MODE_FILE, ok, b1)]))], check=True)
+
+
+def test_hard_link_to_a_directory_or_to_a_hard_link_is_refused(work, base):
+    """A hard link's leader is an earlier non-directory that is not itself a hard link. The link to
+    bin/sh2 (itself a link to bin/sh) carries exactly sh2's metadata and blob, so only the chain rule
+    refuses it."""
+    repo, cid = base
+    g = pygit2.Repository(repo)
+    top = g[pygit2.Oid(hex=cid)].tree
+    sh = top["rootfs"]["bin"]["sh"].id.raw
+    cap = b" x=security.capability=%01%00%00%02%00%20" + b"%00" * 14
+    for row, content, target in ((b"hl f 644 0 0 h=etc", [(MODE_FILE, b"hl", blob(g, b"x"))], "/etc"),
+                                 (b"hl f 755 0 0 h=bin/sh2" + cap, [(MODE_EXEC, b"hl", sh)], "/bin/sh2")):
+        root = root_with(repo, cid, [row], content)
+        assert_refused_everywhere(work, repo, commit(repo, root), f"hard link to {target}, which is not an earlier",
+                                  base_cid=cid)
+    # the same link to bin/sh itself is fine
+    root = root_with(repo, cid, [b"hl f 755 0 0 h=bin/sh" + cap], [(MODE_EXEC, b"hl", sh)])
+    api.fsck(repo, [commit(repo, root)], check=True)
+    # a directory row with a hard link field
+    sub = directory(g, [], [])
+    root = root_with(repo, cid, [b"dd d 755 0 0 h=etc"], [(MODE_DIR, b"dd", sub[0])], [(MODE_DIR, b"dd", sub[1])])
+    api_error(lambda: api.checkout(repo, commit(repo, root), os.path.join(work, "d")), "cannot be a hard link")
+
+
+@pytest.mark.parametrize("row,data", [(b"hl f 600 0 0 h=etc/passwd", None), (b"hl f 644 7 0 h=etc/passwd", None),
+                                      (b"hl f 644 0 7 h=etc/passwd", None),
+                                      (b"hl f 644 0 0 h=etc/passwd x=user.a=b", None),
+                                      (b"hl f 644 0 0 h=etc/passwd", b"not passwd\n")])
+def test_hard_link_that_disagrees_with_its_leader_is_refused(work, base, row, data):
+    """A hard link is one inode: its mode, owner, xattrs and content are its leader's."""
+    repo, cid = base
+    g = pygit2.Repository(repo)
+    top = g[pygit2.Oid(hex=cid)].tree
+    passwd = top["rootfs"]["etc"]["passwd"].id.raw
+    root = root_with(repo, cid, [row], [(MODE_FILE, b"hl", blob(g, data) if data else passwd)])
+    assert_refused_everywhere(work, repo, commit(repo, root), "hard link disagrees with /etc/passwd", base_cid=cid)
+    # the link that agrees is fine
+    root = root_with(repo, cid, [b"hl f 644 0 0 h=etc/passwd"], [(MODE_FILE, b"hl", passwd)])
+    api.fsck(repo, [commit(repo, root)], check=True)
+
+
+def _loose_blob_of_zeros(repo: str, size: int) -> bytes:
+    """A loose blob of `size` zero bytes written as git would, streamed (never held whole)."""
+    import hashlib
+    h, z = hashlib.sha1(), zlib.compressobj(1)
+    header = b"blob %d\0" % size
+    h.update(header)
+    parts = [z.compress(header)]
+    chunk = bytes(1 << 20)
+    for _ in range(size >> 20):
+        h.update(chunk)
+        parts.append(z.compress(chunk))
+    parts.append(z.flush())
+    oid = h.digest()
+    d = os.path.join(repo, "objects", oid.hex()[:2])
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, oid.hex()[2:]), "wb") as f:
+        f.write(b"".join(parts))
+    return oid
+
+
+def test_symlink_target_longer_than_symlink_max_is_refused(work, base):
+    """A target of SYMLINK_MAX + 1 bytes is refused everywhere; a 512 MiB one (a few hundred KB stored) is
+    refused from its object header, every command staying under the 300 MiB limit."""
+    repo, cid = base
+    g = pygit2.Repository(repo)
+    root = root_with(repo, cid, [b"lnk l 777 0 0"], [(MODE_LINK, b"lnk", blob(g, b"a" * (limits.SYMLINK_MAX + 1)))])
+    assert_refused_everywhere(work, repo, commit(repo, root), f"limit of {limits.SYMLINK_MAX}", base_cid=cid)
+    root = root_with(repo, cid, [b"lnk l 777 0 0"], [(MODE_LINK, b"lnk", blob(g, b"a" * limits.SYMLINK_MAX))])
+    api.fsck(repo, [commit(repo, root)], check=True)
+    big = _loose_blob_of_zeros(repo, 512 << 20)
+    rev = commit(repo, root_with(repo, cid, [b"lnk l 777 0 0"], [(MODE_LINK, b"lnk", big)]))
+    before = refs(repo)
+    for args in (["fsck", rev], ["checkout", rev, os.path.join(work, "d")], ["ls", "-R", "-l", rev],
+                 ["diff", cid, rev], ["checkout", rev, "--tar", os.path.join(work, "t.tar")],
+                 ["export-ostree", rev, "--ostree-repo", os.path.join(work, "o"), "--ref", "x"]):
+        r = run_limited("-C", repo, *args)
+        if args[0] == "fsck":
+            assert f"limit of {limits.SYMLINK_MAX}" in r.stdout.decode()
+            assert_one_error(r)
+        else:
+            assert_one_error(r, f"limit of {limits.SYMLINK_MAX}")
+    assert refs(repo) == before and not os.path.exists(os.path.join(work, "d"))
+
+
 # ---------------------------------------------------------------------------------------------
 # bounded resources
 
@@ -488,6 +588,41 @@ def test_200_mb_side_table_is_refused_from_its_header(work, base):
         else:
             assert_one_error(r, f"limit of {limits.MAX_TABLE_BYTES}")
     assert refs(repo) == before and not os.path.exists(os.path.join(work, "d"))
+
+
+
+@pytest.mark.parametrize("link", [False, True])
+def test_shared_subtrees_past_the_entry_limit_are_refused(work, base, link):
+    """Five levels of 64 names all naming one subtree: a few objects, under 100 KB stored, that expand to
+    64^5 (over a billion) entries, past MAX_COMMIT_ENTRIES. Every reader refuses it in one line naming
+    the limit, under the 300 MiB limit, after reading each shared directory once (not its expansion).
+    `link`: the shared leaf holds a valid hard link to /etc/passwd (a subtree a check cannot skip)."""
+    repo, cid = base
+    g = pygit2.Repository(repo)
+    names = [b"z%02d" % i for i in range(64)]
+    passwd = g[pygit2.Oid(hex=cid)].tree["rootfs"]["etc"]["passwd"].id.raw
+    node = directory(g, [b"hl f 644 0 0 h=etc/passwd"], [(MODE_FILE, b"hl", passwd)]) if link else directory(g, [], [])
+    for _ in range(5):
+        node = directory(g, [n + b" d 755 0 0" for n in names], [(MODE_DIR, n, node[0]) for n in names],
+                         [(MODE_DIR, n, node[1]) for n in names])
+    if link:
+        node = root_with(repo, cid, [b"zz d 755 0 0"], [(MODE_DIR, b"zz", node[0])], [(MODE_DIR, b"zz", node[1])])
+    rev = commit(repo, node)
+    before = refs(repo)
+    words = f"more than {limits.MAX_COMMIT_ENTRIES} entries"
+    for args in (["fsck", rev], ["checkout", rev, os.path.join(work, "d")],
+                 ["checkout", rev, "--tar", os.path.join(work, "t.tar")], ["ls", "-R", rev], ["diff", cid, rev],
+                 ["export-ostree", rev, "--ostree-repo", os.path.join(work, "o"), "--ref", "x"]):
+        if link and args[0] in ("ls", "diff"):
+            continue  # listing walks like checkout --tar's
+        r = run_limited("-C", repo, *args, timeout=60)
+        if args[0] == "fsck":
+            assert words in r.stdout.decode()
+            assert_one_error(r)
+        else:
+            assert_one_error(r, words)
+    assert refs(repo) == before
+    assert not os.path.exists(os.path.join(work, "d")) and not os.path.exists(os.path.join(work, "t.tar"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -692,6 +827,57 @@ def test_clone_of_a_hostile_server_leaves_nothing(work, base):
     dest = os.path.join(work, "clone.git")
     api_error(lambda: api.clone(server, dest), "canonical")
     assert not os.path.exists(dest)
+
+
+
+def test_fetch_and_clone_verify_commits_below_a_clean_tip(work, base):
+    """The bad commit is the parent of a clean tip (same tree as the base): fetch moves no branch and
+    leaves no quarantine ref, clone leaves nothing, for a non-gitree parent and a malformed one."""
+    repo, cid = base
+    server = _server(work, repo)
+    local = os.path.join(work, "local.git")
+    api.clone(server, local)
+    g = pygit2.Repository(server)
+    top = g[pygit2.Oid(hex=cid)].tree
+    clean_root = (top["rootfs"].id.raw, top["meta"].id.raw)
+    evil = commit(server, root_with(server, cid, [b"passwd f 644 0 0"],
+                                    [(MODE_FILE, b"~gitree~passwd", blob(g, b"x"))]), "evil", [cid])
+    for bad, words in ((_plain_git_commit(server, cid), "not a gitree commit"), (evil, "canonical")):
+        tip = commit(server, clean_root, "clean tip", [bad])
+        g.references["refs/heads/main"].set_target(pygit2.Oid(hex=tip))
+        before = refs(local)
+        assert_one_error(run_gitree("-C", local, "fetch", server, check=False), bad, words)
+        assert refs(local) == before
+        dest = os.path.join(work, "clone.git")
+        assert_one_error(run_gitree("clone", server, dest, check=False), bad, words)
+        assert not os.path.lexists(dest)
+
+
+def test_fetch_and_clone_take_only_branches(work, base):
+    """A server that also holds a tag (on the fetched commit, so git's tag following would take it), the
+    old export cache ref and another ref under refs/gitree/: only refs/heads/ arrive, and the fetched
+    branch is the server's."""
+    repo, cid = base
+    server = _server(work, repo)
+    local = os.path.join(work, "local.git")
+    api.clone(server, local)
+    g = pygit2.Repository(server)
+    top = g[pygit2.Oid(hex=cid)].tree
+    new = commit(server, (top["rootfs"].id.raw, top["meta"].id.raw), "update", [cid])
+    g.references["refs/heads/main"].set_target(pygit2.Oid(hex=new))
+    side = _plain_git_commit(server, cid)
+    git(server, "tag", "-a", "-m", "t", "X", new)
+    g.references.create("refs/tags/Y", pygit2.Oid(hex=new))
+    g.references.create("refs/gitree/ostree-cache", pygit2.Oid(hex=side))
+    g.references.create("refs/gitree/anything", pygit2.Oid(hex=new))
+    api.fetch(local, server)
+    clone = os.path.join(work, "clone.git")
+    api.clone(server, clone)
+    for r in (local, clone):
+        got = refs(r)
+        assert {k for k in got if k != "<HEAD file>"} == {"refs/heads/main"}, got
+        assert got["refs/heads/main"] == new
+        assert pygit2.Repository(r).get(side) is None  # the cache ref's commit was not even fetched
 
 
 # ---------------------------------------------------------------------------------------------
