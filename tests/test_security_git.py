@@ -829,17 +829,22 @@ def test_clone_of_a_hostile_server_leaves_nothing(work, base):
     assert not os.path.exists(dest)
 
 
-
-def test_fetch_and_clone_verify_commits_below_a_clean_tip(work, base):
-    """The bad commit is the parent of a clean tip (same tree as the base): fetch moves no branch and
-    leaves no quarantine ref, clone leaves nothing, for a non-gitree parent and a malformed one."""
-    repo, cid = base
+def _server_and_clone(work: str, repo: str, cid: str):
+    """A server holding `repo`, a local clone of it, the server's pygit2 repository and the (content, meta)
+    root of commit `cid`."""
     server = _server(work, repo)
     local = os.path.join(work, "local.git")
     api.clone(server, local)
     g = pygit2.Repository(server)
     top = g[pygit2.Oid(hex=cid)].tree
-    clean_root = (top["rootfs"].id.raw, top["meta"].id.raw)
+    return server, local, g, (top["rootfs"].id.raw, top["meta"].id.raw)
+
+
+def test_fetch_and_clone_verify_commits_below_a_clean_tip(work, base):
+    """The bad commit is the parent of a clean tip (same tree as the base): fetch moves no branch and
+    leaves no quarantine ref, clone leaves nothing, for a non-gitree parent and a malformed one."""
+    repo, cid = base
+    server, local, g, clean_root = _server_and_clone(work, repo, cid)
     evil = commit(server, root_with(server, cid, [b"passwd f 644 0 0"],
                                     [(MODE_FILE, b"~gitree~passwd", blob(g, b"x"))]), "evil", [cid])
     for bad, words in ((_plain_git_commit(server, cid), "not a gitree commit"), (evil, "canonical")):
@@ -858,12 +863,8 @@ def test_fetch_and_clone_take_only_branches(work, base):
     old export cache ref and another ref under refs/gitree/: only refs/heads/ arrive, and the fetched
     branch is the server's."""
     repo, cid = base
-    server = _server(work, repo)
-    local = os.path.join(work, "local.git")
-    api.clone(server, local)
-    g = pygit2.Repository(server)
-    top = g[pygit2.Oid(hex=cid)].tree
-    new = commit(server, (top["rootfs"].id.raw, top["meta"].id.raw), "update", [cid])
+    server, local, g, root = _server_and_clone(work, repo, cid)
+    new = commit(server, root, "update", [cid])
     g.references["refs/heads/main"].set_target(pygit2.Oid(hex=new))
     side = _plain_git_commit(server, cid)
     git(server, "tag", "-a", "-m", "t", "X", new)
