@@ -98,7 +98,9 @@ def markdown(r: dict, plots_prefix: str = "") -> str:
           "state the tars are byte-identical (SOURCE_DATE_EPOCH is fixed). deb.debian.org moves on, so to rebuild "
           "exactly the same corpus later use `--snapshot STAMP` (snapshot.debian.org) or keep the cache. "
           "Every repository, checkout and compressed file is written to a fresh tmpfs; each version's tar is "
-          "read into the page cache first.", ""]
+          "read into the page cache first. Each command is timed once, except the three checkouts (ostree "
+          "checkout, gitree checkout DIR and --tar): they run three rounds in turn and each keeps its fastest, "
+          "since a checkout is mostly system time, which varies from one minute to the next on a VM.", ""]
     m, t = r["machine"], r["tools"]
     L += ["## Machine, tools, disks", ""]
     L += [f"- CPU: {m['cpu_model']}, {m['cores']} cores; RAM {m['ram_gib']} GiB; kernel {m['kernel']}; {m['os']}"]
@@ -109,7 +111,8 @@ def markdown(r: dict, plots_prefix: str = "") -> str:
     L += [f"- Settings: git repack --window={s['repack_window']} --depth={s['repack_depth']} (as `gitree gc`); "
           f"zstd -{s['zstd_level']} (--long=27 for tar.zst, --long=31 for --patch-from, -T2); "
           f"SOURCE_DATE_EPOCH={s['source_date_epoch']}; groups: {', '.join(s['groups'])}",
-          f"- gitree export-ostree: {s['export_ostree']}; gitree bundle: {s['bundle']}", ""]
+          f"- gitree export-ostree: {s['export_ostree']}; gitree bundle: {s['bundle']}",
+          f"- gitree's Python modules: {s.get('gitree_bytecode', 'not compiled before the run')}", ""]
 
     L += ["## Corpus", ""]
     rows = []

@@ -36,6 +36,7 @@ RECORD = KEY_LEN + VALUE_LEN + MAC_LEN
 HEADER = MAGIC + struct.pack(">HHI", VERSION, RECORD, 0)   # 16 bytes
 SECRET_LEN = 32
 MAX_RECORDS = 1 << 20          # 68 MiB: beyond this a save starts the cache over with this run's records
+COPY_RECORDS = 1 << 14         # records copied by one read when a save rewrites the file (1.1 MiB)
 
 # Record kinds (the first part hashed into a key).
 FILE, DIRTREE, DIRMETA, COMMIT = b"file", b"dirtree", b"dirmeta", b"commit"
@@ -191,10 +192,17 @@ class ExportCache:
         if opened is None:
             return
         self.rfd, n = opened
-        for chunk in self._chunks(self.rfd, n):
-            self.index.frombytes(b"".join(chunk[i:i + 8] for i in range(0, len(chunk), RECORD)))
+        self.index = self._index_of(self.rfd, n)
+
+    def _index_of(self, fd: int, n: int) -> array.array:
+        """The first 8 bytes of each key of an open records file, as big-endian integers (their order is
+        the keys' order)."""
+        index = array.array("Q")
+        for chunk in self._chunks(fd, n):
+            index.frombytes(b"".join(chunk[i:i + 8] for i in range(0, len(chunk), RECORD)))
         if sys.byteorder == "little":
-            self.index.byteswap()      # big-endian prefixes: their order is the keys' order
+            index.byteswap()
+        return index
 
     def _find(self, key: bytes) -> bytes | None:
         """`key`'s record in the file as indexed, or None. (A file not sorted by key - planted - only makes
@@ -251,8 +259,9 @@ class ExportCache:
     def save(self, more: Iterable[tuple[bytes, bytes]] = (), more_count: int = 0) -> None:
         """Merge the new records into the file as it is now (another export may have saved meanwhile).
         `more`: `more_count` further (key, value) records, sorted by key (an import's checksums, streamed
-        from its scratch database). The file is rewritten as a merge of sorted streams, the file as it is
-        now read in chunks: memory is that of the new records, never a structure per record of the file."""
+        from its scratch database). Each new record goes in at its place, found by bisection; the file's
+        records between two places are copied as bytes, in chunks: the work is that of the new records plus
+        a copy of the file, and memory that of the new records and 8 bytes a record of the file."""
         if not (self.dirty or more_count):
             return
         lfd = os.open("lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=self.dfd)
@@ -261,37 +270,15 @@ class ExportCache:
             fcntl.flock(lfd, fcntl.LOCK_EX)
             opened = self._open_records()
             cur_fd, n_cur = opened if opened is not None else (-1, 0)
-            drop = self.bad
-            n_new = len(self.new) + more_count
-            keep_cur = n_cur + n_new <= MAX_RECORDS
-
-            def old():   # the file as it is now, read in chunks
-                if not keep_cur:
-                    return
-                for chunk in self._chunks(cur_fd, n_cur):
-                    for i in range(0, len(chunk), RECORD):
-                        k = chunk[i:i + KEY_LEN]
-                        if drop.get(k) != chunk[i:i + RECORD]:
-                            yield k, 1, chunk[i:i + RECORD]
-
-            def new():
-                for k, v in heapq.merge(sorted(self.new.items()), more):
-                    if len(v) != VALUE_LEN or len(k) != KEY_LEN:
-                        raise ValueError("an export cache record is a 20-byte key and a 32-byte value")
-                    yield k, 0, k + v + self._mac(k, v)
-
+            if n_cur + len(self.new) + more_count > MAX_RECORDS:
+                n_cur = 0            # past the documented size: start over with this run's records
             tmp = f"records.tmp.{os.getpid()}"
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                          dir_fd=self.dfd)
             try:
                 with os.fdopen(fd, "wb", closefd=False) as f:
                     f.write(HEADER)
-                    last, written = None, 0
-                    for k, _, rec in heapq.merge(new(), old()):   # a new record sorts before an old one
-                        if k != last and written < MAX_RECORDS:
-                            f.write(rec)
-                            written += 1
-                        last = k
+                    self._merge_into(f, cur_fd, n_cur, more)
                 os.fsync(fd)
             except BaseException:
                 os.close(fd)
@@ -308,10 +295,76 @@ class ExportCache:
         self.bad.clear()
         self._unload()      # indexed again on the next lookup
 
+    def _merge_into(self, f, cur_fd: int, n_cur: int, more: Iterable[tuple[bytes, bytes]]) -> None:
+        """Write the file's first `n_cur` records (less those that failed their MAC) and the new ones, sorted
+        by key; a new record replaces an old one of its key. At most MAX_RECORDS records are written."""
+        if n_cur and self.rfd >= 0 and _same_file(self.rfd, cur_fd):
+            index = self.index            # the file this cache indexed is still the one in place
+        else:
+            index = self._index_of(cur_fd, n_cur) if n_cur else array.array("Q")
+
+        def key_at(i: int) -> bytes:
+            return os.pread(cur_fd, KEY_LEN, len(HEADER) + i * RECORD)
+
+        def lower_bound(k: bytes) -> int:   # the first old record whose key is not below k
+            p = int.from_bytes(k[:8], "big")
+            i = bisect.bisect_left(index, p)
+            while i < n_cur and index[i] == p and key_at(i) < k:
+                i += 1
+            return i
+
+        skips = []    # positions of the records that failed their MAC
+        for k, rec in self.bad.items():
+            i = lower_bound(k)
+            while i < n_cur and key_at(i) == k:
+                if os.pread(cur_fd, RECORD, len(HEADER) + i * RECORD) == rec:
+                    skips.append(i)
+                i += 1
+        skips.sort()
+        cursor = written = 0
+
+        def copy_to(end: int) -> None:   # the old records [cursor, end), as bytes, less the skipped ones
+            nonlocal cursor, written
+            while cursor < end:
+                j = bisect.bisect_left(skips, cursor)
+                if j < len(skips) and skips[j] == cursor:
+                    cursor += 1
+                    continue
+                stop = min(end, skips[j] if j < len(skips) else end, cursor + COPY_RECORDS,
+                           cursor + MAX_RECORDS - written)
+                if stop <= cursor:
+                    return
+                data = os.pread(cur_fd, (stop - cursor) * RECORD, len(HEADER) + cursor * RECORD)
+                if len(data) != (stop - cursor) * RECORD:
+                    raise WriteFailed("the export cache's records file shrank while it was read")
+                f.write(data)
+                written += stop - cursor
+                cursor = stop
+
+        last = None
+        for k, v in heapq.merge(sorted(self.new.items()), more):
+            if len(v) != VALUE_LEN or len(k) != KEY_LEN:
+                raise ValueError("an export cache record is a 20-byte key and a 32-byte value")
+            if k == last:
+                continue
+            last = k
+            copy_to(lower_bound(k))
+            while cursor < n_cur and key_at(cursor) == k:
+                cursor += 1               # the new record replaces it
+            if written < MAX_RECORDS:
+                f.write(k + v + self._mac(k, v))
+                written += 1
+        copy_to(n_cur)
+
     def _unload(self) -> None:
         if getattr(self, "rfd", -1) >= 0:
             os.close(self.rfd)
         self.rfd, self.index = -1, None
+
+
+def _same_file(a: int, b: int) -> bool:
+    sa, sb = os.fstat(a), os.fstat(b)
+    return (sa.st_dev, sa.st_ino, sa.st_size) == (sb.st_dev, sb.st_ino, sb.st_size)
 
 
 def open_cache(git_dir: str, warn) -> ExportCache | None:

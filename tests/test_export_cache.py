@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import random
 import struct
 import subprocess
 import zlib
@@ -205,6 +206,50 @@ def test_concurrent_saves_merge(work):
     assert (c.get(ka), c.get(kb)) == (b"a" * 32, b"b" * 32)
     for x in (a, b, c):
         x.close()
+
+
+def test_save_merges_as_a_sorted_union(work, monkeypatch):
+    """A save places each new record by bisection and copies the file's runs between them as bytes: the
+    result is the sorted union (a new value replaces an old one of its key, a record that failed its MAC is
+    dropped, the streamed records join in), whatever the chunk and record boundaries."""
+    monkeypatch.setattr(ec, "COPY_RECORDS", 7)     # many chunk boundaries
+    repo = Repo.init(os.path.join(work, "g.git"))
+    rnd = random.Random(5)
+    keys = [ec.record_key(ec.FILE, b"%d" % i) for i in range(600)]
+    want = {}
+    c = ec.ExportCache(repo.path, warn=pytest.fail)
+    for k in keys[:400]:
+        want[k] = bytes([rnd.randrange(256)]) * 32
+        c.put(k, want[k])
+    c.save()
+    for rounds in range(3):
+        c = ec.ExportCache(repo.path, warn=lambda m: None)
+        for k in rnd.sample(keys, 60):   # new keys and replaced values
+            want[k] = bytes([rnd.randrange(256)]) * 32
+            c.put(k, want[k])
+        more = sorted((k, b"m" * 32) for k in rnd.sample(keys[400:], 20) if k not in c.new)
+        for k, v in more:
+            want[k] = v
+        if rounds == 1:   # a record that fails its MAC is dropped by the next save
+            path = os.path.join(repo.path, *ec.CACHE_DIR, "records")
+            data = bytearray(open(path, "rb").read())
+            victim = rnd.randrange((len(data) - len(ec.HEADER)) // ec.RECORD)
+            off = len(ec.HEADER) + victim * ec.RECORD
+            vkey = bytes(data[off:off + ec.KEY_LEN])
+            data[off + ec.KEY_LEN] ^= 1
+            open(path, "wb").write(data)
+            c._unload()
+            if vkey not in c.new and vkey not in dict(more):
+                assert c.get(vkey) is None and vkey in c.bad
+                del want[vkey]
+        c.save(iter(more), len(more))
+        c.close()
+        raw = open(os.path.join(repo.path, *ec.CACHE_DIR, "records"), "rb").read()[len(ec.HEADER):]
+        got = [raw[i:i + ec.KEY_LEN] for i in range(0, len(raw), ec.RECORD)]
+        assert got == sorted(want)
+        c = ec.ExportCache(repo.path, warn=pytest.fail)
+        assert {k: c.get(k) for k in want} == want
+        c.close()
 
 
 def test_import_records_checksums_that_export_uses(work):
