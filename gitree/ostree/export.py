@@ -33,7 +33,7 @@ from .. import limits, ostreemeta, treeread
 from ..entry import Kind
 from ..exportcache import COMMIT, DIRMETA, DIRTREE, FILE, open_cache, record_key
 from .storedcommit import mismatch as stored_mismatch
-from .targettrust import TargetObjects
+from .targettrust import TargetObjects, object_stamp
 from ..errors import BadInput, CorruptObject, UnsupportedEntry, UsageError, warner
 from ..gittree import decode_tree
 from ..names import display, esc, unesc
@@ -173,7 +173,7 @@ class ExportResult:
 # produced file is read (inflated from the pack, or through libgit2) and compressed at the target's level.
 # Bare modes inflate from the pack and, under a checksum the cache vouches for, write without hashing again.
 BATCH_FILES = 32
-INLINE_JOBS = 1024
+INLINE_JOBS = 64
 # Memory bounds of one export (docs/security.md, "Export memory"): files planned and not yet in a written
 # dirtree before the oldest planned directories are finished (children first); batches of content writes
 # queued for the workers; entries of the maps that spot repeats (an identical file or subtree elsewhere:
@@ -199,35 +199,38 @@ def _packs() -> PackSet:
     return _W["packs"]
 
 
-def _worker_write(jobs: list) -> list[tuple[str, int, bool]]:
-    """(checksum, bytes, whether the checksum was computed here) per job."""
-    repo, target, compression = _W["repo"], _W["target"], _W["compression"]
+def _worker_write(jobs: list) -> list[tuple[str, int, bool, bytes | None]]:
+    """(checksum, bytes, whether the checksum was computed here, the written object's stamp) per job: the
+    stamp (targettrust.object_stamp) is taken here, right after the write, not by the planning process."""
+    target = _W["target"]
     out = []
-    for meta, blob, where, known, produce in jobs:
-        if meta.is_symlink:
-            out.append((target.write_content(meta, ()), 0, True))
-            continue
-        if produce is not None:  # content made by a function (not the blob as stored): hashed and compressed
-            size, chunks = produce()
-            out.append((target.write_content(meta, chunks, expected=known), size, known is None))
-            continue
-        ps = _packs().blob(blob)
-        if ps is not None and compression == COMPRESSION_REUSE and target.mode == "archive":
-            csum = known or _hash_raw_deflate(meta, ps.size, ps, where)
-            if _write_filez_raw(target, meta, csum, ps):
-                out.append((csum, ps.size, known is None))
-                continue
-            ps = None  # the entry fails its CRC-32: read the object through libgit2 instead
-        if ps is not None:
-            size, chunks = ps.size, inflate_chunks(ps, f"blob of {where}")
-        else:
-            size = repo.blob_size(blob, where)
-            chunks = repo.blob_chunks(blob, size, where)
-        if known is not None and _write_bare_known(target, meta, known, chunks):
-            out.append((known, size, False))
-            continue
-        out.append((target.write_content(meta, chunks, expected=known), size, known is None))
+    for job in jobs:
+        csum, size, hashed = _write_one(*job)
+        out.append((csum, size, hashed, object_stamp(os.fspath(target.object_path(csum, ObjectType.FILE)))))
     return out
+
+
+def _write_one(meta, blob, where, known, produce) -> tuple[str, int, bool]:
+    repo, target, compression = _W["repo"], _W["target"], _W["compression"]
+    if meta.is_symlink:
+        return target.write_content(meta, ()), 0, True
+    if produce is not None:  # content made by a function (not the blob as stored): hashed and compressed
+        size, chunks = produce()
+        return target.write_content(meta, chunks, expected=known), size, known is None
+    ps = _packs().blob(blob)
+    if ps is not None and compression == COMPRESSION_REUSE and target.mode == "archive":
+        csum = known or _hash_raw_deflate(meta, ps.size, ps, where)
+        if _write_filez_raw(target, meta, csum, ps):
+            return csum, ps.size, known is None
+        ps = None  # the entry fails its CRC-32: read the object through libgit2 instead
+    if ps is not None:
+        size, chunks = ps.size, inflate_chunks(ps, f"blob of {where}")
+    else:
+        size = repo.blob_size(blob, where)
+        chunks = repo.blob_chunks(blob, size, where)
+    if known is not None and _write_bare_known(target, meta, known, chunks):
+        return known, size, False
+    return target.write_content(meta, chunks, expected=known), size, known is None
 
 
 OSTREEMETA_XATTR = b"user.ostreemeta"  # bare-user: the file's real uid, gid, mode and xattrs
@@ -572,9 +575,9 @@ class Exporter:
     def _done(self, slots: list[_Slot], results: list, where: bytes) -> None:
         """A batch is written: each slot gets its checksum, recorded as written into the target (and, when
         computed here, as the file's checksum)."""
-        for slot, (csum, size, hashed) in zip(slots, results, strict=True):
+        for slot, (csum, size, hashed, stamp) in zip(slots, results, strict=True):
             raw = bytes.fromhex(csum)
-            self.present.record(csum, ObjectType.FILE)  # written (or replaced) by this export
+            self.present.record(csum, ObjectType.FILE, stamp)  # written (or replaced) by this export
             if hashed:
                 self.cache.put(slot.fkey, raw)
             slot.csum, slot.fkey = raw, None

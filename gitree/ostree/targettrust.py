@@ -33,6 +33,16 @@ from ..exportcache import record_key
 TARGET_OBJECT = b"target-object"   # record kind: an object of one target repository, as written or verified
 
 
+def object_stamp(path: str) -> bytes | None:
+    """A digest of an object file's device, inode, size, modification time and mode (None if absent)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return hashlib.blake2b(struct.pack(">QQQqI", st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode),
+                           digest_size=32).digest()
+
+
 class TargetObjects:
     """Vouches for, verifies and records the objects of one target repository (see the module doc)."""
 
@@ -54,12 +64,7 @@ class TargetObjects:
         return f"{self.objdir}/{csum[:2]}/{csum[2:]}{suffix}"
 
     def _stamp(self, csum: str, objtype: ObjectType) -> bytes | None:
-        try:
-            st = os.lstat(self._path(csum, objtype))
-        except FileNotFoundError:
-            return None
-        return hashlib.blake2b(struct.pack(">QQQqI", st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
-                                           st.st_mode), digest_size=32).digest()
+        return object_stamp(self._path(csum, objtype))
 
     def _key(self, csum: str, objtype: ObjectType) -> bytes:
         return record_key(TARGET_OBJECT, self.tid, objtype.suffix.encode(), bytes.fromhex(csum))
@@ -69,9 +74,11 @@ class TargetObjects:
         stamp = self._stamp(csum, objtype)
         return stamp is not None and self.cache.get(self._key(csum, objtype)) == stamp
 
-    def record(self, csum: str, objtype: ObjectType) -> None:
-        """The object as it is now in the target was written (or verified) by this export."""
-        stamp = self._stamp(csum, objtype)
+    def record(self, csum: str, objtype: ObjectType, stamp: bytes | None = None) -> None:
+        """The object as it is now in the target was written (or verified) by this export. `stamp`: its
+        object_stamp taken by the process that wrote it, right after (else taken here)."""
+        if stamp is None:
+            stamp = self._stamp(csum, objtype)
         if stamp is not None:
             self.cache.put(self._key(csum, objtype), stamp)
 
@@ -104,4 +111,4 @@ class TargetObjects:
             return False
 
 
-__all__ = ["TargetObjects", "TARGET_OBJECT"]
+__all__ = ["TargetObjects", "TARGET_OBJECT", "object_stamp"]
