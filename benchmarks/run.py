@@ -152,6 +152,7 @@ class Bench:
         self.gitree_commits: list[str | None] = [None] * n
         self.ostree_commits: list[str | None] = [None] * n
         self.export_commits: list[str | None] = [None] * n
+        self.gx_commits: list[str | None] = [None] * n   # the same versions, imported into GX
         self.export_ok, export_help = stores.gitree_subcommand("export-ostree")
         self.export_reason = "" if self.export_ok else f"gitree export-ostree not available: {export_help}"
         self.export_history = self.export_ok and "--history" in export_help
@@ -159,8 +160,9 @@ class Bench:
         self.bundle_reason = "" if self.bundle_ok else f"gitree bundle not available: {bundle_help}"
         self.G = stores.Gitree(work.sub("gitree.git"))            # imports only: its size is the store's
         self.GP = work.sub("gitree-packed.git")                   # the same packs, repacked after each import
-        self.GX = stores.Gitree(work.sub("gitree-export.git"))    # the same packs; exports run here (their
-        self.export_cache: list = [None] * n                      # cache lives in the git repository)
+        self.GX = stores.Gitree(work.sub("gitree-export.git"))    # G's packs borrowed, each version imported
+        self.export_cache: list = [None] * n                      # again; exports after the previous one run
+        # here (with the cache a user's repository has: its imports' checksums and its own earlier exports)
         self.plain = stores.PlainGit(work.sub("git-plain.git"), work.sub("git-tree"))
         self.OA, self.OBU = work.sub("ostree-archive"), work.sub("ostree-bare-user")
         self.GEA, self.GEBU = work.sub("gitree-ostree-archive"), work.sub("gitree-ostree-bare-user")
@@ -288,8 +290,10 @@ class Bench:
 
         # export, cold (empty repository) back to back with a cold ostree commit, then incremental
         if self.want("export"):
-            if self.gitree_commits[i]:
-                stores.copy_branches(self.G.path, self.GX.path)
+            if self.gitree_commits[i] and self.export_ok:
+                r = self.attempt(f"{name}: gitree import-rootfs into the export repository (untimed)",
+                                 lambda: self.GX.import_rootfs(tar, "main", name, ts))
+                self.gx_commits[i] = r[1] if r else None
             self.export_version(i, name, tar, ts)
 
         # checkout, back to back
@@ -345,7 +349,9 @@ class Bench:
     def export_version(self, i: int, name: str, tar: str, ts: int) -> None:
         """Cold exports (empty OSTree repository; the export cache as import-rootfs left it: file checksums) back
         to back with `ostree commit` into an empty repository of the same mode; then exports after the previous
-        version (GX: its own export cache, every earlier version already in the target)."""
+        version (GX: a repository that imported every version itself, as a user's does, so its export cache
+        holds its imports' checksums and its own earlier exports; every earlier version already in the
+        target)."""
         cold_ops = ("gitree_export_archive_cold", "gitree_export_archive_incremental",
                     "gitree_export_bare_user_incremental", "gitree_export_bare_user_cold",
                     "gitree_export_archive_cold_level6")
@@ -384,14 +390,20 @@ class Bench:
             if size_key:
                 self.sizes[size_key][i] = stores.ostree_size(cold_dir) if r else unavailable("export failed")
             stores.wipe(cold_dir)
+        xrev = self.gx_commits[i]
+        if not xrev:
+            for op in ("gitree_export_archive_incremental", "gitree_export_bare_user_incremental"):
+                self.times[op][i] = unavailable("import into the export repository failed")
+            self.export_cache[i] = unavailable("import into the export repository failed")
+            return
         r = self.attempt(f"{name}: gitree export-ostree (archive, after previous)",
-                         lambda: self.GX.export_ostree(rev, self.GEA, "archive", "main", self.export_history),
+                         lambda: self.GX.export_ostree(xrev, self.GEA, "archive", "main", self.export_history),
                          lambda rec: self.times["gitree_export_archive_incremental"].__setitem__(i, rec))
         if r:
             self.times["gitree_export_archive_incremental"][i] = r[0].as_dict()
             self.export_commits[i] = r[1]
         r = self.attempt(f"{name}: gitree export-ostree (bare-user, after previous)",
-                         lambda: self.GX.export_ostree(rev, self.GEBU, "bare-user", "main", self.export_history),
+                         lambda: self.GX.export_ostree(xrev, self.GEBU, "bare-user", "main", self.export_history),
                          lambda rec: self.times["gitree_export_bare_user_incremental"].__setitem__(i, rec))
         if r:
             self.times["gitree_export_bare_user_incremental"][i] = r[0].as_dict()
