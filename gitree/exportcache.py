@@ -297,7 +297,8 @@ class ExportCache:
 
     def _merge_into(self, f, cur_fd: int, n_cur: int, more: Iterable[tuple[bytes, bytes]]) -> None:
         """Write the file's first `n_cur` records (less those that failed their MAC) and the new ones, sorted
-        by key; a new record replaces an old one of its key. At most MAX_RECORDS records are written."""
+        by key; a new record replaces an old one of its key. At most MAX_RECORDS records are written (the
+        caller passes n_cur = 0 when the file's and the new records together would pass it)."""
         if n_cur and self.rfd >= 0 and _same_file(self.rfd, cur_fd):
             index = self.index            # the file this cache indexed is still the one in place
         else:
@@ -330,10 +331,7 @@ class ExportCache:
                 if j < len(skips) and skips[j] == cursor:
                     cursor += 1
                     continue
-                stop = min(end, skips[j] if j < len(skips) else end, cursor + COPY_RECORDS,
-                           cursor + MAX_RECORDS - written)
-                if stop <= cursor:
-                    return
+                stop = min(end, skips[j] if j < len(skips) else end, cursor + COPY_RECORDS)
                 data = os.pread(cur_fd, (stop - cursor) * RECORD, len(HEADER) + cursor * RECORD)
                 if len(data) != (stop - cursor) * RECORD:
                     raise WriteFailed("the export cache's records file shrank while it was read")

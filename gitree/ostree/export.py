@@ -347,10 +347,8 @@ class Exporter:
         self.cache = open_cache(repo.path, warn) or _NoCache()
         self.present = TargetObjects(self.cache, target, warn)  # what the target holds that may be referenced unread
         self.prefixes: dict[tuple, bytes] = {}  # file header bytes by metadata (few distinct values per tree)
-        self.objdir = os.path.join(os.fspath(target.path), "objects")
         self.inline_jobs = 0
         self.inline_packs: PackSet | None = None
-        self.suffixes: dict[ObjectType, str] = {}
         self.pool: Workers | None = None  # started on the first write
         self.batch: list = []
         self.batch_path = b""
@@ -522,14 +520,6 @@ class Exporter:
         for (content, meta), (height, entries) in self.checked.dirs.items():
             self.cache.put(record_key(VERIFIED_DIR, VERIFY_RULES, content, meta),
                            struct.pack(">QQ16x", height, entries))
-
-    def _has(self, csum: str, objtype: ObjectType) -> bool:
-        """target.has_object for a checksum that is 64 hex digits by construction (a cache value's hex)."""
-        suffix = self.suffixes.get(objtype)
-        if suffix is None:
-            sample = os.fspath(self.target.object_path("0" * 64, objtype))
-            suffix = self.suffixes[objtype] = "." + sample.rpartition(".")[2]
-        return os.path.lexists(f"{self.objdir}/{csum[:2]}/{csum[2:]}{suffix}")
 
     def _prefix(self, fmeta: FileMeta) -> bytes:
         k = (fmeta.uid, fmeta.gid, fmeta.mode, fmeta.symlink_target, fmeta.xattrs)
