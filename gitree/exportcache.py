@@ -20,6 +20,7 @@ import fcntl
 import hashlib
 import heapq
 import hmac
+import itertools
 import os
 import stat
 import struct
@@ -205,8 +206,8 @@ class ExportCache:
         return index
 
     def _find(self, key: bytes) -> bytes | None:
-        """`key`'s record in the file as indexed, or None. (A file not sorted by key - planted - only makes
-        lookups miss.)"""
+        """`key`'s record in the file as indexed, or None. (A file not sorted by key - planted - makes
+        lookups miss, and the next save starts the file over.)"""
         if self.index is None:
             self._load()
         idx = self.index
@@ -303,6 +304,9 @@ class ExportCache:
             index = self.index            # the file this cache indexed is still the one in place
         else:
             index = self._index_of(cur_fd, n_cur) if n_cur else array.array("Q")
+        if n_cur and any(a > b for a, b in itertools.pairwise(index)):
+            self._note("its records file is not sorted by key")   # not written by gitree: start over
+            n_cur, index = 0, array.array("Q")
 
         def key_at(i: int) -> bytes:
             return os.pread(cur_fd, KEY_LEN, len(HEADER) + i * RECORD)

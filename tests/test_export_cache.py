@@ -252,6 +252,34 @@ def test_save_merges_as_a_sorted_union(work, monkeypatch):
         c.close()
 
 
+def test_save_over_an_unsorted_records_file_starts_over(work):
+    """A records file gitree did not write (unsorted, duplicate keys, forged MACs) is not carried on by a save:
+    lookups in it would miss for good. The save starts over with its own records, with one warning."""
+    repo = Repo.init(os.path.join(work, "g.git"))
+    c = ec.ExportCache(repo.path, warn=pytest.fail)
+    c.put(ec.record_key(ec.FILE, b"first"), b"f" * 32)
+    c.save()
+    c.close()
+    path = os.path.join(repo.path, *ec.CACHE_DIR, "records")
+    rnd = random.Random(1)
+    planted = [ec.record_key(ec.FILE, b"p%d" % rnd.randrange(50)) for _ in range(5000)]
+    open(path, "wb").write(ec.HEADER + b"".join(k + rnd.randbytes(48) for k in planted))
+    msgs = []
+    c = ec.ExportCache(repo.path, warn=msgs.append)
+    assert c.get(ec.record_key(ec.FILE, b"first")) is None
+    want = {ec.record_key(ec.FILE, b"%d" % i): bytes([i]) * 32 for i in range(60)}
+    for k, v in want.items():
+        c.put(k, v)
+    c.save()
+    c.close()
+    assert os.path.getsize(path) == len(ec.HEADER) + len(want) * ec.RECORD
+    assert msgs == ["the OSTree export cache: its records file is not sorted by key; dropped records are rebuilt "
+                    "by this export"]
+    c = ec.ExportCache(repo.path, warn=pytest.fail)
+    assert {k: c.get(k) for k in want} == want
+    c.close()
+
+
 def test_import_records_checksums_that_export_uses(work):
     """import-rootfs hashes as it writes; the export then writes every file without reading it (raw deflate)."""
     src = os.path.join(work, "tree")
