@@ -9,7 +9,6 @@ import shlex
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 
 
@@ -32,21 +31,53 @@ class Timing:
         return {k: round(v, 3) for k, v in asdict(self).items()}
 
 
+# ru_maxrss of a child counts the address space it was forked from: at exec the kernel keeps the larger of
+# the old image's peak and the new one's. A child forked straight from this process (or from pytest, which
+# holds far more) would carry the parent's size in its figure. So the command is started by a small spawner
+# (python -S, about 10 MiB) that reports the command's own wall time and rusage, and nothing of the parent.
+_SPAWNER = """
+import os, signal, sys, time
+report, argv = sys.argv[1], sys.argv[2:]
+t0 = time.perf_counter()
+pid = os.posix_spawnp(argv[0], argv, os.environ, setsigdef=(signal.SIGPIPE, signal.SIGXFSZ))
+_, status, ru = os.wait4(pid, 0)
+wall = time.perf_counter() - t0
+with open(report, "w") as f:
+    f.write("%r %r %r %d" % (wall, ru.ru_utime, ru.ru_stime, ru.ru_maxrss))
+if os.WIFSIGNALED(status):
+    if os.WTERMSIG(status) in (signal.SIGINT, signal.SIGPIPE, signal.SIGXFSZ):  # python's own handlers
+        signal.signal(os.WTERMSIG(status), signal.SIG_DFL)
+    os.kill(os.getpid(), os.WTERMSIG(status))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def measured(cmd: list[str], report: str) -> list[str]:
+    """`cmd` run by the spawner, which writes the command's own figures to the file `report` (read_measure)."""
+    return [sys.executable, "-S", "-c", _SPAWNER, report, *cmd]
+
+
+def read_measure(report: str) -> Timing:
+    with open(report) as f:
+        wall, user, system, maxrss = f.read().split()
+    return Timing(float(wall), float(user) + float(system), float(user), float(system), int(maxrss) / 1024)
+
+
 def run_timed(cmd: list[str], cwd: str | None = None, env: dict | None = None,
               stdin_path: str | None = None, stdout_path: str | None = None) -> tuple[Timing, str]:
-    """Run `cmd` to completion and measure it with wait4; returns the timing and its stdout (if not redirected).
+    """Run `cmd` to completion and measure it with wait4 (through the spawner above); returns the timing and
+    its stdout (if not redirected).
 
     Output goes to files, not pipes, so nothing in this process competes with the child while it runs.
     """
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
+            tempfile.NamedTemporaryFile(prefix="measure-") as report:
         stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL
         stdout = open(stdout_path, "wb") if stdout_path else out
         try:
-            t0 = time.perf_counter()
-            p = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=stdin, stdout=stdout, stderr=err)
-            _, status, ru = os.wait4(p.pid, 0)
-            wall = time.perf_counter() - t0
-            p.returncode = os.waitstatus_to_exitcode(status)
+            p = subprocess.Popen(measured(cmd, report.name), cwd=cwd, env=env, stdin=stdin, stdout=stdout,
+                                 stderr=err)
+            p.wait()
         finally:
             if stdin_path:
                 stdin.close()
@@ -57,7 +88,7 @@ def run_timed(cmd: list[str], cwd: str | None = None, env: dict | None = None,
         text = out.read().decode("utf-8", "replace")
         if p.returncode != 0:
             raise CommandFailed(cmd, p.returncode, err.read().decode("utf-8", "replace") + text)
-    return Timing(wall, ru.ru_utime + ru.ru_stime, ru.ru_utime, ru.ru_stime, ru.ru_maxrss / 1024), text
+        return read_measure(report.name), text
 
 
 def run(cmd: list[str], cwd: str | None = None, env: dict | None = None, input: bytes | None = None) -> str:
