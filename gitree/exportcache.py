@@ -47,11 +47,25 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 def record_key(kind: bytes, *parts: bytes) -> bytes:
     """The 20-byte key of a record: BLAKE2b over the kind and the length-prefixed parts."""
-    h = hashlib.blake2b(digest_size=KEY_LEN)
-    for p in (kind, *parts):
-        h.update(struct.pack(">I", len(p)))
-        h.update(p)
-    return h.digest()
+    return KeyMaker(kind)(*parts)
+
+
+class KeyMaker:
+    """record_key(kind, *fixed, *parts) as a function of `parts`: the hash state of the leading parts (a
+    file header, a target repository) is made once, and copied per key."""
+
+    __slots__ = ("_h",)
+
+    def __init__(self, kind: bytes, *fixed: bytes):
+        h = self._h = hashlib.blake2b(digest_size=KEY_LEN)
+        for p in (kind, *fixed):
+            h.update(len(p).to_bytes(4, "big") + p)
+
+    def __call__(self, *parts: bytes) -> bytes:
+        h = self._h.copy()
+        for p in parts:
+            h.update(len(p).to_bytes(4, "big") + p)
+        return h.digest()
 
 
 def _open_dir(parent_fd: int | None, name: str) -> int:
@@ -252,6 +266,13 @@ class ExportCache:
             raise ValueError("an export cache value is 32 bytes")
         if self.get(key) != value:
             self.new[key] = value
+
+    def put_new(self, key: bytes, value: bytes) -> None:
+        """put() without looking the key up first: for a value the file cannot hold yet (the stamp of an
+        object just written). Saving an unchanged record again only costs its rewrite."""
+        if len(value) != VALUE_LEN:
+            raise ValueError("an export cache value is 32 bytes")
+        self.new[key] = value
 
     @property
     def dirty(self) -> bool:

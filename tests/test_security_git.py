@@ -18,6 +18,7 @@ import zlib
 import pygit2
 import pytest
 from helpers import GITREE, run_gitree
+from test_distribution import git_daemon  # noqa: F401  (a fixture)
 from test_safety import refs
 
 from gitree import api
@@ -562,10 +563,8 @@ def _check_deep_checkout(repo: str, rev: str, dest: str) -> None:
     assert r.returncode == 0, r.stderr.decode()
 
 
-def test_200_mb_side_table_is_refused_from_its_header(work, base):
-    """A 200 MB table of one line (a few hundred KB packed) is refused by MAX_TABLE_BYTES before it is
-    inflated: under a 300 MiB address-space limit, every command refuses it with one line."""
-    repo, cid = base
+def _table_bomb(work: str, repo: str, parents: tuple[str, ...] = ()) -> str:
+    """A commit whose root side table is 200 MB of one line (a few hundred KB packed)."""
     path = os.path.join(work, "table")
     with open(path, "wb") as f:
         f.write(b"gitree-dirtable 1\n. d 755 0 0 x=user.a=")
@@ -576,7 +575,15 @@ def test_200_mb_side_table_is_refused_from_its_header(work, base):
     table_oid = bytes.fromhex(git(repo, "hash-object", "-w", path))
     os.unlink(path)
     g = pygit2.Repository(repo)
-    rev = commit(repo, (write_tree(g, []), write_tree(g, [(MODE_FILE, b".gitree", table_oid)])))
+    return commit(repo, (write_tree(g, []), write_tree(g, [(MODE_FILE, b".gitree", table_oid)])), "table",
+                  list(parents))
+
+
+def test_200_mb_side_table_is_refused_from_its_header(work, base):
+    """A 200 MB table of one line (a few hundred KB packed) is refused by MAX_TABLE_BYTES before it is
+    inflated: under a 300 MiB address-space limit, every command refuses it with one line."""
+    repo, cid = base
+    rev = _table_bomb(work, repo)
     before = refs(repo)
     for args in (["fsck", rev], ["checkout", rev, os.path.join(work, "d")], ["ls", "-R", rev], ["diff", cid, rev],
                  ["checkout", rev, "--tar", os.path.join(work, "t.tar")],
@@ -591,13 +598,9 @@ def test_200_mb_side_table_is_refused_from_its_header(work, base):
 
 
 
-@pytest.mark.parametrize("link", [False, True])
-def test_shared_subtrees_past_the_entry_limit_are_refused(work, base, link):
-    """Five levels of 64 names all naming one subtree: a few objects, under 100 KB stored, that expand to
-    64^5 (over a billion) entries, past MAX_COMMIT_ENTRIES. Every reader refuses it in one line naming
-    the limit, under the 300 MiB limit, after reading each shared directory once (not its expansion).
-    `link`: the shared leaf holds a valid hard link to /etc/passwd (a subtree a check cannot skip)."""
-    repo, cid = base
+def _subtree_bomb(repo: str, cid: str, link: bool, parents: tuple[str, ...] = ()) -> str:
+    """A commit of five levels of 64 names all naming one subtree (64^5 entries); `link`: the shared leaf
+    holds a hard link to etc/passwd of commit `cid`, whose root the commit otherwise keeps."""
     g = pygit2.Repository(repo)
     names = [b"z%02d" % i for i in range(64)]
     passwd = g[pygit2.Oid(hex=cid)].tree["rootfs"]["etc"]["passwd"].id.raw
@@ -607,7 +610,17 @@ def test_shared_subtrees_past_the_entry_limit_are_refused(work, base, link):
                          [(MODE_DIR, n, node[1]) for n in names])
     if link:
         node = root_with(repo, cid, [b"zz d 755 0 0"], [(MODE_DIR, b"zz", node[0])], [(MODE_DIR, b"zz", node[1])])
-    rev = commit(repo, node)
+    return commit(repo, node, "bomb", list(parents))
+
+
+@pytest.mark.parametrize("link", [False, True])
+def test_shared_subtrees_past_the_entry_limit_are_refused(work, base, link):
+    """Five levels of 64 names all naming one subtree: a few objects, under 100 KB stored, that expand to
+    64^5 (over a billion) entries, past MAX_COMMIT_ENTRIES. Every reader refuses it in one line naming
+    the limit, under the 300 MiB limit, after reading each shared directory once (not its expansion).
+    `link`: the shared leaf holds a valid hard link to /etc/passwd (a subtree a check cannot skip)."""
+    repo, cid = base
+    rev = _subtree_bomb(repo, cid, link)
     before = refs(repo)
     words = f"more than {limits.MAX_COMMIT_ENTRIES} entries"
     for args in (["fsck", rev], ["checkout", rev, os.path.join(work, "d")],
@@ -826,6 +839,33 @@ def test_clone_of_a_hostile_server_leaves_nothing(work, base):
     g.references.create("refs/heads/evil", pygit2.Oid(hex=commit(server, evil, "evil", [cid])))
     dest = os.path.join(work, "clone.git")
     api_error(lambda: api.clone(server, dest), "canonical")
+    assert not os.path.exists(dest)
+
+
+@pytest.mark.parametrize("bomb", ["table", "subtrees"])
+def test_fetch_and_clone_of_an_amplifying_commit_are_bounded(work, base, bomb, git_daemon):  # noqa: F811
+    """A server branch moved to a commit that is small as sent and huge as read (a 200 MB side table, or
+    shared subtrees past MAX_COMMIT_ENTRIES): fetch and clone, under the 300 MiB address-space limit,
+    refuse it with one line naming the limit; fetch moves no ref, clone leaves nothing. The server is a
+    `git daemon` (a local path would run the server's git under the client's limit)."""
+    repo, cid = base
+    srv, url = git_daemon
+    server = os.path.join(srv, "server.git")
+    subprocess.run(["git", "clone", "-q", "--bare", repo, server], check=True)
+    url += "/server.git"
+    local = os.path.join(work, "local.git")
+    api.clone(url, local)
+    if bomb == "table":
+        evil, words = _table_bomb(work, server, (cid,)), f"limit of {limits.MAX_TABLE_BYTES}"
+    else:
+        evil, words = _subtree_bomb(server, cid, True, (cid,)), f"more than {limits.MAX_COMMIT_ENTRIES} entries"
+    pygit2.Repository(server).references["refs/heads/main"].set_target(pygit2.Oid(hex=evil))
+    before = refs(local)
+    assert_one_error(run_limited("-C", local, "fetch", url, timeout=120), words)
+    assert refs(local) == before
+    assert not [n for n in pygit2.Repository(local).references if "gitree-fetch" in n]
+    dest = os.path.join(work, "clone.git")
+    assert_one_error(run_limited("clone", url, dest, timeout=120), words)
     assert not os.path.exists(dest)
 
 

@@ -31,7 +31,7 @@ from gitree_compat import Commit, DirMeta, FileMeta, ObjectType, OstreeRepo, Var
 
 from .. import limits, ostreemeta, treeread
 from ..entry import Kind
-from ..exportcache import COMMIT, DIRMETA, DIRTREE, FILE, open_cache, record_key
+from ..exportcache import COMMIT, DIRMETA, DIRTREE, FILE, KeyMaker, open_cache, record_key
 from .storedcommit import mismatch as stored_mismatch
 from .targettrust import TargetObjects, object_stamp
 from ..errors import BadInput, CorruptObject, UnsupportedEntry, UsageError, warner
@@ -127,6 +127,8 @@ class _NoCache:
 
     def put(self, key: bytes, value: bytes) -> None:
         pass
+
+    put_new = put
 
     def save(self) -> None:
         pass
@@ -346,7 +348,7 @@ class Exporter:
         self.xorder: dict[bytes, list[bytes]] | None = None  # set while exporting an imported commit
         self.cache = open_cache(repo.path, warn) or _NoCache()
         self.present = TargetObjects(self.cache, target, warn)  # what the target holds that may be referenced unread
-        self.prefixes: dict[tuple, bytes] = {}  # file header bytes by metadata (few distinct values per tree)
+        self.prefixes: dict[tuple, KeyMaker] = {}  # file keys by metadata (few distinct values per tree)
         self.inline_jobs = 0
         self.inline_packs: PackSet | None = None
         self.pool: Workers | None = None  # started on the first write
@@ -443,8 +445,8 @@ class Exporter:
                 self._skip(cpath, "symlink whose target is empty or not valid UTF-8")
                 continue
             fmeta = self._file_meta(cpath, row.kind, row.mode, row.uid, row.gid, row.xattrs, target)
-            fkey = record_key(FILE, self._prefix(fmeta), blob,
-                              *((b"sparse", sparse_encode(row.sparse)) if row.sparse is not None else ()))
+            fkey = self._file_key(fmeta)(blob, *((b"sparse", sparse_encode(row.sparse)) if row.sparse is not None
+                                                 else ()))
             csum = self.cache.get(fkey)
             known = csum.hex() if csum is not None else None
             pending.names.append(row.name)
@@ -521,13 +523,14 @@ class Exporter:
             self.cache.put(record_key(VERIFIED_DIR, VERIFY_RULES, content, meta),
                            struct.pack(">QQ16x", height, entries))
 
-    def _prefix(self, fmeta: FileMeta) -> bytes:
+    def _file_key(self, fmeta: FileMeta) -> KeyMaker:
+        """The cache keys of files of this metadata: record_key(FILE, OSTree file header, blob, ...)."""
         k = (fmeta.uid, fmeta.gid, fmeta.mode, fmeta.symlink_target, fmeta.xattrs)
         p = self.prefixes.get(k)
         if p is None:
             if len(self.prefixes) > 4096:
                 self.prefixes.clear()
-            p = self.prefixes[k] = oc.file_stream_prefix(fmeta)
+            p = self.prefixes[k] = KeyMaker(FILE, oc.file_stream_prefix(fmeta))
         return p
 
     def _submit(self, final: bool = False) -> None:

@@ -28,7 +28,7 @@ import struct
 import gitree_compat as oc
 from gitree_compat import ObjectType, OstreeRepo
 
-from ..exportcache import record_key
+from ..exportcache import KeyMaker
 
 TARGET_OBJECT = b"target-object"   # record kind: an object of one target repository, as written or verified
 
@@ -53,6 +53,14 @@ class TargetObjects:
         self.tid = os.path.realpath(path).encode() + struct.pack(">QQ", st.st_dev, st.st_ino)
         self.objdir = os.path.join(path, "objects")
         self.suffixes: dict[ObjectType, str] = {}
+        self.keys: dict[ObjectType, KeyMaker] = {}
+        # a target whose objects/ held nothing when the export began (a new repository) has no object this
+        # export did not write: absent ones need no lstat (those it wrote are found by their records)
+        try:
+            with os.scandir(self.objdir) as it:
+                self.empty = next(it, None) is None
+        except OSError:
+            self.empty = False
         self.verified = 0   # present objects read and hashed
         self.replaced = 0   # present objects that did not hold what their name says (removed, written anew)
 
@@ -67,7 +75,10 @@ class TargetObjects:
         return object_stamp(self._path(csum, objtype))
 
     def _key(self, csum: str, objtype: ObjectType) -> bytes:
-        return record_key(TARGET_OBJECT, self.tid, objtype.suffix.encode(), bytes.fromhex(csum))
+        make = self.keys.get(objtype)
+        if make is None:
+            make = self.keys[objtype] = KeyMaker(TARGET_OBJECT, self.tid, objtype.suffix.encode())
+        return make(bytes.fromhex(csum))
 
     def vouched(self, csum: str, objtype: ObjectType) -> bool:
         """Present, and recorded as written or verified in this target, unchanged since."""
@@ -80,15 +91,17 @@ class TargetObjects:
         if stamp is None:
             stamp = self._stamp(csum, objtype)
         if stamp is not None:
-            self.cache.put(self._key(csum, objtype), stamp)
+            self.cache.put_new(self._key(csum, objtype), stamp)
 
     def usable(self, csum: str, objtype: ObjectType) -> bool:
         """True when the object is present and holds what its name says (vouched for, or verified now and
         recorded); False when it is absent, or was not right and has been removed (write it anew)."""
+        key = self._key(csum, objtype)
+        if self.empty and key not in self.cache.new:
+            return False
         stamp = self._stamp(csum, objtype)
         if stamp is None:
             return False
-        key = self._key(csum, objtype)
         if self.cache.get(key) == stamp:
             return True
         self.verified += 1
