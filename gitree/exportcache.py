@@ -24,7 +24,6 @@ import itertools
 import os
 import stat
 import struct
-import sys
 from typing import Iterable, Iterator
 
 from .errors import GitreeError, WriteFailed
@@ -38,6 +37,7 @@ HEADER = MAGIC + struct.pack(">HHI", VERSION, RECORD, 0)   # 16 bytes
 SECRET_LEN = 32
 MAX_RECORDS = 1 << 20          # 68 MiB: beyond this a save starts the cache over with this run's records
 COPY_RECORDS = 1 << 14         # records copied by one read when a save rewrites the file (1.1 MiB)
+_KEY_PREFIX = struct.Struct(">Q%dx" % (RECORD - 8))   # a record's first 8 key bytes, as the index holds them
 
 # Record kinds (the first part hashed into a key).
 FILE, DIRTREE, DIRMETA, COMMIT = b"file", b"dirtree", b"dirmeta", b"commit"
@@ -214,9 +214,7 @@ class ExportCache:
         the keys' order)."""
         index = array.array("Q")
         for chunk in self._chunks(fd, n):
-            index.frombytes(b"".join(chunk[i:i + 8] for i in range(0, len(chunk), RECORD)))
-        if sys.byteorder == "little":
-            index.byteswap()
+            index.extend(itertools.chain.from_iterable(_KEY_PREFIX.iter_unpack(chunk)))
         return index
 
     def _find(self, key: bytes) -> bytes | None:
@@ -325,7 +323,7 @@ class ExportCache:
             index = self.index            # the file this cache indexed is still the one in place
         else:
             index = self._index_of(cur_fd, n_cur) if n_cur else array.array("Q")
-        if n_cur and any(a > b for a, b in itertools.pairwise(index)):
+        if n_cur and array.array("Q", sorted(index)) != index:   # sorted() of a sorted run: one pass
             self._note("its records file is not sorted by key")   # not written by gitree: start over
             n_cur, index = 0, array.array("Q")
 

@@ -33,7 +33,7 @@ from .. import limits, ostreemeta, treeread
 from ..entry import Kind
 from ..exportcache import COMMIT, DIRMETA, DIRTREE, FILE, KeyMaker, open_cache, record_key
 from .storedcommit import mismatch as stored_mismatch
-from .targettrust import TargetObjects, object_stamp
+from .targettrust import TargetObjects, object_stamp, stat_stamp
 from ..errors import BadInput, CorruptObject, UnsupportedEntry, UsageError, warner
 from ..gittree import decode_tree
 from ..names import display, esc, unesc
@@ -207,8 +207,11 @@ def _worker_write(jobs: list) -> list[tuple[str, int, bool, bytes | None]]:
     target = _W["target"]
     out = []
     for job in jobs:
+        _W["stat"] = None
         csum, size, hashed = _write_one(*job)
-        out.append((csum, size, hashed, object_stamp(os.fspath(target.object_path(csum, ObjectType.FILE)))))
+        st = _W["stat"]   # set by the writers below that stage the file themselves
+        out.append((csum, size, hashed, stat_stamp(st) if st is not None else
+                    object_stamp(os.fspath(target.object_path(csum, ObjectType.FILE)))))
     return out
 
 
@@ -261,6 +264,7 @@ def _write_bare_known(target: OstreeRepo, meta: FileMeta, csum: str, chunks) -> 
         else:
             os.setxattr(fd, OSTREEMETA_XATTR, oc.encode_ostreemeta(meta))
         os.fchmod(fd, perms)  # after fchown, which clears setuid/setgid
+        _W["stat"] = os.fstat(fd)
         return True
 
     return target.stage_object(csum, ObjectType.FILE, write)
@@ -284,6 +288,7 @@ def _write_filez_raw(target: OstreeRepo, meta: FileMeta, csum: str, ps) -> bool:
         if not ps.verified_copy(fd):
             return False
         os.fchmod(fd, 0o644)
+        _W["stat"] = os.fstat(fd)
         return True
 
     return target.stage_object(csum, ObjectType.FILE, write)

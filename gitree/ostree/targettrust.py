@@ -39,6 +39,12 @@ def object_stamp(path: str) -> bytes | None:
         st = os.lstat(path)
     except FileNotFoundError:
         return None
+    return stat_stamp(st)
+
+
+def stat_stamp(st: os.stat_result) -> bytes:
+    """object_stamp of a file by its stat (an fstat of the file a writer is about to rename into place:
+    a rename changes none of these)."""
     return hashlib.blake2b(struct.pack(">QQQqI", st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode),
                            digest_size=32).digest()
 
@@ -124,4 +130,4 @@ class TargetObjects:
             return False
 
 
-__all__ = ["TargetObjects", "TARGET_OBJECT", "object_stamp"]
+__all__ = ["TargetObjects", "TARGET_OBJECT", "object_stamp", "stat_stamp"]
