@@ -170,6 +170,20 @@ def test_tampered_cache_file_is_detected_and_rebuilt(work):
     assert _root(os.path.join(work, "fresh3")) == _want(work, src)
 
 
+def test_record_keys_are_the_documented_hash():
+    """A record's key is BLAKE2b-160 over the kind and each part, each preceded by its length (4 bytes, big
+    endian): computed here from that definition, against record_key and a KeyMaker holding leading parts
+    (a changed key would silently orphan every record of every existing cache)."""
+    def reference(*parts: bytes) -> bytes:
+        return hashlib.blake2b(b"".join(struct.pack(">I", len(p)) + p for p in parts), digest_size=20).digest()
+    parts = (ec.FILE, b"header \x00\xff", bytes(range(20)), b"sparse", b"")
+    assert ec.record_key(*parts) == reference(*parts)
+    for cut in range(1, len(parts) + 1):
+        assert ec.KeyMaker(*parts[:cut])(*parts[cut:]) == reference(*parts)
+    make = ec.KeyMaker(ec.FILE, b"h")
+    assert make(b"a") != make(b"b") and make(b"a") == reference(ec.FILE, b"h", b"a")   # a state is copied, not used up
+
+
 def test_key_file_is_private_and_never_followed(work):
     repo = Repo.init(os.path.join(work, "g.git"))
     d = os.path.join(repo.path, *ec.CACHE_DIR)
