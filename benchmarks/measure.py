@@ -44,9 +44,11 @@ _, status, ru = os.wait4(pid, 0)
 wall = time.perf_counter() - t0
 with open(report, "w") as f:
     f.write("%r %r %r %d" % (wall, ru.ru_utime, ru.ru_stime, ru.ru_maxrss))
-if os.WIFSIGNALED(status):
-    if os.WTERMSIG(status) in (signal.SIGINT, signal.SIGPIPE, signal.SIGXFSZ):  # python's own handlers
+if os.WIFSIGNALED(status):   # end as the command did: by its signal, handled or ignored here or not
+    try:
         signal.signal(os.WTERMSIG(status), signal.SIG_DFL)
+    except (OSError, ValueError):
+        pass
     os.kill(os.getpid(), os.WTERMSIG(status))
 sys.exit(os.waitstatus_to_exitcode(status))
 """

@@ -548,13 +548,14 @@ class OstreeRepo:
     # Content objects
 
     def write_content(self, meta: FileMeta, chunks: Iterable[bytes] = (), *,
-                      expected: str | None = None) -> str:
+                      expected: str | None = None, trust_present: bool = True) -> str:
         """Store a file or symlink streamed from ``chunks``; return its checksum.
 
-        With ``expected``, an already present object is not rewritten (``chunks`` is not consumed) and a
-        different resulting checksum raises BadOstreeObject.
+        With ``expected``, a different resulting checksum raises BadOstreeObject, and an object already
+        present under that name is not rewritten (``chunks`` is not consumed) unless ``trust_present`` is
+        False: then what is installed is always what was just hashed, whatever file had the name.
         """
-        if expected is not None and self.has_object(expected, ObjectType.FILE):
+        if expected is not None and trust_present and self.has_object(expected, ObjectType.FILE):
             return expected
         self._check_mode_support(meta)
         tmp = self._tmp_path()

@@ -21,6 +21,7 @@ import hashlib
 import heapq
 import hmac
 import itertools
+import operator
 import os
 import stat
 import struct
@@ -323,7 +324,7 @@ class ExportCache:
             index = self.index            # the file this cache indexed is still the one in place
         else:
             index = self._index_of(cur_fd, n_cur) if n_cur else array.array("Q")
-        if n_cur and array.array("Q", sorted(index)) != index:   # sorted() of a sorted run: one pass
+        if n_cur and not all(map(operator.le, index, itertools.islice(index, 1, None))):   # no copy of it
             self._note("its records file is not sorted by key")   # not written by gitree: start over
             n_cur, index = 0, array.array("Q")
 

@@ -537,6 +537,54 @@ def test_objects_planted_in_a_prepared_target_are_not_trusted(work, cache, mode)
     del r
 
 
+@pytest.mark.parametrize("compression", ["reuse", 6])
+def test_an_object_planted_in_a_new_target_during_its_export_is_written_over(work, compression):
+    """A target created empty holds no object the export did not write, so the export writes each object
+    without an lstat first. A file planted under the checksum of v2's sudo once the export has begun (here:
+    after the exporter found objects/ empty) is still written over, never referenced, by whichever writer
+    installs it: the copied deflate stream of `reuse`, or the hashing writer of `--compression 6`, which
+    used to keep a present file under the checksum it expected. And every object the export wrote has a
+    target-object record whose stamp is what an lstat of the installed file gives (workers take it from an
+    fstat of the staged file), so a later export references it unread."""
+    from gitree_compat import ObjectType, OstreeRepo
+    from gitree.ostree.export import ExportOptions, Exporter
+    from gitree.ostree.targettrust import TargetObjects, object_stamp
+    repo, old_target, src = _two_versions(work)
+    want = _want(work, src)
+    new_sudo = ostree(f"--repo={os.path.join(work, 'real-archive')}", "ls", "-C", "os", "/bin/sudo").split()[4]
+    old_sudo = ostree(f"--repo={old_target}", "ls", "-C", "os", "/bin/sudo").split()[4]
+    path = os.path.join(work, "new")
+    target = OstreeRepo.create(path, "archive")
+    if compression != "reuse":
+        target.zlib_level = compression
+    ex = Exporter(Repo(repo), target, ExportOptions("os", compression=compression))
+    assert ex.present.empty
+    planted = _objfile(path, new_sudo, "filez")
+    os.makedirs(os.path.dirname(planted))
+    with open(_objfile(old_target, old_sudo, "filez"), "rb") as f, open(planted, "wb") as g:
+        g.write(f.read())
+    ex.run("os")
+    assert _root(path) == want
+    assert "no errors found" in ostree(f"--repo={path}", "fsck")
+    co = os.path.join(work, "co")
+    ostree(f"--repo={path}", "checkout", "os", co)
+    with open(os.path.join(co, "bin", "sudo"), "rb") as f:
+        assert f.read() == SUDO_NEW
+    cache = ec.ExportCache(repo, lambda m: None)
+    present = TargetObjects(cache, OstreeRepo(path))
+    types = {"filez": ObjectType.FILE, "dirtree": ObjectType.DIR_TREE, "dirmeta": ObjectType.DIR_META,
+             "commit": ObjectType.COMMIT}
+    checked = 0
+    for sub in os.listdir(os.path.join(path, "objects")):
+        for name in os.listdir(os.path.join(path, "objects", sub)):
+            rest, _, suffix = name.partition(".")
+            stamp = cache.get(present._key(sub + rest, types[suffix]))
+            assert stamp == object_stamp(os.path.join(path, "objects", sub, name)), name
+            checked += 1
+    cache.close()
+    assert checked > 20
+
+
 def _wide_tree(src: str, n_dirs: int = 12) -> None:
     """n_dirs directories of 5 files and a subdirectory of 3 files each, one hard-linked pair under hl/."""
     for d in range(n_dirs):

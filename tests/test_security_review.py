@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 import subprocess
 import zlib
 
@@ -420,15 +421,16 @@ def _member(name: bytes, data: bytes = b"", typeflag: bytes = b"0", link: bytes 
     return bytes(h) + data + bytes(-len(data) % 512)
 
 
-def _import_streamed(repo: str, chunks) -> tuple[int, bytes, Timing]:
+def _import_streamed(repo: str, chunks) -> tuple[int, bytes, Timing | None]:
     """`import-rootfs -` of a tar written as it is read (its members in `chunks`), into a new repository,
-    under the memory limit: (exit code, stderr, the import's own figures). The import is started by the
-    benchmarks' spawner: a child forked from pytest would count pytest's resident size in its peak
-    (benchmarks/measure.py says why; late in a full run that alone passed 160 MiB)."""
+    under the memory limit: (exit code, stderr, the import's own figures when it succeeded). The import is
+    started by the benchmarks' spawner: a child forked from pytest would count pytest's resident size in its
+    peak (benchmarks/measure.py says why; late in a full run that alone passed 160 MiB)."""
     run_gitree("-C", repo, "init")
     report = os.path.join(os.path.dirname(repo), "measure")
     p = subprocess.Popen(measured(GITREE + ["-q", "-C", repo, "import-rootfs", "-", "-b", "main"], report),
-                         stdin=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=limited())
+                         stdin=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=limited(),
+                         start_new_session=True)
     try:
         for chunk in chunks:
             p.stdin.write(chunk)
@@ -437,8 +439,12 @@ def _import_streamed(repo: str, chunks) -> tuple[int, bytes, Timing]:
         err = p.stderr.read()
         status = p.wait()
     finally:
-        p.kill()
-    return status, err, read_measure(report)
+        try:
+            os.killpg(p.pid, signal.SIGKILL)   # the spawner and the import it started, if still there
+        except ProcessLookupError:
+            pass
+        p.wait()
+    return status, err, read_measure(report) if status == 0 else None
 
 
 def test_an_import_of_many_distinct_files_keeps_its_memory_bounded(work):

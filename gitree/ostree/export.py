@@ -221,7 +221,7 @@ def _write_one(meta, blob, where, known, produce) -> tuple[str, int, bool]:
         return target.write_content(meta, ()), 0, True
     if produce is not None:  # content made by a function (not the blob as stored): hashed and compressed
         size, chunks = produce()
-        return target.write_content(meta, chunks, expected=known), size, known is None
+        return target.write_content(meta, chunks, expected=known, trust_present=False), size, known is None
     ps = _packs().blob(blob)
     if ps is not None and compression == COMPRESSION_REUSE and target.mode == "archive":
         csum = known or _hash_raw_deflate(meta, ps.size, ps, where)
@@ -235,7 +235,7 @@ def _write_one(meta, blob, where, known, produce) -> tuple[str, int, bool]:
         chunks = repo.blob_chunks(blob, size, where)
     if known is not None and _write_bare_known(target, meta, known, chunks):
         return known, size, False
-    return target.write_content(meta, chunks, expected=known), size, known is None
+    return target.write_content(meta, chunks, expected=known, trust_present=False), size, known is None
 
 
 OSTREEMETA_XATTR = b"user.ostreemeta"  # bare-user: the file's real uid, gid, mode and xattrs

@@ -14,9 +14,11 @@ it is removed and written anew. A directory of the export cache is taken whole (
 only when its dirtree and dirmeta are vouched for in this target, which holds only if every object below
 was vouched for, verified or written when they were recorded.
 
-Objects the export itself writes need no check: compat writes every content object it hashed over an
-existing file of that name (gitree_compat.repo.OstreeRepo.write_content) and a metadata object over an
-existing file whose bytes differ (write_metadata), so what is there afterwards is the export's.
+Objects the export itself writes need no check: every content object it writes replaces any file of that
+name (the export's own writers stage a new file and rename it into place; gitree_compat's write_content is
+called with trust_present=False, so it never keeps a present file in place of what it hashed), and a
+metadata object is written over an existing file whose bytes differ (write_metadata), so what is there
+afterwards is the export's.
 """
 
 from __future__ import annotations
@@ -61,7 +63,9 @@ class TargetObjects:
         self.suffixes: dict[ObjectType, str] = {}
         self.keys: dict[ObjectType, KeyMaker] = {}
         # a target whose objects/ held nothing when the export began (a new repository) has no object this
-        # export did not write: absent ones need no lstat (those it wrote are found by their records)
+        # export did not write: an object without an unsaved record of this export is written without an
+        # lstat first (written over whatever has its name; after a save part way through an export, an
+        # object it wrote before is written again)
         try:
             with os.scandir(self.objdir) as it:
                 self.empty = next(it, None) is None
