@@ -582,7 +582,7 @@ def test_an_object_planted_in_a_new_target_during_its_export_is_written_over(wor
             assert stamp == object_stamp(os.path.join(path, "objects", sub, name)), name
             checked += 1
     cache.close()
-    assert checked > 20
+    assert checked >= 10   # every object of the small tree: files, dirtrees, dirmetas, the commit
 
 
 def _wide_tree(src: str, n_dirs: int = 12) -> None:
