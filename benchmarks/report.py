@@ -232,7 +232,9 @@ def markdown(r: dict, plots_prefix: str = "") -> str:
     L += table(["full (MiB)"] + V, rows)
 
     L += ["## Time and memory", "",
-          "Wall seconds / CPU seconds (user+sys of the process tree, from wait4) / peak RSS MiB (ru_maxrss).", ""]
+          "Wall seconds / CPU seconds (user+sys of the process tree, from wait4) / peak RSS MiB (ru_maxrss), "
+          "of the command alone: a small spawner (benchmarks/measure.py) starts it, so no figure counts the "
+          "benchmark's own process.", ""]
     rows = [[op] + [cell(v, lambda v: f"{v['wall_s']:.1f} / {v['cpu_s']:.1f} / {v['peak_rss_mib']:.0f}")
                     for v in vals] for op, vals in r["times"].items()]
     L += table(["operation"] + V, rows)
