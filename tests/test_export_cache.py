@@ -496,6 +496,17 @@ def _objfile(repo: str, csum: str, suffix: str) -> str:
     return os.path.join(repo, "objects", csum[:2], f"{csum[2:]}.{suffix}")
 
 
+def _assert_ships_v2(work: str, target: str, want) -> None:
+    """Ref `os` of `target` is v2 as `ostree commit` writes it (root `want`), fsck is clean, and a checkout
+    holds the new sudo."""
+    assert _root(target) == want
+    assert "no errors found" in ostree(f"--repo={target}", "fsck")
+    co = os.path.join(work, "co")
+    ostree(f"--repo={target}", "checkout", "os", co)
+    with open(os.path.join(co, "bin", "sudo"), "rb") as f:
+        assert f.read() == SUDO_NEW
+
+
 @pytest.mark.parametrize("mode", ["archive", "bare"])
 @pytest.mark.parametrize("cache", ["knows-the-checksums", "empty"])
 def test_objects_planted_in_a_prepared_target_are_not_trusted(work, cache, mode):
@@ -526,12 +537,7 @@ def test_objects_planted_in_a_prepared_target_are_not_trusted(work, cache, mode)
             g.write(f.read() if planted.endswith(suffix) else SUDO_OLD)  # bare: the file's bytes themselves
         os.chmod(planted, 0o4755 if planted.endswith(".file") else 0o644)
     r = run_gitree("-C", repo, "export-ostree", "os", "--ostree-repo", prepared)
-    assert _root(prepared) == want
-    assert "no errors found" in ostree(f"--repo={prepared}", "fsck")
-    co = os.path.join(work, "co")
-    ostree(f"--repo={prepared}", "checkout", "os", co)
-    with open(os.path.join(co, "bin", "sudo"), "rb") as f:
-        assert f.read() == SUDO_NEW
+    _assert_ships_v2(work, prepared, want)
     again = run_gitree("-C", repo, "export-ostree", "os", "--ostree-repo", prepared, "--ref", "again")
     assert "0 files written" in again.stderr.decode() and "1 directories" in again.stderr.decode(), again.stderr
     del r
@@ -564,12 +570,7 @@ def test_an_object_planted_in_a_new_target_during_its_export_is_written_over(wor
     with open(_objfile(old_target, old_sudo, "filez"), "rb") as f, open(planted, "wb") as g:
         g.write(f.read())
     ex.run("os")
-    assert _root(path) == want
-    assert "no errors found" in ostree(f"--repo={path}", "fsck")
-    co = os.path.join(work, "co")
-    ostree(f"--repo={path}", "checkout", "os", co)
-    with open(os.path.join(co, "bin", "sudo"), "rb") as f:
-        assert f.read() == SUDO_NEW
+    _assert_ships_v2(work, path, want)
     cache = ec.ExportCache(repo, lambda m: None)
     present = TargetObjects(cache, OstreeRepo(path))
     types = {"filez": ObjectType.FILE, "dirtree": ObjectType.DIR_TREE, "dirmeta": ObjectType.DIR_META,

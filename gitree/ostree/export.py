@@ -207,49 +207,67 @@ def _worker_write(jobs: list) -> list[tuple[str, int, bool, bytes | None]]:
     target = _W["target"]
     out = []
     for job in jobs:
-        _W["stat"] = None
-        csum, size, hashed = _write_one(*job)
-        st = _W["stat"]   # set by the writers below that stage the file themselves
+        csum, size, hashed, st = _write_one(*job)
         out.append((csum, size, hashed, stat_stamp(st) if st is not None else
                     object_stamp(os.fspath(target.object_path(csum, ObjectType.FILE)))))
     return out
 
 
-def _write_one(meta, blob, where, known, produce) -> tuple[str, int, bool]:
+def _write_one(meta, blob, where, known, produce) -> tuple[str, int, bool, os.stat_result | None]:
+    """(checksum, bytes, whether hashed here, the installed file's stat when this code staged it itself)."""
     repo, target, compression = _W["repo"], _W["target"], _W["compression"]
     if meta.is_symlink:
-        return target.write_content(meta, ()), 0, True
+        return target.write_content(meta, ()), 0, True, None
     if produce is not None:  # content made by a function (not the blob as stored): hashed and compressed
         size, chunks = produce()
-        return target.write_content(meta, chunks, expected=known, trust_present=False), size, known is None
+        return (target.write_content(meta, chunks, expected=known, trust_present=False), size, known is None,
+                None)
     ps = _packs().blob(blob)
     if ps is not None and compression == COMPRESSION_REUSE and target.mode == "archive":
         csum = known or _hash_raw_deflate(meta, ps.size, ps, where)
-        if _write_filez_raw(target, meta, csum, ps):
-            return csum, ps.size, known is None
+        st = _write_filez_raw(target, meta, csum, ps)
+        if st is not None:
+            return csum, ps.size, known is None, st
         ps = None  # the entry fails its CRC-32: read the object through libgit2 instead
     if ps is not None:
         size, chunks = ps.size, inflate_chunks(ps, f"blob of {where}")
     else:
         size = repo.blob_size(blob, where)
         chunks = repo.blob_chunks(blob, size, where)
-    if known is not None and _write_bare_known(target, meta, known, chunks):
-        return known, size, False
-    return target.write_content(meta, chunks, expected=known, trust_present=False), size, known is None
+    st = _write_bare_known(target, meta, known, chunks) if known is not None else None
+    if st is not None:
+        return known, size, False, st
+    return target.write_content(meta, chunks, expected=known, trust_present=False), size, known is None, None
 
 
 OSTREEMETA_XATTR = b"user.ostreemeta"  # bare-user: the file's real uid, gid, mode and xattrs
 
 
-def _write_bare_known(target: OstreeRepo, meta: FileMeta, csum: str, chunks) -> bool:
+def _stage_file(target: OstreeRepo, csum: str, fill) -> os.stat_result | None:
+    """Install content object `csum` over any file of its name, from a staged file that `fill(fd)` writes
+    (False: abandon it). The installed file's stat, taken by fstat before the rename (which changes none of
+    the fields a stamp holds), or None when nothing was installed."""
+    got = []
+
+    def write(fd: int) -> bool:
+        if not fill(fd):
+            return False
+        got.append(os.fstat(fd))
+        return True
+
+    return got[0] if target.stage_object(csum, ObjectType.FILE, write) else None
+
+
+def _write_bare_known(target: OstreeRepo, meta: FileMeta, csum: str, chunks) -> os.stat_result | None:
     """Write a regular file into a bare or bare-user repository as `ostree commit` stores it, under a checksum
-    the export cache vouches for (so without hashing it again); False if this is not such a case."""
+    the export cache vouches for (so without hashing it again): its stat (_stage_file); None if this is not
+    such a case."""
     if target.mode == "bare-user":
         perms = (meta.mode & 0o775) | 0o400
     elif target.mode == "bare" and meta.xattrs == oc.canonical_xattrs(meta.xattrs):
         perms = meta.mode & 0o7777
     else:
-        return False
+        return None
 
     def write(fd: int) -> bool:
         for c in chunks:
@@ -264,10 +282,9 @@ def _write_bare_known(target: OstreeRepo, meta: FileMeta, csum: str, chunks) -> 
         else:
             os.setxattr(fd, OSTREEMETA_XATTR, oc.encode_ostreemeta(meta))
         os.fchmod(fd, perms)  # after fchown, which clears setuid/setgid
-        _W["stat"] = os.fstat(fd)
         return True
 
-    return target.stage_object(csum, ObjectType.FILE, write)
+    return _stage_file(target, csum, write)
 
 
 def _hash_raw_deflate(meta: FileMeta, size: int, ps, where: str) -> str:
@@ -278,9 +295,10 @@ def _hash_raw_deflate(meta: FileMeta, size: int, ps, where: str) -> str:
     return h.hexdigest()
 
 
-def _write_filez_raw(target: OstreeRepo, meta: FileMeta, csum: str, ps) -> bool:
+def _write_filez_raw(target: OstreeRepo, meta: FileMeta, csum: str, ps) -> os.stat_result | None:
     """The .filez header and the pack entry's raw deflate (copied by the kernel), installed as
-    objects/XX/REST.filez (unless present). False if the entry fails its CRC-32 (nothing installed)."""
+    objects/XX/REST.filez over any file of that name: its stat (_stage_file). None if the entry fails its
+    CRC-32 (nothing installed)."""
     def write(fd: int) -> bool:
         part = memoryview(oc.encode_filez_header(meta, ps.size))
         while part:
@@ -288,10 +306,9 @@ def _write_filez_raw(target: OstreeRepo, meta: FileMeta, csum: str, ps) -> bool:
         if not ps.verified_copy(fd):
             return False
         os.fchmod(fd, 0o644)
-        _W["stat"] = os.fstat(fd)
         return True
 
-    return target.stage_object(csum, ObjectType.FILE, write)
+    return _stage_file(target, csum, write)
 
 
 def sparse_file_content(repo: Repo, blob: bytes, smap: SparseMap, where: str) -> Iterator[bytes]:
