@@ -907,17 +907,24 @@ class OstreeRepo:
         if not base.is_dir():
             return out
         for pre in sorted(os.listdir(base)):
-            for rest in sorted(os.listdir(base / pre)):
-                sb = base / pre / rest / "superblock"
-                if not sb.is_file():
-                    continue
+            try:
+                rests = sorted(os.listdir(base / pre))
+            except NotADirectoryError:
+                continue
+            for rest in rests:
                 frm, sep, to = (pre + rest).partition("-")
                 try:
                     name = (f"{ob.delta_name_decode(frm)}-{ob.delta_name_decode(to)}" if sep
                             else ob.delta_name_decode(frm))
                 except InvalidObject:
                     continue
-                out.append((name, Variant("ay", hashlib.sha256(sb.read_bytes()).digest())))
+                rel = f"deltas/{pre}/{rest}/superblock"
+                try:  # opened as every object is: no symlink followed, a regular file, bounded
+                    data = self._read_file(rel, MAX_METADATA_SIZE, "MAX_METADATA_SIZE",
+                                           lambda msg, rel=rel: BadRepo(f"{self.path}/{rel}: {msg}"))
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+                out.append((name, Variant("ay", hashlib.sha256(data).digest())))
         return out
 
     def build_summary(self, last_modified: int | None = None) -> Summary:

@@ -285,12 +285,21 @@ class CommitInfo:
                 ""]
 
 
+def _message(commit) -> str:
+    """A commit's message, decoded as its `encoding` header says; an encoding Python does not know (git
+    accepts any word there, the reader refuses it: treeread.check_commit_header) is read as UTF-8."""
+    try:
+        return commit.message
+    except LookupError:
+        return commit.raw_message.decode("utf-8", "replace")
+
+
 def log_commits(repo: Repo, rev: str = "HEAD", limit: int | None = None) -> Iterator[CommitInfo]:
     """First-parent history from REV, newest first."""
     commit = repo.resolve(rev)
     n = 0
     while commit is not None:
-        yield CommitInfo(str(commit.id), commit.commit_time, commit.message)
+        yield CommitInfo(str(commit.id), commit.commit_time, _message(commit))
         n += 1
         if limit is not None and n >= limit:
             return
@@ -360,7 +369,7 @@ def show_info(repo: Repo, rev: str) -> ShowInfo:
             nbytes += repo.blob_size(e.oid)
         xattrs += bool(e.xattrs)
     content, meta = repo.commit_trees(commit)
-    return ShowInfo(CommitInfo(str(commit.id), commit.commit_time, commit.message),
+    return ShowInfo(CommitInfo(str(commit.id), commit.commit_time, _message(commit)),
                     {k.name.lower(): counts[k] for k in Kind if k in counts}, nbytes, hard, xattrs,
                     content.hex(), meta.hex(), _stored_ostree_commit(repo, commit))
 

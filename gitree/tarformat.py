@@ -337,6 +337,10 @@ class TarReader:
                 raise UnsupportedEntry(f"tar member {hdr.display()!r} at byte {offset}: "
                                        f"{_REFUSED_TYPES[tf]} members are not supported")
             self._apply(hdr, pax, longname, longlink, offset)
+            if not -(1 << 63) <= hdr.mtime_ns < 1 << 63:  # what a file system (and SQLite) keeps: 64-bit ns
+                self.warnings.append(f"{hdr.display()}: mtime outside the years 1678-2262 (64-bit nanoseconds) "
+                                     "stored as 0")
+                hdr.mtime_ns = 0
             if tf == GNU_SPARSE:
                 _sparse_canonical(hdr, gnu_sparse[0], gnu_sparse[1], offset)
                 hdr.typeflag = tf = REGTYPE

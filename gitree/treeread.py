@@ -8,6 +8,7 @@ The functions take a `repo.Repo` (they use its bounded object reads) and import 
 
 from __future__ import annotations
 
+import codecs
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -27,6 +28,7 @@ from .packwriter import OBJ_BLOB, OBJ_TREE
 
 def commit_trees(repo, commit: pygit2.Commit) -> tuple[bytes, bytes]:
     """(content root tree id, meta root tree id) of a gitree commit."""
+    check_commit_header(commit)
     top = top_entries(repo, commit)
     if TOP_ROOTFS not in top or TOP_META not in top or TOP_FORMAT not in top:
         raise NotFound(f"commit {commit.id} is not a gitree commit (no format, rootfs/ and meta/)")
@@ -36,6 +38,21 @@ def commit_trees(repo, commit: pygit2.Commit) -> tuple[bytes, bytes]:
     if fmt != FORMAT_BLOB:
         raise CorruptObject(f"commit {commit.id} has gitree format {fmt[:32]!r}; this gitree reads {FORMAT_BLOB!r}")
     return top[TOP_ROOTFS][1], top[TOP_META][1]
+
+
+def check_commit_header(commit: pygit2.Commit) -> None:
+    """The commit headers gitree reads: a message encoding Python knows (git accepts any word, and the
+    message of `encoding x-bogus` cannot be decoded) and author and committer times from 1970 to 2^63 s
+    (an OSTree timestamp is unsigned; git accepts `-5`)."""
+    enc = commit.message_encoding
+    if enc is not None:
+        try:
+            codecs.lookup(enc)
+        except LookupError:
+            raise CorruptObject(f"commit {commit.id}: unknown message encoding {enc[:40]!r}") from None
+    for who, t in (("author", commit.author.time), ("committer", commit.commit_time)):
+        if not 0 <= t < 1 << 63:
+            raise CorruptObject(f"commit {commit.id}: {who} time {t} is outside 0..2^63-1 seconds")
 
 
 def top_entries(repo, commit: pygit2.Commit) -> dict[bytes, tuple[bytes, bytes]]:

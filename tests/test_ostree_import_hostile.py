@@ -773,3 +773,40 @@ def test_dirmeta_larger_than_its_limit(case):
     with open(_obj(repo, meta, "dirmeta"), "r+b") as f:
         f.truncate(MAX_DIRMETA_SIZE + 1)
     _assert_refused(_import_limited(g, repo), g, f"{meta}.dirmeta", "MAX_DIRMETA_SIZE")
+
+
+
+def test_ref_symlink_climbing_out_of_the_repository_is_refused(case, work):
+    repo, csum, g = case
+    outside = os.path.join(os.path.dirname(repo), "outside-ref")
+    with open(outside, "w") as f:
+        f.write(csum + "\n")
+    ref = os.path.join(repo, "refs", "heads", "os", "main")
+    os.unlink(ref)
+    os.symlink("../../../../outside-ref", ref)
+    r = _import(g, repo)
+    _assert_refused(r, g, "not an alias")
+
+
+def test_a_shared_subtree_met_deeper_than_first_is_refused(case):
+    """X (250 levels) under b/ at depth 1, and again under a/ below 10 more levels: 261 levels deep."""
+    repo, csum, g = case
+    meta = _commit(repo, csum).root_meta
+    x = _chain_of_dirtrees(repo, 250, 1, meta)
+    w = x
+    for _ in range(10):
+        w = _write_object(repo, oc.encode_dirtree([], [("w", w, meta)]), "dirtree")
+    root = _write_object(repo, oc.encode_dirtree([], [("a", w, meta), ("b", x, meta)]), "dirtree")
+    _point_ref_at_tree(repo, csum, root)
+    _refused(g, repo, "MAX_OSTREE_DEPTH")
+
+
+def test_an_ostree_commit_timestamp_git_cannot_keep_is_refused(case):
+    """An OSTree timestamp is unsigned 64-bit, git's is signed: 2^63 ended import-ostree in `internal error:
+    OverflowError` from the commit signature; it is refused in one line (`ostree log` calls it invalid)."""
+    repo, csum, g = case
+    c = _commit(repo, csum)
+    new = oc.Commit(root_tree=c.root_tree, root_meta=c.root_meta, subject="late", timestamp=1 << 63)
+    with open(os.path.join(repo, "refs", "heads", "os", "main"), "w") as f:
+        f.write(_write_object(repo, oc.encode_commit(new), "commit") + "\n")
+    _refused(g, repo, "past 2^63-1 seconds")

@@ -840,6 +840,9 @@ def test_clone_of_a_hostile_server_leaves_nothing(work, base):
     dest = os.path.join(work, "clone.git")
     api_error(lambda: api.clone(server, dest), "canonical")
     assert not os.path.exists(dest)
+    os.mkdir(dest, 0o700)  # an empty directory given as the destination is left empty (it kept the branch)
+    api_error(lambda: api.clone(server, dest), "canonical")
+    assert os.listdir(dest) == []
 
 
 @pytest.mark.parametrize("bomb", ["table", "subtrees"])

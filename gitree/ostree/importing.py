@@ -216,6 +216,8 @@ def import_ostree(repo: Repo, src_path: str, ref: str, branch: str, warn=None, p
             try:
                 data = src.read_metadata(ObjectType.COMMIT, c_csum)
                 commit = oc.decode_commit(data)
+                if commit.timestamp >= 1 << 63:  # git keeps a signed 64-bit time
+                    raise BadInput(f"OSTree commit {c_csum}: timestamp {commit.timestamp} is past 2^63-1 seconds")
                 try:
                     detached = src.read_metadata(ObjectType.COMMIT_META, c_csum)  # bounded, no symlink followed
                 except oc.MissingObject:

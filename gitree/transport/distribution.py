@@ -172,6 +172,13 @@ def clone(url: str, path: str, depth: int | None = None, branch: str | None = No
     except BaseException:
         if created:
             shutil.rmtree(path, ignore_errors=True)
+        else:  # an empty private directory given as PATH is left empty, as it was: no refused branch stays
+            for name in os.listdir(path):
+                child = os.path.join(path, name)
+                if os.path.isdir(child) and not os.path.islink(child):
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    os.unlink(child)
         raise
 
 
