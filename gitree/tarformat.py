@@ -338,7 +338,7 @@ class TarReader:
                                        f"{_REFUSED_TYPES[tf]} members are not supported")
             self._apply(hdr, pax, longname, longlink, offset)
             if not -(1 << 63) <= hdr.mtime_ns < 1 << 63:  # what a file system (and SQLite) keeps: 64-bit ns
-                self.warnings.append(f"{hdr.display()}: mtime outside the years 1678-2262 (64-bit nanoseconds) "
+                self.warnings.append(f"{hdr.display()}: mtime outside the years 1678-2262 (64-bit nanoseconds): "
                                      "stored as 0")
                 hdr.mtime_ns = 0
             if tf == GNU_SPARSE:

@@ -9,6 +9,7 @@ rehashing, so taking it from a server would let the server choose what an export
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -178,7 +179,8 @@ def clone(url: str, path: str, depth: int | None = None, branch: str | None = No
                 if os.path.isdir(child) and not os.path.islink(child):
                     shutil.rmtree(child, ignore_errors=True)
                 else:
-                    os.unlink(child)
+                    with contextlib.suppress(OSError):  # as rmtree above: the clone's own error is the one raised
+                        os.unlink(child)
         raise
 
 
