@@ -15,7 +15,7 @@ from .entry import MAX_DEPTH, Entry, Kind, split_path
 from .errors import CorruptObject
 from .names import display
 from .repo import Repo
-from .treeread import Walker
+from .treeread import Verified, Walker, expansion
 
 
 def _row_changes(a: sidetable.Row, b: sidetable.Row) -> list[str]:
@@ -74,6 +74,12 @@ def _diff_dir(repo: Repo, path: bytes, a: tuple[bytes, bytes], b: tuple[bytes, b
 
     def enter(p: bytes, x: tuple[bytes, bytes], y: tuple[bytes, bytes]):
         na, nb = repo.read_dir(p, *x), repo.read_dir(p, *y)
+        # each side counts what it reads as a walk would (a tree of shared subtrees whose leaves differ
+        # would otherwise list billions of changes)
+        readers[0].charge(len(na.rows) + 1)
+        readers[1].charge(len(nb.rows) + 1)
+        readers[0].open_dir(na)
+        readers[1].open_dir(nb)
         if na.self_row != nb.self_row:
             ch = _row_changes(na.self_row, nb.self_row)
             if ch:
@@ -81,6 +87,21 @@ def _diff_dir(repo: Repo, path: bytes, a: tuple[bytes, bytes], b: tuple[bytes, b
         ra = {r.name: r for r in na.rows}
         rb = {r.name: r for r in nb.rows}
         stack.append((p, na, nb, ra, rb, iter(sorted(set(ra) | set(rb)))))
+
+    entered: set = set()        # pairs of directories entered, until both trees were counted whole
+
+    def repeated(x: tuple[bytes, bytes], y: tuple[bytes, bytes]) -> None:
+        """A pair of directories met again (shared subtrees): both trees are counted whole once, each
+        directory read once, so a tree past the entry limit is refused now, not after millions of lines."""
+        if None in entered:
+            return
+        if (x, y) in entered:
+            for root in roots:
+                expansion(repo, b"", *root)
+            entered.clear()
+            entered.add(None)
+        elif len(entered) < Verified.MAX_PAIRS:
+            entered.add((x, y))
 
     if a == b:
         return
@@ -90,6 +111,8 @@ def _diff_dir(repo: Repo, path: bytes, a: tuple[bytes, bytes], b: tuple[bytes, b
         name = next(names, None)
         if name is None:
             stack.pop()
+            readers[0].close_dir(na)
+            readers[1].close_dir(nb)
             continue
         p = dpath + b"/" + name if dpath else name
         x, y = ra.get(name), rb.get(name)
@@ -102,6 +125,7 @@ def _diff_dir(repo: Repo, path: bytes, a: tuple[bytes, bytes], b: tuple[bytes, b
             if ca != cb:
                 if len(stack) + len(split_path(path)) >= MAX_DEPTH:
                     raise CorruptObject(f"{display(p[:200])}: deeper than {MAX_DEPTH} directory levels")
+                repeated(ca, cb)
                 yield from enter(p, ca, cb)
             continue
         if x is not None and y is not None and x.kind is y.kind:
@@ -119,16 +143,19 @@ def _diff_dir(repo: Repo, path: bytes, a: tuple[bytes, bytes], b: tuple[bytes, b
         else:
             yield Change("A", p, y.kind)
         if x is not None and x.kind is Kind.DIR:
-            for e in _subtree(repo, p, na, name, roots[0]):
+            for e in _subtree(readers[0], p, na, name):
                 yield Change("D", e.path, e.kind)
         if y is not None and y.kind is Kind.DIR:
-            for e in _subtree(repo, p, nb, name, roots[1]):
+            for e in _subtree(readers[1], p, nb, name):
                 yield Change("A", e.path, e.kind)
 
 
-def _subtree(repo: Repo, path: bytes, node, name: bytes, root) -> Iterator[Entry]:
-    it = Walker(repo, None, root).walk_dir(path, node.content[name].oid, node.meta[name])
-    next(it, None)  # the directory itself is already reported
+def _subtree(reader: Walker, path: bytes, node, name: bytes) -> Iterator[Entry]:
+    """The entries below an added or deleted directory, walked on the side's reader (its entry count and
+    hard-link leaders go on)."""
+    it = reader.walk_dir(path, node.content[name].oid, node.meta[name])
+    next(it, None)  # the directory itself is already reported (and counted)
+    reader.count -= 1
     yield from it
 
 

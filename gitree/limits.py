@@ -20,8 +20,14 @@ MAX_TREE_DEPTH = MAX_DEPTH     # directory levels below the root
 MAX_DIR_ENTRIES = 1 << 18      # entries in one directory (262,144)
 MAX_TABLE_BYTES = 16 << 20     # bytes of one side table (checked from the object header, before reading)
 MAX_TREE_BYTES = 32 << 20      # bytes of one git tree object (same)
+MAX_OPEN_ENTRIES = (1 << 18) + (1 << 12)  # entries of the directories a walk holds open on one path: one
+                                         # directory of MAX_DIR_ENTRIES and 4,096 more (a real rootfs path
+                                         # holds a few thousand); the next directory is read before it is
+                                         # counted, so a walk may hold twice this, about 200 MiB
 MAX_COMMIT_ENTRIES = 1 << 23   # entries one walk of a commit yields (8,388,608): bounds a tree that
                                # shares subtrees to look exponentially large
+MAX_LEADER_WORK = 1 << 23      # directory levels stepped plus rows read to find the hard-link leaders of
+                               # one walk (as many as the entries it may yield)
 MAX_META_BYTES = 1 << 20       # a commit or tag object, or a small blob gitree reads whole (format marker,
                                # the ostree-meta blob of a bootable commit)
 MAX_OSTREE_OBJECT_BYTES = 10 << 20  # ostree/commit and ostree/commitmeta of an imported commit (OSTree's own

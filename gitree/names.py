@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import UnsafePath
+from .errors import BadInput, UnsafePath
 
 # Names stored in a git tree under a different name: see docs/format.md, "Escaped names".
 ESCAPE_PREFIX = b"~gitree~"
@@ -74,19 +74,27 @@ def display(path: bytes) -> str:
     return "/" + path.decode("utf-8", "backslashreplace")
 
 
+# a component of a member path other than "" and "." (found in C: a path of 8 MiB of "./" is one scan)
+_MEMBER_COMPONENT = re.compile(rb"(?<![^/])(?!\.(?:/|$))[^/]+")
+
+
 def normalize_member_path(raw: bytes) -> bytes:
-    """Normalize an archive member path; raise UnsafePath for '..' components.
+    """Normalize an archive member path; raise UnsafePath for '..' components or a NUL, BadInput for
+    more components than the depth limit (checked as they are found: an 8 MiB pax path is not split whole).
 
     Leading '/' and './' are stripped (as GNU tar and ostree do), empty and '.' components dropped.
     The root itself is b"".
     """
+    from .limits import MAX_DEPTH
     parts = []
-    for comp in raw.split(b"/"):
-        if comp in (b"", b"."):
-            continue
+    for m in _MEMBER_COMPONENT.finditer(raw):
+        comp = m.group()
         if comp == b"..":
-            raise UnsafePath(f"member path {raw.decode('utf-8', 'backslashreplace')!r} contains '..'")
+            raise UnsafePath(f"member path {raw[:200].decode('utf-8', 'backslashreplace')!r} contains '..'")
         if b"\0" in comp:
-            raise UnsafePath(f"member path {raw!r} contains NUL")
+            raise UnsafePath(f"member path {raw[:200]!r} contains NUL")
+        if len(parts) > MAX_DEPTH:
+            raise BadInput(f"member path {raw[:200].decode('utf-8', 'backslashreplace')!r}...: deeper than "
+                             f"{MAX_DEPTH} levels (the depth limit)")
         parts.append(comp)
     return b"/".join(parts)

@@ -31,6 +31,23 @@ def _drop_inherited_acl(fd: int, mode: int) -> None:
     os.fchmod(fd, mode & ~umask)
 
 
+def make_private_dir(path: str | bytes) -> None:
+    """Create the directory gitree is to fill (checkout DEST, clone PATH), mode 0700, and remove the ACLs
+    it inherits from a parent's default ACL: entries for other users would carry over to everything
+    written inside it. Raises FileExistsError when `path` exists."""
+    os.mkdir(path, 0o700)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        for name in ("system.posix_acl_default", "system.posix_acl_access"):
+            try:
+                os.removexattr(fd, name)
+            except OSError:
+                pass  # none inherited, or no ACL support
+        os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
+
+
 def require_private_dir(path: str, what: str) -> None:
     """An existing directory gitree is to fill (checkout DEST, clone PATH) must be this user's, writable by
     no one else, without a default ACL: otherwise its owner could swap what gitree creates for symlinks

@@ -21,7 +21,7 @@ from .outfile import atomic_output
 from .diff import Change, diff_changes
 from .sinks import CheckoutReport, DirectoryWriter, write_tar
 from .sparse import bounded_holes
-from .sources import DirectoryReport, TarInput, directory_entries, tar_entries
+from .sources import DirectoryReport, TarInput, WarningLog, directory_entries, tar_entries
 from .importer import ImportStats
 from .repo import Repo
 
@@ -54,7 +54,7 @@ def import_rootfs(repo: Repo, source: str, branch: str, message: str | None = No
         level = _compression_level(repo)
     if source != "-" and not os.path.lexists(source):
         raise BadInput(f"no such file or directory: {source}")
-    warnings: list[str] = []
+    warnings = WarningLog()
     tar_in = None
     try:  # the transaction aborts on any exit that did not commit: its pack is deleted, no branch moves
         with repo.transaction(keep_mtime=keep_mtime, level=level, progress=progress, warn=warn) as tx:
@@ -86,10 +86,11 @@ def import_rootfs(repo: Repo, source: str, branch: str, message: str | None = No
                                      f"{report.unreadable_items()}; nothing was imported (--skip-unreadable "
                                      "imports the rest)")
                 warnings.extend(report.lines())
+            warnings.close()
             for w in warnings:
                 warn(w)
             if strict and warnings:
-                raise StrictWarnings(f"--strict: {len(warnings)} warning(s) above; nothing was imported")
+                raise StrictWarnings(f"--strict: {warnings.total} warning(s) above; nothing was imported")
             msg = message if message is not None else f"Import {os.path.basename(source.rstrip('/')) or source}"
             cid = tx.commit(branch=branch, message=msg, timestamp=timestamp,
                             lock_wait=getattr(progress, "waiting", None))

@@ -13,7 +13,7 @@ from typing import Callable, Iterable, Iterator
 from .entry import Entry, Kind
 from .errors import CorruptObject, TargetExists, UnsafePath, UnsupportedEntry, WriteFailed
 from .names import display
-from .outfile import require_private_dir
+from .outfile import make_private_dir, require_private_dir
 from .sparse import logical_chunks
 from .tarformat import TarWriter
 
@@ -162,7 +162,7 @@ class DirectoryWriter:
                 raise TargetExists(f"{os.fsdecode(self.dest)} is not empty")
             require_private_dir(os.fsdecode(self.dest), "checkout destination")
         else:
-            os.mkdir(self.dest, 0o700)
+            make_private_dir(self.dest)
         try:
             for e in entries:
                 try:

@@ -184,6 +184,33 @@ class TarInput:
                 self.raw.close()
 
 
+class WarningLog(list):
+    """The warning lines of one import, bounded whatever the input: the first KEEP lines, each cut to
+    LINE_MAX characters; `total` counts every line, and close() adds one that says how many were not
+    kept. (An import prints its warnings at its end, after --strict could still refuse it: a tar of a
+    million warned members, or of 8 MiB pax paths, would otherwise hold them all.)"""
+
+    KEEP = 1000
+    LINE_MAX = 4400          # a whole PATH_MAX path and its message
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def append(self, line: str) -> None:
+        self.total += 1
+        if len(self) < self.KEEP:
+            super().append(line if len(line) <= self.LINE_MAX else line[:self.LINE_MAX] + "...")
+
+    def extend(self, lines) -> None:
+        for line in lines:
+            self.append(line)
+
+    def close(self) -> None:
+        if self.total > len(self):
+            super().append(f"{self.total - len(self)} more warning(s) not shown")
+
+
 def tar_entries(inp: TarInput, warnings: list[str] | None = None) -> Iterator[Item]:
     """Entries of a tar; what was read but not kept is appended to `warnings`, one line each."""
     reader = TarReader(inp.read)
@@ -617,4 +644,4 @@ class _Walk:
         return SourceItem(e, None, False)
 
 
-__all__ = ["TarInput", "tar_entries", "directory_entries", "DirectoryReport", "UnsafePath"]
+__all__ = ["TarInput", "WarningLog", "tar_entries", "directory_entries", "DirectoryReport", "UnsafePath"]

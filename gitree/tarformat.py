@@ -69,7 +69,11 @@ class TarMember:
         return _TYPE_IFMT[self.typeflag]
 
     def display(self) -> str:
-        return self.path.decode("utf-8", "backslashreplace")
+        """The member's path for a message: whole up to PATH_MAX, else its start and its length (a pax
+        path may hold 8 MiB)."""
+        if len(self.path) <= 4096:
+            return self.path.decode("utf-8", "backslashreplace")
+        return self.path[:200].decode("utf-8", "backslashreplace") + f"... ({len(self.path)} bytes)"
 
 
 def _parse_number(field_: bytes, what: str, offset: int, signed: bool = False) -> int:

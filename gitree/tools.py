@@ -26,6 +26,10 @@ def last_line(stderr: bytes | str, tool: str = "") -> str:
     text = stderr.decode(errors="replace") if isinstance(stderr, bytes) else stderr
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     if os.path.basename(tool) == "git":
+        # git's object check (transfer.fsckObjects) says what is wrong first, then "index-pack failed"
+        fsck = [ln for ln in lines if ln.startswith("error: object ") and ": " in ln[14:]]
+        if fsck:
+            return fsck[0]
         useful = [ln for ln in lines if ln.startswith(_GIT_PREFIXES) and ln not in ("fatal:", "error:")]
         lines = useful or lines
     return lines[-1] if lines else ""

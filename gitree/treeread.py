@@ -232,6 +232,129 @@ def lookup(repo, root: tuple[bytes, bytes], path: bytes, cache: dict) -> Entry |
     return None
 
 
+def _row_entry(path: bytes, node: DirNode, row: sidetable.Row) -> Entry:
+    """The entry of a non-directory row, its blob id from the content tree (symlink target not read)."""
+    e = Entry(path, row.kind, row.mode, row.uid, row.gid, row.xattrs, rdev=row.rdev,
+              mtime_ns=row.mtime_ns, hardlink=row.hardlink, sparse=row.sparse)
+    c = node.content.get(row.name)
+    e.oid = c.oid if c is not None else None
+    return e
+
+
+class WalkLimit(CorruptObject):
+    """A walk passed one of its documented limits: ends the walk, even one that collects problems."""
+
+
+class Leaders:
+    """Finds the hard-link leaders of one walk, bounded whatever the tree: each target is looked up
+    once (remembered, up to MEMO_BYTES of paths), a leader in the link's own directory is taken from
+    the directory being walked, and directories read on the way stay in a tree of read directories
+    (up to KEEP_ROWS rows, then it starts over from the directories of the last lookup). The steps
+    and rows read over the whole walk are counted against limits.MAX_LEADER_WORK (a link whose
+    target was seen costs nothing more), so sharing or cache eviction cannot multiply the work:
+    without this a 56 KB bundle of a million links to a leader 1,000 levels deep cost 10^9
+    directory reads."""
+
+    MEMO_BYTES = 16 << 20
+    KEEP_ROWS = 1 << 16
+
+    def __init__(self, repo, root: tuple[bytes, bytes], walk_open=lambda: 0) -> None:
+        self.repo = repo
+        self.root = root
+        self.walk_open = walk_open      # rows the walk holds open: with the kept ones, MAX_OPEN_ENTRIES
+        self.work = 0
+        self._memo: dict[bytes, tuple[bytes, Entry | str]] = {}
+        self._memo_bytes = 0
+        self._tree: list | None = None      # [DirNode, {name: [DirNode, {...}]}] from the root
+        self._kept = 0
+
+    def _spend(self, n: int) -> None:
+        self.work += n
+        if self.work > limits.MAX_LEADER_WORK:
+            raise WalkLimit(f"finding hard-link leaders takes more than {limits.MAX_LEADER_WORK} directory "
+                                "steps and rows (the limit of one walk)")
+
+    def find(self, target: bytes, path: bytes, node: DirNode) -> Entry | str:
+        """The leader entry at `target` for a hard link at `path` in directory `node`, or why it cannot
+        be one (a message). Each distinct target is parsed and looked up once, so a link costs a few
+        steps in C however deep its target. Raises WalkLimit past the work limit."""
+        found = self._memo.get(target)
+        if found is None:
+            found = self._first(target, node, path)
+        key, lead = found
+        if isinstance(lead, str):
+            return lead
+        # canonical order compares names component by component; NUL sorts below every name byte
+        if key >= path.replace(b"/", b"\0"):
+            return f"hard link to {display(target)}, which is not an earlier entry"
+        return lead
+
+    def _first(self, target: bytes, node: DirNode, path: bytes) -> tuple[bytes, Entry | str]:
+        """(the target's order key, its leader or why there is none), remembered."""
+        parts = split_path(target)
+        self._spend(len(parts))
+        if not parts or any(not p or p in (b".", b"..") or b"\0" in p for p in parts) or len(parts) > MAX_DEPTH:
+            lead: Entry | str | None = f"hard link to {target[:200]!r}, which is not a path inside the tree"
+        elif target.rpartition(b"/")[0] == path.rpartition(b"/")[0]:
+            row = node.row(parts[-1])       # a leader beside its link: the directory being walked
+            lead = None if row is None else "dir" if row.kind is Kind.DIR else _row_entry(target, node, row)
+        else:
+            try:
+                lead = self._walk(parts)
+            except WalkLimit:
+                raise
+            except CorruptObject as e:
+                lead = f"hard link to {display(target)}: {e}"
+        if not isinstance(lead, Entry) or lead.hardlink is not None:
+            lead = lead if isinstance(lead, str) and lead != "dir" else \
+                f"hard link to {display(target)}, which is not an earlier entry"
+        if self._memo_bytes + 2 * len(target) > self.MEMO_BYTES:
+            self._memo.clear()
+            self._memo_bytes = 0
+        found = self._memo[target] = (target.replace(b"/", b"\0"), lead)
+        self._memo_bytes += 2 * len(target)
+        return found
+
+    def _walk(self, parts: list[bytes]) -> Entry | str | None:
+        if self._tree is None:
+            self._spend(1)
+            node = read_dir(self.repo, b"", *self.root)
+            self._spend(len(node.rows))
+            self._tree, self._kept = [node, {}], len(node.rows) + 1
+        cur = self._tree
+        chain = [(b"", cur)]
+        for i, comp in enumerate(parts[:-1]):
+            self._spend(1)
+            nxt = cur[1].get(comp)
+            if nxt is None:
+                row = cur[0].row(comp)
+                if row is None or row.kind is not Kind.DIR:
+                    return None
+                child = read_dir(self.repo, b"/".join(parts[:i + 1]), cur[0].content[comp].oid, cur[0].meta[comp])
+                self._spend(len(child.rows))
+                nxt = [child, {}]
+                self._kept += len(child.rows) + 1
+                if self._kept > self.KEEP_ROWS or self._kept + self.walk_open() > limits.MAX_OPEN_ENTRIES:
+                    # start over from the directories on this path (however large: a leader's directory
+                    # is where the next links point too)
+                    for (_, up), (name, down) in zip(chain, chain[1:], strict=False):
+                        up[1].clear()
+                        up[1][name] = down
+                    cur[1].clear()
+                    self._kept = sum(len(n[0].rows) + 1 for _, n in chain) + len(child.rows) + 1
+                    if self._kept + self.walk_open() > limits.MAX_OPEN_ENTRIES:
+                        raise WalkLimit(f"the directories open on one path, and those a hard-link leader is "
+                                        f"found through, hold more than {limits.MAX_OPEN_ENTRIES} entries "
+                                        "(the limit of one walk)")
+                cur[1][comp] = nxt
+            cur = nxt
+            chain.append((comp, cur))
+        row = cur[0].row(parts[-1])
+        if row is None:
+            return None
+        return "dir" if row.kind is Kind.DIR else _row_entry(b"/".join(parts), cur[0], row)
+
+
 class Verified:
     """Directories already verified whole, for checking a batch of commits (bundle apply, fetch, clone):
     commits that differ by one file share all other directories, and each is read once, not once per
@@ -286,7 +409,9 @@ class Walker:
         self.problems = problems
         self.root = root
         self.count = 0
-        self._dirs: dict = {}
+        self.open_rows = 0      # rows of the directories open on the walk's path (MAX_OPEN_ENTRIES)
+        self.leaders = Leaders(repo, root, lambda: self.open_rows)
+        self._linked: dict[tuple[bytes, bytes], tuple[int, int]] = {}  # as Verified, subtrees with hard links
         self.verified = verified
         self._sizes: dict[tuple[bytes, bytes], int] = {}   # (content, meta) -> entries below, once walked
         self._repeated = 0
@@ -311,9 +436,24 @@ class Walker:
         return 0 if self.problems is None else len(self.problems)
 
     def _tick(self) -> None:
-        self.count += 1
+        self.charge(1)
+
+    def open_dir(self, node: DirNode) -> None:
+        """A directory's rows are held while it is open: all of them on one path are bounded, as a few
+        KB of bundle can nest directories of MAX_DIR_ENTRIES (three of them took 336 MB)."""
+        self.open_rows += len(node.rows) + 1
+        if self.open_rows > limits.MAX_OPEN_ENTRIES:
+            raise WalkLimit(f"the directories open on one path hold more than {limits.MAX_OPEN_ENTRIES} entries "
+                            "(the limit of one walk)")
+
+    def close_dir(self, node: DirNode) -> None:
+        self.open_rows -= len(node.rows) + 1
+
+    def charge(self, n: int) -> None:
+        """Count `n` entries against the walk's limit (MAX_COMMIT_ENTRIES)."""
+        self.count += n
         if self.count > limits.MAX_COMMIT_ENTRIES:
-            raise CorruptObject(f"the tree has more than {limits.MAX_COMMIT_ENTRIES} entries (the limit of one walk)")
+            raise WalkLimit(f"the tree has more than {limits.MAX_COMMIT_ENTRIES} entries (the limit of one walk)")
 
     def walk_dir(self, path: bytes, content_oid: bytes, meta_oid: bytes) -> Iterator[Entry]:
         node = self._read(path, content_oid, meta_oid)
@@ -329,6 +469,7 @@ class Walker:
         # per open directory: (path, node, rows left, its (content, meta), entries count when entered,
         # [height so far, holds a hard link, problems collected when entered]); with `problems`, a subtree
         # is remembered only if no problem was collected inside it
+        self.open_dir(node)
         stack: list[tuple] = [(path, node, iter(node.rows), (content_oid, meta_oid), self.count - 1,
                                [0, False, self._problem_count()])]
         while stack:
@@ -336,8 +477,14 @@ class Walker:
             row = next(rows, None)
             if row is None:
                 stack.pop()
-                if memo is not None and not acc[1] and acc[2] == self._problem_count():
-                    memo.remember(*pair, acc[0], self.count - start)
+                self.close_dir(node)
+                if memo is not None and acc[2] == self._problem_count():
+                    if not acc[1]:
+                        memo.remember(*pair, acc[0], self.count - start)
+                    elif len(self._linked) < Verified.MAX_PAIRS:
+                        # its links' leaders came earlier here, so they come earlier than any later place
+                        # of the same subtree in this commit (a subtree cannot hold itself)
+                        self._linked[pair] = (acc[0], self.count - start)
                 if len(self._sizes) < Verified.MAX_PAIRS:
                     self._sizes[pair] = self.count - start - 1
                 if stack:
@@ -353,7 +500,13 @@ class Walker:
                     self.fault(cpath[:200], f"deeper than {limits.MAX_TREE_DEPTH} directory levels (the depth limit)")
                     continue
                 cpair = (node.content[row.name].oid, node.meta[row.name])
-                known = memo.known(*cpair) if memo is not None else None
+                known = None
+                if memo is not None:
+                    known = memo.known(*cpair)
+                    if known is None:
+                        known = self._linked.get(cpair)
+                        if known is not None:
+                            acc[1] = True   # holds links still: the parent is not one to remember
                 seen = self._sizes.get(cpair)
                 if seen is not None and self._repeated <= self.REPEAT_BUDGET:
                     self._repeated += seen
@@ -361,9 +514,7 @@ class Walker:
                         expansion(self.repo, path, content_oid, meta_oid)
                 if known is not None and level + known[0] <= limits.MAX_TREE_DEPTH:
                     acc[0] = max(acc[0], known[0] + 1)
-                    self.count += known[1] - 1      # its own entry is counted above
-                    if self.count > limits.MAX_COMMIT_ENTRIES:
-                        self._tick()
+                    self.charge(known[1] - 1)      # its own entry is counted above
                     continue
                 child = self._read(cpath, *cpair)
                 if child is None:
@@ -372,6 +523,7 @@ class Walker:
                     memo.read(*cpair, child)
                 r = child.self_row
                 yield Entry(cpath, Kind.DIR, r.mode, r.uid, r.gid, r.xattrs, mtime_ns=r.mtime_ns)
+                self.open_dir(child)
                 stack.append((cpath, child, iter(child.rows), cpair, self.count - 1,
                               [0, False, self._problem_count()]))
                 continue
@@ -400,28 +552,19 @@ class Walker:
                 self.fault(path, why)
                 return None
         if row.hardlink is not None:
-            why = self._check_link(path, ent)
+            why = self._check_link(path, ent, node)
             if why is not None:
                 self.fault(path, why)
                 return None
         return ent
 
-    def _check_link(self, path: bytes, ent: Entry) -> str | None:
-        target = ent.hardlink
-        parts = split_path(target)
-        if not parts or any(not p or p in (b".", b"..") or b"\0" in p for p in parts) or len(parts) > MAX_DEPTH:
-            return f"hard link to {target[:200]!r}, which is not a path inside the tree"
-        if parts >= split_path(path):
-            return f"hard link to {display(target)}, which is not an earlier entry"
-        try:
-            lead = lookup(self.repo, self.root, target, self._dirs)
-        except CorruptObject as e:
-            return f"hard link to {display(target)}: {e}"
-        if lead is None or lead.kind is Kind.DIR or lead.hardlink is not None:
-            return f"hard link to {display(target)}, which is not an earlier entry"
+    def _check_link(self, path: bytes, ent: Entry, node: DirNode) -> str | None:
+        lead = self.leaders.find(ent.hardlink, path, node)
+        if isinstance(lead, str):
+            return lead
         if (lead.kind, lead.mode, lead.uid, lead.gid, lead.xattrs, lead.rdev, lead.oid, lead.sparse) != \
                 (ent.kind, ent.mode, ent.uid, ent.gid, ent.xattrs, ent.rdev, ent.oid, ent.sparse):
-            return f"hard link disagrees with {display(target)}"
+            return f"hard link disagrees with {display(ent.hardlink)}"
         return None
 
 
@@ -434,11 +577,13 @@ def expansion(repo, path: bytes, content_oid: bytes, meta_oid: bytes) -> int:
     # per open directory: (its pair, its path, directory rows left, [entries below so far])
     stack = [((content_oid, meta_oid), path, iter([r for r in node.rows if r.kind is Kind.DIR]),
               [len(node.rows)], node)]
+    held = len(node.rows) + 1      # rows of the directories on the stack (MAX_OPEN_ENTRIES, as a walk)
     while stack:
         pair, dpath, rows, total, node = stack[-1]
         row = next(rows, None)
         if row is None:
             stack.pop()
+            held -= len(node.rows) + 1
             if len(sizes) < Verified.MAX_PAIRS:
                 sizes[pair] = total[0]
             if not stack:
@@ -456,8 +601,12 @@ def expansion(repo, path: bytes, content_oid: bytes, meta_oid: bytes) -> int:
             continue
         cpath = dpath + b"/" + row.name if dpath else row.name
         child = read_dir(repo, cpath, *cpair)
+        held += len(child.rows) + 1
+        if held > limits.MAX_OPEN_ENTRIES:
+            raise WalkLimit(f"the directories open on one path hold more than {limits.MAX_OPEN_ENTRIES} entries "
+                            "(the limit of one walk)")
         stack.append((cpair, cpath, iter([r for r in child.rows if r.kind is Kind.DIR]), [len(child.rows)], child))
-    raise CorruptObject(f"the tree has more than {limits.MAX_COMMIT_ENTRIES} entries (the limit of one walk)")
+    raise WalkLimit(f"the tree has more than {limits.MAX_COMMIT_ENTRIES} entries (the limit of one walk)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -516,4 +665,4 @@ def find(repo, root: tuple[bytes, bytes], path: bytes) -> Entry | None:
 
 
 __all__ = ["TreeFault", "DirNode", "Walker", "Verified", "ReadCount", "commit_trees", "top_entries", "read_dir",
-           "lookup", "expansion", "walk", "verify", "find"]
+           "lookup", "Leaders", "WalkLimit", "expansion", "walk", "verify", "find"]

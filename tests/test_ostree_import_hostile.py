@@ -156,6 +156,9 @@ def test_deflate_bomb_in_filez(case):
     bomb = b"".join(z.compress(b"\0" * (1 << 20)) for _ in range(512)) + z.flush()  # 512 MiB inflated
     fcsum = _replace_hello_payload(repo, csum, bomb)
     _refused(g, repo, fcsum)
+    # the inflation stops at the declared size: under the memory limit, one line (a reader that inflated
+    # the payload whole would need 512 MiB)
+    _assert_refused(_import_limited(g, repo), g, fcsum)
 
 
 @pytest.mark.parametrize("name", [b"a/b", b"..", b".", b"a\0b", b"", b"\xff"])

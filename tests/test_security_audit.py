@@ -207,3 +207,37 @@ def test_summary_never_reads_a_planted_delta_superblock_through_a_symlink(work):
     import hashlib
     with open(os.path.join(target, "summary"), "rb") as f:
         assert hashlib.sha256(b"root:$6$secret\n").digest() not in f.read()
+
+
+def test_fetch_and_clone_refuse_objects_git_fsck_refuses(work, base):
+    """A commit whose author line has no email: the gitree reader reads only the commit's tree and
+    times, so what refuses it is git's own object check on the incoming pack (transfer.fsckObjects, set
+    for fetch and clone). Nothing moves; the clone leaves nothing."""
+    from test_security_git import _server_and_clone
+    repo, cid = base
+    server, local, g, _ = _server_and_clone(work, repo, cid)
+    c0 = g[pygit2.Oid(hex=cid)]
+    raw = (b"tree %s\nparent %s\nauthor nobody 1700000000 +0000\ncommitter t <t@x> 1700000000 +0000\n\nx\n"
+           % (str(c0.tree_id).encode(), cid.encode()))
+    bad = g.odb.write(pygit2.enums.ObjectType.COMMIT, raw)
+    g.references["refs/heads/main"].set_target(bad)
+    before = refs(local)
+    r = run_gitree("-C", local, "fetch", server, check=False)
+    assert_one_error(r, "missingEmail")
+    assert refs(local) == before
+    dest = os.path.join(work, "clone.git")
+    assert_one_error(run_gitree("clone", server, dest, check=False), "missingEmail")
+    assert not os.path.lexists(dest)
+
+
+def test_a_commit_of_another_format_version_is_refused(work, base):
+    """The `format` blob names the layout a commit was written in; a reader of version 1 must not read a
+    tree of another version as if it were its own."""
+    repo, cid = base
+    g = pygit2.Repository(repo)
+    top = g[pygit2.Oid(hex=cid)].tree
+    tree = write_tree(g, [(MODE_FILE, b"format", blob(g, b"gitree 2\n")), (MODE_DIR, b"meta", top["meta"].id.raw),
+                          (MODE_DIR, b"rootfs", top["rootfs"].id.raw)])
+    sig = pygit2.Signature("t", "t@example.invalid", 1700000000, 0)
+    other = str(g.create_commit(None, sig, sig, "v2\n", pygit2.Oid(raw=tree), [pygit2.Oid(hex=cid)]))
+    assert_refused_everywhere(work, repo, other, "gitree format", base_cid=cid)

@@ -118,6 +118,27 @@ def test_tar_output_does_not_inherit_a_default_acl(work, base):
     assert "user:65534" not in acl, acl
 
 
+def test_a_destination_gitree_creates_does_not_inherit_a_default_acl(work, base):
+    """checkout DEST and clone PATH that gitree creates below a directory with a default ACL: the new
+    directory inherited that ACL, so every file written inside got an entry for the other user (an
+    existing DEST with one is refused). gitree now removes what its new directory inherited."""
+    repo, _ = base
+    parent = os.path.join(work, "acl-parent")
+    os.mkdir(parent, 0o755)
+    subprocess.run(["setfacl", "-d", "-m", "u:nobody:rwx", parent], check=True)
+    dest, clone = os.path.join(parent, "co"), os.path.join(parent, "clone.git")
+    api.checkout(repo, "main", dest)
+    api.clone(repo, clone)
+    for top in (dest, clone):
+        for d, dirs, files in os.walk(top):
+            for p in [d] + [os.path.join(d, n) for n in dirs + files]:
+                if os.path.islink(p):
+                    continue
+                acl = subprocess.run(["getfacl", "-c", "-n", p], capture_output=True, text=True, check=True).stdout
+                assert "user:65534" not in acl, (p, acl)
+    assert run_gitree("-C", clone, "fsck").returncode == 0
+
+
 def test_clone_copies_a_local_source_instead_of_borrowing_it(work, base):
     """A clone of a local repository owns its objects (no objects/info/alternates into the source)."""
     repo, _ = base
@@ -171,6 +192,49 @@ def test_pax_header_of_many_tiny_records_is_refused(work):
     repo = os.path.join(work, "r.git")
     api.init(repo)
     assert_one_error(run_limited("-C", repo, "import-rootfs", path, "-b", "main"), "MAX_PAX_RECORDS")
+
+
+def test_warnings_of_a_tar_are_bounded_in_number_and_length(work):
+    """60 members whose pax path is "a" and 8 MB of "/" (a 16 KB tar.zst), each of an unknown type: every
+    warning held the member's whole path until the import ended (624 MB). A message now shows a path up to
+    PATH_MAX whole, else its start and length, and an import keeps its first 1,000 warnings: 2,000 warned
+    members print 1,000 lines and one that counts the rest."""
+    from test_tar_fidelity import EOA, member, pax
+    path = os.path.join(work, "warn.tar.zst")
+    tar = b"".join(pax([(b"path", b"a" + b"/" * 8_000_000)]) + member(b"x", typeflag=b"Z") for _ in range(60))
+    with open(path, "wb") as f:
+        f.write(subprocess.run(["zstd", "-q", "-19", "-c"], input=tar + EOA, capture_output=True, check=True).stdout)
+    assert os.path.getsize(path) < 1 << 20
+    repo = os.path.join(work, "r.git")
+    api.init(repo)
+    r = subprocess.run(GITREE + ["-C", repo, "import-rootfs", path, "-b", "main"], capture_output=True,
+                       preexec_fn=limited())
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = r.stderr.decode().splitlines()
+    warned = [ln for ln in lines if "unknown member type" in ln]
+    assert len(warned) == 60 and all(len(ln) < 400 and "(8000001 bytes)" in ln for ln in warned), lines[:2]
+    many = os.path.join(work, "many.tar")
+    with open(many, "wb") as f:
+        f.write(b"".join(member(b"m%04d" % i, typeflag=b"Z") for i in range(2000)) + EOA)
+    res = api.import_rootfs(repo, many, branch="many")
+    assert len(res.warnings) == 1001, len(res.warnings)
+    assert str(res.warnings[-1]).startswith("1000 more warning(s) not shown"), res.warnings[-1]
+
+
+def test_a_member_path_deeper_than_the_limit_is_refused_before_it_is_split(work):
+    """One member whose pax path is 8 MiB of "ab/" (2.8 million components): its components were all split
+    out (427 MB) before the depth limit was checked. They are now counted as they are found: one line,
+    under the memory limit."""
+    import gzip
+    from test_tar_fidelity import EOA, member, pax
+    n = (8 << 20) - 100
+    path = os.path.join(work, "deep.tar.gz")
+    with open(path, "wb") as f:
+        f.write(gzip.compress(pax([(b"path", (b"ab/" * (n // 3))[:n])]) + member(b"m") + EOA))
+    repo = os.path.join(work, "r.git")
+    api.init(repo)
+    assert_one_error(run_limited("-C", repo, "import-rootfs", path, "-b", "main"),
+                     "deeper than 2048 levels (the depth limit)")
 
 
 def test_show_names_the_stored_ostree_commit(work, base):
@@ -660,3 +724,169 @@ def test_a_directory_held_at_several_places_is_checked_once(work):
                      [(MODE_DIR, n, bad[1]) for n in names])
     problems = api.fsck(repo, [commit(repo, root)]).problems
     assert sorted(p.path for p in problems) == [n + b"/ghost" for n in names], problems
+
+
+def _linked_tree(g: pygit2.Repository, depth: int, leaders: int, links: int, places: int,
+                 distinct: bool) -> tuple[bytes, bytes]:
+    """A root of `a` (a chain `depth` levels deep ending in files f0..f<leaders-1>) and `z`, which holds one
+    subtree at `places` names, each with `links` hard links: all to f0, or (`distinct`) each to its own f<i>."""
+    from test_security_git import directory
+    data = blob(g, b"leader\n")
+    names = [b"f%03d" % i for i in range(leaders)]
+    node = directory(g, [n + b" f 644 0 0" for n in names], [(MODE_FILE, n, data) for n in names])
+    for _ in range(depth - 1):
+        node = directory(g, [b"a d 755 0 0"], [(MODE_DIR, b"a", node[0])], [(MODE_DIR, b"a", node[1])])
+    deep = b"/".join([b"a"] * depth)
+    lnames = [b"l%03d" % i for i in range(links)]
+    sub = directory(g, [n + b" f 644 0 0 h=" + deep + b"/f%03d" % (i if distinct else 0) for i, n in enumerate(lnames)],
+                    [(MODE_FILE, n, data) for n in lnames])
+    pnames = [b"s%03d" % i for i in range(places)]
+    z = directory(g, [n + b" d 755 0 0" for n in pnames], [(MODE_DIR, n, sub[0]) for n in pnames],
+                  [(MODE_DIR, n, sub[1]) for n in pnames])
+    return directory(g, [b"a d 755 0 0", b"z d 755 0 0"], [(MODE_DIR, b"a", node[0]), (MODE_DIR, b"z", z[0])],
+                     [(MODE_DIR, b"a", node[1]), (MODE_DIR, b"z", z[1])])
+
+
+def test_links_to_a_deep_leader_cost_reads_by_directory_not_by_link(work):
+    """10,000 hard links (a subtree of 100 at 100 places) to one leader 100 levels deep. Each link used to
+    look its leader up from the root through a cache of 64 directories (10^6 directory reads here; a 56 KB
+    bundle of 10^6 links 1,000 deep took about 10 hours): now each target is looked up once, and a subtree
+    whose links were checked is not read again at a later place of the same commit."""
+    from test_security_git import commit
+
+    from gitree.repo import Repo
+    from gitree.treeread import ReadCount
+    repo = os.path.join(work, "links.git")
+    api.init(repo)
+    g = pygit2.Repository(repo)
+    cid = commit(repo, _linked_tree(g, 100, 1, 100, 100, distinct=False))
+    r = Repo(repo)
+    before = ReadCount.dirs
+    r.verify(r.resolve(cid))
+    # walked: the root, the chain, z, the subtree once; looked up once: the root and the chain
+    assert ReadCount.dirs - before <= 1 + 100 + 1 + 1 + 1 + 100, ReadCount.dirs - before
+    before = ReadCount.dirs
+    assert api.fsck(repo, [cid]).problems == []
+    assert ReadCount.dirs - before <= 204, ReadCount.dirs - before
+    before = ReadCount.dirs
+    items = api.ls(repo, cid, recursive=True).items
+    assert len(items) == 1 + 100 + 1 + 1 + 100 * 101, len(items)
+    # a listing reads the subtree at each place (it yields its entries), the chain twice (walk, lookup)
+    assert ReadCount.dirs - before <= 1 + 100 + 1 + 100 + 1 + 100, ReadCount.dirs - before
+    path = _bundle_file(work, repo, cid)
+    dst = os.path.join(work, "dst.git")
+    run_gitree("-C", dst, "init")
+    assert run_limited("-C", dst, "bundle", "apply", path).returncode == 0
+    dest = os.path.join(work, "co")
+    api.checkout(repo, cid, dest)
+    st = os.stat(os.path.join(dest, "z", "s099", "l099"))
+    assert st.st_nlink == 1 + 100 * 100
+    assert os.path.samestat(st, os.stat(os.path.join(dest, *["a"] * 100, "f000")))
+
+
+def test_leader_lookups_past_their_work_limit_are_refused(work, monkeypatch):
+    """Links to distinct leaders deep down each cost a lookup of their own: the steps and rows they take
+    in one walk are bounded (limits.MAX_LEADER_WORK), refused in one line that names the limit. Here 100
+    targets 100 levels deep take about 10,000 steps; with the limit at 5,000 every reader refuses them."""
+    from test_security_git import commit
+
+    from gitree import limits
+    repo = os.path.join(work, "leaders.git")
+    api.init(repo)
+    g = pygit2.Repository(repo)
+    cid = commit(repo, _linked_tree(g, 100, 100, 100, 1, distinct=True))
+    assert api.fsck(repo, [cid]).problems == []
+    monkeypatch.setattr(limits, "MAX_LEADER_WORK", 5000)
+    problems = api.fsck(repo, [cid]).problems
+    assert len(problems) == 1 and "hard-link leaders" in problems[0].message and "5000" in problems[0].message, problems
+    api_error(lambda: api.checkout(repo, cid, os.path.join(work, "co")), "the limit of one walk")
+
+
+def test_a_subtree_of_links_skipped_at_a_later_place_is_checked_again_in_another_commit(work):
+    """One subtree S of hard links to a/f at q/s and r/s: in one commit r/s is not read again, but r is
+    then no directory without links to remember for the other commits of a bundle. The tip (verified
+    first) is valid; its parent holds only a and r, with a different a/f, so the link disagrees."""
+    from test_security_git import commit, directory
+    repo = os.path.join(work, "later.git")
+    api.init(repo)
+    g = pygit2.Repository(repo)
+    good, bad = blob(g, b"leader\n"), blob(g, b"other\n")
+    sub = directory(g, [b"l f 644 0 0 h=a/f"], [(MODE_FILE, b"l", good)])
+    wrap = directory(g, [b"s d 755 0 0"], [(MODE_DIR, b"s", sub[0])], [(MODE_DIR, b"s", sub[1])])
+
+    other = directory(g, [b"s d 755 0 0", b"x f 644 0 0"], [(MODE_DIR, b"s", sub[0]), (MODE_FILE, b"x", good)],
+                      [(MODE_DIR, b"s", sub[1])])    # q: S and a file, so r is another directory
+
+    def root(data: bytes, names: list[bytes]) -> tuple[bytes, bytes]:
+        trees = [directory(g, [b"f f 644 0 0"], [(MODE_FILE, b"f", data)])] + [other, wrap][3 - len(names):]
+        return directory(g, [n + b" d 755 0 0" for n in names], [(MODE_DIR, n, t[0]) for n, t in zip(names, trees)],
+                         [(MODE_DIR, n, t[1]) for n, t in zip(names, trees)])
+
+    parent = commit(repo, root(bad, [b"a", b"r"]))
+    tip = commit(repo, root(good, [b"a", b"q", b"r"]), parents=[parent])
+    assert api.fsck(repo, [tip]).problems == []
+    assert [p.path for p in api.fsck(repo, [parent]).problems] == [b"r/s/l"]
+    path = _bundle_file(work, repo, tip)
+    dst = os.path.join(work, "dst.git")
+    run_gitree("-C", dst, "init")
+    assert_one_error(run_limited("-C", dst, "bundle", "apply", path), "hard link disagrees with /a/f")
+    assert _refs(dst) == ""
+
+
+def test_diff_of_trees_past_the_entry_limit_is_refused(work):
+    """Two commits of one subtree shared at 64^5 places (5 levels of 64 names), differing in the one file
+    at the bottom: a diff used to print a line per place, 10^9 of them. The diff counts what each side
+    reads against the entry limit, and counts both trees whole (each directory once) as soon as a pair of
+    directories comes back, so the refusal comes at once."""
+    from test_security_git import commit, directory
+    repo = os.path.join(work, "bomb.git")
+    api.init(repo)
+    g = pygit2.Repository(repo)
+    names = [b"z%02d" % i for i in range(64)]
+    tips = []
+    for data in (b"one\n", b"two\n"):
+        node = directory(g, [b"f f 644 0 0"], [(MODE_FILE, b"f", blob(g, data))])
+        for _ in range(5):
+            node = directory(g, [n + b" d 755 0 0" for n in names], [(MODE_DIR, n, node[0]) for n in names],
+                             [(MODE_DIR, n, node[1]) for n in names])
+        tips.append(commit(repo, node))
+    res = run_limited("-C", repo, "diff", *tips, timeout=120)
+    assert_one_error(res, "entries (the limit of one walk)")
+    assert len(res.stdout.splitlines()) < 100
+
+
+def test_nested_directories_of_the_largest_size_are_bounded_together(work):
+    """Directories of MAX_DIR_ENTRIES entries nested in one another (three of them: a 16 KB bundle): a walk
+    holds every directory open on its path, so fsck peaked at 336 MB and a checkout ran out of memory under
+    the 300 MiB limit. The rows open on one path are bounded (MAX_OPEN_ENTRIES: one such directory and
+    4,096 more): every command refuses the second in one line, under the limit; one checks out."""
+    from test_security_git import commit, directory
+
+    from gitree.limits import MAX_DIR_ENTRIES, MAX_OPEN_ENTRIES
+    repo = os.path.join(work, "wide.git")
+    api.init(repo)
+    g = pygit2.Repository(repo)
+    data = blob(g, b"x")
+    names = [b"f%06d" % i for i in range(MAX_DIR_ENTRIES - 1)]
+    rows, files = [n + b" f 644 0 0" for n in names], [(MODE_FILE, n, data) for n in names]
+    node = directory(g, rows, files)
+    tips = [commit(repo, node)]
+    for _ in range(2):
+        node = directory(g, rows + [b"z d 755 0 0"], files + [(MODE_DIR, b"z", node[0])], [(MODE_DIR, b"z", node[1])])
+        tips.append(commit(repo, node))
+    one, two, three = tips
+    words = f"more than {MAX_OPEN_ENTRIES} entries (the limit of one walk)"
+    for rev in (two,):
+        for cmd in (["checkout", rev, "--tar", os.path.join(work, "o.tar")],
+                    ["export-ostree", rev, "--ostree-repo", os.path.join(work, "os"), "--ref", "x"]):
+            assert_one_error(run_limited("-C", repo, *cmd), words)
+        r = run_limited("-C", repo, "fsck", rev)
+        assert_one_error(r, "fsck found 1 problem(s)")
+        assert words in r.stdout.decode(), r.stdout
+    path = _bundle_file(work, repo, three)
+    assert os.path.getsize(path) < 1 << 20
+    dst = os.path.join(work, "dst.git")
+    run_gitree("-C", dst, "init")
+    assert_one_error(run_limited("-C", dst, "bundle", "apply", path), words)
+    r = run_limited("-C", repo, "checkout", one, "--tar", os.path.join(work, "one.tar"))
+    assert r.returncode == 0, r.stderr.decode()

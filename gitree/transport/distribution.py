@@ -18,7 +18,7 @@ import pygit2
 
 from .. import tools, treeread
 from ..errors import BadInput, CorruptObject, GitreeError, NotFastForward, NotFound, TargetExists, UnsafePath
-from ..outfile import require_private_dir
+from ..outfile import make_private_dir, require_private_dir
 from ..repo import Repo
 
 
@@ -111,7 +111,12 @@ def fetch(repo: Repo, remote: str, branches: list[str] | None = None, depth: int
                 old = repo.branch_tip(name)
                 if old == new:
                     continue
-                if repo.git.get(pygit2.Oid(raw=new)).type != pygit2.enums.ObjectType.COMMIT:
+                try:
+                    kind = repo.git.get(pygit2.Oid(raw=new)).type
+                except (ValueError, pygit2.GitError) as e:   # an object libgit2 cannot parse
+                    raise CorruptObject(f"fetch from {remote}: branch {name} on the server names {new.hex()}, "
+                                        f"which cannot be read ({e}); no branch was changed") from None
+                if kind != pygit2.enums.ObjectType.COMMIT:
                     # a tag or tree at a server branch: refused before the fast-forward check reads it
                     raise CorruptObject(f"fetch from {remote}: branch {name} on the server names "
                                         f"{new.hex()}, which is not a commit; no branch was changed")
@@ -147,6 +152,10 @@ def clone(url: str, path: str, depth: int | None = None, branch: str | None = No
     if branch is not None:
         args += ["--branch", branch]
     created = not os.path.exists(path)
+    if created:
+        parent = os.path.dirname(os.path.abspath(path))
+        os.makedirs(parent, exist_ok=True)   # as git clone makes them
+        make_private_dir(path)   # made here, so it inherits no default ACL of its parent
     try:
         _git(args + [url, path], f"git clone of {url}")
         repo = Repo(path)
