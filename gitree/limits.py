@@ -20,10 +20,11 @@ MAX_TREE_DEPTH = MAX_DEPTH     # directory levels below the root
 MAX_DIR_ENTRIES = 1 << 18      # entries in one directory (262,144)
 MAX_TABLE_BYTES = 16 << 20     # bytes of one side table (checked from the object header, before reading)
 MAX_TREE_BYTES = 32 << 20      # bytes of one git tree object (same)
-MAX_OPEN_ENTRIES = (1 << 18) + (1 << 12)  # entries of the directories a walk holds open on one path: one
-                                         # directory of MAX_DIR_ENTRIES and 4,096 more (a real rootfs path
-                                         # holds a few thousand); the next directory is read before it is
-                                         # counted, so a walk may hold twice this, about 200 MiB
+MAX_OPEN_ENTRIES = (1 << 18) + (1 << 15)  # rows of the directories a walk holds open on one path, a row
+                                         # more per 512 bytes of side table (xattr values): one directory
+                                         # of MAX_DIR_ENTRIES and 32,768 more (a real rootfs path holds a few
+                                         # thousand); the next directory is read before it is counted, so a
+                                         # walk may hold twice this, about 220 MiB
 MAX_COMMIT_ENTRIES = 1 << 23   # entries one walk of a commit yields (8,388,608): bounds a tree that
                                # shares subtrees to look exponentially large
 MAX_LEADER_WORK = 1 << 23      # directory levels stepped plus rows read to find the hard-link leaders of

@@ -75,7 +75,7 @@ def display(path: bytes) -> str:
 
 
 # a component of a member path other than "" and "." (found in C: a path of 8 MiB of "./" is one scan)
-_MEMBER_COMPONENT = re.compile(rb"(?<![^/])(?!\.(?:/|$))[^/]+")
+_MEMBER_COMPONENT = re.compile(rb"(?<![^/])(?!\.(?:/|\Z))[^/]+")   # \Z: "$" also matches before a final "\n"
 
 
 def normalize_member_path(raw: bytes) -> bytes:
@@ -93,7 +93,7 @@ def normalize_member_path(raw: bytes) -> bytes:
             raise UnsafePath(f"member path {raw[:200].decode('utf-8', 'backslashreplace')!r} contains '..'")
         if b"\0" in comp:
             raise UnsafePath(f"member path {raw[:200]!r} contains NUL")
-        if len(parts) > MAX_DEPTH:
+        if len(parts) >= MAX_DEPTH:
             raise BadInput(f"member path {raw[:200].decode('utf-8', 'backslashreplace')!r}...: deeper than "
                              f"{MAX_DEPTH} levels (the depth limit)")
         parts.append(comp)

@@ -89,6 +89,7 @@ class DirNode:
     rows: list[sidetable.Row]
     content: dict[bytes, ContentRef]            # name -> (git mode, oid)
     meta: dict[bytes, bytes]                    # subdirectory name -> meta tree oid
+    weight: int = 0                             # what holding it costs, in rows (see read_dir)
     _by_name: dict[bytes, sidetable.Row] | None = None
 
     def row(self, name: bytes) -> sidetable.Row | None:
@@ -160,6 +161,8 @@ def read_dir(repo, path: bytes, content_oid: bytes, meta_oid: bytes) -> DirNode:
         mmap[name] = oid
     data = repo.read_bounded(table[1], OBJ_BLOB, limits.MAX_TABLE_BYTES, f"side table of {where}")
     self_row, rows = sidetable.decode_table(data, where)
+    # a row read costs about 400 bytes; xattr values (up to 16 MiB in one row) count a row per 512 bytes
+    weight = len(rows) + 1 + len(data) // 512
     del data
     if len(rows) > limits.MAX_DIR_ENTRIES:
         raise TreeFault(path, f"more than {limits.MAX_DIR_ENTRIES} entries in one directory")
@@ -197,7 +200,7 @@ def read_dir(repo, path: bytes, content_oid: bytes, meta_oid: bytes) -> DirNode:
     for name in (*cmap, *mmap):
         raise TreeFault(path + b"/" + name if path else name, "in the "
                             f"{'content' if name in cmap else 'meta'} tree but not in the side table")
-    return DirNode(self_row, rows, content, metas)
+    return DirNode(self_row, rows, content, metas, weight)
 
 
 def lookup(repo, root: tuple[bytes, bytes], path: bytes, cache: dict) -> Entry | None:
@@ -319,8 +322,8 @@ class Leaders:
         if self._tree is None:
             self._spend(1)
             node = read_dir(self.repo, b"", *self.root)
-            self._spend(len(node.rows))
-            self._tree, self._kept = [node, {}], len(node.rows) + 1
+            self._spend(node.weight)
+            self._tree, self._kept = [node, {}], node.weight
         cur = self._tree
         chain = [(b"", cur)]
         for i, comp in enumerate(parts[:-1]):
@@ -331,9 +334,9 @@ class Leaders:
                 if row is None or row.kind is not Kind.DIR:
                     return None
                 child = read_dir(self.repo, b"/".join(parts[:i + 1]), cur[0].content[comp].oid, cur[0].meta[comp])
-                self._spend(len(child.rows))
+                self._spend(child.weight)
                 nxt = [child, {}]
-                self._kept += len(child.rows) + 1
+                self._kept += child.weight
                 if self._kept > self.KEEP_ROWS or self._kept + self.walk_open() > limits.MAX_OPEN_ENTRIES:
                     # start over from the directories on this path (however large: a leader's directory
                     # is where the next links point too)
@@ -341,7 +344,7 @@ class Leaders:
                         up[1].clear()
                         up[1][name] = down
                     cur[1].clear()
-                    self._kept = sum(len(n[0].rows) + 1 for _, n in chain) + len(child.rows) + 1
+                    self._kept = sum(n[0].weight for _, n in chain) + child.weight
                     if self._kept + self.walk_open() > limits.MAX_OPEN_ENTRIES:
                         raise WalkLimit(f"the directories open on one path, and those a hard-link leader is "
                                         f"found through, hold more than {limits.MAX_OPEN_ENTRIES} entries "
@@ -441,13 +444,13 @@ class Walker:
     def open_dir(self, node: DirNode) -> None:
         """A directory's rows are held while it is open: all of them on one path are bounded, as a few
         KB of bundle can nest directories of MAX_DIR_ENTRIES (three of them took 336 MB)."""
-        self.open_rows += len(node.rows) + 1
+        self.open_rows += node.weight
         if self.open_rows > limits.MAX_OPEN_ENTRIES:
             raise WalkLimit(f"the directories open on one path hold more than {limits.MAX_OPEN_ENTRIES} entries "
                             "(the limit of one walk)")
 
     def close_dir(self, node: DirNode) -> None:
-        self.open_rows -= len(node.rows) + 1
+        self.open_rows -= node.weight
 
     def charge(self, n: int) -> None:
         """Count `n` entries against the walk's limit (MAX_COMMIT_ENTRIES)."""
@@ -577,13 +580,13 @@ def expansion(repo, path: bytes, content_oid: bytes, meta_oid: bytes) -> int:
     # per open directory: (its pair, its path, directory rows left, [entries below so far])
     stack = [((content_oid, meta_oid), path, iter([r for r in node.rows if r.kind is Kind.DIR]),
               [len(node.rows)], node)]
-    held = len(node.rows) + 1      # rows of the directories on the stack (MAX_OPEN_ENTRIES, as a walk)
+    held = node.weight      # what the directories on the stack hold (MAX_OPEN_ENTRIES, as a walk)
     while stack:
         pair, dpath, rows, total, node = stack[-1]
         row = next(rows, None)
         if row is None:
             stack.pop()
-            held -= len(node.rows) + 1
+            held -= node.weight
             if len(sizes) < Verified.MAX_PAIRS:
                 sizes[pair] = total[0]
             if not stack:
@@ -601,7 +604,7 @@ def expansion(repo, path: bytes, content_oid: bytes, meta_oid: bytes) -> int:
             continue
         cpath = dpath + b"/" + row.name if dpath else row.name
         child = read_dir(repo, cpath, *cpair)
-        held += len(child.rows) + 1
+        held += child.weight
         if held > limits.MAX_OPEN_ENTRIES:
             raise WalkLimit(f"the directories open on one path hold more than {limits.MAX_OPEN_ENTRIES} entries "
                             "(the limit of one walk)")

@@ -819,8 +819,9 @@ def test_a_subtree_of_links_skipped_at_a_later_place_is_checked_again_in_another
 
     def root(data: bytes, names: list[bytes]) -> tuple[bytes, bytes]:
         trees = [directory(g, [b"f f 644 0 0"], [(MODE_FILE, b"f", data)])] + [other, wrap][3 - len(names):]
-        return directory(g, [n + b" d 755 0 0" for n in names], [(MODE_DIR, n, t[0]) for n, t in zip(names, trees)],
-                         [(MODE_DIR, n, t[1]) for n, t in zip(names, trees)])
+        pairs = list(zip(names, trees, strict=True))
+        return directory(g, [n + b" d 755 0 0" for n in names], [(MODE_DIR, n, t[0]) for n, t in pairs],
+                         [(MODE_DIR, n, t[1]) for n, t in pairs])
 
     parent = commit(repo, root(bad, [b"a", b"r"]))
     tip = commit(repo, root(good, [b"a", b"q", b"r"]), parents=[parent])
@@ -890,3 +891,78 @@ def test_nested_directories_of_the_largest_size_are_bounded_together(work):
     assert_one_error(run_limited("-C", dst, "bundle", "apply", path), words)
     r = run_limited("-C", repo, "checkout", one, "--tar", os.path.join(work, "one.tar"))
     assert r.returncode == 0, r.stderr.decode()
+
+
+def _big_xattr_row() -> bytes:
+    """A directory's own row carrying 250 xattrs of 64 KiB (16 MiB: within every per-row limit)."""
+    return b". d 755 0 0" + b"".join(b" x=user.a%03d=" % i + b"A" * 65536 for i in range(250))
+
+
+def test_directories_with_large_side_tables_count_by_their_bytes(work):
+    """What a walk holds open, and what a hard-link lookup reads, are counted by side-table bytes too, not
+    only by rows: a chain of 30 directories sharing one 16 MiB side table of a single row (a 4 KB bundle)
+    held 480 MB on one path, and 40 links to a leader in a directory of such a table, at 40 places
+    (a 3 KB bundle), parsed it once per link and kept up to 2,000 copies. Both are bounded under the
+    300 MiB limit: the chain is refused in one line, the links apply."""
+    from test_security_git import commit, directory, table
+    repo = os.path.join(work, "xattr.git")
+    api.init(repo)
+    g = pygit2.Repository(repo)
+    mid = blob(g, table(b"a d 755 0 0", self_row=_big_xattr_row()))
+    node = (write_tree(g, []), write_tree(g, [(MODE_FILE, b".gitree", blob(g, table(self_row=_big_xattr_row())))]))
+    for _ in range(30):
+        node = (write_tree(g, [(MODE_DIR, b"a", node[0])]),
+                write_tree(g, [(MODE_FILE, b".gitree", mid), (MODE_DIR, b"a", node[1])]))
+    chain = commit(repo, node)
+    data = blob(g, b"leader\n")
+    x = (write_tree(g, [(MODE_FILE, b"f", data)]),
+         write_tree(g, [(MODE_FILE, b".gitree", blob(g, table(b"f f 644 0 0", self_row=_big_xattr_row())))]))
+    bn = [b"b%03d" % i for i in range(40)]
+    a = directory(g, [b + b" d 755 0 0" for b in bn], [(MODE_DIR, b, x[0]) for b in bn],
+                  [(MODE_DIR, b, x[1]) for b in bn])
+    z = directory(g, [b"l%03d f 644 0 0 h=a/%s/f" % (i, b) for i, b in enumerate(bn)],
+                  [(MODE_FILE, b"l%03d" % i, data) for i in range(40)])
+    links = commit(repo, directory(g, [b"a d 755 0 0", b"z d 755 0 0"],
+                                   [(MODE_DIR, b"a", a[0]), (MODE_DIR, b"z", z[0])],
+                                   [(MODE_DIR, b"a", a[1]), (MODE_DIR, b"z", z[1])]))
+    for tip, ok in ((chain, False), (links, True)):
+        path = _bundle_file(work, repo, tip)
+        assert os.path.getsize(path) < 1 << 20
+        dst = os.path.join(work, f"dst-{tip[:8]}.git")
+        run_gitree("-C", dst, "init")
+        r = run_limited("-C", dst, "bundle", "apply", path, "--branch", "main")
+        if ok:
+            assert r.returncode == 0, r.stderr.decode()
+        else:
+            assert_one_error(r, "the directories open on one path hold more than")
+
+
+def test_member_paths_normalize_as_a_split_would():
+    """normalize_member_path finds components with a regular expression; it must agree with splitting at
+    "/" and dropping "" and "." for every input - a name ".\\n" included ("$" matches before a final
+    newline: "./etc/.\\n" became "etc", a directory turned into another one's entry)."""
+    import random
+
+    from gitree.errors import BadInput, UnsafePath
+    from gitree.names import normalize_member_path
+
+    def by_split(raw: bytes) -> bytes:
+        parts = [c for c in raw.split(b"/") if c not in (b"", b".")]
+        if any(c == b".." or b"\0" in c for c in parts) or len(parts) > 2048:
+            raise UnsafePath("x")
+        return b"/".join(parts)
+
+    rng = random.Random(9)
+    cases = [b"a/.\n", b".\n", b"./etc/.\n", b"\n.", b"./.", b"a/./b/", b"...", b"a/..b", b"/" * 5]
+    cases += [bytes(rng.choice(b"a./\n\0\xff") for _ in range(rng.randrange(12))) for _ in range(20000)]
+    for raw in cases:
+        try:
+            want = by_split(raw)
+        except UnsafePath:
+            with pytest.raises((UnsafePath, BadInput)):
+                normalize_member_path(raw)
+            continue
+        assert normalize_member_path(raw) == want, raw
+    assert normalize_member_path(b"a/" * 2047 + b"b").count(b"/") == 2047
+    with pytest.raises(BadInput):
+        normalize_member_path(b"a/" * 2048 + b"b")
