@@ -65,6 +65,7 @@ META_INTERN = 1 << 16        # distinct (kind, mode, owner, xattrs...) tuples re
 META_INTERN_BYTES = 8 << 20  # ...and the most bytes of xattrs and sparse maps they may hold together
 OID_INTERN = 1 << 12         # recent (header, blob) pairs whose checksum record is already written
 PARENT_CACHE = 1 << 12       # recent parent directories remembered by path
+KNOWN_DIRS = 1 << 15         # directories a transaction remembers by key for its later trees (Transaction.add_known)
 
 ROOT = 1                     # the root's directory id
 _KINDS = list(Kind)          # a non-directory's kind is stored in its metadata tuple
@@ -77,13 +78,14 @@ _KINDS = list(Kind)          # a non-directory's kind is stored in its metadata 
 _SCHEMA = """
 CREATE TABLE meta(id INTEGER PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE dir(id INTEGER PRIMARY KEY, depth INTEGER NOT NULL, meta INTEGER, mtime INTEGER,
-                 n INTEGER NOT NULL DEFAULT 0);
+                 n INTEGER NOT NULL DEFAULT 0, key BLOB, sealed INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX dir_depth ON dir(depth);
 CREATE TABLE node(parent INTEGER NOT NULL, name BLOB NOT NULL, isdir INTEGER NOT NULL, ref INTEGER NOT NULL,
                   lkey BLOB, meta INTEGER, oid BLOB, mtime INTEGER, PRIMARY KEY(parent, name)) WITHOUT ROWID;
 CREATE INDEX node_linked ON node(ref, lkey) WHERE lkey IS NOT NULL;
 CREATE TABLE leader(ino INTEGER PRIMARY KEY, lkey BLOB NOT NULL);
-CREATE TABLE written(id INTEGER PRIMARY KEY, c BLOB NOT NULL, m BLOB NOT NULL);
+CREATE TABLE written(id INTEGER PRIMARY KEY, c BLOB NOT NULL, m BLOB NOT NULL, n INTEGER NOT NULL,
+                     h INTEGER NOT NULL);
 CREATE TABLE csum(key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID
 """
 
@@ -175,6 +177,9 @@ class Importer:
         self._inodes = 0                         # inode numbers given out
         self._link_pending: set[int] = set()     # linked inodes whose blob a worker is still hashing
         self._csums: list[tuple[bytes, bytes]] = []
+        self._keys = 0                           # directories added with a key (see Transaction.add_known)
+        self._nsealed = 0                        # directories added whole, their trees already written
+        self.keyed: list[tuple[bytes, bytes, bytes, int, int]] = []  # after finish_tree: (key, c, m, n, h)
 
     # objects
 
@@ -313,8 +318,10 @@ class Importer:
             raise BadInput(f"{display(path)}: more than {limits.MAX_DIR_ENTRIES} entries in one directory "
                            "(MAX_DIR_ENTRIES)")
 
-    def _new_dir(self, parent: int, name: bytes, depth: int, meta: int | None, mtime: int | None) -> int:
-        d = self._sql("INSERT INTO dir(depth, meta, mtime) VALUES (?, ?, ?)", (depth, meta, mtime)).lastrowid
+    def _new_dir(self, parent: int, name: bytes, depth: int, meta: int | None, mtime: int | None,
+                 key: bytes | None = None, sealed: int = 0) -> int:
+        d = self._sql("INSERT INTO dir(depth, meta, mtime, key, sealed) VALUES (?, ?, ?, ?, ?)",
+                      (depth, meta, mtime, key, sealed)).lastrowid
         self._sql("INSERT OR REPLACE INTO node(parent, name, isdir, ref) VALUES (?, ?, 1, ?)", (parent, name, d))
         return d
 
@@ -335,6 +342,9 @@ class Importer:
                                  "directory (a member through a symlink or file?)")
             else:
                 d = child.ref
+                if self._sealed(d):
+                    raise UsageError(f"{display(path)}: inside {display(b'/'.join(parts[:i + 1]))}, a directory "
+                                     "added whole")
         if len(self._parents) >= PARENT_CACHE:
             self._parents.clear()
             self.t.db.executemany("UPDATE dir SET n=? WHERE id=?", [(n, i) for i, n in self._counts.items()])
@@ -343,6 +353,10 @@ class Importer:
         if d not in self._counts:
             self._counts[d] = self._sql("SELECT n FROM dir WHERE id=?", (d,)).fetchone()[0]
         return d
+
+    def _sealed(self, d: int) -> bool:
+        """Whether directory `d` was added whole (add_written_dir): nothing may be added inside it."""
+        return bool(self._nsealed) and self._sql("SELECT sealed FROM dir WHERE id=?", (d,)).fetchone()[0] == 1
 
     def _lookup(self, path: bytes) -> tuple[int, bytes, _Node] | None:
         """(parent directory id, name, node) of the entry at `path` in the tree being built, or None."""
@@ -361,23 +375,22 @@ class Importer:
         return None if node is None else (d, parts[-1], node)
 
     def add(self, e: Entry, data: Callable[[], Iterable[bytes]] | None = None, rereadable: bool = False, *,
-            oid: bytes | None = None) -> None:
+            oid: bytes | None = None, key: bytes | None = None) -> None:
         """Add one entry. `data` yields a regular file's bytes (e.size of them). A regular file given `oid`
         (a blob of this repository, or of this import: see blob_id) takes that blob and e.size, after the same
-        checks of its name, fields and parents, without reading any data."""
+        checks of its name, fields and parents, without reading any data. A directory given `key` has its
+        written trees listed under it in `keyed` once the tree is finished (Transaction.add_known)."""
         if oid is not None and (e.kind is not Kind.FILE or e.hardlink is not None or data is not None):
             raise UsageError(f"{display(e.path)}: only a regular file without data or hard link takes a blob id")
-        self.stats.entries += 1
-        if self.stats.entries > limits.MAX_COMMIT_ENTRIES:
-            raise BadInput(f"more than {limits.MAX_COMMIT_ENTRIES} entries in one tree (MAX_COMMIT_ENTRIES, "
-                           "the limit of one walk)")
-        why = check_fields(e)
-        if why is not None:
-            raise BadInput(f"{display(e.path)}: {why}")
+        if key is not None:
+            if e.kind is not Kind.DIR or e.hardlink is not None:
+                raise UsageError(f"{display(e.path)}: only a directory takes a key")
+            self._keys += 1
+        self._admit(e, 1)
         if e.path == b"":
             if e.kind is not Kind.DIR:
                 raise UnsafePath("the root of the tree must be a directory")
-            self._sql("UPDATE dir SET meta=?, mtime=? WHERE id=?", (self._meta(e), e.mtime_ns, ROOT))
+            self._sql("UPDATE dir SET meta=?, mtime=?, key=? WHERE id=?", (self._meta(e), e.mtime_ns, key, ROOT))
             return
         parts = split_path(e.path)
         if len(parts) > MAX_DEPTH:
@@ -389,11 +402,14 @@ class Importer:
         old = self._child(parent, name)
         if old is None:
             self._count_child(parent, e.path)
+        elif old.isdir and self._sealed(old.ref):
+            raise UsageError(f"{display(e.path)}: replaces a directory added whole")
         if e.kind is Kind.DIR and e.hardlink is None:
             if old is not None and old.isdir:
-                self._sql("UPDATE dir SET meta=?, mtime=? WHERE id=?", (self._meta(e), e.mtime_ns, old.ref))
+                self._sql("UPDATE dir SET meta=?, mtime=?, key=? WHERE id=?",
+                          (self._meta(e), e.mtime_ns, key, old.ref))
             else:
-                self._new_dir(parent, name, len(parts), self._meta(e), e.mtime_ns)
+                self._new_dir(parent, name, len(parts), self._meta(e), e.mtime_ns, key)
             return
         if old is not None and old.isdir:
             if self._sql("SELECT 1 FROM node WHERE parent=? LIMIT 1", (old.ref,)).fetchone():
@@ -416,6 +432,47 @@ class Importer:
             oid = self._add_content((parent, name, ino), e, data, rereadable)
         self._sql("INSERT OR REPLACE INTO node VALUES (?, ?, 0, ?, NULL, ?, ?, ?)",
                        (parent, name, ino, meta, oid, e.mtime_ns))
+
+    def _admit(self, e: Entry, entries: int) -> None:
+        """The checks of every entry added: the tree's entry limit (`entries` more), the fields, the root."""
+        self.stats.entries += entries
+        if self.stats.entries > limits.MAX_COMMIT_ENTRIES:
+            raise BadInput(f"more than {limits.MAX_COMMIT_ENTRIES} entries in one tree (MAX_COMMIT_ENTRIES, "
+                           "the limit of one walk)")
+        why = check_fields(e)
+        if why is not None:
+            raise BadInput(f"{display(e.path)}: {why}")
+        if self._sealed(ROOT):
+            raise UsageError(f"{display(e.path)}: the tree's root was added whole")
+
+    def add_written_dir(self, e: Entry, c: bytes, m: bytes, n: int, h: int) -> None:
+        """Add directory `e` whole: its content tree `c` and meta tree `m` are already written (by an earlier
+        tree of this transaction: Transaction.add_known), with `n` entries beneath it, `h` levels deep. Its
+        entries count toward MAX_COMMIT_ENTRIES and its depth toward MAX_DEPTH; nothing can be added inside it
+        afterwards. The trees must hold no hard link (its leader's path would be another tree's)."""
+        if e.kind is not Kind.DIR or e.hardlink is not None:
+            raise UsageError(f"{display(e.path)}: only a directory is added whole")
+        if not (self._exists(c) and self._exists(m)):
+            raise UsageError(f"{display(e.path)}: its trees are not in the repository")
+        self._admit(e, 1 + n)
+        parts = split_path(e.path)
+        if len(parts) + h > MAX_DEPTH:
+            raise BadInput(f"{display(e.path[:200])}: its directories reach deeper than {MAX_DEPTH} levels")
+        self._nsealed += 1
+        if not parts:
+            if self._sql("SELECT 1 FROM node LIMIT 1").fetchone() is not None:
+                raise UsageError("the root is added whole into a tree already holding entries")
+            self._sql("UPDATE dir SET meta=?, mtime=?, sealed=1 WHERE id=?", (self._meta(e), e.mtime_ns, ROOT))
+            d = ROOT
+        else:
+            for comp in parts:
+                check_name(comp, e.path)
+            parent = self._dir_id(parts, e.path)
+            if self._child(parent, parts[-1]) is not None:
+                raise UsageError(f"{display(e.path)}: already in the tree being built")
+            self._count_child(parent, e.path)
+            d = self._new_dir(parent, parts[-1], len(parts), self._meta(e), e.mtime_ns, sealed=1)
+        self._sql("INSERT INTO written VALUES (?, ?, ?, ?, ?)", (d, c, m, n, h))
 
     def _add_link(self, e: Entry, parent: int, name: bytes, parts: list[bytes]) -> None:
         """A hard link: the name shares the inode its target names now."""
@@ -518,28 +575,36 @@ class Importer:
         t.execute("INSERT INTO leader SELECT ref, min(lkey) FROM node WHERE lkey IS NOT NULL "
                   "GROUP BY ref HAVING count(*) > 1")
         dirs = t.db.cursor()
-        dirs.execute("SELECT id, meta, mtime FROM dir ORDER BY depth DESC")   # children before parents
+        # children before parents; a directory added whole is written already
+        dirs.execute("SELECT id, meta, mtime FROM dir WHERE sealed=0 ORDER BY depth DESC")
         for d, dmeta, dmtime in dirs:
-            c, m = self._write_dir(d, dmeta, dmtime)
-            t.execute("INSERT INTO written VALUES (?, ?, ?)", (d, c, m))
+            t.execute("INSERT INTO written VALUES (?, ?, ?, ?, ?)", (d, *self._write_dir(d, dmeta, dmtime)))
         c, m = t.execute("SELECT c, m FROM written WHERE id=?", (ROOT,)).fetchone()
+        if self._keys:   # the shallowest first: each stands for all it holds
+            self.keyed = t.execute("SELECT d.key, w.c, w.m, w.n, w.h FROM dir d JOIN written w ON w.id=d.id "
+                                   "WHERE d.key IS NOT NULL ORDER BY d.depth LIMIT ?", (KNOWN_DIRS,)).fetchall()
         fmt = self.store(OBJ_BLOB, FORMAT_BLOB)
         top = [(MODE_FILE, TOP_FORMAT, fmt), (MODE_DIR, TOP_META, m), (MODE_DIR, TOP_ROOTFS, c)]
         return self.store(OBJ_TREE, encode_tree(top + list(extra_top)))
 
-    def _write_dir(self, d: int, dmeta: int | None, dmtime: int | None) -> tuple[bytes, bytes]:
-        """Write one directory's content tree, meta tree and side table (its subdirectories are written)."""
+    def _write_dir(self, d: int, dmeta: int | None, dmtime: int | None) -> tuple[bytes, bytes, int, int]:
+        """Write one directory's content tree, meta tree and side table (its subdirectories are written);
+        return the two trees, the entries beneath it and its height in levels."""
         centries, mentries, rows = [], [], []
         sparse = False
+        beneath = height = 0
         children = self._sql(
-            "SELECT n.name, n.isdir, n.lkey, l.lkey, n.meta, n.oid, n.mtime, w.c, w.m, s.meta, s.mtime "
+            "SELECT n.name, n.isdir, n.lkey, l.lkey, n.meta, n.oid, n.mtime, w.c, w.m, s.meta, s.mtime, w.n, w.h "
             "FROM node n LEFT JOIN leader l ON n.lkey IS NOT NULL AND l.ino=n.ref "
             "LEFT JOIN written w ON n.isdir=1 AND w.id=n.ref "
             "LEFT JOIN dir s ON n.isdir=1 AND s.id=n.ref "
             "WHERE n.parent=? ORDER BY n.name", (d,))
-        for name, isdir, lkey, lead, imeta, oid, imtime, wc, wm, smeta, smtime in children:
+        for name, isdir, lkey, lead, imeta, oid, imtime, wc, wm, smeta, smtime, wn, wh in children:
             gname = git_name(name)
+            beneath += 1
             if isdir:
+                beneath += wn
+                height = max(height, wh + 1)
                 centries.append((MODE_DIR, gname, wc))
                 mentries.append((MODE_DIR, gname, wm))
                 rows.append(sidetable.encode_row(_row(name, self._meta_of(smeta), smtime, self.keep_mtime)))
@@ -558,7 +623,8 @@ class Importer:
                                            rows, sparse)
         del rows
         mentries.append((MODE_FILE, TABLE_NAME, self.store(OBJ_BLOB, table)))
-        return self.store(OBJ_TREE, encode_tree(centries)), self.store(OBJ_TREE, encode_tree(mentries))
+        return self.store(OBJ_TREE, encode_tree(centries)), self.store(OBJ_TREE, encode_tree(mentries)), \
+            beneath, height
 
     def commit_object(self, message: str, timestamp: int | None, parents: list[bytes], extra_top=(),
                       author: tuple[str, str] | None = None, *, branch: str | None = None,
@@ -627,6 +693,7 @@ class Transaction:
         self._raw: list[PackWriter] = []        # packs of objects that arrive whole, not yet installed
         self._installed: list[str] = []         # packs installed by this transaction before it commits
         self._refs: list[tuple[str, bytes, bytes | None, str]] = []
+        self._known: dict[bytes, tuple[bytes, bytes, int, int]] = {}   # key -> (c, m, entries beneath, height)
         self.stats = ImportStats()
         self.done = False
 
@@ -649,9 +716,29 @@ class Transaction:
             self.stats = self._tree.stats
         return self._tree
 
-    def add(self, entry: Entry, data=None, rereadable: bool = False, *, oid: bytes | None = None) -> None:
-        """Importer.add on the tree being built (`oid`: a regular file whose blob is known)."""
-        self.tree.add(entry, data, rereadable, oid=oid)
+    def add(self, entry: Entry, data=None, rereadable: bool = False, *, oid: bytes | None = None,
+            key: bytes | None = None) -> None:
+        """Importer.add on the tree being built (`oid`: a regular file whose blob is known). A directory given
+        `key` is remembered under it once its tree is written: later trees of this transaction can then take
+        it whole (add_known). The key is the caller's name for the directory's whole content (an OSTree
+        dirtree and dirmeta checksum), given once all of it was added; it must hold no hard link."""
+        self.tree.add(entry, data, rereadable, oid=oid, key=key)
+
+    def add_known(self, entry: Entry, key: bytes) -> bool:
+        """Add directory `entry` whole, as an earlier tree of this transaction wrote the directory added with
+        `key`, without its entries (they count toward the tree's limits): True, or False when no directory
+        of that key is remembered (the last tree's shallowest KNOWN_DIRS and earlier ones while room is
+        left). `entry`'s own fields must be those of the directory that was added with `key`."""
+        known = self._known.get(key)
+        if known is None:
+            return False
+        self.tree.add_written_dir(entry, *known)
+        return True
+
+    def _remember(self, imp: Importer) -> None:
+        if len(self._known) + len(imp.keyed) > KNOWN_DIRS:
+            self._known.clear()
+        self._known.update((k, tuple(v)) for k, *v in imp.keyed)
 
     def blob_id(self, path: bytes) -> bytes:
         """Importer.blob_id: the blob of the file added at `path` in the tree being built."""
@@ -682,7 +769,9 @@ class Transaction:
         """The tree built so far as a commit object with these parents; no branch moves. The next `add`
         starts a new tree."""
         imp, self._tree = self.tree, None
-        return imp.commit_object(message, timestamp, list(parents), extra_top, author)
+        cid = imp.commit_object(message, timestamp, list(parents), extra_top, author)
+        self._remember(imp)
+        return cid
 
     def set_ref(self, branch: str, new: bytes, old: bytes | None, message: str = "gitree") -> None:
         """Move `branch` from `old` (None: it must not exist) to `new` when the transaction commits."""

@@ -9,6 +9,7 @@ The functions take a `repo.Repo` (they use its bounded object reads) and import 
 from __future__ import annotations
 
 import codecs
+import collections
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -248,6 +249,43 @@ class WalkLimit(CorruptObject):
     """A walk passed one of its documented limits: ends the walk, even one that collects problems."""
 
 
+class NodeCache:
+    """The directories one walk read, by (content tree, meta tree): a directory the tree names at many
+    places, or passes on the way to many hard-link leaders, is read and parsed once while it stays here.
+    Least recently used first out; the weight it holds (DirNode.weight: rows, plus one per 512 bytes of
+    side table) is at most WEIGHT, and less while the walk holds more open (`room`), so that what a walk
+    holds stays within limits.MAX_OPEN_ENTRIES: a 16 MiB side table named at a thousand places is
+    inflated and parsed once, not a thousand times."""
+
+    WEIGHT = 1 << 16
+
+    def __init__(self, repo) -> None:
+        self.repo = repo
+        self._nodes: collections.OrderedDict[tuple[bytes, bytes], DirNode] = collections.OrderedDict()
+        self.weight = 0
+
+    def read(self, path: bytes, content: bytes, meta: bytes, held: int = 0) -> tuple[DirNode, bool]:
+        """The directory, and whether it had to be read (False: it came from the cache). `held`: the
+        weight the walk holds besides."""
+        key = (content, meta)
+        node = self._nodes.get(key)
+        if node is not None:
+            self._nodes.move_to_end(key)
+            return node, False
+        node = read_dir(self.repo, path, content, meta)
+        self._nodes[key] = node
+        self.weight += node.weight
+        self.fit(held)
+        return node, True
+
+    def fit(self, held: int) -> None:
+        """Let go of the least recently used directories until the cache's weight and `held` fit."""
+        room = min(self.WEIGHT, limits.MAX_OPEN_ENTRIES - held)
+        while self._nodes and self.weight > room:
+            _, old = self._nodes.popitem(last=False)
+            self.weight -= old.weight
+
+
 class Leaders:
     """Finds the hard-link leaders of one walk, bounded whatever the tree: each target is looked up
     once (remembered, up to MEMO_BYTES of paths), a leader in the link's own directory is taken from
@@ -261,10 +299,11 @@ class Leaders:
     MEMO_BYTES = 16 << 20
     KEEP_ROWS = 1 << 16
 
-    def __init__(self, repo, root: tuple[bytes, bytes], walk_open=lambda: 0) -> None:
+    def __init__(self, repo, root: tuple[bytes, bytes], walk_open=lambda: 0, nodes: NodeCache | None = None) -> None:
         self.repo = repo
         self.root = root
         self.walk_open = walk_open      # rows the walk holds open: with the kept ones, MAX_OPEN_ENTRIES
+        self.nodes = nodes or NodeCache(repo)   # the walk's: a directory read again costs a step, not its rows
         self.work = 0
         self._memo: dict[bytes, tuple[bytes, Entry | str]] = {}
         self._memo_bytes = 0
@@ -321,8 +360,9 @@ class Leaders:
     def _walk(self, parts: list[bytes]) -> Entry | str | None:
         if self._tree is None:
             self._spend(1)
-            node = read_dir(self.repo, b"", *self.root)
-            self._spend(node.weight)
+            node, fresh = self.nodes.read(b"", *self.root, self.walk_open())
+            if fresh:
+                self._spend(node.weight)
             self._tree, self._kept = [node, {}], node.weight
         cur = self._tree
         chain = [(b"", cur)]
@@ -333,8 +373,10 @@ class Leaders:
                 row = cur[0].row(comp)
                 if row is None or row.kind is not Kind.DIR:
                     return None
-                child = read_dir(self.repo, b"/".join(parts[:i + 1]), cur[0].content[comp].oid, cur[0].meta[comp])
-                self._spend(child.weight)
+                child, fresh = self.nodes.read(b"/".join(parts[:i + 1]), cur[0].content[comp].oid,
+                                               cur[0].meta[comp], self.walk_open() + self._kept)
+                if fresh:
+                    self._spend(child.weight)
                 nxt = [child, {}]
                 self._kept += child.weight
                 if self._kept > self.KEEP_ROWS or self._kept + self.walk_open() > limits.MAX_OPEN_ENTRIES:
@@ -413,7 +455,8 @@ class Walker:
         self.root = root
         self.count = 0
         self.open_rows = 0      # rows of the directories open on the walk's path (MAX_OPEN_ENTRIES)
-        self.leaders = Leaders(repo, root, lambda: self.open_rows)
+        self.nodes = NodeCache(repo)
+        self.leaders = Leaders(repo, root, lambda: self.open_rows, self.nodes)
         self._linked: dict[tuple[bytes, bytes], tuple[int, int]] = {}  # as Verified, subtrees with hard links
         self.verified = verified
         self._sizes: dict[tuple[bytes, bytes], int] = {}   # (content, meta) -> entries below, once walked
@@ -430,7 +473,7 @@ class Walker:
 
     def _read(self, path: bytes, content: bytes, meta: bytes) -> DirNode | None:
         try:
-            return read_dir(self.repo, path, content, meta)
+            return self.nodes.read(path, content, meta, self.open_rows + self.leaders._kept)[0]
         except CorruptObject as e:
             self.fault(path, e)
             return None
@@ -445,6 +488,7 @@ class Walker:
         """A directory's rows are held while it is open: all of them on one path are bounded, as a few
         KB of bundle can nest directories of MAX_DIR_ENTRIES (three of them took 336 MB)."""
         self.open_rows += node.weight
+        self.nodes.fit(self.open_rows + self.leaders._kept)
         if self.open_rows > limits.MAX_OPEN_ENTRIES:
             raise WalkLimit(f"the directories open on one path hold more than {limits.MAX_OPEN_ENTRIES} entries "
                             "(the limit of one walk)")

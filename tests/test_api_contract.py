@@ -284,3 +284,33 @@ def test_cli_imports_only_the_api_errors_and_progress():
         if isinstance(node, ast.ImportFrom) and node.level == 1:
             local |= {node.module} if node.module else {a.name for a in node.names}
     assert local == {"api", "errors", "progress"}
+
+
+def test_a_directory_written_by_an_earlier_tree_is_taken_whole_and_sealed(work):
+    """Transaction.add(..., key=) and add_known: the second commit takes the keyed directory's trees as the
+    first wrote them; an unknown key is not taken; nothing can be added inside a directory taken whole."""
+    from gitree.entry import Entry, Kind
+    from gitree.errors import UsageError
+    path = os.path.join(work, "r.git")
+    api.init(path)
+    r = api.open_repo(path)
+    with r.transaction() as tx:
+        tx.add(Entry(b"etc/hostname", Kind.FILE, 0o644, size=5), lambda: [b"demo\n"])
+        tx.add(Entry(b"etc", Kind.DIR, 0o750, 0, 4), key=b"etc-v1")
+        first = tx.write_commit(message="one", timestamp=T1)
+        etc = Entry(b"etc", Kind.DIR, 0o750, 0, 4)
+        assert not tx.add_known(etc, b"etc-v2")
+        assert tx.add_known(etc, b"etc-v1")
+        with pytest.raises(UsageError):
+            tx.add(Entry(b"etc/passwd", Kind.FILE, 0o644, size=0), lambda: [])
+        with pytest.raises(UsageError):
+            tx.add(Entry(b"etc", Kind.DIR, 0o755))
+        tx.add(Entry(b"tmp", Kind.DIR, 0o1777))
+        second = tx.write_commit(message="two", timestamp=T1, parents=[first])
+        tx.set_ref("main", second, None)
+        tx.commit()
+    out = run_gitree("-C", path, "ls", "-R", "-l", "main").stdout.decode()
+    assert "etc/hostname" in out and "tmp" in out and "passwd" not in out
+    run_gitree("-C", path, "fsck")
+    one = run_gitree("-C", path, "diff", first.hex(), second.hex()).stdout.decode().splitlines()
+    assert one == ["A /tmp/"], one   # etc, taken whole, is the same directory

@@ -937,6 +937,54 @@ def test_directories_with_large_side_tables_count_by_their_bytes(work):
             assert_one_error(r, "the directories open on one path hold more than")
 
 
+def _shared_big_table_dir(g, places: int, links: bool) -> tuple[bytes, bytes]:
+    """A root naming one directory x (a 16 MiB side table, one file f) at `places` names under a/, and
+    with `links` a directory z of hard links to each place's f (leaders in distinct paths of one x)."""
+    from test_security_git import directory, table
+    data = blob(g, b"leader\n")
+    x = (write_tree(g, [(MODE_FILE, b"f", data)]),
+         write_tree(g, [(MODE_FILE, b".gitree", blob(g, table(b"f f 644 0 0", self_row=_big_xattr_row())))]))
+    bn = [b"b%04d" % i for i in range(places)]
+    a = directory(g, [b + b" d 755 0 0" for b in bn], [(MODE_DIR, b, x[0]) for b in bn],
+                  [(MODE_DIR, b, x[1]) for b in bn])
+    names, content, metas = [b"a d 755 0 0"], [(MODE_DIR, b"a", a[0])], [(MODE_DIR, b"a", a[1])]
+    if links:
+        z = directory(g, [b"l%04d f 644 0 0 h=a/%s/f" % (i, b) for i, b in enumerate(bn)],
+                      [(MODE_FILE, b"l%04d" % i, data) for i in range(places)])
+        names.append(b"z d 755 0 0")
+        content.append((MODE_DIR, b"z", z[0]))
+        metas.append((MODE_DIR, b"z", z[1]))
+    return directory(g, names, content, metas)
+
+
+def test_a_directory_named_at_many_places_is_parsed_once_per_walk(work):
+    """A walk keeps the directories it read by their objects (treeread.NodeCache), so one directory of a
+    16 MiB side table named at 1,000 places is inflated and parsed once: `ls -R` took 77 s (64 s CPU),
+    and 3,000 hard links to leaders in such directories (a 4.7 KB bundle) were refused at
+    MAX_LEADER_WORK after 21 s. Both now take well under a second of reads."""
+    from test_security_git import commit
+
+    from gitree.treeread import ReadCount
+    repo = os.path.join(work, "places.git")
+    api.init(repo)
+    g = pygit2.Repository(repo)
+    tip = commit(repo, _shared_big_table_dir(g, 1000, links=False))
+    before = ReadCount.dirs
+    # the root, a, and x and f at each place
+    assert sum(1 for _ in api.ls_iter(repo, tip, recursive=True)) == 2 + 1000 * 2
+    assert ReadCount.dirs - before <= 4, ReadCount.dirs - before    # root, a, x (and a check's reads)
+    tip = commit(repo, _shared_big_table_dir(g, 3000, links=True))
+    path = _bundle_file(work, repo, tip)
+    assert os.path.getsize(path) < 1 << 20
+    dst = os.path.join(work, "dst.git")
+    run_gitree("-C", dst, "init")
+    r = run_limited("-C", dst, "bundle", "apply", path, "--branch", "main")
+    assert r.returncode == 0, r.stderr.decode()
+    before = ReadCount.dirs
+    assert api.fsck(dst, ["main"]).problems == []
+    assert ReadCount.dirs - before <= 8, ReadCount.dirs - before
+
+
 def test_member_paths_normalize_as_a_split_would():
     """normalize_member_path finds components with a regular expression; it must agree with splitting at
     "/" and dropping "" and "." for every input - a name ".\\n" included ("$" matches before a final

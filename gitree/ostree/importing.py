@@ -9,7 +9,7 @@ checksum bit for bit.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Iterator
 
 import gitree_compat as oc
 from gitree_compat import ObjectType, OstreeRepo
@@ -34,69 +34,107 @@ MAX_SHARING_FACTOR = 16
 MAX_SHARED_SLACK = 65536
 
 
-def _check_tree_size(src: OstreeRepo, root_tree: str) -> None:
-    """Refuse a tree deeper than MAX_OSTREE_DEPTH or expanding beyond the sharing limit, before any of it
-    is imported. Reads (and verifies) every distinct dirtree once, iteratively."""
-    size: dict[str, tuple[int, int]] = {}  # dirtree -> (entries beneath, directory levels it spans)
-    distinct = 0
+#: Directory sizes remembered over a commit chain (dirtree checksum -> entries beneath, levels); past this
+#: many the memory is cleared before the next commit's check.
+SIZE_CACHE = 1 << 18
 
-    def too_deep(csum: str) -> BadInput:
-        return BadInput(f"{csum}.dirtree: directories nested deeper than {MAX_OSTREE_DEPTH} levels "
-                        "(MAX_OSTREE_DEPTH)")
 
-    stack: list[tuple[str, int, tuple[int, list[str]] | None]] = [(root_tree, 0, None)]
-    while stack:
-        csum, depth, expanded = stack[-1]
-        if csum in size:
+class _Shape:
+    """The shape of the dirtrees of one import's commit chain, and the work its walks may do.
+
+    `check` refuses a commit whose tree is deeper than MAX_OSTREE_DEPTH or expands past the sharing limit
+    before any of it is imported, reading each dirtree the chain has not met yet once (iteratively). `walked`
+    counts the entries the walks take one by one over the whole chain, against the same limit: a directory an
+    earlier commit wrote is taken whole (Transaction.add_known), so a chain of commits sharing their trees
+    costs the work of its distinct directories, and a chain whose shared directories cannot be taken whole
+    (their xattr order is recorded by path) is refused once it costs more than MAX_SHARING_FACTOR times them."""
+
+    def __init__(self) -> None:
+        self.size: dict[str, tuple[int, int]] = {}  # dirtree -> (entries beneath, directory levels it spans)
+        self.distinct = 0   # entries of the dirtrees read, over the chain
+        self.work = 0       # entries the walks yielded one at a time, over the chain
+
+    def limit(self) -> int:
+        return MAX_SHARING_FACTOR * self.distinct + MAX_SHARED_SLACK
+
+    def check(self, src: OstreeRepo, root_tree: str) -> None:
+        size = self.size
+        if len(size) > SIZE_CACHE:
+            size.clear()
+
+        def too_deep(csum: str) -> BadInput:
+            return BadInput(f"{csum}.dirtree: directories nested deeper than {MAX_OSTREE_DEPTH} levels "
+                            "(MAX_OSTREE_DEPTH)")
+
+        stack: list[tuple[str, int, tuple[int, list[str]] | None]] = [(root_tree, 0, None)]
+        while stack:
+            csum, depth, expanded = stack[-1]
+            if csum in size:
+                stack.pop()
+                continue
+            if expanded is None:
+                if depth > MAX_OSTREE_DEPTH:
+                    raise too_deep(root_tree)
+                tree = src.read_dirtree(csum)
+                self.distinct += len(tree.files) + len(tree.dirs)
+                kids = [t for _, t, _ in tree.dirs]
+                stack[-1] = (csum, depth, (len(tree.files) + len(tree.dirs), kids))
+                stack.extend((t, depth + 1, None) for t in kids if t not in size)
+                continue
+            own, kids = expanded
+            size[csum] = (own + sum(size[t][0] for t in kids), 1 + max((size[t][1] for t in kids), default=0))
             stack.pop()
-            continue
-        if expanded is None:
-            if depth > MAX_OSTREE_DEPTH:
-                raise too_deep(root_tree)
-            tree = src.read_dirtree(csum)
-            distinct += len(tree.files) + len(tree.dirs)
-            kids = [t for _, t, _ in tree.dirs]
-            stack[-1] = (csum, depth, (len(tree.files) + len(tree.dirs), kids))
-            stack.extend((t, depth + 1, None) for t in kids if t not in size)
-            continue
-        own, kids = expanded
-        size[csum] = (own + sum(size[t][0] for t in kids), 1 + max((size[t][1] for t in kids), default=0))
-        stack.pop()
-    total, levels = size[root_tree]
-    if levels - 1 > MAX_OSTREE_DEPTH:  # a shared subtree met deeper than where it was first expanded
-        raise too_deep(root_tree)
-    if total > MAX_SHARING_FACTOR * distinct + MAX_SHARED_SLACK:
-        raise BadInput(f"{root_tree}.dirtree: {len(size)} directory objects expand to {total} entries, more than "
-                       f"{MAX_SHARING_FACTOR} times their {distinct} own entries plus {MAX_SHARED_SLACK} "
-                       "(MAX_SHARING_FACTOR)")
+        total, levels = size[root_tree]
+        if levels - 1 > MAX_OSTREE_DEPTH:  # a shared subtree met deeper than where it was first expanded
+            raise too_deep(root_tree)
+        if total > self.limit():
+            raise BadInput(f"{root_tree}.dirtree: the tree expands to {total} entries, more than "
+                           f"{MAX_SHARING_FACTOR} times the {self.distinct} entries of the directory objects read "
+                           f"plus {MAX_SHARED_SLACK} (MAX_SHARING_FACTOR)")
+
+    def walked(self, root_tree: str) -> None:
+        self.work += 1
+        if self.work > self.limit():
+            raise BadInput(f"{root_tree}.dirtree: the commit chain walks more than {MAX_SHARING_FACTOR} times "
+                           f"the {self.distinct} entries of its directory objects plus {MAX_SHARED_SLACK} "
+                           "(MAX_SHARING_FACTOR)")
 
 
-def _ostree_entries(src: OstreeRepo, root_tree: str, root_meta: str, order: dict[bytes, list[bytes]],
-                    seen: "_Seen") -> Iterator[tuple[Entry, Callable | None, str | None]]:
-    """Entries of an OSTree tree in canonical order, each with the function yielding a file's bytes and the
-    content object's checksum (None for a directory); every object is verified as it is read.
+def _import_tree(tx, src: OstreeRepo, root_tree: str, root_meta: str, order: dict[bytes, list[bytes]],
+                 seen: "_Seen", shape: _Shape) -> None:
+    """Add an OSTree tree to the tree being built, verifying every object as it is read.
 
-    The walk is iterative and its depth and size are checked first (_tree_size). Objects whose xattrs
-    are not in sorted order (OSTree's tar import keeps libarchive's order) have that order recorded in
-    `order`, so export can reproduce them. A content object this import has read and verified before
-    (`seen.meta`) is not opened again: its entry is made from the remembered header, with no data function."""
-    _check_tree_size(src, root_tree)
-    dm = src.read_dirmeta(root_meta)
-    yield Entry(b"", Kind.DIR, dm.mode & 0o7777, dm.uid, dm.gid, _sorted(b"", dm.xattrs, order)), None, None
-    stack = [(b"", _dir_items(src, root_tree))]
+    The walk is iterative and its depth and size are checked first (_Shape). Objects whose xattrs are not in
+    sorted order (OSTree's tar import keeps libarchive's order) have that order recorded in `order`, so export
+    can reproduce them. A content object this import has read and verified before (`seen.meta`) is not opened
+    again: its entry is made from the remembered header. A directory is added after what it holds, with its
+    dirtree and dirmeta checksums as its key unless an xattr order was recorded inside it; a directory of the
+    same key that an earlier commit of the chain wrote is taken whole."""
+    shape.check(src, root_tree)
+    e, clean = _dir_entry(src, b"", root_meta, order)
+    key = (root_tree + root_meta).encode()
+    if clean and tx.add_known(e, key):
+        return
+    stack = [[b"", _dir_items(src, root_tree), e, clean, key]]
     while stack:
-        path, items = stack[-1]
-        item = next(items, None)
+        frame = stack[-1]
+        path = frame[0]
+        item = next(frame[1], None)
         if item is None:
             stack.pop()
+            _, _, e, clean, key = frame
+            tx.add(e, key=key if clean else None)
+            if not clean and stack:
+                stack[-1][3] = False
             continue
+        shape.walked(root_tree)
         name, kind, c1, c2 = item
         cpath = path + b"/" + name if path else name
         if kind == "d":
-            dm = src.read_dirmeta(c2)
-            yield Entry(cpath, Kind.DIR, dm.mode & 0o7777, dm.uid, dm.gid, _sorted(cpath, dm.xattrs, order)), \
-                None, None
-            stack.append((cpath, _dir_items(src, c1)))
+            e, clean = _dir_entry(src, cpath, c2, order)
+            key = (c1 + c2).encode()
+            if not (clean and tx.add_known(e, key)):
+                stack.append([cpath, _dir_items(src, c1), e, clean, key])
             continue
         known = seen.meta.get(c1)
         obj = None
@@ -106,24 +144,33 @@ def _ostree_entries(src: OstreeRepo, root_tree: str, root_meta: str, order: dict
         else:
             m, size = known
         k = Kind.SYMLINK if m.is_symlink else Kind.FILE
-        e = Entry(cpath, k, m.mode & 0o7777, m.uid, m.gid, _sorted(cpath, m.xattrs, order), size=size)
+        xattrs, clean = _sorted(cpath, m.xattrs, order)
+        if not clean:
+            frame[3] = False
+        e = Entry(cpath, k, m.mode & 0o7777, m.uid, m.gid, xattrs, size=size)
         if k is Kind.SYMLINK:
             e.target = m.symlink_target
             if obj is not None:
                 obj.close()
                 seen.meta[c1] = (m, size)
-            yield e, None, c1
+            seen.add(tx, e, None, c1)
         elif obj is None:
-            yield e, None, c1
+            seen.add(tx, e, None, c1)
         else:
             done: list[bool] = []
 
             def data(obj=obj, done=done):
                 yield from obj.chunks()  # raises at the end unless the payload hashes to c1
                 done.append(True)
-            yield e, data, c1
+            seen.add(tx, e, data, c1)
             if done:  # read whole and verified: later names of c1 are not read again
                 seen.meta[c1] = (m, size)
+
+
+def _dir_entry(src: OstreeRepo, path: bytes, dirmeta: str, order: dict[bytes, list[bytes]]) -> tuple[Entry, bool]:
+    dm = src.read_dirmeta(dirmeta)
+    xattrs, clean = _sorted(path, dm.xattrs, order)
+    return Entry(path, Kind.DIR, dm.mode & 0o7777, dm.uid, dm.gid, xattrs), clean
 
 
 class _Seen:
@@ -160,12 +207,14 @@ class _Seen:
         self.first.clear()
 
 
-def _sorted(path: bytes, xattrs, order: dict[bytes, list[bytes]]):
+def _sorted(path: bytes, xattrs, order: dict[bytes, list[bytes]]) -> tuple[tuple, bool]:
+    """The xattrs sorted, and whether they were (otherwise their order is recorded for `path`)."""
     xs = tuple(xattrs)
     s = tuple(sorted(xs))
     if s != xs:
         order[path] = [n for n, _ in xs]
-    return s
+        return s, False
+    return s, True
 
 
 def _dir_items(src: OstreeRepo, tree_csum: str) -> Iterator[tuple[bytes, str, str, str | None]]:
@@ -209,6 +258,7 @@ def import_ostree(repo: Repo, src_path: str, ref: str, branch: str, warn=None, p
     parent = old_tip
     made: list[bytes] = []
     seen = _Seen()  # content objects read and verified, over the whole chain
+    shape = _Shape()  # dirtree sizes and the walks' work, over the whole chain
     # One transaction: commits are chained and the branch moves once, at the end; a failure anywhere
     # deletes the pack being written and moves nothing.
     with repo.transaction(level=1, progress=progress, warn=warn) as tx:
@@ -228,8 +278,7 @@ def import_ostree(repo: Repo, src_path: str, ref: str, branch: str, warn=None, p
                     except oc.GVariantError as e:
                         raise BadInput(f"OSTree commit {c_csum}: {c_csum}.commitmeta: {e}") from None
                 order: dict[bytes, list[bytes]] = {}
-                for e, data_fn, obj in _ostree_entries(src, commit.root_tree, commit.root_meta, order, seen):
-                    seen.add(tx, e, data_fn, obj)
+                _import_tree(tx, src, commit.root_tree, commit.root_meta, order, seen, shape)
             except oc.OstreeFormatError as e:
                 raise BadInput(f"OSTree commit {c_csum}: {e}") from None
             extra = [(OSTREE_COMMIT, tx.store(OBJ_BLOB, data))]
