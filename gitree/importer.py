@@ -27,7 +27,7 @@ from .exportcache import FILE, open_cache, record_key
 from .gittree import MODE_DIR, MODE_EXEC, MODE_FILE, MODE_LINK, encode_tree
 from .layout import FORMAT_BLOB, TABLE_NAME, TOP_FORMAT, TOP_META, TOP_ROOTFS
 from .names import check_name, display, git_name
-from .packwriter import OBJ_BLOB, OBJ_TREE, PackWriter, hash_and_compress, object_id
+from .packwriter import OBJ_BLOB, OBJ_COMMIT, OBJ_TREE, PackWriter, hash_and_compress, object_id
 from .scratch import ScratchDB
 
 SMALL_FILE = 8 << 20          # files up to this size are hashed and compressed in worker threads
@@ -85,7 +85,7 @@ CREATE TABLE node(parent INTEGER NOT NULL, name BLOB NOT NULL, isdir INTEGER NOT
 CREATE INDEX node_linked ON node(ref, lkey) WHERE lkey IS NOT NULL;
 CREATE TABLE leader(ino INTEGER PRIMARY KEY, lkey BLOB NOT NULL);
 CREATE TABLE written(id INTEGER PRIMARY KEY, c BLOB NOT NULL, m BLOB NOT NULL, n INTEGER NOT NULL,
-                     h INTEGER NOT NULL);
+                     h INTEGER NOT NULL, linked INTEGER NOT NULL);
 CREATE TABLE csum(key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID
 """
 
@@ -141,17 +141,21 @@ class Importer:
     is kept in a scratch database (gitree/scratch.py), so memory stays bounded whatever the entry count."""
 
     def __init__(self, repo, *, keep_mtime: bool = False, level: int = 6,
-                 progress: Progress | None = None, warn: Callable[[str], None] | None = None):
+                 progress: Progress | None = None, warn: Callable[[str], None] | None = None,
+                 pack: PackWriter | None = None):
         self.repo = repo
         self.keep_mtime = keep_mtime
         self.level = level
         self.progress = progress
         self.warn = warn or warner(None, "export-cache")   # the caller's channel, else errors.print_warning
-        self.pack = PackWriter(repo.objects_dir)
+        # `pack`: the pack of earlier trees of a Transaction (their caller installs or aborts it)
+        self._own_pack = pack is None
+        self.pack = PackWriter(repo.objects_dir) if pack is None else pack
         try:
             self.t = ScratchDB(self.pack.pack_dir, f"{id(self):x}_tree", _SCHEMA)
         except BaseException:
-            self.pack.abort()
+            if self._own_pack:
+                self.pack.abort()
             raise
         self._sql = self.t.db.execute
         self._sql("INSERT INTO dir(id, depth) VALUES (?, 0)", (ROOT,))
@@ -179,7 +183,8 @@ class Importer:
         self._csums: list[tuple[bytes, bytes]] = []
         self._keys = 0                           # directories added with a key (see Transaction.add_known)
         self._nsealed = 0                        # directories added whole, their trees already written
-        self.keyed: list[tuple[bytes, bytes, bytes, int, int]] = []  # after finish_tree: (key, c, m, n, h)
+        # after finish_tree: (key, c, m, n, h, digest of the directory's own fields) of the keyed directories
+        self.keyed: list[tuple[bytes, bytes, bytes, int, int, bytes]] = []
 
     # objects
 
@@ -445,13 +450,16 @@ class Importer:
         if self._sealed(ROOT):
             raise UsageError(f"{display(e.path)}: the tree's root was added whole")
 
-    def add_written_dir(self, e: Entry, c: bytes, m: bytes, n: int, h: int) -> None:
+    def add_written_dir(self, e: Entry, c: bytes, m: bytes, n: int, h: int, key: bytes | None = None) -> None:
         """Add directory `e` whole: its content tree `c` and meta tree `m` are already written (by an earlier
         tree of this transaction: Transaction.add_known), with `n` entries beneath it, `h` levels deep. Its
         entries count toward MAX_COMMIT_ENTRIES and its depth toward MAX_DEPTH; nothing can be added inside it
-        afterwards. The trees must hold no hard link (its leader's path would be another tree's)."""
+        afterwards. The trees must hold no hard link (its leader's path would be another tree's): only
+        directories without one are keyed. With `key`, it is listed in `keyed` again."""
         if e.kind is not Kind.DIR or e.hardlink is not None:
             raise UsageError(f"{display(e.path)}: only a directory is added whole")
+        if key is not None:
+            self._keys += 1
         if not (self._exists(c) and self._exists(m)):
             raise UsageError(f"{display(e.path)}: its trees are not in the repository")
         self._admit(e, 1 + n)
@@ -462,7 +470,8 @@ class Importer:
         if not parts:
             if self._sql("SELECT 1 FROM node LIMIT 1").fetchone() is not None:
                 raise UsageError("the root is added whole into a tree already holding entries")
-            self._sql("UPDATE dir SET meta=?, mtime=?, sealed=1 WHERE id=?", (self._meta(e), e.mtime_ns, ROOT))
+            self._sql("UPDATE dir SET meta=?, mtime=?, key=?, sealed=1 WHERE id=?",
+                      (self._meta(e), e.mtime_ns, key, ROOT))
             d = ROOT
         else:
             for comp in parts:
@@ -471,8 +480,8 @@ class Importer:
             if self._child(parent, parts[-1]) is not None:
                 raise UsageError(f"{display(e.path)}: already in the tree being built")
             self._count_child(parent, e.path)
-            d = self._new_dir(parent, parts[-1], len(parts), self._meta(e), e.mtime_ns, sealed=1)
-        self._sql("INSERT INTO written VALUES (?, ?, ?, ?, ?)", (d, c, m, n, h))
+            d = self._new_dir(parent, parts[-1], len(parts), self._meta(e), e.mtime_ns, key, sealed=1)
+        self._sql("INSERT INTO written VALUES (?, ?, ?, ?, ?, 0)", (d, c, m, n, h))
 
     def _add_link(self, e: Entry, parent: int, name: bytes, parts: list[bytes]) -> None:
         """A hard link: the name shares the inode its target names now."""
@@ -578,39 +587,46 @@ class Importer:
         # children before parents; a directory added whole is written already
         dirs.execute("SELECT id, meta, mtime FROM dir WHERE sealed=0 ORDER BY depth DESC")
         for d, dmeta, dmtime in dirs:
-            t.execute("INSERT INTO written VALUES (?, ?, ?, ?, ?)", (d, *self._write_dir(d, dmeta, dmtime)))
+            t.execute("INSERT INTO written VALUES (?, ?, ?, ?, ?, ?)", (d, *self._write_dir(d, dmeta, dmtime)))
         c, m = t.execute("SELECT c, m FROM written WHERE id=?", (ROOT,)).fetchone()
         if self._keys:   # the shallowest first: each stands for all it holds
-            self.keyed = t.execute("SELECT d.key, w.c, w.m, w.n, w.h FROM dir d JOIN written w ON w.id=d.id "
-                                   "WHERE d.key IS NOT NULL ORDER BY d.depth LIMIT ?", (KNOWN_DIRS,)).fetchall()
+            self.keyed = [(k, wc, wm, n, h, fields_digest(self._meta_of(meta), mtime)) for k, wc, wm, n, h, meta, mtime
+                          in t.execute("SELECT d.key, w.c, w.m, w.n, w.h, d.meta, d.mtime FROM dir d JOIN written w "
+                                       "ON w.id=d.id WHERE d.key IS NOT NULL AND w.linked=0 ORDER BY d.depth "
+                                       "LIMIT ?", (KNOWN_DIRS,))]
         fmt = self.store(OBJ_BLOB, FORMAT_BLOB)
         top = [(MODE_FILE, TOP_FORMAT, fmt), (MODE_DIR, TOP_META, m), (MODE_DIR, TOP_ROOTFS, c)]
         return self.store(OBJ_TREE, encode_tree(top + list(extra_top)))
 
-    def _write_dir(self, d: int, dmeta: int | None, dmtime: int | None) -> tuple[bytes, bytes, int, int]:
+    def _write_dir(self, d: int, dmeta: int | None, dmtime: int | None) -> tuple[bytes, bytes, int, int, int]:
         """Write one directory's content tree, meta tree and side table (its subdirectories are written);
-        return the two trees, the entries beneath it and its height in levels."""
+        return the two trees, the entries beneath it, its height in levels and whether a name beneath it is
+        hard-linked."""
         centries, mentries, rows = [], [], []
         sparse = False
-        beneath = height = 0
+        beneath = height = linked = 0
         children = self._sql(
-            "SELECT n.name, n.isdir, n.lkey, l.lkey, n.meta, n.oid, n.mtime, w.c, w.m, s.meta, s.mtime, w.n, w.h "
+            "SELECT n.name, n.isdir, n.lkey, l.lkey, n.meta, n.oid, n.mtime, w.c, w.m, s.meta, s.mtime, w.n, w.h, "
+            "w.linked "
             "FROM node n LEFT JOIN leader l ON n.lkey IS NOT NULL AND l.ino=n.ref "
             "LEFT JOIN written w ON n.isdir=1 AND w.id=n.ref "
             "LEFT JOIN dir s ON n.isdir=1 AND s.id=n.ref "
             "WHERE n.parent=? ORDER BY n.name", (d,))
-        for name, isdir, lkey, lead, imeta, oid, imtime, wc, wm, smeta, smtime, wn, wh in children:
+        for name, isdir, lkey, lead, imeta, oid, imtime, wc, wm, smeta, smtime, wn, wh, wl in children:
             gname = git_name(name)
             beneath += 1
             if isdir:
                 beneath += wn
                 height = max(height, wh + 1)
+                linked |= wl
                 centries.append((MODE_DIR, gname, wc))
                 mentries.append((MODE_DIR, gname, wm))
                 rows.append(sidetable.encode_row(_row(name, self._meta_of(smeta), smtime, self.keep_mtime)))
                 continue
             meta = self._meta_of(imeta)
             hl = lead.replace(b"\0", b"/") if lead is not None and lead != lkey else None
+            if lkey is not None:
+                linked = 1
             rows.append(sidetable.encode_row(_row(name, meta, imtime, self.keep_mtime, hl)))  # in name order
             kind = meta[0]
             if meta[6] is not None:
@@ -624,16 +640,24 @@ class Importer:
         del rows
         mentries.append((MODE_FILE, TABLE_NAME, self.store(OBJ_BLOB, table)))
         return self.store(OBJ_TREE, encode_tree(centries)), self.store(OBJ_TREE, encode_tree(mentries)), \
-            beneath, height
+            beneath, height, linked
 
     def commit_object(self, message: str, timestamp: int | None, parents: list[bytes], extra_top=(),
                       author: tuple[str, str] | None = None, *, branch: str | None = None,
-                      lock_wait: Callable[[], None] | None = None) -> bytes:
+                      lock_wait: Callable[[], None] | None = None, keep_pack: bool = False) -> bytes:
         """Finish, install the pack and write a commit object. With `branch`, the branch's tip is the parent
-        (instead of `parents`) and the branch moves to the commit, last and atomically, under the lock."""
+        (instead of `parents`) and the branch moves to the commit, last and atomically, under the lock.
+        With `keep_pack` (or a pack this importer was given), the commit goes into the pack, which is not
+        installed: the caller installs it (a chain of commits, one pack: Transaction.write_commit)."""
         try:
             top = self.finish_tree(extra_top)
             self.pool.shutdown(wait=True)
+            if branch is None and (keep_pack or not self._own_pack):
+                cid = self.store(OBJ_COMMIT, self.repo.commit_bytes(top, parents, message, timestamp, author))
+                self.stats.new_objects = self.pack.count
+                self.stats.pack_bytes = self.pack.bytes_written
+                self._own_pack = False
+                return cid
             with self.repo.lock(on_wait=lock_wait):
                 self._install()
                 if branch is not None:
@@ -645,12 +669,18 @@ class Importer:
         except BaseException:
             self.abort()
             raise
+        finally:
+            self._done()
+        return cid
+
+    def _done(self) -> None:
+        if self.t.db is None:   # aborted
+            return
         try:
             self._save_checksums()
         finally:
             self.t.close()
         self.stats.seconds = time.monotonic() - self._t0
-        return cid
 
     def _install(self) -> None:
         self.stats.new_objects = self.pack.count
@@ -665,8 +695,17 @@ class Importer:
 
     def abort(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
-        self.pack.abort()
+        if self._own_pack:
+            self.pack.abort()
         self.t.close()
+
+
+def fields_digest(meta: tuple, mtime_ns: int | None) -> bytes:
+    """A digest of a directory's own fields (its metadata tuple and mtime), to tell that a directory taken
+    whole (Transaction.add_known) has the fields of the one that was written."""
+    _, mode, uid, gid, xattrs, rdev, sparse = meta
+    fields = (mode, uid, gid, tuple(tuple(x) for x in xattrs), rdev, sparse, mtime_ns)
+    return hashlib.sha256(pickle.dumps(fields, pickle.HIGHEST_PROTOCOL)).digest()
 
 
 class Transaction:
@@ -677,12 +716,13 @@ class Transaction:
             tx.commit(branch="main", message="...")
 
     `add`/`store` build a tree in a new pack (gitree.importer.Importer). `write_commit` turns the tree built so
-    far into a commit object without moving a branch (a chain of commits: import-ostree); `set_ref` stages a
-    branch move. `commit` writes the pending tree (if any) as a commit on `branch` (parents: the branch's tip,
-    or `parents`), then moves every staged branch, each under the repository lock and only if it is still where
-    it was (BranchMoved otherwise). Leaving the block without `commit` - an exception, a return - aborts: the
-    temporary pack of the tree being built is deleted, no branch moves. Packs of commits already written stay
-    (their objects are unreferenced; `gitree gc` drops them).
+    far into a commit object without moving a branch (a chain of commits: import-ostree); the commit goes into
+    the same pack, which the next tree goes on filling, so a chain of any length is one pack. `set_ref` stages
+    a branch move. `commit` writes the pending tree (if any) as a commit on `branch` (parents: the branch's
+    tip, or `parents`), installs the pack, then moves every staged branch, each under the repository lock and
+    only if it is still where it was (BranchMoved otherwise). Leaving the block without `commit` - an
+    exception, a return - aborts: the temporary pack is deleted, commits written by `write_commit` with it,
+    and no branch moves.
     """
 
     def __init__(self, repo, *, keep_mtime: bool = False, level: int = 1, progress: Progress | None = None,
@@ -690,10 +730,12 @@ class Transaction:
         self.repo = repo
         self.keep_mtime, self.level, self.progress, self.warn = keep_mtime, level, progress, warn
         self._tree: Importer | None = None
+        self._chain: PackWriter | None = None   # the pack of the commits write_commit wrote, and later trees
         self._raw: list[PackWriter] = []        # packs of objects that arrive whole, not yet installed
         self._installed: list[str] = []         # packs installed by this transaction before it commits
         self._refs: list[tuple[str, bytes, bytes | None, str]] = []
-        self._known: dict[bytes, tuple[bytes, bytes, int, int]] = {}   # key -> (c, m, entries beneath, height)
+        # key -> (c, m, entries beneath, height, fields digest), the least recently used first
+        self._known: collections.OrderedDict[bytes, tuple] = collections.OrderedDict()
         self.stats = ImportStats()
         self.done = False
 
@@ -712,7 +754,7 @@ class Transaction:
             raise UsageError("the transaction is finished")
         if self._tree is None:
             self._tree = Importer(self.repo, keep_mtime=self.keep_mtime, level=self.level, progress=self.progress,
-                                  warn=self.warn)
+                                  warn=self.warn, pack=self._chain)
             self.stats = self._tree.stats
         return self._tree
 
@@ -721,24 +763,34 @@ class Transaction:
         """Importer.add on the tree being built (`oid`: a regular file whose blob is known). A directory given
         `key` is remembered under it once its tree is written: later trees of this transaction can then take
         it whole (add_known). The key is the caller's name for the directory's whole content (an OSTree
-        dirtree and dirmeta checksum), given once all of it was added; it must hold no hard link."""
+        dirtree and dirmeta checksum), given once all of it was added; a directory with a hard-linked name
+        beneath it is not remembered (its leaders' paths belong to this tree)."""
         self.tree.add(entry, data, rereadable, oid=oid, key=key)
 
     def add_known(self, entry: Entry, key: bytes) -> bool:
         """Add directory `entry` whole, as an earlier tree of this transaction wrote the directory added with
         `key`, without its entries (they count toward the tree's limits): True, or False when no directory
-        of that key is remembered (the last tree's shallowest KNOWN_DIRS and earlier ones while room is
-        left). `entry`'s own fields must be those of the directory that was added with `key`."""
+        of that key is remembered (KNOWN_DIRS of them, the least recently written or taken out first; the
+        shallowest of a tree stay longest). `entry`'s own fields must be those of the directory that was
+        added with `key`."""
         known = self._known.get(key)
         if known is None:
             return False
-        self.tree.add_written_dir(entry, *known)
+        c, m, n, h, digest = known
+        if fields_digest((Kind.DIR, entry.mode, entry.uid, entry.gid, entry.xattrs, entry.rdev, entry.sparse),
+                         entry.mtime_ns) != digest:
+            raise UsageError(f"{display(entry.path)}: its fields differ from those of the directory added with "
+                             "that key")
+        self._known.move_to_end(key)
+        self.tree.add_written_dir(entry, c, m, n, h, key)
         return True
 
     def _remember(self, imp: Importer) -> None:
-        if len(self._known) + len(imp.keyed) > KNOWN_DIRS:
-            self._known.clear()
-        self._known.update((k, tuple(v)) for k, *v in imp.keyed)
+        for k, *v in reversed(imp.keyed):   # the deepest first: a tree's shallowest stay longest
+            self._known[k] = tuple(v)
+            self._known.move_to_end(k)
+        while len(self._known) > KNOWN_DIRS:
+            self._known.popitem(last=False)
 
     def blob_id(self, path: bytes) -> bytes:
         """Importer.blob_id: the blob of the file added at `path` in the tree being built."""
@@ -769,7 +821,8 @@ class Transaction:
         """The tree built so far as a commit object with these parents; no branch moves. The next `add`
         starts a new tree."""
         imp, self._tree = self.tree, None
-        cid = imp.commit_object(message, timestamp, list(parents), extra_top, author)
+        cid = imp.commit_object(message, timestamp, list(parents), extra_top, author, keep_pack=True)
+        self._chain = imp.pack
         self._remember(imp)
         return cid
 
@@ -792,6 +845,11 @@ class Transaction:
                     raise UsageError("a tree is pending: commit it on a branch, or write_commit it")
                 imp, self._tree = self._tree, None
                 cid = imp.commit(branch, message, timestamp, extra_top, author, lock_wait)
+                self._chain = None      # it installed the chain's pack (its own)
+            if self._chain is not None:   # before any branch names what it holds
+                path, self._chain = self._chain.install(), None
+                if path is not None:
+                    self._installed.append(path)
             if self._refs:
                 with self.repo.lock(on_wait=lock_wait):
                     for b, _new, old, _ in self._refs:   # all or nothing: check every branch first
@@ -812,6 +870,9 @@ class Transaction:
         if self._tree is not None:
             self._tree.abort()
             self._tree = None
+        if self._chain is not None:
+            self._chain.abort()
+            self._chain = None
         for p in self._raw:
             p.abort()
         self._raw.clear()

@@ -197,14 +197,27 @@ class Repo:
     def write_commit(self, tree: bytes, parents: list[bytes], message: str, timestamp: int | None,
                      author: tuple[str, str] | None = None) -> bytes:
         """A commit object for `tree` (no branch moves); `author` defaults to default_identity."""
-        name, email = author or default_identity(self)
-        ts = int(time.time()) if timestamp is None else int(timestamp)
-        sig = pygit2.Signature(name, email, ts, 0)
-        if message and not message.endswith("\n"):
-            message += "\n"
+        sig, message = self._commit_fields(message, timestamp, author)
         cid = self.git.create_commit(None, sig, sig, message, pygit2.Oid(raw=tree),
                                      [pygit2.Oid(raw=p) for p in parents])
         return cid.raw
+
+    def _commit_fields(self, message: str, timestamp: int | None,
+                       author: tuple[str, str] | None) -> tuple[pygit2.Signature, str]:
+        name, email = author or default_identity(self)
+        ts = int(time.time()) if timestamp is None else int(timestamp)
+        if message and not message.endswith("\n"):
+            message += "\n"
+        return pygit2.Signature(name, email, ts, 0), message
+
+    def commit_bytes(self, tree: bytes, parents: list[bytes], message: str, timestamp: int | None,
+                     author: tuple[str, str] | None = None) -> bytes:
+        """The bytes of the commit object write_commit would write (for a pack whose trees are not installed
+        yet: libgit2 refuses a commit naming a tree it cannot find). The signature is libgit2's, as parsed."""
+        sig, message = self._commit_fields(message, timestamp, author)
+        who = f"{sig.name} <{sig.email}> {sig.time} +0000".encode()
+        head = [b"tree " + tree.hex().encode()] + [b"parent " + p.hex().encode() for p in parents]
+        return b"\n".join([*head, b"author " + who, b"committer " + who]) + b"\n\n" + message.encode()
 
     # -- reading trees: entry points to treeread, the one validating reader ----------------------
 

@@ -162,8 +162,7 @@ def read_dir(repo, path: bytes, content_oid: bytes, meta_oid: bytes) -> DirNode:
         mmap[name] = oid
     data = repo.read_bounded(table[1], OBJ_BLOB, limits.MAX_TABLE_BYTES, f"side table of {where}")
     self_row, rows = sidetable.decode_table(data, where)
-    # a row read costs about 400 bytes; xattr values (up to 16 MiB in one row) count a row per 512 bytes
-    weight = len(rows) + 1 + len(data) // 512
+    table_bytes = len(data)
     del data
     if len(rows) > limits.MAX_DIR_ENTRIES:
         raise TreeFault(path, f"more than {limits.MAX_DIR_ENTRIES} entries in one directory")
@@ -171,7 +170,10 @@ def read_dir(repo, path: bytes, content_oid: bytes, meta_oid: bytes) -> DirNode:
     # is moved over as its row is checked, so what is left at the end is in a tree but not in the table
     content: dict[bytes, ContentRef] = {}
     metas: dict[bytes, bytes] = {}
+    pieces = _pieces(self_row)
     for row in rows:
+        if row.xattrs or row.sparse is not None:
+            pieces += _pieces(row)
         cpath = path + b"/" + row.name if path else row.name
         c = cmap.pop(row.name, None)
         if c is not None:
@@ -201,7 +203,18 @@ def read_dir(repo, path: bytes, content_oid: bytes, meta_oid: bytes) -> DirNode:
     for name in (*cmap, *mmap):
         raise TreeFault(path + b"/" + name if path else name, "in the "
                             f"{'content' if name in cmap else 'meta'} tree but not in the side table")
+    # A row read costs about 400 bytes with two xattrs or sparse segments; each more is a Python tuple of
+    # about 100 bytes (a row may hold 9,000 xattrs, a sparse map 65,536 segments: 10 rows of such maps are
+    # a 5 MB table that decodes to 58 MiB), and xattr values (up to 16 MiB in one row) count a row per 512
+    # bytes of table.
+    weight = len(rows) + 1 + table_bytes // 512 + pieces // 3
     return DirNode(self_row, rows, content, metas, weight)
+
+
+def _pieces(row: sidetable.Row) -> int:
+    """The xattrs and sparse segments of a row beyond the two its size estimate includes."""
+    n = len(row.xattrs) + (len(row.sparse.segments) if row.sparse is not None else 0)
+    return n - 2 if n > 2 else 0
 
 
 def lookup(repo, root: tuple[bytes, bytes], path: bytes, cache: dict) -> Entry | None:

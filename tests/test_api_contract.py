@@ -314,3 +314,18 @@ def test_a_directory_written_by_an_earlier_tree_is_taken_whole_and_sealed(work):
     run_gitree("-C", path, "fsck")
     one = run_gitree("-C", path, "diff", first.hex(), second.hex()).stdout.decode().splitlines()
     assert one == ["A /tmp/"], one   # etc, taken whole, is the same directory
+    with r.transaction() as tx:   # a directory holding a hard link is not remembered; other fields are refused
+        tx.add(Entry(b"a", Kind.FILE, 0o644, size=2), lambda: [b"a\n"])
+        tx.add(Entry(b"d/l", Kind.FILE, 0o644, size=2, hardlink=b"a"))
+        tx.add(Entry(b"d", Kind.DIR, 0o755), key=b"d")
+        tx.add(Entry(b"e", Kind.DIR, 0o755), key=b"e")
+        tx.write_commit(message="links", timestamp=T1)
+        assert not tx.add_known(Entry(b"d", Kind.DIR, 0o755), b"d")
+        with pytest.raises(UsageError):
+            tx.add_known(Entry(b"e", Kind.DIR, 0o750), b"e")
+        assert tx.add_known(Entry(b"e", Kind.DIR, 0o755), b"e")
+    # the chain's commits went into the transaction's one pack, written as libgit2 writes them
+    assert len([f for f in os.listdir(os.path.join(path, "objects", "pack")) if f.endswith(".pack")]) == 1
+    assert not [f for f in os.listdir(os.path.join(path, "objects", "pack")) if not f.startswith("pack-")]
+    c = r.git.get(second.hex())
+    assert r.write_commit(c.tree_id.raw, [first], "two", T1) == second

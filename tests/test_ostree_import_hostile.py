@@ -682,6 +682,19 @@ def test_a_shared_object_is_read_once_over_a_commit_chain(base_repo, work, monke
     assert len(opened) == len(set(opened)) == 3, opened
 
 
+def _listed_dirtrees(monkeypatch) -> list[str]:
+    """The dirtrees import-ostree walks from now on, one item each time it lists one."""
+    from gitree.ostree import importing
+    listed: list[str] = []
+    real_items = importing._dir_items
+
+    def counting_items(src, tree):
+        listed.append(tree)
+        return real_items(src, tree)
+    monkeypatch.setattr(importing, "_dir_items", counting_items)
+    return listed
+
+
 def _chain_sharing_one_tree(repo: str, base: str, commits: int, xattrs) -> str:
     """`commits` commits in a parent chain, each naming the same root: 64 directories naming one dirtree
     of 64 names for one content object with `xattrs` (in that order), 4,160 entries from 130 distinct ones."""
@@ -708,17 +721,9 @@ def test_a_commit_chain_sharing_its_tree_walks_each_directory_once(case, work, m
     """A directory an earlier commit of the chain wrote (same dirtree and dirmeta) is taken whole: 200
     commits of one 4,160-entry root (37 KB of commits) walk it in the first commit only (it cost the whole
     walk per commit, 42 s of CPU for 40 commits of a 65,536-entry root). Re-export gives every commit back."""
-    from gitree.ostree import importing
-
     repo, csum, g = case
     tip = _chain_sharing_one_tree(repo, csum, 200, [(b"user.a", b"A"), (b"user.b", b"B")])
-    listed: list[str] = []
-    real_items = importing._dir_items
-
-    def counting_items(src, tree):
-        listed.append(tree)
-        return real_items(src, tree)
-    monkeypatch.setattr(importing, "_dir_items", counting_items)
+    listed = _listed_dirtrees(monkeypatch)
     res = api.import_ostree(g, repo, "os/main", branch="imported")
     monkeypatch.undo()
     assert len(res.commits) == 200
@@ -731,6 +736,32 @@ def test_a_commit_chain_sharing_its_tree_walks_each_directory_once(case, work, m
     assert log.count("commit ") == 200
     assert subprocess.run(["ostree", f"--repo={out}", "fsck"], capture_output=True).returncode == 0
     run_gitree("-C", g, "fsck")
+
+
+def test_a_tree_of_more_directories_than_the_transaction_remembers_is_still_taken_whole(case, monkeypatch):
+    """A transaction remembers KNOWN_DIRS directories, the least recently used out: with more directories
+    than that, a commit that took an unchanged subtree whole keys it again, so the next commit takes it
+    too. (It used to forget everything at once: every other commit walked the whole tree, and a long
+    chain of a large root filesystem was refused at MAX_SHARING_FACTOR.)"""
+    from gitree import importer
+    repo, csum, g = case
+    monkeypatch.setattr(importer, "KNOWN_DIRS", 16)
+    empty = _write_object(repo, oc.encode_dirtree([]), "dirtree")
+    metas = [_write_object(repo, oc.encode_dirmeta(oc.DirMeta(j, 0, 0o40755, ())), "dirmeta") for j in range(40)]
+    a = _write_object(repo, oc.encode_dirtree([], [(f"d{j:02}", empty, m) for j, m in enumerate(metas)]),
+                      "dirtree")
+    dmeta = _commit(repo, csum).root_meta
+    stamp = dict(_root_tree(repo, csum).files)["hello.txt"]
+    parent = None
+    for i in range(30):   # each commit renames the one file at the top
+        root = _write_object(repo, oc.encode_dirtree([(f"stamp{i:02}", stamp)], [("a", a, dmeta)]), "dirtree")
+        parent = _write_object(repo, oc.encode_commit(oc.Commit(root_tree=root, root_meta=dmeta, parent=parent,
+                                                                subject=f"c{i}", timestamp=1 + i)), "commit")
+    with open(os.path.join(repo, "refs", "heads", "os", "main"), "w") as f:
+        f.write(parent + "\n")
+    listed = _listed_dirtrees(monkeypatch)
+    assert len(api.import_ostree(g, repo, "os/main", branch="imported").commits) == 30
+    assert listed.count(a) == 1 and len(listed) == 1 + 1 + 40 + 29, (listed.count(a), len(listed))
 
 
 def test_a_commit_chain_sharing_a_tree_it_cannot_take_whole_is_refused(case):

@@ -926,15 +926,21 @@ def test_directories_with_large_side_tables_count_by_their_bytes(work):
                                    [(MODE_DIR, b"a", a[0]), (MODE_DIR, b"z", z[0])],
                                    [(MODE_DIR, b"a", a[1]), (MODE_DIR, b"z", z[1])]))
     for tip, ok in ((chain, False), (links, True)):
-        path = _bundle_file(work, repo, tip)
-        assert os.path.getsize(path) < 1 << 20
-        dst = os.path.join(work, f"dst-{tip[:8]}.git")
-        run_gitree("-C", dst, "init")
-        r = run_limited("-C", dst, "bundle", "apply", path, "--branch", "main")
-        if ok:
-            assert r.returncode == 0, r.stderr.decode()
-        else:
-            assert_one_error(r, "the directories open on one path hold more than")
+        _apply_under_the_limit(work, repo, tip, ok)
+
+
+def _apply_under_the_limit(work: str, repo: str, tip: str, ok: bool) -> None:
+    """`bundle apply` of a bundle (under 1 MB) of `tip` under the 300 MiB limit: it succeeds, or (not `ok`)
+    is refused in one line by the open-path bound."""
+    path = _bundle_file(work, repo, tip)
+    assert os.path.getsize(path) < 1 << 20
+    dst = os.path.join(work, f"dst-{tip[:8]}.git")
+    run_gitree("-C", dst, "init")
+    r = run_limited("-C", dst, "bundle", "apply", path, "--branch", "main")
+    if ok:
+        assert r.returncode == 0, r.stderr.decode()
+    else:
+        assert_one_error(r, "the directories open on one path hold more than")
 
 
 def _shared_big_table_dir(g, places: int, links: bool) -> tuple[bytes, bytes]:
@@ -983,6 +989,35 @@ def test_a_directory_named_at_many_places_is_parsed_once_per_walk(work):
     before = ReadCount.dirs
     assert api.fsck(dst, ["main"]).problems == []
     assert ReadCount.dirs - before <= 8, ReadCount.dirs - before
+
+
+def test_directories_of_sparse_maps_count_by_their_segments(work):
+    """A sparse segment or an xattr decodes to a Python tuple of about 100 bytes from some 10 bytes of
+    table: directories sharing a 5 MB side table of 10 maps of 65,536 segments each decode to 58 MiB, which
+    weighed 10,446 units (bytes / 512) instead of about 230,000. A directory's weight counts the segments
+    and xattrs of a row beyond two: four such siblings apply under the 300 MiB limit (the directories a walk
+    keeps let go of them), and a table of 20 such maps is refused by MAX_OPEN_ENTRIES, in one line, where
+    it ran out of memory."""
+    from test_security_git import commit
+
+    from gitree import sidetable, sparse
+    from gitree.entry import Kind
+    repo = os.path.join(work, "sparse.git")
+    api.init(repo)
+    g = pygit2.Repository(repo)
+    m = sparse.SparseMap(2 * 65536 + 1, tuple((2 * i, 1) for i in range(65536)))
+    self_row = sidetable.Row(sidetable.SELF, Kind.DIR, 0o755, 0, 0, None, None, None, (), None)
+    for dirs, files, ok in ((4, 10, True), (3, 20, False)):
+        names = [b"f%03d" % i for i in range(files)]
+        rows = [sidetable.Row(n, Kind.FILE, 0o644, 0, 0, None, None, None, (), m) for n in names]
+        meta = write_tree(g, [(MODE_FILE, b".gitree", blob(g, sidetable.encode_table(self_row, rows)))])
+        dn = [b"d%02d" % k for k in range(dirs)]
+        contents = [write_tree(g, [(MODE_FILE, n, blob(g, bytes([k + 1]) * 65536)) for n in names])
+                    for k in range(dirs)]
+        table = b"gitree-dirtable 1\n. d 755 0 0\n" + b"".join(d + b" d 755 0 0\n" for d in dn)
+        top = (write_tree(g, [(MODE_DIR, d, c) for d, c in zip(dn, contents, strict=True)]),
+               write_tree(g, [(MODE_FILE, b".gitree", blob(g, table))] + [(MODE_DIR, d, meta) for d in dn]))
+        _apply_under_the_limit(work, repo, commit(repo, top), ok)
 
 
 def test_member_paths_normalize_as_a_split_would():

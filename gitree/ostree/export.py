@@ -83,7 +83,7 @@ def decode_xattr_order(data: bytes) -> dict[bytes, list[bytes]]:
 # reads it - only when this record is authentic, the depth and entry limits let it stand where it is now, and
 # its dirtree and dirmeta are vouched for in the target (docs/ostree-bridge.md, "Updates").
 VERIFIED_DIR = b"verified-dir"
-VERIFY_RULES = b"treeread-2 %d %d %d %d %d %d %d" % (
+VERIFY_RULES = b"treeread-3 %d %d %d %d %d %d %d" % (
     limits.MAX_TREE_DEPTH, limits.MAX_DIR_ENTRIES, limits.MAX_TABLE_BYTES, limits.MAX_TREE_BYTES,
     limits.MAX_COMMIT_ENTRIES, limits.SYMLINK_MAX, limits.MAX_OPEN_ENTRIES)  # made under other rules: not used
 KEEP_ROWS = 1 << 15  # table rows of directories the check read, kept for the plan (about 460 bytes each: under
