@@ -843,6 +843,9 @@ def test_clone_of_a_hostile_server_leaves_nothing(work, base):
     os.mkdir(dest, 0o700)  # an empty directory given as the destination is left empty (it kept the branch)
     api_error(lambda: api.clone(server, dest), "canonical")
     assert os.listdir(dest) == []
+    deep = os.path.join(work, "new", "parents", "clone.git")   # parents the clone made go with it
+    api_error(lambda: api.clone(server, deep), "canonical")
+    assert not os.path.exists(os.path.join(work, "new"))
 
 
 @pytest.mark.parametrize("bomb", ["table", "subtrees"])

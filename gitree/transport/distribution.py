@@ -152,11 +152,18 @@ def clone(url: str, path: str, depth: int | None = None, branch: str | None = No
     if branch is not None:
         args += ["--branch", branch]
     created = not os.path.exists(path)
+    made: list[str] = []   # parent directories this clone creates, deepest first
     if created:
         parent = os.path.dirname(os.path.abspath(path))
-        os.makedirs(parent, exist_ok=True)   # as git clone makes them
-        make_private_dir(path)   # made here, so it inherits no default ACL of its parent
+        while not os.path.lexists(parent):
+            made.append(parent)
+            parent = os.path.dirname(parent)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)   # as git clone makes them
+        made_path = False
     try:
+        if created:
+            make_private_dir(path)   # made here, so it inherits no default ACL of its parent
+            made_path = True
         _git(args + [url, path], f"git clone of {url}")
         repo = Repo(path)
         cfg = repo.git.config
@@ -181,7 +188,11 @@ def clone(url: str, path: str, depth: int | None = None, branch: str | None = No
         return repo
     except BaseException:
         if created:
-            shutil.rmtree(path, ignore_errors=True)
+            if made_path:
+                shutil.rmtree(path, ignore_errors=True)
+            for d in made:   # the parents it made, as they were: absent (unless something else is in them)
+                with contextlib.suppress(OSError):
+                    os.rmdir(d)
         else:  # an empty private directory given as PATH is left empty, as it was: no refused branch stays
             for name in os.listdir(path):
                 child = os.path.join(path, name)
