@@ -644,18 +644,22 @@ class Importer:
 
     def commit_object(self, message: str, timestamp: int | None, parents: list[bytes], extra_top=(),
                       author: tuple[str, str] | None = None, *, branch: str | None = None,
-                      lock_wait: Callable[[], None] | None = None, keep_pack: bool = False) -> bytes:
+                      lock_wait: Callable[[], None] | None = None, keep_pack: bool = False,
+                      written: frozenset | set = frozenset()) -> bytes:
         """Finish, install the pack and write a commit object. With `branch`, the branch's tip is the parent
         (instead of `parents`) and the branch moves to the commit, last and atomically, under the lock.
         With `keep_pack` (or a pack this importer was given), the commit goes into the pack, which is not
-        installed: the caller installs it (a chain of commits, one pack: Transaction.write_commit)."""
+        installed: the caller installs it (a chain of commits, one pack: Transaction.write_commit); a parent
+        may then be one of the commits in `written`, those it holds."""
         try:
             top = self.finish_tree(extra_top)
             self.pool.shutdown(wait=True)
             if branch is None and (keep_pack or not self._own_pack):
-                cid = self.store(OBJ_COMMIT, self.repo.commit_bytes(top, parents, message, timestamp, author))
+                cid = self.store(OBJ_COMMIT, self.repo.commit_bytes(top, parents, message, timestamp, author,
+                                                                     written))
                 self.stats.new_objects = self.pack.count
                 self.stats.pack_bytes = self.pack.bytes_written
+                self._done()            # may fail: the pack is still this importer's to delete (or the caller's)
                 self._own_pack = False
                 return cid
             with self.repo.lock(on_wait=lock_wait):
@@ -719,10 +723,10 @@ class Transaction:
     far into a commit object without moving a branch (a chain of commits: import-ostree); the commit goes into
     the same pack, which the next tree goes on filling, so a chain of any length is one pack. `set_ref` stages
     a branch move. `commit` writes the pending tree (if any) as a commit on `branch` (parents: the branch's
-    tip, or `parents`), installs the pack, then moves every staged branch, each under the repository lock and
-    only if it is still where it was (BranchMoved otherwise). Leaving the block without `commit` - an
-    exception, a return - aborts: the temporary pack is deleted, commits written by `write_commit` with it,
-    and no branch moves.
+    tip, or `parents`), then, under the repository lock, checks that every staged branch is still where it
+    was (BranchMoved otherwise), installs the pack (never deleted after) and moves them. Leaving the block
+    without `commit` - an exception, a return - aborts: the temporary pack is deleted, commits written by
+    `write_commit` with it, and no branch moves.
     """
 
     def __init__(self, repo, *, keep_mtime: bool = False, level: int = 1, progress: Progress | None = None,
@@ -731,6 +735,7 @@ class Transaction:
         self.keep_mtime, self.level, self.progress, self.warn = keep_mtime, level, progress, warn
         self._tree: Importer | None = None
         self._chain: PackWriter | None = None   # the pack of the commits write_commit wrote, and later trees
+        self._commits: set[bytes] = set()         # the commits in it
         self._raw: list[PackWriter] = []        # packs of objects that arrive whole, not yet installed
         self._installed: list[str] = []         # packs installed by this transaction before it commits
         self._refs: list[tuple[str, bytes, bytes | None, str]] = []
@@ -821,8 +826,10 @@ class Transaction:
         """The tree built so far as a commit object with these parents; no branch moves. The next `add`
         starts a new tree."""
         imp, self._tree = self.tree, None
-        cid = imp.commit_object(message, timestamp, list(parents), extra_top, author, keep_pack=True)
+        cid = imp.commit_object(message, timestamp, list(parents), extra_top, author, keep_pack=True,
+                                written=self._commits)
         self._chain = imp.pack
+        self._commits.add(cid)
         self._remember(imp)
         return cid
 
@@ -846,15 +853,17 @@ class Transaction:
                 imp, self._tree = self._tree, None
                 cid = imp.commit(branch, message, timestamp, extra_top, author, lock_wait)
                 self._chain = None      # it installed the chain's pack (its own)
-            if self._chain is not None:   # before any branch names what it holds
-                path, self._chain = self._chain.install(), None
-                if path is not None:
-                    self._installed.append(path)
-            if self._refs:
+            if self._refs or self._chain is not None:
                 with self.repo.lock(on_wait=lock_wait):
                     for b, _new, old, _ in self._refs:   # all or nothing: check every branch first
                         if self.repo.branch_tip(b) != old:
                             raise BranchMoved(f"branch {b} moved during the operation; nothing was changed")
+                    if self._chain is not None:
+                        # installed after every check, before a branch names what it holds, and never
+                        # deleted after: from then on other writers may count on its objects (gc drops
+                        # them if no branch comes to hold them)
+                        chain, self._chain = self._chain, None
+                        chain.install()
                     for b, new, old, msg in self._refs:
                         self.repo.set_branch(b, new, old, msg)
             self.install_packs()

@@ -20,7 +20,7 @@ import pygit2
 from . import tools, treeread
 from .entry import Entry
 from .gittree import ContentRef
-from .errors import BranchMoved, CorruptObject, NotFound, RepoLocked, TargetExists, UsageError
+from .errors import BadInput, BranchMoved, CorruptObject, NotFound, RepoLocked, TargetExists, UsageError
 from .importer import Progress, Transaction
 from .packwriter import OBJ_BLOB, OBJ_COMMIT, OBJ_TREE
 
@@ -196,28 +196,42 @@ class Repo:
 
     def write_commit(self, tree: bytes, parents: list[bytes], message: str, timestamp: int | None,
                      author: tuple[str, str] | None = None) -> bytes:
-        """A commit object for `tree` (no branch moves); `author` defaults to default_identity."""
-        sig, message = self._commit_fields(message, timestamp, author)
-        cid = self.git.create_commit(None, sig, sig, message, pygit2.Oid(raw=tree),
-                                     [pygit2.Oid(raw=p) for p in parents])
-        return cid.raw
-
-    def _commit_fields(self, message: str, timestamp: int | None,
-                       author: tuple[str, str] | None) -> tuple[pygit2.Signature, str]:
-        name, email = author or default_identity(self)
-        ts = int(time.time()) if timestamp is None else int(timestamp)
-        if message and not message.endswith("\n"):
-            message += "\n"
-        return pygit2.Signature(name, email, ts, 0), message
+        """A commit object for `tree` (no branch moves); `author` defaults to default_identity. The tree must be
+        in the repository and each parent a commit in it."""
+        if not self.exists(tree):
+            raise UsageError(f"a commit of tree {tree.hex()}, which is not in the repository")
+        return self.git.odb.write(pygit2.enums.ObjectType.COMMIT,
+                                  self.commit_bytes(tree, parents, message, timestamp, author)).raw
 
     def commit_bytes(self, tree: bytes, parents: list[bytes], message: str, timestamp: int | None,
-                     author: tuple[str, str] | None = None) -> bytes:
-        """The bytes of the commit object write_commit would write (for a pack whose trees are not installed
-        yet: libgit2 refuses a commit naming a tree it cannot find). The signature is libgit2's, as parsed."""
-        sig, message = self._commit_fields(message, timestamp, author)
-        who = f"{sig.name} <{sig.email}> {sig.time} +0000".encode()
+                     author: tuple[str, str] | None = None, written: frozenset | set = frozenset()) -> bytes:
+        """The bytes of a commit object, the one encoder of commits gitree writes (write_commit, and
+        Transaction.write_commit into a pack not installed yet). Each parent must be a commit of the
+        repository or in `written` (commits the caller wrote). The signature is libgit2's as it parses the
+        name and email; the time is written whole (libgit2's own writer cuts it to 32 bits: a commit of an
+        OSTree timestamp past 2106 got another time), and must be 0..2^63-1 as the reader takes."""
+        name, email = author or default_identity(self)
+        ts = int(time.time()) if timestamp is None else int(timestamp)
+        if not 0 <= ts < 1 << 63:
+            raise BadInput(f"commit time {ts} is outside 0..2^63-1 seconds since 1970")
+        if "\0" in message:
+            raise BadInput("a commit message cannot hold a NUL byte")
+        if message and not message.endswith("\n"):
+            message += "\n"
+        for p in parents:
+            if p not in written and not self._is_commit(p):
+                raise UsageError(f"parent {p.hex()} is not a commit of the repository")
+        sig = pygit2.Signature(name, email, ts, 0)
+        who = f"{sig.name} <{sig.email}> {ts} +0000".encode()
         head = [b"tree " + tree.hex().encode()] + [b"parent " + p.hex().encode() for p in parents]
         return b"\n".join([*head, b"author " + who, b"committer " + who]) + b"\n\n" + message.encode()
+
+    def _is_commit(self, oid: bytes) -> bool:
+        try:
+            otype, _ = self._thread_git().odb.read(pygit2.Oid(raw=oid))
+        except KeyError:
+            return False
+        return int(otype) == OBJ_COMMIT
 
     # -- reading trees: entry points to treeread, the one validating reader ----------------------
 

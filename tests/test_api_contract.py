@@ -329,3 +329,62 @@ def test_a_directory_written_by_an_earlier_tree_is_taken_whole_and_sealed(work):
     assert not [f for f in os.listdir(os.path.join(path, "objects", "pack")) if not f.startswith("pack-")]
     c = r.git.get(second.hex())
     assert r.write_commit(c.tree_id.raw, [first], "two", T1) == second
+
+
+def test_a_chain_pack_is_installed_only_after_every_check_and_commits_are_checked(work, monkeypatch):
+    """The pack of a write_commit chain becomes visible only once every staged branch was checked (a pack
+    installed and then deleted on BranchMoved lost objects another writer had counted on); a parent must be
+    a commit; the time is written whole (libgit2's writer cut it to 32 bits) and must be 0..2^63-1; a
+    message holds no NUL; a chain whose last step fails leaves no temporary file."""
+    from gitree import importer, packwriter
+    from gitree.entry import Entry, Kind
+    from gitree.errors import BadInput, BranchMoved, UsageError
+    path = os.path.join(work, "r.git")
+    api.init(path)
+    r = api.open_repo(path)
+    pack_dir = os.path.join(path, "objects", "pack")
+    installed: list[str] = []
+    real_install = packwriter.PackWriter.install
+
+    def recording_install(self, *a, **kw):
+        installed.append(self.tmp_path)
+        return real_install(self, *a, **kw)
+    monkeypatch.setattr(packwriter.PackWriter, "install", recording_install)
+    with pytest.raises(BranchMoved):
+        with r.transaction() as tx:
+            tx.add(Entry(b"f", Kind.FILE, 0o644, size=2), lambda: [b"f\n"])
+            cid = tx.write_commit(message="one", timestamp=T1)
+            tx.set_ref("main", cid, b"\x22" * 20)   # it is not there: moved
+            tx.commit()
+    assert installed == [] and os.listdir(pack_dir) == []
+    with r.transaction() as tx:
+        tx.add(Entry(b"f", Kind.FILE, 0o644, size=2), lambda: [b"f\n"])
+        with pytest.raises(UsageError):
+            tx.write_commit(message="bad parent", timestamp=T1, parents=[b"\x11" * 20])
+    with r.transaction() as tx:
+        tx.add(Entry(b"f", Kind.FILE, 0o644, size=2), lambda: [b"f\n"])
+        first = tx.write_commit(message="one", timestamp=(1 << 32) + 5)
+        tx.add(Entry(b"g", Kind.FILE, 0o644, size=2), lambda: [b"g\n"])
+        second = tx.write_commit(message="two", timestamp=T1, parents=[first])
+        tx.set_ref("main", second, None)
+        tx.commit()
+    assert r.git.get(first.hex()).commit_time == (1 << 32) + 5
+    blob_id = bytes.fromhex(str(r.git.create_blob(b"x")))
+    tree = r.git.get(first.hex()).tree_id.raw
+    with pytest.raises(UsageError):
+        r.write_commit(tree, [blob_id], "parent is a blob", T1)
+    with pytest.raises(BadInput):
+        r.write_commit(tree, [], "before 1970", -5)
+    with pytest.raises(BadInput):
+        r.write_commit(tree, [], "a \0 inside", T1)
+    subprocess.run(["git", "--git-dir", path, "fsck", "--strict"], check=True, capture_output=True)
+
+    def failing_save(self):
+        raise OSError("the export cache cannot be written")
+    monkeypatch.setattr(importer.Importer, "_save_checksums", failing_save)
+    before = sorted(os.listdir(pack_dir))
+    with pytest.raises(OSError):
+        with r.transaction() as tx:
+            tx.add(Entry(b"h", Kind.FILE, 0o644, size=2), lambda: [b"h\n"])
+            tx.write_commit(message="three", timestamp=T1)
+    assert sorted(os.listdir(pack_dir)) == before

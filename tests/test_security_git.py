@@ -848,6 +848,28 @@ def test_clone_of_a_hostile_server_leaves_nothing(work, base):
     assert not os.path.exists(os.path.join(work, "new"))
 
 
+
+def test_a_refused_clone_cleans_up_only_what_it_made(work, base, monkeypatch):  # noqa: F811
+    """The clean-up of a refused clone holds what it made by descriptor and inode: a parent it made,
+    renamed while git ran and replaced by a symlink to another directory, does not turn the clean-up onto
+    that directory's contents."""
+    from gitree.transport import distribution
+    repo, cid = base
+    victim = os.path.join(work, "victim")
+    os.makedirs(os.path.join(victim, "y", "clone.git"))
+    real = distribution._clone_into
+
+    def swapping(url, path, args):
+        os.rename(os.path.join(work, "x"), os.path.join(work, "x.moved"))
+        os.symlink(victim, os.path.join(work, "x"))
+        return real(url, os.path.join(work, "nowhere", "clone.git"), args)   # refused: nothing there
+    monkeypatch.setattr(distribution, "_clone_into", swapping)
+    with pytest.raises(api.GitreeError):
+        api.clone(os.path.join(work, "no-such-server"), os.path.join(work, "x", "y", "clone.git"))
+    assert os.path.isdir(os.path.join(victim, "y", "clone.git"))
+    assert not os.path.exists(os.path.join(work, "x.moved", "y"))
+
+
 @pytest.mark.parametrize("bomb", ["table", "subtrees"])
 def test_fetch_and_clone_of_an_amplifying_commit_are_bounded(work, base, bomb, git_daemon):  # noqa: F811
     """A server branch moved to a commit that is small as sent and huge as read (a 200 MB side table, or

@@ -13,6 +13,7 @@ import contextlib
 import os
 import secrets
 import shutil
+import stat
 
 import pygit2
 
@@ -152,56 +153,76 @@ def clone(url: str, path: str, depth: int | None = None, branch: str | None = No
     if branch is not None:
         args += ["--branch", branch]
     created = not os.path.exists(path)
-    made: list[str] = []   # parent directories this clone creates, deepest first
-    if created:
-        parent = os.path.dirname(os.path.abspath(path))
-        while not os.path.lexists(parent):
-            made.append(parent)
-            parent = os.path.dirname(parent)
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)   # as git clone makes them
-        made_path = False
+    # What a refused clone removes is held by descriptor and inode from the start, so that renaming a
+    # parent, or a symlink put in its place, cannot turn the clean-up onto other directories.
+    held: list[tuple[int, str, int, int, bool]] = []   # (parent's descriptor, name, st_dev, st_ino, is PATH)
+    fds: list[int] = []
     try:
         if created:
-            make_private_dir(path)   # made here, so it inherits no default ACL of its parent
-            made_path = True
-        _git(args + [url, path], f"git clone of {url}")
-        repo = Repo(path)
-        cfg = repo.git.config
-        cfg["gitree.format"] = "1"
-        cfg["pack.window"] = "50"
-        cfg["pack.depth"] = "50"
-        # later fetches update the branches themselves (fast-forward only), as `gitree fetch` does
-        cfg["remote.origin.fetch"] = "refs/heads/*:refs/heads/*"
-        heads = [r for r in repo.git.references if r.startswith("refs/heads/")]
-        if not heads:
-            raise NotFound(f"{url} has no branches")
-        for r in list(repo.git.references):
-            if not r.startswith("refs/heads/"):
-                raise UnsafePath(f"clone of {url}: the server sent {r}; only branches can arrive")
-            repo.branch_ref(r)
-        # every commit is read as fsck reads it before the clone is kept (a failure removes it)
-        verify_incoming(repo, [repo.git.references[r].target.raw for r in heads], [], f"clone of {url}")
-        # the server's HEAD names no branch (unborn, or detached: git clone leaves HEAD at whatever commit a
-        # HEAD pointing outside refs/heads/ named, which no branch holds and nothing verified): the first one
-        if repo.git.head_is_unborn or repo.git.head_is_detached:
-            repo.git.set_head(sorted(heads)[0])
-        return repo
+            parent = os.path.dirname(os.path.abspath(path))
+            missing = []
+            while not os.path.lexists(parent):
+                missing.append(parent)
+                parent = os.path.dirname(parent)
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)   # as git clone makes them
+            for d in [*reversed(missing), os.path.abspath(path)]:
+                if d == os.path.abspath(path):
+                    make_private_dir(path)   # made here, so it inherits no default ACL of its parent
+                fd = os.open(os.path.dirname(d), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                fds.append(fd)
+                st = os.stat(os.path.basename(d), dir_fd=fd, follow_symlinks=False)
+                held.append((fd, os.path.basename(d), st.st_dev, st.st_ino, d == os.path.abspath(path)))
+        else:
+            fds.append(os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC))
+        return _clone_into(url, path, args)
     except BaseException:
         if created:
-            if made_path:
-                shutil.rmtree(path, ignore_errors=True)
-            for d in made:   # the parents it made, as they were: absent (unless something else is in them)
+            for fd, name, dev, ino, dest in reversed(held):
+                with contextlib.suppress(OSError):   # the clone's own error is the one raised
+                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                    if (st.st_dev, st.st_ino) == (dev, ino) and stat.S_ISDIR(st.st_mode):
+                        if dest:
+                            shutil.rmtree(name, dir_fd=fd)
+                        else:   # a parent it made: only if nothing else came into it
+                            os.rmdir(name, dir_fd=fd)
+        elif fds:  # an empty private directory given as PATH is left empty, as it was: no refused branch stays
+            fd = fds[0]
+            for name in os.listdir(fd):
                 with contextlib.suppress(OSError):
-                    os.rmdir(d)
-        else:  # an empty private directory given as PATH is left empty, as it was: no refused branch stays
-            for name in os.listdir(path):
-                child = os.path.join(path, name)
-                if os.path.isdir(child) and not os.path.islink(child):
-                    shutil.rmtree(child, ignore_errors=True)
-                else:
-                    with contextlib.suppress(OSError):  # as rmtree above: the clone's own error is the one raised
-                        os.unlink(child)
+                    if stat.S_ISDIR(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
+                        shutil.rmtree(name, dir_fd=fd)
+                    else:
+                        os.unlink(name, dir_fd=fd)
         raise
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _clone_into(url: str, path: str, args: list[str]) -> Repo:
+    """git clone into PATH, set it up and verify every commit; raises on any refusal (the caller cleans up)."""
+    _git(args + [url, path], f"git clone of {url}")
+    repo = Repo(path)
+    cfg = repo.git.config
+    cfg["gitree.format"] = "1"
+    cfg["pack.window"] = "50"
+    cfg["pack.depth"] = "50"
+    # later fetches update the branches themselves (fast-forward only), as `gitree fetch` does
+    cfg["remote.origin.fetch"] = "refs/heads/*:refs/heads/*"
+    heads = [r for r in repo.git.references if r.startswith("refs/heads/")]
+    if not heads:
+        raise NotFound(f"{url} has no branches")
+    for r in list(repo.git.references):
+        if not r.startswith("refs/heads/"):
+            raise UnsafePath(f"clone of {url}: the server sent {r}; only branches can arrive")
+        repo.branch_ref(r)
+    # every commit is read as fsck reads it before the clone is kept (a failure removes it)
+    verify_incoming(repo, [repo.git.references[r].target.raw for r in heads], [], f"clone of {url}")
+    # the server's HEAD names no branch (unborn, or detached: git clone leaves HEAD at whatever commit a
+    # HEAD pointing outside refs/heads/ named, which no branch holds and nothing verified): the first one
+    if repo.git.head_is_unborn or repo.git.head_is_detached:
+        repo.git.set_head(sorted(heads)[0])
+    return repo
 
 
 __all__ = ["push", "fetch", "clone"]
