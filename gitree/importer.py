@@ -652,6 +652,7 @@ class Importer:
         installed: the caller installs it (a chain of commits, one pack: Transaction.write_commit); a parent
         may then be one of the commits in `written`, those it holds."""
         try:
+            self.repo.check_commit(message, timestamp)   # before the pack is installed
             top = self.finish_tree(extra_top)
             self.pool.shutdown(wait=True)
             if branch is None and (keep_pack or not self._own_pack):

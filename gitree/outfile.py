@@ -31,12 +31,12 @@ def _drop_inherited_acl(fd: int, mode: int) -> None:
     os.fchmod(fd, mode & ~umask)
 
 
-def make_private_dir(path: str | bytes) -> None:
+def make_private_dir(path: str | bytes, dir_fd: int | None = None) -> None:
     """Create the directory gitree is to fill (checkout DEST, clone PATH), mode 0700, and remove the ACLs
     it inherits from a parent's default ACL: entries for other users would carry over to everything
-    written inside it. Raises FileExistsError when `path` exists."""
-    os.mkdir(path, 0o700)
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    written inside it. Raises FileExistsError when `path` exists. `dir_fd`: `path` is a name in it."""
+    os.mkdir(path, 0o700, dir_fd=dir_fd)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
     try:
         for name in ("system.posix_acl_default", "system.posix_acl_access"):
             try:

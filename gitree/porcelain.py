@@ -23,7 +23,7 @@ from .sinks import CheckoutReport, DirectoryWriter, write_tar
 from .sparse import bounded_holes
 from .sources import DirectoryReport, TarInput, WarningLog, directory_entries, tar_entries
 from .importer import ImportStats
-from .repo import Repo
+from .repo import Repo, check_commit_fields
 
 Warn = Callable[[str], None]
 
@@ -48,7 +48,8 @@ def import_rootfs(repo: Repo, source: str, branch: str, message: str | None = No
     With `strict`, anything read but not kept (each a warning otherwise) fails the import; nothing moves.
     A directory holding items that cannot be read fails the import (Unreadable), as `ostree commit` does,
     unless `skip_unreadable`: then they are left out with a warning."""
-    repo.branch_ref(branch)  # validate the name before any work
+    repo.branch_ref(branch)  # validate the name, the time and the message before any work
+    check_commit_fields(message or "", timestamp)
     warn = warn or warner(None, "import")
     if level is None:
         level = _compression_level(repo)

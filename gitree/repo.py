@@ -198,8 +198,8 @@ class Repo:
                      author: tuple[str, str] | None = None) -> bytes:
         """A commit object for `tree` (no branch moves); `author` defaults to default_identity. The tree must be
         in the repository and each parent a commit in it."""
-        if not self.exists(tree):
-            raise UsageError(f"a commit of tree {tree.hex()}, which is not in the repository")
+        if not self._has_type(tree, OBJ_TREE):
+            raise UsageError(f"a commit of tree {tree.hex()}, which is not a tree of the repository")
         return self.git.odb.write(pygit2.enums.ObjectType.COMMIT,
                                   self.commit_bytes(tree, parents, message, timestamp, author)).raw
 
@@ -212,26 +212,27 @@ class Repo:
         OSTree timestamp past 2106 got another time), and must be 0..2^63-1 as the reader takes."""
         name, email = author or default_identity(self)
         ts = int(time.time()) if timestamp is None else int(timestamp)
-        if not 0 <= ts < 1 << 63:
-            raise BadInput(f"commit time {ts} is outside 0..2^63-1 seconds since 1970")
-        if "\0" in message:
-            raise BadInput("a commit message cannot hold a NUL byte")
+        check_commit_fields(message, ts)
         if message and not message.endswith("\n"):
             message += "\n"
         for p in parents:
-            if p not in written and not self._is_commit(p):
+            if p not in written and not self._has_type(p, OBJ_COMMIT):
                 raise UsageError(f"parent {p.hex()} is not a commit of the repository")
         sig = pygit2.Signature(name, email, ts, 0)
         who = f"{sig.name} <{sig.email}> {ts} +0000".encode()
         head = [b"tree " + tree.hex().encode()] + [b"parent " + p.hex().encode() for p in parents]
         return b"\n".join([*head, b"author " + who, b"committer " + who]) + b"\n\n" + message.encode()
 
-    def _is_commit(self, oid: bytes) -> bool:
+    def check_commit(self, message: str, timestamp: int | None) -> None:
+        """check_commit_fields, for writers that take a Repo."""
+        check_commit_fields(message, timestamp)
+
+    def _has_type(self, oid: bytes, want: int) -> bool:
         try:
             otype, _ = self._thread_git().odb.read(pygit2.Oid(raw=oid))
         except KeyError:
             return False
-        return int(otype) == OBJ_COMMIT
+        return int(otype) == want
 
     # -- reading trees: entry points to treeread, the one validating reader ----------------------
 
@@ -261,6 +262,15 @@ class Repo:
         return treeread.find(self, root, path)
 
 
+def check_commit_fields(message: str, timestamp: int | None) -> None:
+    """What a commit may hold (Repo.commit_bytes): a time of 0..2^63-1 seconds, as the reader takes, and no
+    NUL in its message. Writers check it before they write anything."""
+    if timestamp is not None and not 0 <= int(timestamp) < 1 << 63:
+        raise BadInput(f"commit time {int(timestamp)} is outside 0..2^63-1 seconds since 1970")
+    if "\0" in message:
+        raise BadInput("a commit message cannot hold a NUL byte")
+
+
 def default_identity(repo: Repo) -> tuple[str, str]:
     cfg = repo.git.config
     name = os.environ.get("GIT_AUTHOR_NAME") or _cfg(cfg, "user.name") or "gitree"
@@ -275,4 +285,4 @@ def _cfg(cfg, key):
         return None
 
 
-__all__ = ["Repo", "default_identity", "STREAM_BLOB"]
+__all__ = ["Repo", "default_identity", "check_commit_fields", "STREAM_BLOB"]

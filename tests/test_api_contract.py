@@ -377,6 +377,14 @@ def test_a_chain_pack_is_installed_only_after_every_check_and_commits_are_checke
         r.write_commit(tree, [], "before 1970", -5)
     with pytest.raises(BadInput):
         r.write_commit(tree, [], "a \0 inside", T1)
+    with pytest.raises(UsageError):
+        r.write_commit(blob_id, [], "a blob for a tree", T1)
+    src = os.path.join(work, "src")
+    os.makedirs(src)
+    before = sorted(os.listdir(pack_dir))
+    with pytest.raises(BadInput):   # refused before any work: no pack is written for it
+        api.import_rootfs(path, src, branch="early", timestamp=-1)
+    assert sorted(os.listdir(pack_dir)) == before
     subprocess.run(["git", "--git-dir", path, "fsck", "--strict"], check=True, capture_output=True)
 
     def failing_save(self):

@@ -868,6 +868,15 @@ def test_a_refused_clone_cleans_up_only_what_it_made(work, base, monkeypatch):  
         api.clone(os.path.join(work, "no-such-server"), os.path.join(work, "x", "y", "clone.git"))
     assert os.path.isdir(os.path.join(victim, "y", "clone.git"))
     assert not os.path.exists(os.path.join(work, "x.moved", "y"))
+    monkeypatch.undo()
+    # a symlink before "..": the kernel resolves link/.. to elsewhere, not to the directory holding link
+    os.makedirs(os.path.join(work, "elsewhere", "sub"))
+    os.makedirs(os.path.join(work, "precious", "kept"))
+    os.symlink(os.path.join(work, "elsewhere", "sub"), os.path.join(work, "link"))
+    with pytest.raises(api.GitreeError):
+        api.clone(os.path.join(work, "no-such-server"), os.path.join(work, "link", "..", "precious"))
+    assert os.path.isdir(os.path.join(work, "precious", "kept"))
+    assert not os.path.exists(os.path.join(work, "elsewhere", "precious"))
 
 
 @pytest.mark.parametrize("bomb", ["table", "subtrees"])

@@ -153,28 +153,42 @@ def clone(url: str, path: str, depth: int | None = None, branch: str | None = No
     if branch is not None:
         args += ["--branch", branch]
     created = not os.path.exists(path)
-    # What a refused clone removes is held by descriptor and inode from the start, so that renaming a
-    # parent, or a symlink put in its place, cannot turn the clean-up onto other directories.
+    # What a refused clone removes is held by descriptor and inode from the moment it is made (each
+    # directory is made in its parent's descriptor), so that renaming a parent, or a symlink put in its
+    # place, cannot turn the clean-up onto other directories. The path is resolved as the kernel would
+    # (symlinks before "..").
     held: list[tuple[int, str, int, int, bool]] = []   # (parent's descriptor, name, st_dev, st_ino, is PATH)
     fds: list[int] = []
+    target = path
     try:
         if created:
-            parent = os.path.dirname(os.path.abspath(path))
+            target = os.path.realpath(path)
             missing = []
-            while not os.path.lexists(parent):
-                missing.append(parent)
-                parent = os.path.dirname(parent)
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)   # as git clone makes them
-            for d in [*reversed(missing), os.path.abspath(path)]:
-                if d == os.path.abspath(path):
-                    make_private_dir(path)   # made here, so it inherits no default ACL of its parent
-                fd = os.open(os.path.dirname(d), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-                fds.append(fd)
-                st = os.stat(os.path.basename(d), dir_fd=fd, follow_symlinks=False)
-                held.append((fd, os.path.basename(d), st.st_dev, st.st_ino, d == os.path.abspath(path)))
+            base = os.path.dirname(target)
+            while not os.path.lexists(base):
+                missing.append(os.path.basename(base))
+                base = os.path.dirname(base)
+            fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            fds.append(fd)
+            for name in [*reversed(missing), os.path.basename(target)]:
+                dest = len(held) == len(missing)
+                try:
+                    if dest:
+                        make_private_dir(name, dir_fd=fd)   # it inherits no default ACL of its parent
+                    else:
+                        os.mkdir(name, 0o777, dir_fd=fd)     # as git clone makes parents
+                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                    held.append((fd, name, st.st_dev, st.st_ino, dest))
+                except FileExistsError:
+                    if dest:
+                        raise
+                    held.append((fd, name, -1, -1, False))   # made by someone else meanwhile: not removed
+                if not dest:
+                    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                    fds.append(fd)
         else:
             fds.append(os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC))
-        return _clone_into(url, path, args)
+        return _clone_into(url, target, args)
     except BaseException:
         if created:
             for fd, name, dev, ino, dest in reversed(held):
