@@ -229,7 +229,7 @@ class Repo:
 
     def _has_type(self, oid: bytes, want: int) -> bool:
         try:
-            otype, _ = self._thread_git().odb.read(pygit2.Oid(raw=oid))
+            otype, _ = self._thread_git().odb.read_header(pygit2.Oid(raw=oid))   # the type, not the object
         except KeyError:
             return False
         return int(otype) == want

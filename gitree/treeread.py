@@ -321,7 +321,7 @@ class Leaders:
         self._memo: dict[bytes, tuple[bytes, Entry | str]] = {}
         self._memo_bytes = 0
         self._tree: list | None = None      # [DirNode, {name: [DirNode, {...}]}] from the root
-        self._kept = 0
+        self.kept = 0                       # weight of the directories in _tree (the walk counts it too)
 
     def _spend(self, n: int) -> None:
         self.work += n
@@ -376,7 +376,7 @@ class Leaders:
             node, fresh = self.nodes.read(b"", *self.root, self.walk_open())
             if fresh:
                 self._spend(node.weight)
-            self._tree, self._kept = [node, {}], node.weight
+            self._tree, self.kept = [node, {}], node.weight
         cur = self._tree
         chain = [(b"", cur)]
         for i, comp in enumerate(parts[:-1]):
@@ -387,20 +387,20 @@ class Leaders:
                 if row is None or row.kind is not Kind.DIR:
                     return None
                 child, fresh = self.nodes.read(b"/".join(parts[:i + 1]), cur[0].content[comp].oid,
-                                               cur[0].meta[comp], self.walk_open() + self._kept)
+                                               cur[0].meta[comp], self.walk_open() + self.kept)
                 if fresh:
                     self._spend(child.weight)
                 nxt = [child, {}]
-                self._kept += child.weight
-                if self._kept > self.KEEP_ROWS or self._kept + self.walk_open() > limits.MAX_OPEN_ENTRIES:
+                self.kept += child.weight
+                if self.kept > self.KEEP_ROWS or self.kept + self.walk_open() > limits.MAX_OPEN_ENTRIES:
                     # start over from the directories on this path (however large: a leader's directory
                     # is where the next links point too)
                     for (_, up), (name, down) in zip(chain, chain[1:], strict=False):
                         up[1].clear()
                         up[1][name] = down
                     cur[1].clear()
-                    self._kept = sum(n[0].weight for _, n in chain) + child.weight
-                    if self._kept + self.walk_open() > limits.MAX_OPEN_ENTRIES:
+                    self.kept = sum(n[0].weight for _, n in chain) + child.weight
+                    if self.kept + self.walk_open() > limits.MAX_OPEN_ENTRIES:
                         raise WalkLimit(f"the directories open on one path, and those a hard-link leader is "
                                         f"found through, hold more than {limits.MAX_OPEN_ENTRIES} entries "
                                         "(the limit of one walk)")
@@ -486,7 +486,7 @@ class Walker:
 
     def _read(self, path: bytes, content: bytes, meta: bytes) -> DirNode | None:
         try:
-            return self.nodes.read(path, content, meta, self.open_rows + self.leaders._kept)[0]
+            return self.nodes.read(path, content, meta, self.open_rows + self.leaders.kept)[0]
         except CorruptObject as e:
             self.fault(path, e)
             return None
@@ -501,7 +501,7 @@ class Walker:
         """A directory's rows are held while it is open: all of them on one path are bounded, as a few
         KB of bundle can nest directories of MAX_DIR_ENTRIES (three of them took 336 MB)."""
         self.open_rows += node.weight
-        self.nodes.fit(self.open_rows + self.leaders._kept)
+        self.nodes.fit(self.open_rows + self.leaders.kept)
         if self.open_rows > limits.MAX_OPEN_ENTRIES:
             raise WalkLimit(f"the directories open on one path hold more than {limits.MAX_OPEN_ENTRIES} entries "
                             "(the limit of one walk)")
