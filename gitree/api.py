@@ -404,12 +404,12 @@ def bundle_apply(repo: Repo | str, path: str, *, branch: str | None = None, stri
     w = _Warnings(on_warning, "bundle")
     r = open_repo(repo)
 
-    def before_move(old: bytes | None, new: bytes) -> None:
+    def before_move(view: Repo, old: bytes | None, new: bytes) -> None:
         # the arrived commits' stored OSTree metadata, which export would publish unchecked: named once
-        walker = r.git.walk(pygit2.Oid(raw=new), pygit2.enums.SortMode.TOPOLOGICAL)
+        walker = view.git.walk(pygit2.Oid(raw=new), pygit2.enums.SortMode.TOPOLOGICAL)
         if old is not None:
             walker.hide(pygit2.Oid(raw=old))
-        warn_unchecked(r, walker, w, "bundle apply")
+        warn_unchecked(view, walker, w, "bundle apply")
         if strict and w.items:
             raise StrictWarnings(f"--strict: {len(w.items)} warning(s) above; nothing was applied")
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import ctypes
-import contextlib
 import hashlib
 import os
 import pickle
@@ -27,7 +26,7 @@ from .exportcache import FILE, open_cache, record_key
 from .gittree import MODE_DIR, MODE_EXEC, MODE_FILE, MODE_LINK, encode_tree
 from .layout import FORMAT_BLOB, TABLE_NAME, TOP_FORMAT, TOP_META, TOP_ROOTFS
 from .names import check_name, display, git_name
-from .packwriter import OBJ_BLOB, OBJ_COMMIT, OBJ_TREE, PackWriter, hash_and_compress, object_id
+from .packwriter import OBJ_BLOB, OBJ_COMMIT, OBJ_TREE, PackWriter, Quarantine, hash_and_compress, object_id
 from .scratch import ScratchDB
 
 SMALL_FILE = 8 << 20          # files up to this size are hashed and compressed in worker threads
@@ -737,8 +736,8 @@ class Transaction:
         self._tree: Importer | None = None
         self._chain: PackWriter | None = None   # the pack of the commits write_commit wrote, and later trees
         self._commits: set[bytes] = set()         # the commits in it
-        self._raw: list[PackWriter] = []        # packs of objects that arrive whole, not yet installed
-        self._installed: list[str] = []         # packs installed by this transaction before it commits
+        self._raw: list[PackWriter] = []        # packs of objects that arrive whole, not yet staged
+        self._quarantine: Quarantine | None = None   # where they are staged: readable by a view only
         self._refs: list[tuple[str, bytes, bytes | None, str]] = []
         # key -> (c, m, entries beneath, height, fields digest), the least recently used first
         self._known: collections.OrderedDict[bytes, tuple] = collections.OrderedDict()
@@ -806,21 +805,31 @@ class Transaction:
         return self.tree.store(otype, data)
 
     def raw_pack(self) -> PackWriter:
-        """A pack for objects that arrive whole (bundle apply). `install_packs` installs it; an abort before
-        `commit` deletes it, installed or not (no branch refers to its objects then)."""
+        """A pack for objects that arrive whole (bundle apply). `stage_packs` finishes it into a quarantine,
+        `publish_packs` (or `commit`) makes it part of the repository; an abort before that deletes it."""
         if self.done:
             raise UsageError("the transaction is finished")
         p = PackWriter(self.repo.objects_dir)
         self._raw.append(p)
         return p
 
-    def install_packs(self) -> None:
-        """Install the raw packs (under the repository lock, held by the caller), so their objects can be read
-        and verified before any branch moves."""
+    def stage_packs(self) -> str | None:
+        """Finish the raw packs into a quarantine (packwriter.Quarantine) and return its objects directory,
+        for a view that verifies them (Repo.with_objects); None when no object arrived. No other reader or
+        writer sees them yet, so refusing them (abort) cannot take an object from anybody."""
+        if self._raw and self._quarantine is None:
+            self._quarantine = Quarantine(self.repo.objects_dir)
         while self._raw:
-            path = self._raw.pop(0).install()
-            if path is not None:          # None: the pack was empty
-                self._installed.append(path)
+            self._quarantine.add(self._raw.pop(0))
+        return self._quarantine.path if self._quarantine is not None and self._quarantine.packs else None
+
+    def publish_packs(self) -> None:
+        """Move the staged packs into the repository. Never deleted by the transaction after this: other writers
+        may count on their objects from then on."""
+        self.stage_packs()
+        if self._quarantine is not None:
+            q, self._quarantine = self._quarantine, None
+            q.publish()
 
     def write_commit(self, *, message: str, timestamp: int | None = None, parents: list[bytes] = (),
                      extra_top=(), author: tuple[str, str] | None = None) -> bytes:
@@ -867,11 +876,12 @@ class Transaction:
                         chain.install()
                     for b, new, old, msg in self._refs:
                         self.repo.set_branch(b, new, old, msg)
-            self.install_packs()
+            # packs that arrived whole and were never staged (or staged, not published): a pack appearing is
+            # safe without the lock (gc's repack deletes only the packs it listed when it began)
+            self.publish_packs()
         except BaseException:
             self.abort()
             raise
-        self._installed.clear()
         self.done = True
         return cid
 
@@ -886,11 +896,9 @@ class Transaction:
         for p in self._raw:
             p.abort()
         self._raw.clear()
-        for pack in self._installed:
-            for path in (pack, pack[:-5] + ".idx"):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
-        self._installed.clear()
+        if self._quarantine is not None:
+            self._quarantine.remove()
+            self._quarantine = None
         self._refs.clear()
         self.done = True
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
+import shutil
 import struct
 import zlib
 from typing import NamedTuple
@@ -74,6 +76,7 @@ def hash_and_compress(otype: int, data: bytes, level: int) -> PackedObject:
 RECENT_IDS = 1 << 16   # object ids a pack writer remembers in memory (the rest are in its scratch index)
 
 _LIVE: set[str] = set()  # temporary pack files being written, removed if the process is interrupted
+_LIVE_DIRS: set[str] = set()   # quarantine directories, removed if the process is interrupted
 
 
 def remove_live_temporaries() -> None:
@@ -84,6 +87,8 @@ def remove_live_temporaries() -> None:
                 os.unlink(path)
             except OSError:
                 pass
+    for d in list(_LIVE_DIRS):
+        shutil.rmtree(d, ignore_errors=True)
 
 
 class PackWriter:
@@ -185,8 +190,9 @@ class PackWriter:
         except FileNotFoundError:
             pass
 
-    def install(self, fsync: bool = True) -> str | None:
-        """Finish the pack, write its index, rename both into place. Returns the pack path or None if empty."""
+    def install(self, fsync: bool = True, into: str | None = None) -> str | None:
+        """Finish the pack, write its index, rename both into place (objects/pack, or the directory `into`: a
+        Quarantine's). Returns the pack path or None if empty."""
         if not self.count:
             self.abort()
             return None
@@ -216,11 +222,52 @@ class PackWriter:
             if fsync:
                 os.fsync(fi.fileno())
         self._close_index()
-        final = os.path.join(self.pack_dir, name)
+        final = os.path.join(into or self.pack_dir, name)
         os.rename(self.tmp_path, final + ".pack")
         os.rename(idx_tmp, final + ".idx")
         _LIVE.discard(self.tmp_path)
         return final + ".pack"
+
+
+class Quarantine:
+    """A private objects directory for packs that arrived and are not accepted yet (bundle apply), in
+    objects/pack/tmp_gitree_<pid>_<random>.q/ (mode 0700; git and libgit2 take only *.idx/*.pack names there).
+
+    Only a view of the repository that names it reads its objects (Repo.with_objects). Every other reader and
+    writer, in this process or another, sees none of them until `publish` moves the packs into objects/pack:
+    so a writer that finds an object present (an import skips what the repository holds) can count on it,
+    as a published pack is never deleted again (gc drops objects no branch holds). Refused, the quarantine is
+    removed whole (`remove`); an interrupted process removes it too, and gc removes one left for an hour."""
+
+    def __init__(self, objects_dir: str):
+        self.pack_dir = os.path.join(objects_dir, "pack")
+        os.makedirs(self.pack_dir, exist_ok=True)
+        self.path = os.path.join(self.pack_dir, f"tmp_gitree_{os.getpid()}_{secrets.token_hex(6)}.q")
+        os.mkdir(self.path, 0o700)
+        _LIVE_DIRS.add(self.path)
+        os.mkdir(os.path.join(self.path, "pack"), 0o700)
+        self.packs: list[str] = []      # pack paths inside
+
+    def add(self, pack: PackWriter) -> None:
+        """Finish `pack` into the quarantine."""
+        path = pack.install(into=os.path.join(self.path, "pack"))
+        if path is not None:            # None: the pack was empty
+            self.packs.append(path)
+
+    def publish(self) -> None:
+        """Move every pack into objects/pack (the pack before its index, as git does), then remove the
+        quarantine. Safe without the repository lock: gc's repack deletes only the packs it listed when it
+        began."""
+        for path in self.packs:
+            final = os.path.join(self.pack_dir, os.path.basename(path)[:-5])
+            os.rename(path, final + ".pack")
+            os.rename(path[:-5] + ".idx", final + ".idx")
+        self.packs.clear()
+        self.remove()
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+        _LIVE_DIRS.discard(self.path)
 
 
 def write_index(f, rows, count: int, pack_sha: bytes) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 import re
+import shutil
 import stat
 import sys
 from dataclasses import dataclass, field
@@ -405,8 +406,11 @@ def gc(repo: Repo, window: int = 50, depth: int = 50, level: int = 9) -> None:
     with repo.lock():
         for name in os.listdir(pack_dir) if os.path.isdir(pack_dir) else []:
             p = os.path.join(pack_dir, name)
-            if name.startswith("tmp_gitree_") and time.time() - os.path.getmtime(p) > 3600:
-                os.unlink(p)
+            if name.startswith("tmp_gitree_") and time.time() - os.lstat(p).st_mtime > 3600:
+                if stat.S_ISDIR(os.lstat(p).st_mode):
+                    shutil.rmtree(p, ignore_errors=True)   # a bundle's quarantine (packwriter.Quarantine)
+                else:
+                    os.unlink(p)
         # -F recompresses every object (import writes zlib level 1 for speed); -f recomputes deltas.
         # Memory: git maps the packs it reads (core.packedGitLimit, 8 GiB by default: all of a repository's
         # packs count in its RSS), its delta window holds up to --window whole objects per thread, its delta

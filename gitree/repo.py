@@ -48,6 +48,19 @@ class Repo:
         self.path = self.git.path.rstrip("/")
         self.objects_dir = os.path.join(self.path, "objects")
         self._local = threading.local()
+        self._extra_objects: tuple[str, ...] = ()   # a view's quarantine (with_objects)
+
+    def with_objects(self, objects_dir: str) -> "Repo":
+        """A second view of this repository that also reads the objects in `objects_dir` (a quarantine of
+        packs not accepted yet: packwriter.Quarantine). Only this view reads them; `close` it when done."""
+        view = Repo(self.path)
+        view._extra_objects = (objects_dir,)
+        view.git.odb.add_disk_alternate(objects_dir)
+        return view
+
+    def close(self) -> None:
+        """Release the object database handles (its mapped packs) of this Repo's main pygit2 repository."""
+        self.git.free()
 
     # -- creation, locking, refs -------------------------------------------------------------
 
@@ -136,6 +149,8 @@ class Repo:
         g = getattr(self._local, "git", None)
         if g is None:
             g = self._local.git = pygit2.Repository(self.path, pygit2.enums.RepositoryOpenFlag.NO_SEARCH)
+            for d in self._extra_objects:
+                g.odb.add_disk_alternate(d)
         return g
 
     def exists(self, oid: bytes) -> bool:
@@ -171,8 +186,12 @@ class Repo:
             yield self.read(oid, OBJ_BLOB, where)
             return
         # small mmap windows: git maps the pack as it streams instead of mapping the whole blob at once
+        env = None
+        if self._extra_objects:   # a view's quarantine, for git too
+            env = {**os.environ, "GIT_ALTERNATE_OBJECT_DIRECTORIES": os.pathsep.join(self._extra_objects)}
         proc = tools.popen(["git", "-c", "core.packedGitWindowSize=32m", "-c", "core.packedGitLimit=128m",
-                            "-c", "core.bigFileThreshold=32m", "--git-dir", self.path, "cat-file", "blob", oid.hex()])
+                            "-c", "core.bigFileThreshold=32m", "--git-dir", self.path, "cat-file", "blob", oid.hex()],
+                           env=env)
         got = 0
         try:
             while True:

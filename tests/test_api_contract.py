@@ -173,6 +173,57 @@ def test_bundle_apply_failing_midway_leaves_nothing(work):
     assert sorted(os.listdir(os.path.join(dst, "objects", "pack"))) == packs
 
 
+def test_a_bundle_is_invisible_to_other_readers_until_every_check_has_passed(work):
+    """A concurrent import skips the objects the repository holds; had it seen a bundle's objects while they
+    were being verified, refusing the bundle would have taken them from its commit. They stay in a
+    quarantine that only the apply's own view reads, and appear in objects/pack only once accepted."""
+    from gitree.repo import Repo
+    from gitree.transport import bundle
+    src = api.init(os.path.join(work, "src.git")).path
+    files = {f"usr/f{i}": os.urandom(3000) for i in range(20)}
+    api.import_rootfs(src, build_tar(os.path.join(work, "1.tar"), files), branch="main", timestamp=T1)
+    out = os.path.join(work, "u.gtb")
+    api.bundle_create(src, "main", out)
+    blobs = [line.split()[0] for line in subprocess.run(
+        ["git", "--git-dir", src, "rev-list", "--objects", "main"], capture_output=True, text=True,
+        check=True).stdout.splitlines()]
+    dst = api.init(os.path.join(work, "dst.git")).path
+    pack_dir = os.path.join(dst, "objects", "pack")
+    before = sorted(os.listdir(pack_dir))
+    seen = {}
+
+    class Refused(Exception):
+        pass
+
+    def look(view, old, new):
+        seen["view"] = all(view.exists(bytes.fromhex(b)) for b in blobs)
+        seen["other view"] = any(Repo(dst).exists(bytes.fromhex(b)) for b in blobs)
+        seen["git"] = [subprocess.run(["git", "--git-dir", dst, "cat-file", "-e", b]).returncode for b in blobs]
+        seen["listing"] = sorted(os.listdir(pack_dir))
+        raise Refused("refused at the last moment")
+
+    with pytest.raises(Refused):
+        bundle.apply(Repo(dst), out, before_move=look)
+    assert seen["view"] and not seen["other view"]
+    assert all(rc != 0 for rc in seen["git"])                    # another process sees none of them
+    quarantined = [n for n in seen["listing"] if n not in before]
+    assert len(quarantined) == 1 and re.fullmatch(r"tmp_gitree_\d+_[0-9a-f]+\.q", quarantined[0])
+    assert sorted(os.listdir(pack_dir)) == before and state(dst) == ([], {})
+    # accepted: published into objects/pack, the quarantine gone
+    bundle.apply(Repo(dst), out)
+    assert all(subprocess.run(["git", "--git-dir", dst, "cat-file", "-e", b]).returncode == 0 for b in blobs)
+    after = sorted(os.listdir(pack_dir))
+    assert len(after) == len(before) + 2 and all(n.startswith("pack-") for n in after)
+    # a quarantine a killed apply left behind: gc removes it once an hour old
+    stale = os.path.join(pack_dir, "tmp_gitree_1_00aa.q")
+    os.makedirs(os.path.join(stale, "pack"))
+    api.gc(dst)
+    assert os.path.isdir(stale)
+    os.utime(stale, (T1, T1))
+    api.gc(dst)
+    assert not os.path.exists(stale)
+
+
 def test_make_bootable_failing_midway_leaves_nothing(work):
     repo = api.init(os.path.join(work, "r.git")).path
     files = {"boot/vmlinuz-6.1.0-test": os.urandom(5000), "boot/initrd.img-6.1.0-test": os.urandom(5000),

@@ -431,13 +431,17 @@ def _incoming_branch(repo: Repo, refname: str, where: str) -> str:
 
 
 def apply(repo: Repo, path: str, branch: str | None = None, level: int = 1,
-          before_move: Callable[[bytes | None, bytes], None] | None = None) -> tuple[str, bytes | None, bytes]:
+          before_move: Callable[[Repo, bytes | None, bytes], None] | None = None
+          ) -> tuple[str, bytes | None, bytes]:
     """Apply a bundle: objects first, every incoming commit read and verified as fsck does, the branch
-    moves last. `before_move(old, new)` runs just before the branch moves (the objects are readable then);
-    an exception from it aborts the apply like any other. Returns (branch, old tip, new tip)."""
+    moves last. The objects stay in a quarantine until every check has passed: no other reader or writer
+    sees them before, so refusing them takes nothing from anybody. `before_move(view, old, new)` runs just
+    before they are published and the branch moves (`view` reads them); an exception from it aborts the
+    apply like any other. Returns (branch, old tip, new tip)."""
     u = _Unwrapped(repo, path)
+    view = None
     try:
-        # A transaction: its pack is deleted, installed or not, unless the branch moved (or was already there).
+        # A transaction: its packs are deleted unless published (just before the branch moves)
         with repo.transaction(level=level) as tx:
             head = read_git_bundle_header(lambda: u.stream.readline(limits.MAX_BUNDLE_HEADER_LINE + 1), path)
             for p in head.prerequisites:
@@ -466,43 +470,53 @@ def apply(repo: Repo, path: str, branch: str | None = None, level: int = 1,
                 raise CorruptObject(f"{path}: the bundle lacks its own tip {new.hex()}")
             with repo.lock():
                 old_tip = repo.branch_tip(branch)
-                tx.install_packs()
-                try:
-                    commit = repo.git[pygit2.Oid(raw=new)]
-                except (KeyError, ValueError, pygit2.GitError):
-                    commit = None
-                if not isinstance(commit, pygit2.Commit):  # a branch names a commit, never a tag
-                    raise CorruptObject(f"{path}: the bundle's tip {new.hex()} is not a commit")
-                if commit.id.raw not in commits:
-                    commits.append(commit.id.raw)
-                seen_roots: set = set()
-                verified = treeread.Verified()  # directories shared by commits are read once
-                for cid in commits:
-                    try:
-                        c = repo.git[pygit2.Oid(raw=cid)].peel(pygit2.Commit)
-                        parents = list(c.parent_ids)
-                    except (KeyError, ValueError, pygit2.GitError):
-                        raise CorruptObject(f"{path}: commit {cid.hex()} is malformed; nothing was changed") from None
-                    for parent in parents:
-                        if not repo.exists(parent.raw):
-                            raise CorruptObject(f"{path}: commit {c.id} has parent {parent}, which neither the bundle "
-                                                "nor the repository holds; nothing was changed")
-                    if c.tree_id.raw not in seen_roots:  # commits sharing a tree: it is read once
-                        seen_roots.add(c.tree_id.raw)
-                        _verify(repo, c, path, verified)
+                staged = tx.stage_packs()
+                view = repo.with_objects(staged) if staged is not None else repo
+                _check(view, path, new, commits)
                 if old_tip == new:
                     tx.commit()
                     return branch, old_tip, new
-                if old_tip is not None and not repo.git.descendant_of(commit.id, pygit2.Oid(raw=old_tip)):
+                if old_tip is not None and not view.git.descendant_of(pygit2.Oid(raw=new), pygit2.Oid(raw=old_tip)):
                     raise NotFastForward(f"branch {branch} is at {old_tip.hex()}, which {new.hex()} does not descend "
                                           "from; nothing was changed")
                 if before_move is not None:
-                    before_move(old_tip, new)
+                    before_move(view, old_tip, new)
+                tx.publish_packs()
                 repo.set_branch(branch, new, old_tip, f"gitree: bundle apply {os.path.basename(path)}")
                 tx.commit()
             return branch, old_tip, new
     finally:
+        if view is not None and view is not repo:
+            view.close()
         u.close()
+
+
+def _check(view: Repo, path: str, new: bytes, commits: list[bytes]) -> None:
+    """Every commit the bundle carries, and its tip, read as fsck reads them (through `view`, which reads the
+    quarantined objects): each a commit whose parents are present and whose tree verifies."""
+    try:
+        commit = view.git[pygit2.Oid(raw=new)]
+    except (KeyError, ValueError, pygit2.GitError):
+        commit = None
+    if not isinstance(commit, pygit2.Commit):  # a branch names a commit, never a tag
+        raise CorruptObject(f"{path}: the bundle's tip {new.hex()} is not a commit")
+    if commit.id.raw not in commits:
+        commits.append(commit.id.raw)
+    seen_roots: set = set()
+    verified = treeread.Verified()  # directories shared by commits are read once
+    for cid in commits:
+        try:
+            c = view.git[pygit2.Oid(raw=cid)].peel(pygit2.Commit)
+            parents = list(c.parent_ids)
+        except (KeyError, ValueError, pygit2.GitError):
+            raise CorruptObject(f"{path}: commit {cid.hex()} is malformed; nothing was changed") from None
+        for parent in parents:
+            if not view.exists(parent.raw):
+                raise CorruptObject(f"{path}: commit {c.id} has parent {parent}, which neither the bundle "
+                                    "nor the repository holds; nothing was changed")
+        if c.tree_id.raw not in seen_roots:  # commits sharing a tree: it is read once
+            seen_roots.add(c.tree_id.raw)
+            _verify(view, c, path, verified)
 
 
 def _verify(repo: Repo, commit: pygit2.Commit, where: str, verified: treeread.Verified) -> None:
