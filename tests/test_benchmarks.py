@@ -82,3 +82,26 @@ def test_report_and_plots_written(quick_results):
     assert "## Targets" in text and "## Update size per step" in text
     for name in report.PLOTS:
         assert (out / name).stat().st_size > 1000, name
+
+
+def test_floors_measure_every_figure_on_the_quick_series(quick_results, tmp_path):
+    """`python -m benchmarks.floors` on q1 and q2 (built by the quick run): every figure measured, each
+    allowance and floor derived from them, and the report names both targets."""
+    from benchmarks import floors
+    from benchmarks.corpus import DEFAULT_CACHE
+    with open(os.path.join(DEFAULT_CACHE, "manifest.json")) as f:
+        tars = {v["name"]: v["path"] for v in json.load(f).values() if not v.get("error")}
+    out = tmp_path / "floors.json"
+    r = subprocess.run([sys.executable, "-m", "benchmarks.floors", tars["q1"], tars["q2"], "--rounds", "1",
+                        "--json", str(out)], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(out.read_text())
+    timed = [k for k, v in res.items() if isinstance(v, dict) and "wall_s" in v]
+    assert len(timed) == 12
+    assert all(res[k]["wall_s"] > 0 and res[k]["cpu_s"] > 0 for k in timed)
+    assert res["inflate_new_blobs"]["blobs"] > 100 and res["inflate_new_blobs"]["not_whole_in_a_pack"] == 0
+    d = res["derived"]
+    assert d["update_allowance"] == round(0.05 * res["cli_archive_cold"]["wall_s"], 3)
+    assert d["bare_user_floor"] > res["start_gitree_export"]["wall_s"]
+    assert d == floors.derive(res)
+    assert "export after an update: allowed" in r.stdout and "bare-user cold export: allowed" in r.stdout
