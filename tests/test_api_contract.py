@@ -173,7 +173,7 @@ def test_bundle_apply_failing_midway_leaves_nothing(work):
     assert sorted(os.listdir(os.path.join(dst, "objects", "pack"))) == packs
 
 
-def test_a_bundle_is_invisible_to_other_readers_until_every_check_has_passed(work):
+def test_a_bundle_is_invisible_to_other_readers_until_every_check_has_passed(work, monkeypatch):
     """A concurrent import skips the objects the repository holds; had it seen a bundle's objects while they
     were being verified, refusing the bundle would have taken them from its commit. They stay in a
     quarantine that only the apply's own view reads, and appear in objects/pack only once accepted."""
@@ -195,22 +195,24 @@ def test_a_bundle_is_invisible_to_other_readers_until_every_check_has_passed(wor
     class Refused(Exception):
         pass
 
-    def look(view, old, new):
+    def look(view, commit, where, verified):      # in place of the check of each commit: look, then refuse
         seen["view"] = all(view.exists(bytes.fromhex(b)) for b in blobs)
         seen["other view"] = any(Repo(dst).exists(bytes.fromhex(b)) for b in blobs)
         seen["git"] = [subprocess.run(["git", "--git-dir", dst, "cat-file", "-e", b]).returncode for b in blobs]
         seen["listing"] = sorted(os.listdir(pack_dir))
         raise Refused("refused at the last moment")
 
+    monkeypatch.setattr(bundle, "_verify", look)
     with pytest.raises(Refused):
-        bundle.apply(Repo(dst), out, before_move=look)
+        api.bundle_apply(dst, out)
+    monkeypatch.undo()
     assert seen["view"] and not seen["other view"]
     assert all(rc != 0 for rc in seen["git"])                    # another process sees none of them
     quarantined = [n for n in seen["listing"] if n not in before]
     assert len(quarantined) == 1 and re.fullmatch(r"tmp_gitree_\d+_[0-9a-f]+\.q", quarantined[0])
     assert sorted(os.listdir(pack_dir)) == before and state(dst) == ([], {})
     # accepted: published into objects/pack, the quarantine gone
-    bundle.apply(Repo(dst), out)
+    api.bundle_apply(dst, out)
     assert all(subprocess.run(["git", "--git-dir", dst, "cat-file", "-e", b]).returncode == 0 for b in blobs)
     after = sorted(os.listdir(pack_dir))
     assert len(after) == len(before) + 2 and all(n.startswith("pack-") for n in after)
