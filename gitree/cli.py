@@ -15,6 +15,7 @@ import enum
 import json
 import os
 import re
+import signal
 import sys
 import threading
 import traceback
@@ -496,15 +497,25 @@ def main(argv=None) -> int:
     api.cap_malloc_arenas()   # before any thread starts: one malloc arena, not 64 MiB of address space per thread
     result: list[int] = []
     t = threading.Thread(target=lambda: result.append(_main(argv)), name="gitree", daemon=True)
+    # SIGTERM (systemd, timeout, a CI runner) ends the command as Ctrl-C does: temporaries removed, no ref moved
+    signal.signal(signal.SIGTERM, _terminated)
     t.start()
     try:
         t.join()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Terminated) as e:
         api.remove_live_temporaries()
-        click.echo("gitree: interrupted", err=True)
+        click.echo("gitree: terminated" if isinstance(e, _Terminated) else "gitree: interrupted", err=True)
         sys.stderr.flush()
         os._exit(INTERRUPTED_EXIT)
     return result[0] if result else INTERNAL_EXIT
+
+
+class _Terminated(Exception):
+    """Raised in the main thread by SIGTERM."""
+
+
+def _terminated(signum, frame) -> None:
+    raise _Terminated()
 
 
 _LINE_BREAKING = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029]")

@@ -874,10 +874,11 @@ class Transaction:
                         # them if no branch comes to hold them)
                         chain, self._chain = self._chain, None
                         chain.install()
+                    self.publish_packs()    # raw packs too, before a branch names what they hold
                     for b, new, old, msg in self._refs:
                         self.repo.set_branch(b, new, old, msg)
-            # packs that arrived whole and were never staged (or staged, not published): a pack appearing is
-            # safe without the lock (gc's repack deletes only the packs it listed when it began)
+            # raw packs no staged branch names (bundle apply publishes its own under its lock): a pack
+            # appearing is safe without the lock (gc's repack deletes only the packs it listed when it began)
             self.publish_packs()
         except BaseException:
             self.abort()

@@ -32,6 +32,20 @@ STREAM_BLOB = 32 << 20        # blobs larger than this are read through `git cat
 _TYPE_NAMES = {OBJ_BLOB: "blob", OBJ_TREE: "tree", OBJ_COMMIT: "commit"}
 
 
+def _c_quote(path: str) -> str:
+    """A path as git reads a quoted entry of GIT_ALTERNATE_OBJECT_DIRECTORIES: in double quotes, with '"',
+    '\\' and every byte outside printable ASCII as a backslash escape (octal)."""
+    out = []
+    for b in os.fsencode(path):
+        if b in (0x22, 0x5C):
+            out.append("\\" + chr(b))
+        elif 0x20 <= b < 0x7F:
+            out.append(chr(b))
+        else:
+            out.append("\\%03o" % b)
+    return '"' + "".join(out) + '"'
+
+
 class Repo:
     """A gitree repository: a bare git repository plus gitree's conventions."""
 
@@ -48,6 +62,7 @@ class Repo:
         self.path = self.git.path.rstrip("/")
         self.objects_dir = os.path.join(self.path, "objects")
         self._local = threading.local()
+        self._gits: list[pygit2.Repository] = []      # the per-thread repositories (close frees them)
         self._extra_objects: tuple[str, ...] = ()   # a view's quarantine (with_objects)
 
     def with_objects(self, objects_dir: str) -> "Repo":
@@ -59,8 +74,11 @@ class Repo:
         return view
 
     def close(self) -> None:
-        """Release the object database handles (its mapped packs) of this Repo's main pygit2 repository."""
-        self.git.free()
+        """Release the object databases (their open and mapped packs) of this Repo's pygit2 repositories, the
+        per-thread ones too. A view must not be used after: its repositories would reopen without the
+        quarantine."""
+        for g in [self.git, *self._gits]:
+            g.free()
 
     # -- creation, locking, refs -------------------------------------------------------------
 
@@ -151,6 +169,8 @@ class Repo:
             g = self._local.git = pygit2.Repository(self.path, pygit2.enums.RepositoryOpenFlag.NO_SEARCH)
             for d in self._extra_objects:
                 g.odb.add_disk_alternate(d)
+            if self._extra_objects:
+                self._gits.append(g)
         return g
 
     def exists(self, oid: bytes) -> bool:
@@ -187,8 +207,8 @@ class Repo:
             return
         # small mmap windows: git maps the pack as it streams instead of mapping the whole blob at once
         env = None
-        if self._extra_objects:   # a view's quarantine, for git too
-            env = {**os.environ, "GIT_ALTERNATE_OBJECT_DIRECTORIES": os.pathsep.join(self._extra_objects)}
+        if self._extra_objects:   # a view's quarantine, for git too (each path quoted: git splits on ':')
+            env = {**os.environ, "GIT_ALTERNATE_OBJECT_DIRECTORIES": ":".join(map(_c_quote, self._extra_objects))}
         proc = tools.popen(["git", "-c", "core.packedGitWindowSize=32m", "-c", "core.packedGitLimit=128m",
                             "-c", "core.bigFileThreshold=32m", "--git-dir", self.path, "cat-file", "blob", oid.hex()],
                            env=env)

@@ -226,6 +226,43 @@ def test_a_bundle_is_invisible_to_other_readers_until_every_check_has_passed(wor
     assert not os.path.exists(stale)
 
 
+def test_a_view_reads_its_quarantine_through_git_too_and_close_lets_it_go(work):
+    """Blobs over STREAM_BLOB are read by `git cat-file`, which must find a view's quarantine whatever the
+    repository's path holds (git splits GIT_ALTERNATE_OBJECT_DIRECTORIES on ':' unless the entry is quoted);
+    `close` releases every pack the view opened, the per-thread repositories' too."""
+    import threading
+
+    from gitree import repo as repo_mod
+    from gitree.packwriter import OBJ_BLOB, Quarantine, hash_and_compress
+    path = os.path.join(work, 'a:b "c"\\d\xe9.git')
+    r = api.open_repo(api.init(path).path)
+    data = os.urandom(repo_mod.STREAM_BLOB + 4096)
+    q = Quarantine(r.objects_dir)
+    tx = r.transaction()
+    pack = tx.raw_pack()
+    obj = hash_and_compress(OBJ_BLOB, data, 1)
+    pack.add_raw(obj.oid, obj.entry)
+    q.add(pack)
+    tx.abort()
+    view = r.with_objects(q.path)
+    assert not r.exists(obj.oid) and view.exists(obj.oid)
+    assert b"".join(view.blob_chunks(obj.oid)) == data
+    got = []
+    t = threading.Thread(target=lambda: got.append(view.blob_size(obj.oid)))
+    t.start()
+    t.join()
+    assert got == [len(data)]
+    q.remove()
+
+    def open_packs() -> list[str]:
+        fds = os.listdir("/proc/self/fd")
+        return [p for p in (os.readlink(f"/proc/self/fd/{fd}") for fd in fds if os.path.exists(f"/proc/self/fd/{fd}"))
+                if ".q/pack/" in p]
+    assert open_packs()
+    view.close()
+    assert open_packs() == []
+
+
 def test_make_bootable_failing_midway_leaves_nothing(work):
     repo = api.init(os.path.join(work, "r.git")).path
     files = {"boot/vmlinuz-6.1.0-test": os.urandom(5000), "boot/initrd.img-6.1.0-test": os.urandom(5000),

@@ -740,6 +740,43 @@ def test_import_killed_half_way_through_stdin(work, prepared):
     _after_kill_checks(work, repo, base, before_refs, before_packs, tar)
 
 
+def test_import_terminated_half_way_removes_its_temporaries(work, prepared):
+    """SIGTERM (systemd, timeout) ends a command as Ctrl-C does: its temporary pack and scratch files are
+    removed, exit code 130, one line; a quarantine of bundle apply is removed by the same cleanup."""
+    from gitree import packwriter
+    repo, base, outside = prepared
+    tar = _big_tar()
+    before_refs, before_packs = refs(repo), installed_packs(repo)
+    pack_dir = os.path.join(repo, "objects", "pack")
+    p = _popen_import(repo, "-", stdin=subprocess.PIPE)
+    try:
+        p.stdin.write(tar[: len(tar) // 2])
+        p.stdin.flush()
+        _wait_for(lambda: any(n.startswith("tmp_gitree_") for n in os.listdir(pack_dir)) or p.poll() is not None,
+                  30)
+        assert p.poll() is None, p.stderr.read()
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        try:
+            p.stdin.close()
+        except BrokenPipeError:
+            pass
+    err = p.stderr.read()
+    p.stdout.close()
+    p.stderr.close()
+    assert p.returncode == 130 and err.strip().splitlines() == [b"gitree: terminated"], (p.returncode, err)
+    assert not [n for n in os.listdir(pack_dir) if n.startswith("tmp")]
+    _after_kill_checks(work, repo, base, before_refs, before_packs, tar)
+    q = packwriter.Quarantine(os.path.join(repo, "objects"))
+    assert os.path.isdir(q.path)
+    packwriter.remove_live_temporaries()
+    assert not os.path.exists(q.path)
+
+
 def test_import_killed_while_waiting_to_commit(work, prepared):
     """Killed at the last step (all objects written, waiting for the lock): nothing becomes visible."""
     repo, base, outside = prepared
