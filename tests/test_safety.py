@@ -712,19 +712,18 @@ def _after_kill_checks(work: str, repo: str, base: str, before_refs: dict, befor
     git(repo, "fsck", "--strict")
 
 
-def test_import_killed_half_way_through_stdin(work, prepared):
-    repo, base, outside = prepared
-    tar = _big_tar()
-    before_refs, before_packs = refs(repo), installed_packs(repo)
+def _signal_half_way(repo: str, tar: bytes, sig: int, ready) -> tuple[int, bytes, bytes]:
+    """Import the first half of `tar` on stdin, send `sig` once ready() (or a started import) says so, and
+    return (exit status, stdout, stderr)."""
     p = _popen_import(repo, "-", stdin=subprocess.PIPE)
     try:
         # Writing blocks until gitree has consumed all but a pipe buffer of it: it is half-way for sure.
         p.stdin.write(tar[: len(tar) // 2])
         p.stdin.flush()
-        time.sleep(0.3)
+        _wait_for(lambda: ready() or p.poll() is not None, 30)
         assert p.poll() is None, p.stderr.read()
-        p.send_signal(signal.SIGKILL)
-        p.wait(timeout=10)
+        p.send_signal(sig)
+        p.wait(timeout=30)
     finally:
         if p.poll() is None:
             p.kill()
@@ -733,10 +732,19 @@ def test_import_killed_half_way_through_stdin(work, prepared):
             p.stdin.close()
         except BrokenPipeError:
             pass
-    assert p.returncode == -signal.SIGKILL
-    assert p.stdout.read() == b""
+    out, err = p.stdout.read(), p.stderr.read()
     p.stdout.close()
     p.stderr.close()
+    return p.returncode, out, err
+
+
+def test_import_killed_half_way_through_stdin(work, prepared):
+    repo, base, outside = prepared
+    tar = _big_tar()
+    before_refs, before_packs = refs(repo), installed_packs(repo)
+    start = time.monotonic()
+    rc, out, _ = _signal_half_way(repo, tar, signal.SIGKILL, lambda: time.monotonic() - start > 0.3)
+    assert rc == -signal.SIGKILL and out == b""
     _after_kill_checks(work, repo, base, before_refs, before_packs, tar)
 
 
@@ -748,27 +756,9 @@ def test_import_terminated_half_way_removes_its_temporaries(work, prepared):
     tar = _big_tar()
     before_refs, before_packs = refs(repo), installed_packs(repo)
     pack_dir = os.path.join(repo, "objects", "pack")
-    p = _popen_import(repo, "-", stdin=subprocess.PIPE)
-    try:
-        p.stdin.write(tar[: len(tar) // 2])
-        p.stdin.flush()
-        _wait_for(lambda: any(n.startswith("tmp_gitree_") for n in os.listdir(pack_dir)) or p.poll() is not None,
-                  30)
-        assert p.poll() is None, p.stderr.read()
-        p.send_signal(signal.SIGTERM)
-        p.wait(timeout=30)
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-        try:
-            p.stdin.close()
-        except BrokenPipeError:
-            pass
-    err = p.stderr.read()
-    p.stdout.close()
-    p.stderr.close()
-    assert p.returncode == 130 and err.strip().splitlines() == [b"gitree: terminated"], (p.returncode, err)
+    rc, _, err = _signal_half_way(repo, tar, signal.SIGTERM,
+                                  lambda: any(n.startswith("tmp_gitree_") for n in os.listdir(pack_dir)))
+    assert rc == 130 and err.strip().splitlines() == [b"gitree: terminated"], (rc, err)
     assert not [n for n in os.listdir(pack_dir) if n.startswith("tmp")]
     _after_kill_checks(work, repo, base, before_refs, before_packs, tar)
     q = packwriter.Quarantine(os.path.join(repo, "objects"))
