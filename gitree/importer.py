@@ -743,6 +743,23 @@ class Transaction:
         self._known: collections.OrderedDict[bytes, tuple] = collections.OrderedDict()
         self.stats = ImportStats()
         self.done = False
+        # held until the transaction ends: gc waits, so nothing this transaction finds present (and skips)
+        # is repacked away before a branch names it
+        self._in_use = repo.objects_in_use(getattr(progress, "waiting", None))
+
+    def _release(self) -> None:
+        self.done = True
+        if self._in_use >= 0:
+            os.close(self._in_use)
+            self._in_use = -1
+
+    def __del__(self) -> None:      # a transaction dropped unfinished must not hold gc off forever
+        if getattr(self, "_in_use", -1) >= 0:
+            try:
+                os.close(self._in_use)
+            except OSError:
+                pass
+            self._in_use = -1
 
     def __enter__(self) -> "Transaction":
         return self
@@ -883,7 +900,7 @@ class Transaction:
         except BaseException:
             self.abort()
             raise
-        self.done = True
+        self._release()
         return cid
 
     def abort(self) -> None:
@@ -901,7 +918,7 @@ class Transaction:
             self._quarantine.remove()
             self._quarantine = None
         self._refs.clear()
-        self.done = True
+        self._release()
 
 
 __all__ = ["Importer", "Transaction", "ImportStats", "Progress"]

@@ -403,7 +403,9 @@ def gc(repo: Repo, window: int = 50, depth: int = 50, level: int = 9) -> None:
     import time
 
     pack_dir = os.path.join(repo.objects_dir, "pack")
-    with repo.lock():
+    # objects_exclusive first (the order every writer takes them in): no import, bundle apply or other
+    # transaction is between finding an object present and naming it from a branch while git repacks
+    with repo.objects_exclusive(), repo.lock():
         for name in os.listdir(pack_dir) if os.path.isdir(pack_dir) else []:
             p = os.path.join(pack_dir, name)
             if name.startswith("tmp_gitree_") and time.time() - os.lstat(p).st_mtime > 3600:

@@ -114,6 +114,34 @@ class Repo:
         finally:
             os.close(fd)
 
+    def objects_in_use(self, on_wait: Callable[[], None] | None = None) -> int:
+        """Declare that this process counts on objects it finds present (a writer skips writing what the
+        repository holds): a shared lock on gitree.objects.lock, which `gc` takes exclusively, so no repack
+        drops an object between a writer's finding it and the branch that comes to name it. Returns the
+        descriptor; `os.close` it to release. Order: this before `lock()`, as gc does."""
+        fd = os.open(os.path.join(self.path, "gitree.objects.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if on_wait:
+                    on_wait()
+                fcntl.flock(fd, fcntl.LOCK_SH)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    @contextlib.contextmanager
+    def objects_exclusive(self):
+        """gc's side of objects_in_use: waits until no writer counts on present objects, and holds them off."""
+        fd = os.open(os.path.join(self.path, "gitree.objects.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
     def transaction(self, *, keep_mtime: bool = False, level: int = 1, progress: Progress | None = None,
                     warn: Callable[[str], None] | None = None) -> "Transaction":
         """A Transaction on this repository (use it as a context manager: leaving without commit aborts)."""

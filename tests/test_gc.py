@@ -8,6 +8,7 @@ import subprocess
 import pytest
 
 from gitree import api
+from helpers import GITREE
 from test_ostree_bridge import build_t1, fresh_ostree, ostree, ostree_commit
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="ostree commit of arbitrary owners needs root")
@@ -56,3 +57,43 @@ def test_gc_then_export_matches_ostree_commit(work):
     co = os.path.join(work, "co")
     api.checkout(repo, "b", co)
     assert open(os.path.join(co, "lib.so"), "rb").read() == base + b"version 2\n"
+
+
+def test_gc_waits_for_a_writer_that_counts_on_present_objects(work):
+    """A writer skips the objects the repository holds. A branch deleted by hand leaves its objects in a pack,
+    named by nothing: an import of the same files finds them present and writes only its commit. A gc that
+    repacked in between would drop them and leave the new branch naming a missing tree; gc waits for the
+    writer instead (gitree.objects.lock), then keeps them, now named."""
+    import time
+
+    from gitree.entry import Entry, Kind
+    repo = os.path.join(work, "g.git")
+    r = api.open_repo(api.init(repo).path)
+    files = {b"f%02d" % i: os.urandom(4000) for i in range(20)}
+
+    def add_all(tx) -> None:
+        for name, data in files.items():
+            tx.add(Entry(name, Kind.FILE, 0o644, size=len(data)), lambda data=data: [data])
+    with r.transaction() as tx:
+        add_all(tx)
+        tx.commit(branch="old", message="old", timestamp=10)
+    subprocess.run(["git", "--git-dir", repo, "update-ref", "-d", "refs/heads/old"], check=True)
+    gc = None
+    try:
+        with r.transaction() as tx:
+            add_all(tx)
+            gc = subprocess.Popen([*GITREE, "-q", "-C", repo, "gc"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            time.sleep(2)
+            assert gc.poll() is None, gc.communicate()     # waiting: this transaction counts on the objects
+            new = tx.commit(branch="new", message="new", timestamp=20)
+        assert tx.stats.new_objects == 0                   # no tree or blob: each was found present
+        _, err = gc.communicate(timeout=120)
+        assert gc.returncode == 0, err
+    finally:
+        if gc is not None and gc.poll() is None:
+            gc.kill()
+            gc.wait()
+    subprocess.run(["git", "--git-dir", repo, "fsck", "--strict", "--no-progress"], check=True, capture_output=True)
+    api.fsck(repo, check=True)
+    assert api.ls(r, new.hex()).items and len(api.ls(r, new.hex()).items) == len(files)
