@@ -212,10 +212,12 @@ class GcResult(Result):
     pass
 
 
-def gc(repo: Repo | str, *, window: int = 50, depth: int = 50, compression: int = 9,
+def gc(repo: Repo | str, *, window: int = 50, depth: int = 50, compression: int = 9, progress=None,
        on_warning: OnWarning = None) -> GcResult:
-    """Repack the repository into one delta-compressed pack (every object recompressed at `compression`)."""
-    porcelain.gc(open_repo(repo), window, depth, compression)
+    """Repack the repository into one delta-compressed pack (every object recompressed at `compression`).
+    It first waits for the open transactions of other writers (imports, bundle apply), calling
+    `progress.waiting()` if it has to."""
+    porcelain.gc(open_repo(repo), window, depth, compression, on_wait=getattr(progress, "waiting", None))
     return GcResult()
 
 

@@ -420,8 +420,9 @@ def bundle_unwrap(c: Ctx, file, out):
 @click.option("--compression", type=click.IntRange(0, 9), default=9, show_default=True, help="zlib level")
 @pass_ctx
 def gc(c: Ctx, window, depth, compression):
-    """Repack the repository into one delta-compressed pack (every object recompressed)."""
-    res = api.gc(c.repo(), window=window, depth=depth, compression=compression, on_warning=c.on_warning)
+    """Repack the repository into one delta-compressed pack (every object recompressed); waits for running
+    imports and bundle applies first."""
+    res = c.call("gc", api.gc, c.repo(), window=window, depth=depth, compression=compression)
     c.emit("gc", res, lambda: click.echo("gc: done", err=True))
 
 

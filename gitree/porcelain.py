@@ -398,14 +398,15 @@ GC_MEMORY = ("-c", "core.packedGitLimit=128m", "-c", "core.packedGitWindowSize=3
              "-c", "pack.deltaCacheSize=64m", "-c", "pack.threads=2")
 
 
-def gc(repo: Repo, window: int = 50, depth: int = 50, level: int = 9) -> None:
+def gc(repo: Repo, window: int = 50, depth: int = 50, level: int = 9,
+       on_wait: Callable[[], None] | None = None) -> None:
     """Repack everything into one delta-compressed pack at zlib `level`, and drop stale temporary packs."""
     import time
 
     pack_dir = os.path.join(repo.objects_dir, "pack")
     # objects_exclusive first (the order every writer takes them in): no import, bundle apply or other
     # transaction is between finding an object present and naming it from a branch while git repacks
-    with repo.objects_exclusive(), repo.lock():
+    with repo.objects_exclusive(on_wait), repo.lock(on_wait=on_wait):
         for name in os.listdir(pack_dir) if os.path.isdir(pack_dir) else []:
             p = os.path.join(pack_dir, name)
             if name.startswith("tmp_gitree_") and time.time() - os.lstat(p).st_mtime > 3600:

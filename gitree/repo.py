@@ -133,11 +133,17 @@ class Repo:
         return fd
 
     @contextlib.contextmanager
-    def objects_exclusive(self):
-        """gc's side of objects_in_use: waits until no writer counts on present objects, and holds them off."""
+    def objects_exclusive(self, on_wait: Callable[[], None] | None = None):
+        """gc's side of objects_in_use: waits until no writer counts on present objects (calling on_wait()
+        first if it must), and holds them off."""
         fd = os.open(os.path.join(self.path, "gitree.objects.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if on_wait:
+                    on_wait()
+                fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
             os.close(fd)

@@ -86,6 +86,7 @@ def test_gc_waits_for_a_writer_that_counts_on_present_objects(work):
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             time.sleep(2)
             assert gc.poll() is None, gc.communicate()     # waiting: this transaction counts on the objects
+            assert os.read(gc.stderr.fileno(), 4096).startswith(b"gitree: waiting for another writer")
             new = tx.commit(branch="new", message="new", timestamp=20)
         assert tx.stats.new_objects == 0                   # no tree or blob: each was found present
         _, err = gc.communicate(timeout=120)
