@@ -97,19 +97,29 @@ class Repo:
         cfg["pack.depth"] = "50"
         return repo
 
-    @contextlib.contextmanager
-    def lock(self, wait: bool = True, on_wait: Callable[[], None] | None = None):
-        """Exclusive writer lock on the repository (flock on gitree.lock)."""
-        fd = os.open(os.path.join(self.path, "gitree.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    def _flock(self, name: str, op: int, wait: bool = True, on_wait: Callable[[], None] | None = None) -> int:
+        """An open descriptor of the lock file `name` holding flock `op` (LOCK_EX or LOCK_SH); on_wait() is
+        called first if it must wait. `os.close` releases it."""
+        fd = os.open(os.path.join(self.path, name), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, op | fcntl.LOCK_NB)
             except BlockingIOError:
                 if not wait:
                     raise RepoLocked(f"repository {self.path} is locked by another gitree writer") from None
                 if on_wait:
                     on_wait()
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                fcntl.flock(fd, op)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    @contextlib.contextmanager
+    def lock(self, wait: bool = True, on_wait: Callable[[], None] | None = None):
+        """Exclusive writer lock on the repository (flock on gitree.lock)."""
+        fd = self._flock("gitree.lock", fcntl.LOCK_EX, wait, on_wait)
+        try:
             yield
         finally:
             os.close(fd)
@@ -119,31 +129,14 @@ class Repo:
         repository holds): a shared lock on gitree.objects.lock, which `gc` takes exclusively, so no repack
         drops an object between a writer's finding it and the branch that comes to name it. Returns the
         descriptor; `os.close` it to release. Order: this before `lock()`, as gc does."""
-        fd = os.open(os.path.join(self.path, "gitree.objects.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if on_wait:
-                    on_wait()
-                fcntl.flock(fd, fcntl.LOCK_SH)
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
+        return self._flock("gitree.objects.lock", fcntl.LOCK_SH, on_wait=on_wait)
 
     @contextlib.contextmanager
     def objects_exclusive(self, on_wait: Callable[[], None] | None = None):
         """gc's side of objects_in_use: waits until no writer counts on present objects (calling on_wait()
         first if it must), and holds them off."""
-        fd = os.open(os.path.join(self.path, "gitree.objects.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = self._flock("gitree.objects.lock", fcntl.LOCK_EX, on_wait=on_wait)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if on_wait:
-                    on_wait()
-                fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
             os.close(fd)
