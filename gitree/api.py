@@ -395,10 +395,11 @@ class BundleApplyResult(Result):
     new: str
 
 
-def bundle_apply(repo: Repo | str, path: str, *, branch: str | None = None, strict: bool = False,
+def bundle_apply(repo: Repo | str, path: str, *, branch: str | None = None, strict: bool = False, progress=None,
                  on_warning: OnWarning = None) -> BundleApplyResult:
     """Add a bundle's objects, verify every incoming commit, then move its branch (fast-forward only).
-    `strict`: a warning fails the apply (StrictWarnings) before the branch moves; nothing is kept."""
+    `strict`: a warning fails the apply (StrictWarnings) before the branch moves; nothing is kept.
+    `progress.waiting()` is called when the apply waits for a gc or another writer."""
     import pygit2
 
     from .transport.bundle import apply
@@ -415,7 +416,7 @@ def bundle_apply(repo: Repo | str, path: str, *, branch: str | None = None, stri
         if strict and w.items:
             raise StrictWarnings(f"--strict: {len(w.items)} warning(s) above; nothing was applied")
 
-    name, old, new = apply(r, path, branch, before_move=before_move)
+    name, old, new = apply(r, path, branch, before_move=before_move, on_wait=getattr(progress, "waiting", None))
     return BundleApplyResult(name, old.hex() if old else None, new.hex(), warnings=w.items)
 
 

@@ -393,7 +393,7 @@ def bundle_create(c: Ctx, spec, file, branch):
 @pass_ctx
 def bundle_apply(c: Ctx, file, branch):
     """Add FILE's objects, verify the new tree, then move its branch (fast-forward only)."""
-    res = api.bundle_apply(c.repo(), file, branch=branch, strict=c.strict, on_warning=c.on_warning)
+    res = c.call("bundle apply", api.bundle_apply, c.repo(), file, branch=branch, strict=c.strict)
 
     def text():
         click.echo(f"{res.branch}: {res.old[:12] if res.old else '(new)'} -> {res.new[:12]}", err=True)

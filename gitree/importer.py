@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, NamedTuple
 
-from . import limits, sidetable
+from . import limits, lockfile, sidetable
 from .entry import MAX_DEPTH, Entry, Kind, check_fields, split_path
 from .errors import BadInput, BranchMoved, UnsafePath, UsageError, warner
 from .exportcache import FILE, open_cache, record_key
@@ -750,13 +750,13 @@ class Transaction:
     def _release(self) -> None:
         self.done = True
         if self._in_use >= 0:
-            os.close(self._in_use)
+            lockfile.release(self._in_use)
             self._in_use = -1
 
     def __del__(self) -> None:      # a transaction dropped unfinished must not hold gc off forever
         if getattr(self, "_in_use", -1) >= 0:
             try:
-                os.close(self._in_use)
+                lockfile.release(self._in_use)
             except OSError:
                 pass
             self._in_use = -1

@@ -53,6 +53,8 @@ class TerminalProgress:
         self.stream.flush()
 
     def done(self) -> None:
+        if not (self.shown or self.files or self.nbytes):   # nothing to count (gc, bundle apply): no line
+            return
         self._draw()
         self.stream.write("\n")
         self.stream.flush()

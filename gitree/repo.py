@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 
 import pygit2
 
-from . import tools, treeread
+from . import lockfile, tools, treeread
 from .entry import Entry
 from .gittree import ContentRef
 from .errors import BadInput, BranchMoved, CorruptObject, NotFound, RepoLocked, TargetExists, UsageError
@@ -98,22 +98,9 @@ class Repo:
         return repo
 
     def _flock(self, name: str, op: int, wait: bool = True, on_wait: Callable[[], None] | None = None) -> int:
-        """An open descriptor of the lock file `name` holding flock `op` (LOCK_EX or LOCK_SH); on_wait() is
-        called first if it must wait. `os.close` releases it."""
-        fd = os.open(os.path.join(self.path, name), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, op | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if not wait:
-                    raise RepoLocked(f"repository {self.path} is locked by another gitree writer") from None
-                if on_wait:
-                    on_wait()
-                fcntl.flock(fd, op)
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
+        def busy() -> None:
+            raise RepoLocked(f"repository {self.path} is locked by another gitree writer")
+        return lockfile.take(os.path.join(self.path, name), op, on_wait, None if wait else busy)
 
     @contextlib.contextmanager
     def lock(self, wait: bool = True, on_wait: Callable[[], None] | None = None):
@@ -122,14 +109,29 @@ class Repo:
         try:
             yield
         finally:
-            os.close(fd)
+            lockfile.release(fd)
 
     def objects_in_use(self, on_wait: Callable[[], None] | None = None) -> int:
         """Declare that this process counts on objects it finds present (a writer skips writing what the
         repository holds): a shared lock on gitree.objects.lock, which `gc` takes exclusively, so no repack
         drops an object between a writer's finding it and the branch that comes to name it. Returns the
-        descriptor; `os.close` it to release. Order: this before `lock()`, as gc does."""
-        return self._flock("gitree.objects.lock", fcntl.LOCK_SH, on_wait=on_wait)
+        descriptor; `lockfile.release` releases it. Order: this before `lock()`, as gc does.
+
+        Then this Repo's pygit2 handles are opened afresh: libgit2 keeps a pack it has mapped readable after
+        a gc deleted the file, and answers for objects that are gone from disk; what this Repo read before
+        the lock (make-bootable's source tree, a bundle's base) must not make a writer skip them."""
+        fd = self._flock("gitree.objects.lock", fcntl.LOCK_SH, on_wait=on_wait)
+        self.reopen()
+        return fd
+
+    def reopen(self) -> None:
+        """Fresh pygit2 handles (the view's quarantine still added): objects are looked up on disk as it is
+        now, not through packs opened before."""
+        self.git = pygit2.Repository(self.path, pygit2.enums.RepositoryOpenFlag.NO_SEARCH)
+        for d in self._extra_objects:
+            self.git.odb.add_disk_alternate(d)
+        self._local = threading.local()
+        self._gits = []
 
     @contextlib.contextmanager
     def objects_exclusive(self, on_wait: Callable[[], None] | None = None):
@@ -139,7 +141,7 @@ class Repo:
         try:
             yield
         finally:
-            os.close(fd)
+            lockfile.release(fd)
 
     def transaction(self, *, keep_mtime: bool = False, level: int = 1, progress: Progress | None = None,
                     warn: Callable[[str], None] | None = None) -> "Transaction":
