@@ -437,22 +437,52 @@ class Problem(NamedTuple):
         return f"{self.rev}: {'/' + self.path.decode('utf-8', 'backslashreplace')}: {self.message}"
 
 
+def _history(repo: Repo, heads: list[str], problems: list[Problem]) -> list[tuple[str, pygit2.Commit]]:
+    """Every commit the branches reach, each once, labelled by its branch (a tip) or its id; a branch or
+    parent naming a missing object, or one that is not a commit, is a problem, not the end of the check."""
+    out: list[tuple[str, pygit2.Commit]] = []
+    seen: set[bytes] = set()
+    for ref in heads:
+        try:
+            tip = repo.git.references[ref].resolve().target
+        except (KeyError, ValueError, pygit2.GitError) as e:
+            problems.append(Problem(ref, b"", f"the branch cannot be resolved ({e})"))
+            continue
+        stack = [(ref, tip)]
+        while stack:
+            label, oid = stack.pop()
+            if oid.raw in seen:
+                continue
+            seen.add(oid.raw)
+            try:
+                obj = repo.git.get(oid)
+            except (ValueError, pygit2.GitError) as e:
+                problems.append(Problem(label, b"", f"commit {oid} cannot be read ({e})"))
+                continue
+            if obj is None:
+                problems.append(Problem(label, b"", f"missing commit {oid}"))
+                continue
+            if not isinstance(obj, pygit2.Commit):
+                problems.append(Problem(label, b"", f"{oid} is a {obj.type_str}, not a commit"))
+                continue
+            out.append((label, obj))
+            stack.extend((str(p), p) for p in reversed(obj.parent_ids))
+    return out
+
+
 def fsck(repo: Repo, revs: list[str] | None = None, warn=None) -> list[Problem]:
     """Read commits as every command does (the store's validating reader, to the end rather than to the
     first fault) and check every file's blob exists. REVs: those commits; none: every commit of every
     branch, history included. Returns problems. `warn` gets one warning when commits carry stored OSTree
     metadata that export publishes unchecked (gitree/ostree/storedcommit.py)."""
+    problems: list[Problem] = []
     if revs:
         commits = [(rev, repo.resolve(rev)) for rev in revs]
     else:
         heads = sorted(r for r in repo.git.references if r.startswith("refs/heads/"))
         if not heads:
             raise NotFound("no branches to check")
-        commits = []
-        for ref in heads:
-            walker = repo.git.walk(repo.git.references[ref].target, pygit2.enums.SortMode.TOPOLOGICAL)
-            commits.extend((str(c.id) if c.id != repo.git.references[ref].target else ref, c) for c in walker)
-    problems: list[Problem] = []
+        commits = _history(repo, heads, problems)
     checked: set[bytes] = set()
     for rev, commit in commits:
         if commit.id.raw in checked:

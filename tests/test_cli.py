@@ -507,6 +507,30 @@ def test_fsck_names_the_corrupt_path(std_copy, dirpath, edit, where):
     assert r.returncode != 0 and any("corrupt: /" in line for line in out_lines(r))
 
 
+def test_fsck_reports_branches_and_parents_that_name_no_commit(std_copy):
+    """A branch naming a missing object or a tree, and a commit whose parent is missing, are problems fsck
+    lists (it used to end in an internal error on the first); the good branch is still checked."""
+    repo, src, cid = std_copy
+    with open(os.path.join(repo, "refs", "heads", "gone"), "w") as f:
+        f.write("12" * 20 + "\n")
+    tree = subprocess.run(["git", "--git-dir", repo, "rev-parse", cid + "^{tree}"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    with open(os.path.join(repo, "refs", "heads", "atree"), "w") as f:
+        f.write(tree + "\n")
+    body = subprocess.run(["git", "--git-dir", repo, "cat-file", "commit", cid], capture_output=True,
+                          check=True).stdout.replace(b"\n", b"\nparent " + b"34" * 20 + b"\n", 1)
+    orphan = subprocess.run(["git", "--git-dir", repo, "hash-object", "-t", "commit", "-w", "--literally",
+                             "--stdin"], input=body, capture_output=True, check=True).stdout.decode().strip()
+    with open(os.path.join(repo, "refs", "heads", "orphan"), "w") as f:
+        f.write(orphan + "\n")
+    r = run_gitree("-C", repo, "fsck", check=False)
+    assert_one_error_line(r, "3 problem")
+    assert sorted(out_lines(r)) == sorted([
+        f"refs/heads/gone: /: missing commit {'12' * 20}",
+        f"refs/heads/atree: /: {tree} is a tree, not a commit",
+        f"{'34' * 20}: /: missing commit {'34' * 20}"]), out_lines(r)
+
+
 # ---------------------------------------------------------------------------------------------
 # errors: one line on stderr, no traceback
 
