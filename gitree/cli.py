@@ -511,8 +511,8 @@ def main(argv=None) -> int:
     return result[0] if result else INTERNAL_EXIT
 
 
-class _Terminated(Exception):
-    """Raised in the main thread by SIGTERM."""
+class _Terminated(BaseException):
+    """Raised in the main thread by SIGTERM (a BaseException: no `except Exception` takes it for a failure)."""
 
 
 def _terminated(signum, frame) -> None:

@@ -8,6 +8,7 @@ they share the open file description, and the lock would otherwise last as long 
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import stat
@@ -25,10 +26,15 @@ def take(path: str, op: int, on_wait: Callable[[], None] | None = None,
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
     except OSError as e:
-        raise UnsafePath(f"cannot open the lock file {path}: {e.strerror} (a symlink there is refused)") from None
+        if e.errno == errno.ELOOP:
+            raise UnsafePath(f"the lock file {path} is a symlink, which is refused") from None
+        raise
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             raise UnsafePath(f"the lock file {path} is not a regular file")
+        if st.st_uid == os.geteuid() and st.st_mode & 0o777 != 0o644:
+            os.fchmod(fd, 0o644)    # readable by the repository's owner whatever the umask (flock needs no more)
         try:
             fcntl.flock(fd, op | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -448,25 +448,25 @@ def _history(repo: Repo, heads: list[str], problems: list[Problem]) -> list[tupl
         except (KeyError, ValueError, pygit2.GitError) as e:
             problems.append(Problem(ref, b"", f"the branch cannot be resolved ({e})"))
             continue
-        stack = [(ref, tip)]
+        stack = [(ref, tip, "")]
         while stack:
-            label, oid = stack.pop()
+            label, oid, via = stack.pop()       # via: ", parent of <child>" for a parent
             if oid.raw in seen:
                 continue
             seen.add(oid.raw)
             try:
                 obj = repo.git.get(oid)
             except (ValueError, pygit2.GitError) as e:
-                problems.append(Problem(label, b"", f"commit {oid} cannot be read ({e})"))
+                problems.append(Problem(label, b"", f"commit {oid}{via} cannot be read ({e})"))
                 continue
             if obj is None:
-                problems.append(Problem(label, b"", f"missing commit {oid}"))
+                problems.append(Problem(label, b"", f"missing commit {oid}{via}"))
                 continue
             if not isinstance(obj, pygit2.Commit):
-                problems.append(Problem(label, b"", f"{oid} is a {obj.type_str}, not a commit"))
+                problems.append(Problem(label, b"", f"{oid}{via} is a {obj.type_str}, not a commit"))
                 continue
             out.append((label, obj))
-            stack.extend((str(p), p) for p in reversed(obj.parent_ids))
+            stack.extend((str(p), p, f", parent of {oid}") for p in reversed(obj.parent_ids))
     return out
 
 

@@ -121,7 +121,11 @@ class Repo:
         a gc deleted the file, and answers for objects that are gone from disk; what this Repo read before
         the lock (make-bootable's source tree, a bundle's base) must not make a writer skip them."""
         fd = self._flock("gitree.objects.lock", fcntl.LOCK_SH, on_wait=on_wait)
-        self.reopen()
+        try:
+            self.reopen()
+        except BaseException:
+            lockfile.release(fd)
+            raise
         return fd
 
     def reopen(self) -> None:

@@ -112,6 +112,7 @@ class Workers:
             code = 1
             try:
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)   # not the CLI's handler: a worker just ends
                 for w in self.workers:   # the parent's ends to earlier workers: their EOF must not wait on us
                     os.close(w.jobs)
                     os.close(w.answers)

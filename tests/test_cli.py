@@ -528,7 +528,7 @@ def test_fsck_reports_branches_and_parents_that_name_no_commit(std_copy):
     assert sorted(out_lines(r)) == sorted([
         f"refs/heads/gone: /: missing commit {'12' * 20}",
         f"refs/heads/atree: /: {tree} is a tree, not a commit",
-        f"{'34' * 20}: /: missing commit {'34' * 20}"]), out_lines(r)
+        f"{'34' * 20}: /: missing commit {'34' * 20}, parent of {orphan}"]), out_lines(r)
 
 
 # ---------------------------------------------------------------------------------------------

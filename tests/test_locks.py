@@ -81,21 +81,26 @@ def test_a_lock_file_root_left_stays_usable_by_the_owner():
     os.chmod(d, 0o755)
     os.chown(d, 65534, 65534)
     path = os.path.join(d, "gitree.objects.lock")
-    lockfile.release(lockfile.take(path, fcntl.LOCK_SH))
-    assert os.stat(path).st_uid == 0 and os.stat(path).st_mode & 0o777 == 0o644
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.setgid(65534)
-            os.setuid(65534)
-            lockfile.release(lockfile.take(path, fcntl.LOCK_EX))
-            code = 0
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    shutil.rmtree(d)
-    assert os.waitstatus_to_exitcode(status) == 0
+    old_umask = os.umask(0o077)       # a strict umask must not make it root's alone
+    try:
+        lockfile.release(lockfile.take(path, fcntl.LOCK_SH))
+        os.umask(old_umask)
+        assert os.stat(path).st_uid == 0 and os.stat(path).st_mode & 0o777 == 0o644
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                lockfile.release(lockfile.take(path, fcntl.LOCK_EX))
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        os.umask(old_umask)
+        shutil.rmtree(d)
 
 
 def test_a_child_forked_without_exec_does_not_keep_a_lock(work):
@@ -115,3 +120,23 @@ def test_a_child_forked_without_exec_does_not_keep_a_lock(work):
     finally:
         os.kill(pid, 9)
         os.waitpid(pid, 0)
+
+
+def test_a_transaction_that_cannot_start_releases_the_objects_lock(work, monkeypatch):
+    """Opening fresh handles can fail (out of descriptors): the shared lock taken just before must not stay
+    held, or every later gc waits for good."""
+    from gitree.repo import Repo
+    repo = api.init(os.path.join(work, "g.git")).path
+    r = api.open_repo(repo)
+
+    def failing(self):
+        raise OSError(24, "Too many open files")
+    monkeypatch.setattr(Repo, "reopen", failing)
+    with pytest.raises(OSError):
+        r.transaction()
+    monkeypatch.undo()
+    probe = ("import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDONLY)\n"
+             "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)")
+    p = subprocess.run([sys.executable, "-c", probe, os.path.join(repo, "gitree.objects.lock")],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr

@@ -767,6 +767,33 @@ def test_import_terminated_half_way_removes_its_temporaries(work, prepared):
     assert not os.path.exists(q.path)
 
 
+def _mark_and_sleep(path: str) -> None:
+    with open(path, "w"):
+        pass
+    time.sleep(30)
+
+
+def test_a_forked_worker_ends_on_sigterm_instead_of_running_the_clis_handler(work):
+    """export's workers fork from the CLI, whose SIGTERM handler raises in the main thread: a worker must
+    not inherit it (it took the signal for a failed job and went on); it ends, and the parent says so."""
+    from gitree import cli, workers
+    from gitree.errors import WriteFailed
+    marker = os.path.join(work, "started")
+    old = signal.signal(signal.SIGTERM, cli._terminated)
+    pool = None
+    try:
+        pool = workers.Workers(1, _mark_and_sleep, lambda: None, ())
+        job = pool.submit(marker)
+        _wait_for(lambda: os.path.exists(marker), 30)
+        os.kill(pool.workers[0].pid, signal.SIGTERM)
+        with pytest.raises(WriteFailed, match="killed by signal 15"):
+            pool.result(job)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        if pool is not None:
+            pool.kill()
+
+
 def test_import_killed_while_waiting_to_commit(work, prepared):
     """Killed at the last step (all objects written, waiting for the lock): nothing becomes visible."""
     repo, base, outside = prepared
