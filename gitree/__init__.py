@@ -31,11 +31,13 @@ place.
                  gitree_compat (compat/: the pure OSTree format) sits here too and imports nothing of gitree
   0 foundation   errors (errors, warnings, exit codes), progress, outfile (atomic output files), infile (a
                  user's input file: regular files only), tools (the runner for external programs), limits
-                 (resource bounds), scratch (on-disk working sets: an import's tree, a pack's object ids)
+                 (resource bounds), scratch (on-disk working sets: an import's tree, a pack's object ids),
+                 lockfile (the repository's flock files), workers (forked worker processes)
 """
 
 LAYERS: dict[str, int] = {
     "errors": 0, "limits": 0, "infile": 0, "progress": 0, "outfile": 0, "tools": 0, "scratch": 0, "workers": 0,
+    "lockfile": 0,
     "entry": 1, "names": 1, "xattrs": 1, "sparse": 1, "gittree": 1, "sidetable": 1, "tarformat": 1,
     "layout": 1, "ostreemeta": 1, "initramfs": 1, "packwriter": 1, "packreader": 1, "exportcache": 1,
     "gitree_compat": 1,
