@@ -416,7 +416,7 @@ def bundle_apply(repo: Repo | str, path: str, *, branch: str | None = None, stri
         if strict and w.items:
             raise StrictWarnings(f"--strict: {len(w.items)} warning(s) above; nothing was applied")
 
-    name, old, new = apply(r, path, branch, before_move=before_move, on_wait=getattr(progress, "waiting", None))
+    name, old, new = apply(r, path, branch, before_move=before_move, progress=progress)
     return BundleApplyResult(name, old.hex() if old else None, new.hex(), warnings=w.items)
 
 

@@ -409,8 +409,11 @@ def gc(repo: Repo, window: int = 50, depth: int = 50, level: int = 9,
     with repo.objects_exclusive(on_wait), repo.lock(on_wait=on_wait):
         for name in os.listdir(pack_dir) if os.path.isdir(pack_dir) else []:
             p = os.path.join(pack_dir, name)
-            if name.startswith("tmp_gitree_") and time.time() - os.lstat(p).st_mtime > 3600:
-                if stat.S_ISDIR(os.lstat(p).st_mode):
+            if not name.startswith("tmp_gitree_"):
+                continue
+            st = os.lstat(p)
+            if time.time() - st.st_mtime > 3600:
+                if stat.S_ISDIR(st.st_mode):
                     shutil.rmtree(p, ignore_errors=True)   # a bundle's quarantine (packwriter.Quarantine)
                 else:
                     os.unlink(p)

@@ -73,6 +73,13 @@ class Repo:
         view.git.odb.add_disk_alternate(objects_dir)
         return view
 
+    def _open_git(self) -> pygit2.Repository:
+        """A new pygit2 handle on this repository, reading a view's quarantine too."""
+        g = pygit2.Repository(self.path, pygit2.enums.RepositoryOpenFlag.NO_SEARCH)
+        for d in self._extra_objects:
+            g.odb.add_disk_alternate(d)
+        return g
+
     def close(self) -> None:
         """Release the object databases (their open and mapped packs) of this Repo's pygit2 repositories, the
         per-thread ones too. A view must not be used after: its repositories would reopen without the
@@ -131,9 +138,7 @@ class Repo:
     def reopen(self) -> None:
         """Fresh pygit2 handles (the view's quarantine still added): objects are looked up on disk as it is
         now, not through packs opened before."""
-        self.git = pygit2.Repository(self.path, pygit2.enums.RepositoryOpenFlag.NO_SEARCH)
-        for d in self._extra_objects:
-            self.git.odb.add_disk_alternate(d)
+        self.git = self._open_git()
         self._local = threading.local()
         self._gits = []
 
@@ -199,9 +204,7 @@ class Repo:
     def _thread_git(self) -> pygit2.Repository:
         g = getattr(self._local, "git", None)
         if g is None:
-            g = self._local.git = pygit2.Repository(self.path, pygit2.enums.RepositoryOpenFlag.NO_SEARCH)
-            for d in self._extra_objects:
-                g.odb.add_disk_alternate(d)
+            g = self._local.git = self._open_git()
             if self._extra_objects:
                 self._gits.append(g)
         return g

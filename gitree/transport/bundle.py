@@ -432,17 +432,18 @@ def _incoming_branch(repo: Repo, refname: str, where: str) -> str:
 
 def apply(repo: Repo, path: str, branch: str | None = None, level: int = 1,
           before_move: Callable[[Repo, bytes | None, bytes], None] | None = None,
-          on_wait: Callable[[], None] | None = None) -> tuple[str, bytes | None, bytes]:
+          progress=None) -> tuple[str, bytes | None, bytes]:
     """Apply a bundle: objects first, every incoming commit read and verified as fsck does, the branch
     moves last. The objects stay in a quarantine until every check has passed: no other reader or writer
     sees them before, so refusing them takes nothing from anybody. `before_move(view, old, new)` runs just
     before they are published and the branch moves (`view` reads them); an exception from it aborts the
-    apply like any other. Returns (branch, old tip, new tip)."""
+    apply like any other. `progress.waiting()`, if there is one, is called when the apply waits for a gc or
+    another writer. Returns (branch, old tip, new tip)."""
     u = _Unwrapped(repo, path)
     view = None
     try:
         # A transaction: its packs are deleted unless published (just before the branch moves)
-        with repo.transaction(level=level, progress=_Waiting(on_wait)) as tx:
+        with repo.transaction(level=level, progress=progress) as tx:
             head = read_git_bundle_header(lambda: u.stream.readline(limits.MAX_BUNDLE_HEADER_LINE + 1), path)
             for p in head.prerequisites:
                 if not repo.exists(p):
@@ -468,7 +469,7 @@ def apply(repo: Repo, path: str, branch: str | None = None, level: int = 1,
             u.finish()
             if new not in pack and not repo.exists(new):
                 raise CorruptObject(f"{path}: the bundle lacks its own tip {new.hex()}")
-            with repo.lock(on_wait=on_wait):
+            with repo.lock(on_wait=getattr(progress, "waiting", None)):
                 old_tip = repo.branch_tip(branch)
                 staged = tx.stage_packs()
                 view = repo.with_objects(staged) if staged is not None else repo
@@ -489,16 +490,6 @@ def apply(repo: Repo, path: str, branch: str | None = None, level: int = 1,
         if view is not None and view is not repo:
             view.close()
         u.close()
-
-
-class _Waiting:
-    """A progress that only says when the apply waits for another writer or a gc."""
-
-    def __init__(self, on_wait: Callable[[], None] | None):
-        self.waiting = on_wait or (lambda: None)
-
-    def update(self, files: int, nbytes: int, path: bytes = b"") -> None:
-        pass
 
 
 def _check(view: Repo, path: str, new: bytes, commits: list[bytes]) -> None:
